@@ -1,0 +1,69 @@
+//! Native ports of the supported Hugging Face vision checkpoints, and how they are found and
+//! loaded. See `MODELS.md`-derived notes in each architecture file.
+
+pub mod weights;
+
+use std::path::PathBuf;
+
+use tch::Tensor;
+
+/// What a model computes, which decides its post-processing and its metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// `predicted_depth` [B, H', W'] (relative inverse depth or metric depth).
+    Depth,
+    /// `logits` [B, C, H', W'].
+    Segmentation,
+    /// `logits` [B, C].
+    Classification,
+}
+
+/// A loaded model, ready for inference. Forward runs under `tch::no_grad` in the caller.
+pub trait VisionModel: Send {
+    fn task(&self) -> Task;
+    /// `pixel_values` [B, 3, H, W] in the model's dtype and device. Returns the main output
+    /// under its transformers meaning (`predicted_depth` or `logits`). A size the architecture
+    /// cannot take is an error, never a panic.
+    fn forward(&self, pixel_values: &Tensor) -> Result<Tensor, ModelError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{}: {reason}", path.display())]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error("{}: checkpoint does not match its config.json:{}", path.display(), parameter_list(missing, wrong_shape))]
+    Parameters {
+        path: PathBuf,
+        missing: Vec<String>,
+        wrong_shape: Vec<String>,
+    },
+    #[error("{model}: input {height}x{width} not accepted: {reason}")]
+    InputSize {
+        model: String,
+        height: i64,
+        width: i64,
+        reason: String,
+    },
+    #[error("{0}")]
+    Torch(#[from] tch::TchError),
+}
+
+fn parameter_list(missing: &[String], wrong_shape: &[String]) -> String {
+    let mut out = String::new();
+    if !missing.is_empty() {
+        out.push_str(&format!(
+            "\n  missing parameters ({}): {}",
+            missing.len(),
+            missing.join(", ")
+        ));
+    }
+    if !wrong_shape.is_empty() {
+        out.push_str(&format!(
+            "\n  wrong shapes ({}): {}",
+            wrong_shape.len(),
+            wrong_shape.join("; ")
+        ));
+    }
+    out
+}
