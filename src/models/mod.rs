@@ -1,6 +1,7 @@
 //! Native ports of the supported Hugging Face vision checkpoints, and how they are found and
 //! loaded. See `MODELS.md`-derived notes in each architecture file.
 
+pub mod device;
 pub mod weights;
 
 use std::path::PathBuf;
