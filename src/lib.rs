@@ -1,7 +1,12 @@
 //! visiond: vision transformers on live GStreamer video, through libtorch.
 //!
 //! # Layout
+//! - [`config`]: the daemon and pipeline YAML schema, loading, and validation that reports every
+//!   error at once with its file and key path.
 //! - [`models`]: native ports of the Hugging Face checkpoints (DPT, DPT-hybrid, DPT-DINOv2,
 //!   Depth-Anything, BEiT/DiT, DINOv2) and their loading.
+//! - [`logging`]: tracing setup (text or JSON, `RUST_LOG` override).
 
+pub mod config;
+pub mod logging;
 pub mod models;

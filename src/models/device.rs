@@ -18,7 +18,8 @@ impl FromStr for DeviceSpec {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let unparsable = || format!("unparsable device '{text}': expected cpu, cuda, cuda:N or auto");
+        let unparsable =
+            || format!("unparsable device '{text}': expected cpu, cuda, cuda:N or auto");
         match text {
             "auto" => Ok(Self::Auto),
             "cpu" => Ok(Self::Cpu),

@@ -106,10 +106,12 @@ impl Weights {
             .filter(|name| !used.contains(*name))
             .filter(|name| !name.ends_with("num_batches_tracked"))
             .filter(|name| {
-                !known_unused.iter().any(|pattern| match pattern.strip_prefix('*') {
-                    Some(suffix) => name.ends_with(suffix),
-                    None => name.starts_with(pattern),
-                })
+                !known_unused
+                    .iter()
+                    .any(|pattern| match pattern.strip_prefix('*') {
+                        Some(suffix) => name.ends_with(suffix),
+                        None => name.starts_with(pattern),
+                    })
             })
             .map(String::as_str)
             .collect();

@@ -1,0 +1,21 @@
+# The two commands (see README): `make demo` and `make test`. Both install what is missing
+# first (scripts/setup is quiet when there is nothing to do), and need nothing exported.
+
+CARGO ?= cargo
+
+.PHONY: demo test lint setup
+
+setup:
+	@scripts/setup
+
+demo: setup
+	$(CARGO) build --release --quiet
+	scripts/demo target/release/visiond
+
+test: setup
+	$(CARGO) test --all-targets --no-fail-fast
+	$(CARGO) test --doc
+
+lint: setup
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --quiet -- -D warnings

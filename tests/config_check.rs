@@ -1,0 +1,428 @@
+//! `visiond check` and `Config::load`: every validation rule, with its exact message.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use visiond::config::{Config, DepthRange, SinkConfig, WhenFull};
+
+/// A daemon file plus pipeline files in a temporary directory.
+struct Tree {
+    dir: tempfile::TempDir,
+}
+
+const DAEMON: &str = "pipelines_dir: pipelines\nmodels:\n  depth: { path: model }\n";
+
+impl Tree {
+    fn new(daemon: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("pipelines")).unwrap();
+        std::fs::create_dir(dir.path().join("model")).unwrap();
+        std::fs::write(dir.path().join("model/config.json"), "{}").unwrap();
+        std::fs::write(dir.path().join("model/model.safetensors"), "").unwrap();
+        std::fs::create_dir(dir.path().join("out")).unwrap();
+        std::fs::write(dir.path().join("visiond.yaml"), daemon).unwrap();
+        Tree { dir }
+    }
+
+    fn pipeline(&self, name: &str, text: &str) -> &Self {
+        std::fs::write(self.dir.path().join("pipelines").join(name), text).unwrap();
+        self
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    fn file(&self, relative: &str) -> String {
+        self.path(relative).display().to_string()
+    }
+
+    fn load(&self) -> Result<Config, Vec<String>> {
+        Config::load(&self.path("visiond.yaml"))
+            .map_err(|errors| errors.0.iter().map(ToString::to_string).collect())
+    }
+
+    fn errors(&self) -> Vec<String> {
+        match self.load() {
+            Ok(_) => panic!("configuration unexpectedly valid"),
+            Err(errors) => errors,
+        }
+    }
+}
+
+const GOOD_PIPELINE: &str = "\
+name: door
+source: { test: { width: 64, height: 48, frames: 5 } }
+model: depth
+sinks:
+  - file: { path: ../out/door.mp4 }
+";
+
+#[test]
+fn a_valid_tree_loads_with_defaults_and_resolved_paths() {
+    let tree = Tree::new(DAEMON);
+    tree.pipeline("door.yaml", GOOD_PIPELINE);
+    let config = tree.load().expect("valid");
+    assert_eq!(config.pipelines.len(), 1);
+    let pipeline = &config.pipelines[0].config;
+    assert_eq!(pipeline.name, "door");
+    assert_eq!(pipeline.queue.capacity, 4);
+    assert_eq!(pipeline.queue.when_full, None);
+    assert!(
+        !pipeline.source.is_live(),
+        "a counted test source is finite"
+    );
+    assert_eq!(pipeline.overlay.range, DepthRange::Ema);
+    match &pipeline.sinks[0] {
+        SinkConfig::File(file) => assert_eq!(file.path, tree.path("out/door.mp4")),
+        other => panic!("unexpected sink {other:?}"),
+    }
+    assert_eq!(
+        config.daemon.models["depth"].path.as_deref(),
+        Some(tree.path("model").as_path())
+    );
+    assert_eq!(config.daemon.rtsp.port, 8554);
+}
+
+#[test]
+fn unknown_keys_are_named_with_their_path() {
+    let tree = Tree::new(
+        "pipelines_dir: pipelines\nlogg: {}\nmodels:\n  depth: { path: model, batch: { max_sise: 2 } }\n",
+    );
+    tree.pipeline(
+        "door.yaml",
+        "name: door\nsource: { test: { frames: 5, colour: red } }\nmodel: depth\nsinks:\n  - file: { pth: a.mp4 }\nextra: 1\n",
+    );
+    let d = tree.file("visiond.yaml");
+    let p = tree.file("pipelines/door.yaml");
+    assert_eq!(
+        tree.errors(),
+        vec![
+            format!(
+                "{d}: models.depth.batch.max_sise: unknown field `max_sise`, expected `max_size` or `max_wait_ms`"
+            ),
+            format!(
+                "{d}: logg: unknown key; expected one of: http, log, rtsp, shutdown, pipelines_dir, models"
+            ),
+            format!(
+                "{p}: source.test.colour: unknown field `colour`, expected one of `pattern`, `width`, `height`, `fps`, `frames`"
+            ),
+            format!(
+                "{p}: sinks[0].file.pth: unknown field `pth`, expected one of `path`, `format`, `segment_s`"
+            ),
+            format!(
+                "{p}: extra: unknown key; expected one of: name, source, model, queue, overlay, encoder, sinks, metadata"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn wrong_types_and_missing_fields_are_reported_together() {
+    let tree = Tree::new(
+        "pipelines_dir: pipelines\nhttp: { listen: 9090 }\nmodels:\n  depth: { path: model, batch: { max_size: four } }\n",
+    );
+    tree.pipeline(
+        "door.yaml",
+        "source: { test: { width: wide } }\nmodel: depth\nqueue: { capacity: -1 }\nsinks:\n  - rtsp: {}\n  - udp: { host: h, port: 70000 }\n",
+    );
+    let d = tree.file("visiond.yaml");
+    let p = tree.file("pipelines/door.yaml");
+    assert_eq!(
+        tree.errors(),
+        vec![
+            format!(
+                "{d}: http.listen: '9090' is not an address:port such as 127.0.0.1:9090 or [::1]:9090"
+            ),
+            format!(
+                "{d}: models.depth.batch.max_size: invalid type: string \"four\", expected usize"
+            ),
+            format!("{p}: name: required key is missing"),
+            format!("{p}: source.test.width: invalid type: string \"wide\", expected u32"),
+            format!("{p}: queue.capacity: invalid type: integer `-1`, expected usize"),
+            format!("{p}: sinks[0].rtsp: missing field `mount`"),
+            format!("{p}: sinks[1].udp.port: invalid value: integer `70000`, expected u16"),
+        ]
+    );
+}
+
+#[test]
+fn duplicate_names_mounts_ports_and_outputs_across_files() {
+    let tree = Tree::new(
+        "pipelines_dir: pipelines\nhttp: { listen: \"127.0.0.1:8554\" }\nmodels:\n  depth: { path: model }\n",
+    );
+    tree.pipeline(
+        "a.yaml",
+        "name: door\nsource: { test: {} }\nmodel: depth\nsinks:\n  - rtsp: { mount: /door }\n  - udp: { host: 10.0.0.5, port: 5004 }\n  - file: { path: ../out/x.mp4 }\n",
+    );
+    tree.pipeline(
+        "b.yaml",
+        "name: door\nsource: { test: {} }\nmodel: none\nsinks:\n  - rtsp: { mount: /door }\n  - udp: { host: 10.0.0.5, port: 5004 }\n  - file: { path: ../out/x.mp4 }\n  - udp: { host: localhost, port: 8554 }\n",
+    );
+    let d = tree.file("visiond.yaml");
+    let a = tree.file("pipelines/a.yaml");
+    let b = tree.file("pipelines/b.yaml");
+    let out = tree.file("out/x.mp4");
+    assert_eq!(
+        tree.errors(),
+        vec![
+            format!("{d}: rtsp.port: port 8554 is also used by http.listen"),
+            format!("{b}: name: pipeline name 'door' is already used by {a}"),
+            format!(
+                "{b}: sinks[0].rtsp.mount: mount /door is already served by {a} sinks[0].rtsp.mount"
+            ),
+            format!(
+                "{b}: sinks[1].udp.port: 10.0.0.5:5004 is already a target of {a} sinks[1].udp.port"
+            ),
+            format!("{b}: sinks[2].file.path: {out} is already written by {a} sinks[2].file.path"),
+            format!(
+                "{b}: sinks[3].udp.port: port 8554 is used by the daemon's own RTSP or HTTP server"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn models_undefined_unparsable_device_and_bad_paths() {
+    let tree = Tree::new(
+        "pipelines_dir: pipelines
+models:
+  gpu: { path: model, device: \"cuda:x\" }
+  gone: { path: /nonexistent/visiond-model }
+  empty: { path: empty }
+  noweights: { path: noweights }
+  binonly: { path: binonly }
+  script: { path: script }
+  both: { path: model, hub: Intel/dpt-large }
+  badhub: { hub: dpt-large }
+",
+    );
+    std::fs::create_dir(tree.path("empty")).unwrap();
+    for dir in ["noweights", "binonly"] {
+        std::fs::create_dir(tree.path(dir)).unwrap();
+        std::fs::write(tree.path(dir).join("config.json"), "{}").unwrap();
+    }
+    std::fs::write(tree.path("binonly/pytorch_model.bin"), "").unwrap();
+    std::fs::create_dir(tree.path("script")).unwrap();
+    std::fs::write(tree.path("script/model.pt"), "").unwrap();
+    tree.pipeline(
+        "door.yaml",
+        &GOOD_PIPELINE.replace("model: depth", "model: dept"),
+    );
+    let d = tree.file("visiond.yaml");
+    let p = tree.file("pipelines/door.yaml");
+    let t = |rel: &str| tree.file(rel);
+    assert_eq!(
+        tree.errors(),
+        vec![
+            format!(
+                "{d}: models.gpu.device: unparsable device 'cuda:x': expected cpu, cuda, cuda:N or auto"
+            ),
+            format!(
+                "{d}: models.badhub.hub: 'dpt-large' is not a hub id; expected org/name, e.g. Intel/dpt-large"
+            ),
+            format!(
+                "{d}: models.binonly.path: {} has only pytorch_model.bin; visiond reads safetensors (see README, Models)",
+                t("binonly")
+            ),
+            format!("{d}: models.both: set either `path` or `hub`, not both"),
+            format!(
+                "{d}: models.empty.path: {} has no config.json (expected a Hugging Face checkpoint folder or a TorchScript model.pt)",
+                t("empty")
+            ),
+            format!("{d}: models.gone.path: /nonexistent/visiond-model does not exist"),
+            format!(
+                "{d}: models.noweights.path: {} has no weights (model.safetensors or model.safetensors.index.json)",
+                t("noweights")
+            ),
+            format!(
+                "{d}: models.script.path: {} is a TorchScript model: set `task` (depth, segmentation or classification)",
+                t("script/model.pt")
+            ),
+            format!(
+                "{p}: model: model 'dept' is not defined in {d} (defined: badhub, binonly, both, empty, gone, gpu, noweights, script; or 'none' for no inference)"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn output_directories_must_exist_and_be_writable() {
+    let tree = Tree::new(DAEMON);
+    tree.pipeline(
+        "door.yaml",
+        "name: door\nsource: { test: {} }\nmodel: depth\nsinks:\n  - file: { path: /nope/door.mp4 }\n  - file: { path: /etc/hostname/door.mp4 }\n  - file: { path: /proc/door.mp4 }\n  - file: { path: ../out/door.avi }\nmetadata:\n  - jsonl: { path: /nope/door.jsonl }\n  - jsonl: { path: ../out/m.jsonl, stdout: true }\n",
+    );
+    let p = tree.file("pipelines/door.yaml");
+    let errors = tree.errors();
+    assert_eq!(
+        errors[0],
+        format!("{p}: sinks[0].file.path: parent directory /nope does not exist")
+    );
+    assert_eq!(
+        errors[1],
+        format!("{p}: sinks[1].file.path: parent /etc/hostname is not a directory")
+    );
+    assert!(
+        errors[2].starts_with(&format!(
+            "{p}: sinks[2].file.path: directory /proc is not writable: "
+        )),
+        "{}",
+        errors[2]
+    );
+    assert_eq!(
+        errors[3..],
+        [
+            format!(
+                "{p}: sinks[3].file.path: cannot tell the container from the extension: use .mp4 or .mkv, or set `format`"
+            ),
+            format!("{p}: metadata[0].jsonl.path: parent directory /nope does not exist"),
+            format!("{p}: metadata[1].jsonl: set exactly one of `path` and `stdout: true`"),
+        ]
+    );
+    // The check leaves nothing behind in the directories it probed.
+    assert_eq!(std::fs::read_dir(tree.path("out")).unwrap().count(), 0);
+}
+
+#[test]
+fn yaml_syntax_errors_name_line_and_column() {
+    let tree = Tree::new(DAEMON);
+    tree.pipeline(
+        "door.yaml",
+        "name: door\nsource: { test: {}\nmodel: depth\n",
+    );
+    let p = tree.file("pipelines/door.yaml");
+    assert_eq!(
+        tree.errors(),
+        vec![format!(
+            "{p}: YAML syntax error at line 3 column 1: did not find expected ',' or '}}'"
+        )]
+    );
+}
+
+#[test]
+fn source_sink_overlay_and_encoder_rules() {
+    let tree = Tree::new(DAEMON);
+    tree.pipeline(
+        "door.yaml",
+        "name: front door
+source: { uri: ftp://cam/stream, test: {}, fps: 0, reconnect: { initial_ms: 1000, max_ms: 10, jitter: 1.5 } }
+model: depth
+queue: { capacity: 0, when_full: block }
+overlay: { alpha: 1.5, range: { fixed: [5, 1] }, top_k: 0 }
+encoder: { element: nosuchenc264, keyframe_interval: 0 }
+sinks:
+  - rtsp: { mount: door }
+  - launch: { pipeline: \"fakesink nosuchprop=1\" }
+",
+    );
+    let p = tree.file("pipelines/door.yaml");
+    assert_eq!(
+        tree.errors(),
+        vec![
+            format!(
+                "{p}: name: 'front door' is not a valid pipeline name: use letters, digits, '-', '_' and '.'"
+            ),
+            format!(
+                "{p}: source: set only one of `uri`, `v4l2`, `test` or `launch` (found uri, test)"
+            ),
+            format!(
+                "{p}: source.uri: unsupported scheme 'ftp'; expected rtsp, rtsps, http, https or file"
+            ),
+            format!("{p}: source.fps: must be a positive number of frames per second"),
+            format!("{p}: source.reconnect.max_ms: must not be below initial_ms (1000)"),
+            format!("{p}: source.reconnect.jitter: must be a fraction in [0, 1)"),
+            format!("{p}: queue.capacity: must be at least 1"),
+            format!("{p}: overlay.alpha: must be between 0 and 1"),
+            format!("{p}: overlay.range.fixed: lower bound 5 must be below upper bound 1"),
+            format!("{p}: overlay.top_k: must be at least 1"),
+            format!("{p}: encoder.keyframe_interval: must be at least 1 frame"),
+            format!(
+                "{p}: encoder.element: no GStreamer element 'nosuchenc264' on this machine (gst-inspect-1.0 nosuchenc264 tells which plugin provides it)"
+            ),
+            format!(
+                "{p}: sinks[0].rtsp.mount: 'door' is not a mount path; expected e.g. /front-door"
+            ),
+            format!(
+                "{p}: sinks[1].launch.pipeline: GStreamer cannot build 'fakesink nosuchprop=1': no property \"nosuchprop\" in element \"fakesink\""
+            ),
+        ]
+    );
+}
+
+#[test]
+fn queue_policy_and_depth_range_enums_decode() {
+    let tree = Tree::new(DAEMON);
+    tree.pipeline(
+        "door.yaml",
+        &format!("{GOOD_PIPELINE}queue: {{ capacity: 2, when_full: drop_newest }}\noverlay: {{ mode: side_by_side, colormap: inferno, range: {{ fixed: [0.5, 10] }} }}\n"),
+    );
+    let config = tree.load().expect("valid");
+    let pipeline = &config.pipelines[0].config;
+    assert_eq!(pipeline.queue.when_full, Some(WhenFull::DropNewest));
+    assert_eq!(pipeline.overlay.range, DepthRange::Fixed([0.5, 10.0]));
+}
+
+fn visiond() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_visiond"))
+}
+
+#[test]
+fn check_exits_2_and_prints_every_error_on_stderr() {
+    let tree =
+        Tree::new("pipelines_dir: pipelines\nmodels:\n  depth: { path: model, device: gpu }\n");
+    tree.pipeline("a.yaml", "name: a\nsource: { test: {} }\nmodel: depth\n");
+    tree.pipeline("b.yaml", "name: b\nsource: [\n");
+    let output = visiond()
+        .arg("check")
+        .arg("-c")
+        .arg(tree.path("visiond.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 4, "{stderr}");
+    assert!(lines[0].ends_with("visiond.yaml: models.depth.device: unparsable device 'gpu': expected cpu, cuda, cuda:N or auto"));
+    assert!(lines[1].ends_with(
+        "a.yaml: sinks: the pipeline has no sinks and no metadata, so its results would go nowhere"
+    ));
+    assert!(lines[2].contains("b.yaml: YAML syntax error at line 3 column 1"));
+    assert_eq!(lines[3], "3 error(s); configuration not valid");
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn check_exits_0_on_the_shipped_examples() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["config/visiond.yaml", "config/demo.yaml"] {
+        let output = visiond()
+            .current_dir(root)
+            .args(["check", "-c", file])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{file}: {}{stdout}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.starts_with(&format!("{file}: OK: ")), "{stdout}");
+    }
+}
+
+#[test]
+fn a_missing_daemon_file_is_one_clear_error() {
+    let output = visiond()
+        .args(["check", "-c", "/nonexistent/visiond.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr
+            .starts_with("/nonexistent/visiond.yaml: cannot read file: No such file or directory"),
+        "{stderr}"
+    );
+}
