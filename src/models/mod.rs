@@ -1,8 +1,17 @@
 //! Native ports of the supported Hugging Face vision checkpoints, and how they are found and
 //! loaded. See `MODELS.md`-derived notes in each architecture file.
 
+pub mod beit;
+pub mod bit;
+pub mod depth_anything;
 pub mod device;
+pub mod dinov2;
+pub mod dpt;
+pub mod hf_config;
+pub mod layers;
+pub mod vit;
 pub mod weights;
+pub mod zoo;
 
 use std::path::PathBuf;
 
@@ -48,6 +57,13 @@ pub enum ModelError {
     },
     #[error("{0}")]
     Torch(#[from] tch::TchError),
+    /// config.json names an architecture no port exists for.
+    #[error("{}: architecture {architecture} is not supported (supported: {})", path.display(), supported.join(", "))]
+    UnsupportedArchitecture {
+        path: PathBuf,
+        architecture: String,
+        supported: Vec<String>,
+    },
 }
 
 fn parameter_list(missing: &[String], wrong_shape: &[String]) -> String {
