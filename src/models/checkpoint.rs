@@ -287,7 +287,6 @@ pub(crate) enum BinOnly<'a> {
 pub(crate) fn bin_only_reason(found: BinOnly<'_>) -> String {
     // Python string literals: Rust's `{:?}` escapes quotes and backslashes the same way.
     let convert = |dir: &Path| {
-        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
         let bin = format!("{:?}", dir.join(PYTORCH_BIN_FILE).display().to_string());
         let out = format!("{:?}", dir.join(SAFETENSORS_FILE).display().to_string());
         format!(
@@ -302,7 +301,8 @@ pub(crate) fn bin_only_reason(found: BinOnly<'_>) -> String {
                 .to_owned(),
             format!(
                 "or convert it once, in python3 with torch and safetensors installed:\n{}",
-                convert(dir)
+                // Absolute, so the snippet works from any working directory.
+                convert(&dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()))
             ),
         ),
         BinOnly::Hub { repo, revision } => (

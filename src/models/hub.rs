@@ -11,6 +11,9 @@
 //! A model downloaded once with `hf download` is found here without network. On a miss the
 //! files are downloaded (config.json, preprocessor_config.json, the safetensors) unless
 //! `HF_HUB_OFFLINE` is set; every miss error names the cache path and the command to fetch it.
+//!
+//! A cached revision is used as it is, without asking the hub whether a branch moved: a box
+//! must start the same model after a reboot with or without network. `hf download` updates it.
 
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
@@ -196,7 +199,20 @@ pub fn resolve(
     download(settings, repo, revision)
         .map_err(|error| match error {
             DownloadError::Network(reason) => {
-                miss(format!("{why_not_cached}; downloading failed: {reason}"))
+                // The hub answers 401/404 alike for a wrong id and for a repository the
+                // (missing) token may not see.
+                let hint = if ["401", "403", "404"]
+                    .iter()
+                    .any(|code| reason.ends_with(&format!("status code {code}")))
+                {
+                    " (check the repository id and revision; a gated or private repository \
+                     needs a token: HF_TOKEN or `hf auth login`)"
+                } else {
+                    ""
+                };
+                miss(format!(
+                    "{why_not_cached}; downloading failed: {reason}{hint}"
+                ))
             }
             DownloadError::Unusable(error) => error,
         })
