@@ -27,7 +27,8 @@ pub struct InferArgs {
     /// Hub revision: branch, tag, refs/pr/N or commit hash [default: main].
     #[arg(long, value_name = "REVISION")]
     pub revision: Option<String>,
-    /// An image file (PNG/JPEG) to preprocess with the model's image processor.
+    /// An image file (PNG/JPEG). Not available yet: image preprocessing is a later step, use
+    /// --pixel-values.
     #[arg(long, value_name = "PNG/JPEG")]
     pub image: Option<PathBuf>,
     /// A safetensors file holding `pixel_values` [B, 3, H, W] (already preprocessed), fed to
