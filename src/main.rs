@@ -17,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a model once on a preprocessed tensor and print a summary of its output.
+    Infer(visiond::infer::InferArgs),
     /// Validate the daemon file and every pipeline file; print all errors at once.
     Check {
         /// The daemon file.
@@ -29,6 +31,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Infer(args) => infer(&args),
+    }
+}
+
+fn infer(args: &visiond::infer::InferArgs) -> ExitCode {
+    visiond::logging::init(&LogConfig {
+        level: visiond::config::LogLevel::Warn,
+        ..LogConfig::default()
+    });
+    let mut stdout = std::io::stdout().lock();
+    match visiond::infer::run(args, &mut stdout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
+        }
     }
 }
 

@@ -16,9 +16,12 @@ impl Tree {
     fn new(daemon: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("pipelines")).unwrap();
+        // A real (tiny) checkpoint: `check` inspects config.json and the weight files.
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/dpt-vit");
         std::fs::create_dir(dir.path().join("model")).unwrap();
-        std::fs::write(dir.path().join("model/config.json"), "{}").unwrap();
-        std::fs::write(dir.path().join("model/model.safetensors"), "").unwrap();
+        for file in ["config.json", "model.safetensors"] {
+            std::fs::copy(fixture.join(file), dir.path().join("model").join(file)).unwrap();
+        }
         std::fs::create_dir(dir.path().join("out")).unwrap();
         std::fs::write(dir.path().join("visiond.yaml"), daemon).unwrap();
         Tree { dir }
@@ -192,16 +195,23 @@ models:
   empty: { path: empty }
   noweights: { path: noweights }
   binonly: { path: binonly }
+  noarch: { path: noarch }
   script: { path: script }
   both: { path: model, hub: Intel/dpt-large }
   badhub: { hub: dpt-large }
 ",
     );
     std::fs::create_dir(tree.path("empty")).unwrap();
-    for dir in ["noweights", "binonly"] {
+    for dir in ["noweights", "binonly", "noarch"] {
         std::fs::create_dir(tree.path(dir)).unwrap();
-        std::fs::write(tree.path(dir).join("config.json"), "{}").unwrap();
+        std::fs::write(
+            tree.path(dir).join("config.json"),
+            r#"{"architectures": ["DPTForDepthEstimation"]}"#,
+        )
+        .unwrap();
     }
+    std::fs::write(tree.path("noarch/config.json"), "{}").unwrap();
+    std::fs::write(tree.path("noarch/model.safetensors"), "").unwrap();
     std::fs::write(tree.path("binonly/pytorch_model.bin"), "").unwrap();
     std::fs::create_dir(tree.path("script")).unwrap();
     std::fs::write(tree.path("script/model.pt"), "").unwrap();
@@ -212,8 +222,30 @@ models:
     let d = tree.file("visiond.yaml");
     let p = tree.file("pipelines/door.yaml");
     let t = |rel: &str| tree.file(rel);
+    let mut errors = tree.errors();
+    // The .bin-only message goes on to show how to get safetensors; its first line and its
+    // two remedies are what matter here.
+    let bin_only = errors.remove(2);
+    let b = t("binonly");
+    assert!(
+        bin_only.starts_with(&format!(
+            "{d}: models.binonly.path: {b}/pytorch_model.bin: only PyTorch pickle weights (pytorch_model.bin) found, and visiond loads safetensors only\n"
+        )),
+        "{bin_only}"
+    );
+    assert!(bin_only.contains("revision refs/pr/N"), "{bin_only}");
+    assert!(
+        bin_only.contains(&format!("\"{b}/model.safetensors\"")),
+        "{bin_only}"
+    );
+    let no_weights = |dir: &str| {
+        format!(
+            "{d}: models.{dir}.path: {}: no model weights: looked for model.safetensors, model.safetensors.index.json (sharded), model.pt (TorchScript) and pytorch_model.bin",
+            t(dir)
+        )
+    };
     assert_eq!(
-        tree.errors(),
+        errors,
         vec![
             format!(
                 "{d}: models.gpu.device: unparsable device 'cuda:x': expected cpu, cuda, cuda:N or auto"
@@ -221,26 +253,20 @@ models:
             format!(
                 "{d}: models.badhub.hub: 'dpt-large' is not a hub id; expected org/name, e.g. Intel/dpt-large"
             ),
-            format!(
-                "{d}: models.binonly.path: {} has only pytorch_model.bin; visiond reads safetensors (see README, Models)",
-                t("binonly")
-            ),
             format!("{d}: models.both: set either `path` or `hub`, not both"),
+            no_weights("empty"),
+            format!("{d}: models.gone.path: /nonexistent/visiond-model: no such file or folder"),
             format!(
-                "{d}: models.empty.path: {} has no config.json (expected a Hugging Face checkpoint folder or a TorchScript model.pt)",
-                t("empty")
+                "{d}: models.noarch.path: {}/config.json: names no architecture: neither `architectures` nor `model_type` is set",
+                t("noarch")
             ),
-            format!("{d}: models.gone.path: /nonexistent/visiond-model does not exist"),
-            format!(
-                "{d}: models.noweights.path: {} has no weights (model.safetensors or model.safetensors.index.json)",
-                t("noweights")
-            ),
+            no_weights("noweights"),
             format!(
                 "{d}: models.script.path: {} is a TorchScript model: set `task` (depth, segmentation or classification)",
                 t("script/model.pt")
             ),
             format!(
-                "{p}: model: model 'dept' is not defined in {d} (defined: badhub, binonly, both, empty, gone, gpu, noweights, script; or 'none' for no inference)"
+                "{p}: model: model 'dept' is not defined in {d} (defined: badhub, binonly, both, empty, gone, gpu, noarch, noweights, script; or 'none' for no inference)"
             ),
         ]
     );
@@ -424,5 +450,72 @@ fn a_missing_daemon_file_is_one_clear_error() {
         stderr
             .starts_with("/nonexistent/visiond.yaml: cannot read file: No such file or directory"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn hub_models_are_checked_in_the_cache_without_downloading() {
+    let tree = Tree::new("pipelines_dir: pipelines\nmodels:\n  depth: { hub: Intel/dpt-large }\n");
+    tree.pipeline("door.yaml", GOOD_PIPELINE);
+    let hf_home = tempfile::tempdir().unwrap();
+    let check = |offline: bool| {
+        let mut command = visiond();
+        command
+            .args(["check", "-c"])
+            .arg(tree.path("visiond.yaml"))
+            .env("HF_HOME", hf_home.path())
+            .env_remove("HF_HUB_CACHE");
+        if offline {
+            command.env("HF_HUB_OFFLINE", "1");
+        } else {
+            command.env_remove("HF_HUB_OFFLINE");
+        }
+        command.output().unwrap()
+    };
+    let d = tree.file("visiond.yaml");
+    // Online: a miss is only a warning, the daemon will download at start.
+    let online = check(false);
+    assert_eq!(online.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&online.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "warning: {d}: models.depth.hub: Intel/dpt-large@main is not in the Hugging Face cache ({}/hub); it will be downloaded at start (hf download Intel/dpt-large --revision main",
+            hf_home.path().display()
+        )),
+        "{stderr}"
+    );
+    // Offline: the daemon could not start it, so it is an error that says how to fetch it.
+    let offline = check(true);
+    assert_eq!(offline.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&offline.stderr);
+    assert!(
+        stderr.starts_with(&format!("{d}: models.depth.hub: ")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hf download Intel/dpt-large --revision main"),
+        "{stderr}"
+    );
+    // Cached: the snapshot is inspected like a local folder, and the check passes quietly.
+    let repo = hf_home.path().join("hub/models--Intel--dpt-large");
+    let hash = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), hash).unwrap();
+    let snapshot = repo.join("snapshots").join(hash);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(tree.path("model").join(file), snapshot.join(file)).unwrap();
+    }
+    let cached = check(true);
+    assert_eq!(
+        cached.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&cached.stderr)
+    );
+    assert!(
+        cached.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&cached.stderr)
     );
 }

@@ -12,6 +12,8 @@ use super::error::{ConfigError, FileErrors};
 use super::load::Config;
 use super::paths;
 use super::schema::*;
+use crate::models::checkpoint::{self, CheckpointFormat};
+use crate::models::hub;
 
 pub fn validate(config: &Config, errors: &mut Vec<ConfigError>, warnings: &mut Vec<ConfigError>) {
     let daemon_file = paths::display(&config.file);
@@ -21,6 +23,7 @@ pub fn validate(config: &Config, errors: &mut Vec<ConfigError>, warnings: &mut V
             file: &daemon_file,
             errors,
         },
+        warnings,
     );
     let gst_ready = gstreamer::init().map_err(|error| error.to_string());
     let mut seen = Seen::default();
@@ -50,7 +53,11 @@ pub fn validate(config: &Config, errors: &mut Vec<ConfigError>, warnings: &mut V
     }
 }
 
-fn validate_daemon(daemon: &DaemonConfig, errors: &mut FileErrors<'_>) {
+fn validate_daemon(
+    daemon: &DaemonConfig,
+    errors: &mut FileErrors<'_>,
+    warnings: &mut Vec<ConfigError>,
+) {
     let http_port = daemon.http.listen.port();
     if http_port != 0 && http_port == daemon.rtsp.port {
         errors.push(
@@ -70,11 +77,16 @@ fn validate_daemon(daemon: &DaemonConfig, errors: &mut FileErrors<'_>) {
         _ => {}
     }
     for (name, model) in &daemon.models {
-        validate_model(name, model, errors);
+        validate_model(name, model, errors, warnings);
     }
 }
 
-fn validate_model(name: &str, model: &ModelConfig, errors: &mut FileErrors<'_>) {
+fn validate_model(
+    name: &str,
+    model: &ModelConfig,
+    errors: &mut FileErrors<'_>,
+    warnings: &mut Vec<ConfigError>,
+) {
     let key = format!("models.{name}");
     if name == NO_MODEL {
         errors.push(
@@ -93,13 +105,20 @@ fn validate_model(name: &str, model: &ModelConfig, errors: &mut FileErrors<'_>) 
                 errors.push(format!("{key}.path"), message);
             }
         }
-        (None, Some(hub)) => {
-            let parts: Vec<&str> = hub.split('/').collect();
-            if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+        (None, Some(repo)) => {
+            let revision = model.revision.as_deref().unwrap_or("main");
+            if !hub::is_repo_id(repo) {
                 errors.push(
                     format!("{key}.hub"),
-                    format!("'{hub}' is not a hub id; expected org/name, e.g. Intel/dpt-large"),
+                    format!("'{repo}' is not a hub id; expected org/name, e.g. Intel/dpt-large"),
                 );
+            } else if !hub::is_valid_revision(revision) {
+                errors.push(
+                    format!("{key}.revision"),
+                    format!("'{revision}' is not a revision name"),
+                );
+            } else {
+                check_hub_model(&key, repo, revision, model.task.is_some(), errors, warnings);
             }
         }
     }
@@ -127,46 +146,46 @@ fn validate_model(name: &str, model: &ModelConfig, errors: &mut FileErrors<'_>) 
     }
 }
 
-/// What a model path must hold, checked without reading any tensor.
+/// What a model path must hold, checked with the loader's own inspection (config.json parses,
+/// the architecture is supported, every weight file is there) without reading any tensor.
 fn check_model_files(path: &Path, task_declared: bool) -> Result<(), String> {
-    let torchscript = if path.is_file() {
-        path.to_path_buf()
-    } else {
-        path.join("model.pt")
-    };
-    if !path.exists() {
-        return Err(format!("{} does not exist", path.display()));
+    let files = checkpoint::inspect(path).map_err(|e| e.to_string())?;
+    match files.format {
+        CheckpointFormat::TorchScript { module } if !task_declared => Err(format!(
+            "{} is a TorchScript model: set `task` (depth, segmentation or classification)",
+            module.display()
+        )),
+        _ => Ok(()),
     }
-    if torchscript.is_file() {
-        return if task_declared {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} is a TorchScript model: set `task` (depth, segmentation or classification)",
-                torchscript.display()
-            ))
-        };
-    }
-    if !path.join("config.json").is_file() {
-        return Err(format!(
-            "{} has no config.json (expected a Hugging Face checkpoint folder or a TorchScript model.pt)",
-            path.display()
-        ));
-    }
-    let has_safetensors = path.join("model.safetensors").is_file()
-        || path.join("model.safetensors.index.json").is_file();
-    if has_safetensors {
-        Ok(())
-    } else if path.join("pytorch_model.bin").is_file() {
-        Err(format!(
-            "{} has only pytorch_model.bin; visiond reads safetensors (see README, Models)",
-            path.display()
-        ))
-    } else {
-        Err(format!(
-            "{} has no weights (model.safetensors or model.safetensors.index.json)",
-            path.display()
-        ))
+}
+
+/// A hub model is checked in the local cache only: `check` never downloads. A miss is an
+/// error when offline (the daemon could not start it), otherwise a warning.
+fn check_hub_model(
+    key: &str,
+    repo: &str,
+    revision: &str,
+    task_declared: bool,
+    errors: &mut FileErrors<'_>,
+    warnings: &mut Vec<ConfigError>,
+) {
+    let settings = hub::HubSettings::from_env();
+    match hub::resolve(&settings, repo, revision, hub::Fetch::CacheOnly) {
+        Ok(dir) => {
+            if let Err(message) = check_model_files(&dir, task_declared) {
+                errors.push(format!("{key}.hub"), message);
+            }
+        }
+        Err(error) if settings.offline => errors.push(format!("{key}.hub"), error.to_string()),
+        Err(_) => warnings.push(ConfigError {
+            file: errors.file.to_string(),
+            key: format!("{key}.hub"),
+            message: format!(
+                "{repo}@{revision} is not in the Hugging Face cache ({}); it will be downloaded at start ({})",
+                settings.cache_dir.display(),
+                hub::fetch_command(repo, revision)
+            ),
+        }),
     }
 }
 

@@ -1,8 +1,20 @@
 //! Native ports of the supported Hugging Face vision checkpoints, and how they are found and
 //! loaded. See `MODELS.md`-derived notes in each architecture file.
 
+pub mod beit;
+pub mod bit;
+pub mod checkpoint;
+pub mod depth_anything;
 pub mod device;
+pub mod dinov2;
+pub mod dpt;
+pub mod hf_config;
+pub mod hub;
+pub mod layers;
+pub mod torchscript;
+pub mod vit;
 pub mod weights;
+pub mod zoo;
 
 use std::path::PathBuf;
 
@@ -48,6 +60,34 @@ pub enum ModelError {
     },
     #[error("{0}")]
     Torch(#[from] tch::TchError),
+    /// A `--model`/`path:` value that is neither an existing folder nor a hub id.
+    #[error("{spec}: {reason}")]
+    NotFound { spec: String, reason: String },
+    /// A hub checkpoint that is not in the local cache and could not be downloaded.
+    #[error(
+        "{repo} (revision {revision}) is not available: {reason}\n  looked in the Hugging Face cache at {}\n  fetch it with: {command}",
+        cache.display()
+    )]
+    HubMiss {
+        repo: String,
+        revision: String,
+        cache: PathBuf,
+        reason: String,
+        command: String,
+    },
+    /// config.json names an architecture no port exists for.
+    #[error("{}: architecture {architecture} is not supported (supported: {})", path.display(), supported.join(", "))]
+    UnsupportedArchitecture {
+        path: PathBuf,
+        architecture: String,
+        supported: Vec<String>,
+    },
+    /// The requested device cannot be used on this machine.
+    #[error("{0}")]
+    Device(String),
+    /// A model (TorchScript) returned something that does not fit its declared task.
+    #[error("{model}: {reason}")]
+    Output { model: String, reason: String },
 }
 
 fn parameter_list(missing: &[String], wrong_shape: &[String]) -> String {

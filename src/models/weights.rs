@@ -77,6 +77,11 @@ impl Weights {
         self.kind
     }
 
+    /// Where the tensors came from, for error messages.
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
