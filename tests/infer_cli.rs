@@ -471,3 +471,23 @@ fn unavailable_device_exits_2() {
         "{stderr}"
     );
 }
+
+/// The bar: every architecture, through the command users run, matches transformers.
+#[test]
+fn every_architecture_matches_transformers_through_infer_save() {
+    let cases = [
+        ("dpt-vit", "odd_grid", "predicted_depth"),
+        ("dpt-vit-add", "non_square", "predicted_depth"),
+        ("dpt-vit-ignore", "batch2", "predicted_depth"),
+        ("dpt-hybrid", "native", "predicted_depth"),
+        ("dpt-dinov2", "non_square", "predicted_depth"),
+        ("dpt-ade", "larger", "logits"),
+        ("dit", "non_square", "logits"),
+        ("beit-relpos", "larger", "logits"),
+        ("dinov2-cls", "other_grid", "logits"),
+        ("depth-anything", "non_square", "predicted_depth"),
+    ];
+    for (model, case, output) in cases {
+        infer_and_compare(model, case, output, &[]);
+    }
+}
