@@ -6,7 +6,10 @@
 //! - [`models`]: native ports of the Hugging Face checkpoints (DPT, DPT-hybrid, DPT-DINOv2,
 //!   Depth-Anything, BEiT/DiT, DINOv2) and their loading.
 //! - [`logging`]: tracing setup (text or JSON, `RUST_LOG` override).
+//! - [`processing`]: the Hugging Face image processors and the output overlays (depth colour
+//!   maps, segmentation palettes, class scores) as tensor ops on the inference device.
 
 pub mod config;
 pub mod logging;
 pub mod models;
+pub mod processing;
