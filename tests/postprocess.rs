@@ -37,6 +37,11 @@ fn load(case: &Value) -> BTreeMap<String, Tensor> {
         .collect()
 }
 
+/// The first GPU where there is one (post-processing runs on the model's device), else the CPU.
+fn device() -> Device {
+    Device::cuda_if_available()
+}
+
 fn target(case: &Value) -> (i64, i64) {
     let t = case["target_size"].as_array().unwrap();
     (t[0].as_i64().unwrap(), t[1].as_i64().unwrap())
@@ -75,8 +80,8 @@ fn depth_resize_matches_post_process_depth_estimation() {
     for case in postprocess_cases("depth") {
         let data = load(&case);
         let (h, w) = target(&case);
-        let depth = data["predicted_depth"].get(0);
-        let got = resize_depth(&depth, h, w).unwrap();
+        let depth = data["predicted_depth"].get(0).to_device(device());
+        let got = resize_depth(&depth, h, w).unwrap().to_device(Device::Cpu);
         let reference = &data["resized"];
         assert_eq!(got.size(), reference.size());
         let error = (&got - reference).abs().max().double_value(&[]);
@@ -95,8 +100,8 @@ fn segmentation_argmax_matches_post_process_semantic_segmentation() {
     for case in postprocess_cases("segmentation") {
         let data = load(&case);
         let (h, w) = target(&case);
-        let logits = data["logits"].get(0);
-        let reference = &data["segmentation"];
+        let logits = data["logits"].get(0).to_device(device());
+        let reference = &data["segmentation"].to_device(device());
         for (what, labels) in [
             (
                 "all classes at once",

@@ -65,8 +65,18 @@ fn bound(processor: &Value) -> f64 {
     step / min_std
 }
 
+/// The CPU, and the first GPU where there is one: the processors run on the model's device.
+fn devices() -> Vec<Device> {
+    let mut devices = vec![Device::Cpu];
+    if tch::Cuda::is_available() {
+        devices.push(Device::Cuda(0));
+    }
+    devices
+}
+
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size());
+    let a = a.to_device(Device::Cpu);
     (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
         .abs()
         .max()
@@ -75,7 +85,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 /// Fraction of elements more than half a uint8 step away (i.e. a different PIL pixel value).
 fn off_by_a_step(a: &Tensor, b: &Tensor, step: f64) -> f64 {
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+    (a.to_device(Device::Cpu).to_kind(Kind::Double) - b.to_kind(Kind::Double))
         .abs()
         .gt(step / 2.0)
         .to_kind(Kind::Double)
@@ -87,29 +97,34 @@ fn off_by_a_step(a: &Tensor, b: &Tensor, step: f64) -> f64 {
 fn every_case_within_one_uint8_step() {
     let meta = cases();
     let mut failures = Vec::new();
-    println!(
-        "{:<30} {:>15} {:>11} {:>11} {:>9} {:>10}",
-        "case", "shape", "max error", "bound", "in steps", "off by 1"
-    );
-    for case in meta["cases"].as_array().unwrap() {
-        let name = case["name"].as_str().unwrap();
-        let processor = &meta["processors"][case["processor"].as_str().unwrap()];
-        let pre = preprocessor(processor, size_override(case));
-        let data = load(case["file"].as_str().unwrap());
-        let image = &data["image"];
-        let reference = &data["pixel_values"];
-        let got = pre.run(std::slice::from_ref(image), Kind::Float).unwrap();
-        let error = max_abs_diff(&got, reference);
-        let limit = bound(processor);
+    for device in devices() {
         println!(
-            "{name:<30} {:>15} {error:>11.3e} {limit:>11.3e} {:>9.3} {:>9.3}%",
-            format!("{:?}", got.size()),
-            error / limit,
-            100.0 * off_by_a_step(&got, reference, limit)
+            "{:<30} {:>15} {:>11} {:>11} {:>9} {:>10}   on {device:?}",
+            "case", "shape", "max error", "bound", "in steps", "off by 1"
         );
-        // 1e-5: f32 rounding of rescale and normalize on top of the one-step bound.
-        if error > limit + 1e-5 {
-            failures.push(format!("{name}: max error {error:.4e} > bound {limit:.4e}"));
+        for case in meta["cases"].as_array().unwrap() {
+            let name = case["name"].as_str().unwrap();
+            let processor = &meta["processors"][case["processor"].as_str().unwrap()];
+            let pre = preprocessor(processor, size_override(case));
+            let data = load(case["file"].as_str().unwrap());
+            let image = data["image"].to_device(device);
+            let reference = &data["pixel_values"];
+            let got = pre.run(std::slice::from_ref(&image), Kind::Float).unwrap();
+            assert_eq!(got.device(), device);
+            let error = max_abs_diff(&got, reference);
+            let limit = bound(processor);
+            println!(
+                "{name:<30} {:>15} {error:>11.3e} {limit:>11.3e} {:>9.3} {:>9.3}%",
+                format!("{:?}", got.size()),
+                error / limit,
+                100.0 * off_by_a_step(&got, reference, limit)
+            );
+            // 1e-5: f32 rounding of rescale and normalize on top of the one-step bound.
+            if error > limit + 1e-5 {
+                failures.push(format!(
+                    "{name} on {device:?}: max error {error:.4e} > bound {limit:.4e}"
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
@@ -188,7 +203,9 @@ fn batches_of_mixed_frame_sizes() {
             .iter()
             .map(|n| load(&format!("{n}.safetensors")))
             .collect();
-        let frames: Vec<Tensor> = data.iter().map(|d| d["image"].shallow_clone()).collect();
+        // On the GPU where there is one: batching is what the inference device sees.
+        let device = *devices().last().unwrap();
+        let frames: Vec<Tensor> = data.iter().map(|d| d["image"].to_device(device)).collect();
         let batch = pre.run(&frames, Kind::Float).unwrap();
         assert_eq!(batch.size()[0], names.len() as i64);
         for (i, (name, d)) in names.iter().zip(&data).enumerate() {

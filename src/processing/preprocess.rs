@@ -179,24 +179,17 @@ impl Preprocessor {
             )));
         }
 
-        // Runs of equally sized frames (the usual case: one camera, or same-model cameras) are
-        // resized as one stacked tensor.
-        let mut parts = Vec::new();
-        let mut start = 0;
-        while start < frames.len() {
-            let end = (start..frames.len())
-                .find(|&i| sizes[i] != sizes[start])
-                .unwrap_or(frames.len());
-            let group: Vec<Tensor> = frames[start..end]
-                .iter()
-                .map(|f| f.f_permute([2, 0, 1]))
-                .collect::<Result<_, _>>()?;
-            let stacked = Tensor::f_stack(&group, 0)?;
-            parts.push(self.resize_and_crop(&stacked)?);
-            start = end;
+        // Each frame is resized on its own: its [1, 3, H, W] view of the HWC frame is channels-last
+        // and copies nothing, where stacking full-size frames first would cost a transposing copy
+        // of every frame (4 full-HD frames: 3x slower on CPU). Only the small resized frames are
+        // concatenated.
+        let mut parts = Vec::with_capacity(frames.len());
+        for frame in frames {
+            let chw = frame.f_permute([2, 0, 1])?.f_unsqueeze(0)?;
+            parts.push(self.resize_and_crop(&chw)?);
         }
         let batch = if parts.len() == 1 {
-            parts.pop().expect("one part")
+            parts.swap_remove(0)
         } else {
             Tensor::f_cat(&parts, 0)?
         };
@@ -205,7 +198,7 @@ impl Preprocessor {
             .map_err(Into::into)
     }
 
-    /// uint8 [B, 3, H, W] -> f32 [B, 3, h, w] holding whole numbers 0..=255, as PIL's output.
+    /// uint8 [1, 3, H, W] -> f32 [1, 3, h, w] holding whole numbers 0..=255, as PIL's output.
     fn resize_and_crop(&self, batch: &Tensor) -> Result<Tensor, ProcessingError> {
         let (_, _, height, width) = batch.size4()?;
         let mut x = batch.f_to_kind(Kind::Float)?;
