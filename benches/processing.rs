@@ -5,7 +5,9 @@
 //!     cargo bench --bench processing -- --iters 50
 //!
 //! Frames start on the measured device (the daemon uploads each uint8 frame once); CUDA timings
-//! synchronize before the clock stops. Not a test: numbers depend on the machine.
+//! synchronize before the clock stops. Not a test: numbers depend on the machine. Under
+//! `cargo test --all-targets` (no `--bench` argument) it only smoke-runs every path once on a
+//! small frame.
 
 use std::time::{Duration, Instant};
 
@@ -34,15 +36,24 @@ fn main() {
         eprintln!("--device cuda: CUDA is not available");
         std::process::exit(2);
     }
-    let iters: usize = value("--iters").and_then(|v| v.parse().ok()).unwrap_or(20);
+    let smoke = !args.iter().any(|a| a == "--bench");
+    let iters: usize = match value("--iters").and_then(|v| v.parse().ok()) {
+        Some(n) => n,
+        None if smoke => 1,
+        None => 20,
+    };
+    let (fh, fw) = if smoke { (108, 192) } else { (1080, 1920) };
+    if smoke {
+        println!("smoke run on {fh}x{fw} frames; `cargo bench --bench processing` measures");
+    }
     let _guard = tch::no_grad_guard();
     println!(
         "device {device:?}, {} intra-op threads, {iters} iterations, median per frame",
         tch::get_num_threads()
     );
 
-    let frame = Tensor::randint(256, [1080, 1920, 3], (Kind::Uint8, Device::Cpu)).to_device(device);
-    println!("\npreprocessing a 1920x1080 uint8 frame");
+    let frame = Tensor::randint(256, [fh, fw, 3], (Kind::Uint8, Device::Cpu)).to_device(device);
+    println!("\npreprocessing a {fw}x{fh} uint8 frame");
     let dinov2_backbone = serde_json::json!({"backbone_config": {"model_type": "dinov2"}});
     for (name, arch, model_config) in [
         ("DPTForDepthEstimation", "DPTForDepthEstimation", None),
@@ -74,7 +85,7 @@ fn main() {
     ] {
         let config = ProcessorConfig::defaults_for(arch, model_config).expect("built-in processor");
         let pre = Preprocessor::from_config(config).expect("processor");
-        let (h, w) = pre.output_size(1080, 1920);
+        let (h, w) = pre.output_size(fh, fw);
         for batch in [1usize, 4] {
             let frames: Vec<Tensor> = (0..batch).map(|_| frame.shallow_clone()).collect();
             let t = time(device, iters, || {
@@ -91,12 +102,12 @@ fn main() {
                 .expect("preprocess")
         });
         println!(
-            "  {arch:<34} -> {h}x{w}  1 frame, f16: {:>8.2} ms/frame",
+            "  {name:<34} -> {h}x{w}  1 frame, f16: {:>8.2} ms/frame",
             ms(t)
         );
     }
 
-    println!("\npost-processing onto a 1920x1080 frame");
+    println!("\npost-processing onto a {fw}x{fh} frame");
     let depth = Tensor::rand([384, 384], (Kind::Float, device));
     let logits = Tensor::randn([150, 480, 480], (Kind::Float, device));
     let classes = Tensor::randn([1000], (Kind::Float, device));
@@ -145,7 +156,7 @@ fn time(device: Device, iters: usize, mut f: impl FnMut() -> Tensor) -> Duration
             tch::Cuda::synchronize(i as i64);
         }
     };
-    for _ in 0..2 {
+    for _ in 0..2.min(iters) {
         let _ = f();
     }
     sync();
