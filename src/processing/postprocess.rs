@@ -131,6 +131,13 @@ impl Annotator {
                 ),
             });
         }
+        if output.device() != frame.device() {
+            return Err(ProcessingError::Output(format!(
+                "on {:?} while the frame is on {:?}: both must be on the model's device",
+                output.device(),
+                frame.device()
+            )));
+        }
         let (height, width) = (size[0], size[1]);
         let output = squeeze_batch(output, self.task)?;
         match self.task {

@@ -212,15 +212,19 @@ impl Preprocessor {
         Ok(x)
     }
 
+    /// `x` is a tensor this call owns (made by the resize), so it is updated in place.
     fn normalize_and_pad(&self, mut x: Tensor) -> Result<Tensor, ProcessingError> {
-        let device = x.device();
         if let Some(factor) = self.config.rescale {
-            x = x.f_mul_scalar(factor)?;
+            let _ = x.f_mul_scalar_(factor)?;
         }
         if let (Some(mean), Some(std)) = (self.config.mean, self.config.std) {
-            x = x
-                .f_sub(&channel_constants(mean, device)?)?
-                .f_div(&channel_constants(std, device)?)?;
+            // Scalars per channel rather than [1, 3, 1, 1] tensors: nothing but the frame is ever
+            // copied to the device.
+            for c in 0..3 {
+                let mut channel = x.f_narrow(1, c as i64, 1)?;
+                let _ = channel.f_sub_scalar_(mean[c])?;
+                let _ = channel.f_div_scalar_(std[c])?;
+            }
         }
         if let Some(m) = self.config.pad_to_multiple {
             let (_, _, h, w) = x.size4()?;
@@ -259,13 +263,6 @@ fn check_frame(
         return Err(fail(format!("empty frame {}x{}", size[0], size[1])));
     }
     Ok((size[0], size[1]))
-}
-
-fn channel_constants(values: [f64; 3], device: Device) -> Result<Tensor, ProcessingError> {
-    let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
-    Ok(Tensor::f_from_slice(&v)?
-        .f_view([1, 3, 1, 1])?
-        .f_to_device(device)?)
 }
 
 /// PIL's `Image.resize` for bilinear / bicubic on f32 [B, C, H, W] holding uint8 values: the
