@@ -8,8 +8,11 @@
 //!   model), `models::hub` (Hugging Face cache and downloads), `models::torchscript`.
 //! - [`infer`]: `visiond infer`, one model on one tensor.
 //! - [`logging`]: tracing setup (text or JSON, `RUST_LOG` override).
+//! - [`processing`]: the Hugging Face image processors and the output overlays (depth colour
+//!   maps, segmentation palettes, class scores) as tensor ops on the inference device.
 
 pub mod config;
 pub mod infer;
 pub mod logging;
 pub mod models;
+pub mod processing;

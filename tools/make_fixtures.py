@@ -6,7 +6,7 @@ Usage (from the repository root):
 
     scripts/setup            # once: torch==2.11.0 venv at ~/.cache/visiond/torch-2.11.0
     tools/fixtures-venv      # once: ~/.cache/visiond/fixtures-venv (transformers==5.17.0 + that torch)
-    ~/.cache/visiond/fixtures-venv/bin/python tools/make_fixtures.py [--out tests/fixtures] [--only NAME ...]
+    ~/.cache/visiond/fixtures-venv/bin/python tools/make_fixtures.py [--out tests/fixtures] [--only NAME ...] [--processors]
 
 Writes
     <out>/models/<name>/                 save_pretrained output: config.json, model.safetensors (f32),
@@ -16,6 +16,11 @@ Writes
     <out>/reference/<name>/cases.json    the cases: input/output shapes, forward kwargs, notes, output stats
 plus the loader-error variants models/dpt-vit-sharded (index + shards) and models/dpt-vit-bin-only
 (pytorch_model.bin + config.json), and models/torchscript-depth/model.pt (a TorchScript module).
+    <out>/processors/<case>.safetensors  an input image (uint8 [H,W,3]) and the PIL image processor's pixel_values,
+                                         or a post-processing reference on a fixture model output
+    <out>/processors/cases.json          the processors (preprocessor_config.json, output sizes) and the cases
+With neither --only nor --processors everything is generated; --processors alone generates only processors/
+(it reads the committed reference/ outputs for the post-processing cases).
 
 Every model is built from a config object (no hub access), every parameter and BatchNorm running
 statistic is drawn at random from fixed seeds, and the outputs are computed with model.eval() under
@@ -764,6 +769,192 @@ def make_torchscript(out):
     (ref_dir / "cases.json").write_text(to_json(meta))
 
 
+# --------------------------------------------------------------------------------------------
+# image processors and post-processing (--processors)
+# --------------------------------------------------------------------------------------------
+def processor_images():
+    """Deterministic uint8 RGB test images [H, W, 3], all non-square: crops of scikit-image's bundled
+    photos (real texture and edges), a scaled-down photo, and a synthetic high-frequency pattern
+    (colour zone plate + 1-px checkerboard) that punishes any resampling mismatch."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    coffee = np.array(Image.fromarray(data.coffee()).reduce(3))  # 400x600 -> 133x200, box filter
+    astronaut = data.astronaut()[20:200, 140:290]  # 180x150 portrait crop
+    page = data.page()[:120, :190]  # grayscale text
+    page = np.stack([page] * 3, axis=-1)
+    small = data.astronaut()[200:236, 220:247]  # 36x27: enlarged by every processor
+
+    h, w = 97, 131
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    r2 = (y - h / 2) ** 2 + (x - w / 2) ** 2
+    pattern = np.stack([127.5 + 127.5 * np.cos(0.02 * r2 + phase) for phase in (0.0, 2.1, 4.2)], axis=-1)
+    checker = ((y.astype(int) + x.astype(int)) % 2 * 255)[..., None]
+    pattern[h // 2 :, : w // 3] = checker[h // 2 :, : w // 3]
+    pattern = np.clip(np.round(pattern), 0, 255).astype(np.uint8)
+    tiny = pattern[:23, 40:71]  # 23x31
+
+    images = dict(coffee=coffee, astronaut=astronaut, page=page, small=small, pattern=pattern, tiny=tiny)
+    for name, im in images.items():
+        assert im.dtype == np.uint8 and im.ndim == 3 and im.shape[2] == 3 and im.shape[0] != im.shape[1], name
+        images[name] = np.ascontiguousarray(im)
+    return images
+
+
+def processor_specs():
+    """name -> (processor, architecture it stands for, what it mirrors). Sizes scaled down from the real
+    checkpoints' (384 -> 48, 518 -> 56, 224 -> 48, shortest edge 256 / crop 224 -> 48 / 42)."""
+    return {
+        "dpt": (DPTImageProcessorPil(size={"height": 48, "width": 48}, resample=BILINEAR, keep_aspect_ratio=False,
+                                     ensure_multiple_of=1, do_rescale=True, do_normalize=True, image_mean=HALF,
+                                     image_std=HALF, do_pad=False),
+                "DPTForDepthEstimation", "Intel/dpt-large, dpt-hybrid-midas, dpt-large-ade: fixed size, bilinear"),
+        "dpt_override": (DPTImageProcessorPil(size={"height": 40, "width": 24}, resample=BILINEAR,
+                                              keep_aspect_ratio=False, ensure_multiple_of=1, do_rescale=True,
+                                              do_normalize=True, image_mean=HALF, image_std=HALF, do_pad=False),
+                         "DPTForDepthEstimation", "dpt with the size overridden to 40x24 (visiond input_size)"),
+        "depth_anything": (DPTImageProcessorPil(size={"height": 56, "width": 56}, resample=BICUBIC,
+                                                keep_aspect_ratio=True, ensure_multiple_of=14, do_rescale=True,
+                                                do_normalize=True, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
+                                                do_pad=False),
+                           "DepthAnythingForDepthEstimation",
+                           "Depth-Anything-V2: keep aspect ratio, multiple of 14, bicubic"),
+        "dpt_dinov2": (DPTImageProcessorPil(do_resize=False, do_rescale=False, do_normalize=True,
+                                            image_mean=[123.675, 116.28, 103.53], image_std=[58.395, 57.12, 57.375],
+                                            do_pad=True, size_divisor=14),
+                       "DPTForDepthEstimation", "facebook/dpt-dinov2-*: no resize, mean/std on 0-255, centred zero pad "
+                       "to a multiple of 14"),
+        "beit": (BeitImageProcessorPil(size={"height": 48, "width": 48}, resample=BILINEAR, do_center_crop=False,
+                                       crop_size={"height": 48, "width": 48}, do_rescale=True, do_normalize=True,
+                                       image_mean=HALF, image_std=HALF, do_reduce_labels=False),
+                 "BeitForImageClassification", "microsoft/dit-*: fixed size, bilinear, no crop"),
+        "bit": (BitImageProcessorPil(size={"shortest_edge": 48}, crop_size={"height": 42, "width": 42},
+                                     resample=BICUBIC, do_resize=True, do_center_crop=True, do_rescale=True,
+                                     do_normalize=True, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
+                                     do_convert_rgb=True),
+                "Dinov2ForImageClassification", "facebook/dinov2-*-imagenet1k: shortest edge, bicubic, centre crop"),
+    }
+
+
+# case name -> (processor spec, image, size_override or None). Shrinking, enlarging and mixed, all non-square.
+PROCESSOR_CASES = [
+    ("dpt_shrink_photo", "dpt", "coffee", None),
+    ("dpt_shrink_pattern", "dpt", "pattern", None),
+    ("dpt_enlarge", "dpt", "small", None),
+    ("dpt_override_mixed", "dpt_override", "tiny", [40, 24]),
+    ("dpt_override_shrink", "dpt_override", "page", [40, 24]),
+    ("depth_anything_shrink_photo", "depth_anything", "coffee", None),
+    ("depth_anything_shrink_pattern", "depth_anything", "pattern", None),
+    ("depth_anything_enlarge", "depth_anything", "small", None),
+    ("dpt_dinov2_photo", "dpt_dinov2", "coffee", None),
+    ("dpt_dinov2_pattern", "dpt_dinov2", "pattern", None),
+    ("beit_shrink_text", "beit", "page", None),
+    ("beit_shrink_pattern", "beit", "pattern", None),
+    ("beit_enlarge", "beit", "tiny", None),
+    ("bit_landscape", "bit", "coffee", None),
+    ("bit_portrait", "bit", "astronaut", None),
+    ("bit_pattern", "bit", "pattern", None),
+    ("bit_enlarge", "bit", "small", None),
+]
+
+# Frame sizes whose processed size is recorded per processor: camera sizes, the fixture images, degenerate
+# ones, and 112x238, where depth_anything's width lands on 8.5 multiples of 14 (Python rounds half to even).
+OUTPUT_SIZE_PROBES = [[1080, 1920], [1920, 1080], [720, 1280], [480, 640], [112, 238], [112, 210], [133, 200],
+                      [180, 150], [36, 27], [97, 131], [23, 31], [1, 1], [3, 500]]
+
+
+def make_processor_fixtures(out):
+    """tests/fixtures/processors/: for each case the input image (uint8 [H,W,3]) and the PIL processor's
+    pixel_values (f32 [1,3,h,w]); the post-processing references; cases.json describing them."""
+    import tempfile
+
+    import numpy as np
+
+    proc_dir = out / "processors"
+    if proc_dir.exists():
+        shutil.rmtree(proc_dir)
+    proc_dir.mkdir(parents=True)
+    images = processor_images()
+    specs = processor_specs()
+
+    processors = {}
+    for name, (proc, arch, mirrors) in specs.items():
+        assert type(proc).__name__.endswith("Pil"), "the PIL processors are the reference"
+        with tempfile.TemporaryDirectory() as tmp:
+            proc.save_pretrained(tmp)  # what a checkpoint folder holds
+            config = json.loads((Path(tmp) / "preprocessor_config.json").read_text())
+        sizes = []
+        for h, w in OUTPUT_SIZE_PROBES:
+            try:
+                pv = proc(images=np.zeros((h, w, 3), np.uint8), input_data_format="channels_last",
+                          return_tensors="pt")["pixel_values"]
+            except ValueError as e:  # e.g. a side rounded to 0 multiples: a frame the processor rejects
+                sizes.append({"frame": [h, w], "processed": None, "error": str(e).splitlines()[0][:120]})
+                continue
+            sizes.append({"frame": [h, w], "processed": list(pv.shape[2:])})
+        processors[name] = {"class": type(proc).__name__, "architecture": arch, "mirrors": mirrors,
+                            "preprocessor_config": config, "output_sizes": sizes}
+
+    cases = []
+    for case, spec, image_name, override in PROCESSOR_CASES:
+        proc = specs[spec][0]
+        image = images[image_name]
+        pv = proc(images=image, input_data_format="channels_last", return_tensors="pt")["pixel_values"]
+        pv = pv.float().contiguous()
+        assert pv.shape[0] == 1
+        save_file({"image": torch.from_numpy(image), "pixel_values": pv}, proc_dir / f"{case}.safetensors")
+        cases.append({"name": case, "file": f"{case}.safetensors", "processor": spec, "image": image_name,
+                      "image_shape": list(image.shape), "size_override": override,
+                      "pixel_values_shape": list(pv.shape)})
+        print(f"  {case:<30} {spec:<15} {image_name:<9} {list(image.shape)} -> {list(pv.shape)}")
+
+    # Post-processing, on fixture model outputs: depth to a frame size (bicubic, as post_process_depth_estimation)
+    # and segmentation logits to a frame size then argmax (post_process_semantic_segmentation).
+    from transformers.modeling_outputs import DepthEstimatorOutput, SemanticSegmenterOutput
+
+    dpt = specs["dpt"][0]
+    post = []
+    for case, source, target in [("depth_enlarge", "depth-anything/non_square", [100, 150]),
+                                 ("depth_shrink", "dpt-dinov2/square", [45, 30])]:
+        depth = load_file(out / "reference" / f"{source}.safetensors")["predicted_depth"]
+        got = dpt.post_process_depth_estimation(DepthEstimatorOutput(predicted_depth=depth),
+                                                target_sizes=[tuple(target)])[0]["predicted_depth"]
+        assert list(got.shape) == target
+        save_file({"predicted_depth": depth.contiguous(), "resized": got.contiguous()}, proc_dir / f"{case}.safetensors")
+        post.append({"name": case, "file": f"{case}.safetensors", "kind": "depth", "source": f"reference/{source}",
+                     "input_shape": list(depth.shape), "target_size": target,
+                     "function": "DPTImageProcessorPil.post_process_depth_estimation"})
+    for case, source, target in [("segmentation_enlarge", "dpt-ade/native", [90, 120]),
+                                 ("segmentation_shrink", "dpt-ade/larger", [75, 50])]:
+        logits = load_file(out / "reference" / f"{source}.safetensors")["logits"]
+        seg = dpt.post_process_semantic_segmentation(SemanticSegmenterOutput(logits=logits),
+                                                     target_sizes=[tuple(target)])[0]
+        resized = torch.nn.functional.interpolate(logits, size=target, mode="bilinear", align_corners=False)[0]
+        top2 = resized.topk(2, dim=0).values
+        margin = (top2[0] - top2[1]).min().item()
+        save_file({"logits": logits.contiguous(), "segmentation": seg.contiguous()}, proc_dir / f"{case}.safetensors")
+        post.append({"name": case, "file": f"{case}.safetensors", "kind": "segmentation", "source": f"reference/{source}",
+                     "input_shape": list(logits.shape), "target_size": target,
+                     "function": "DPTImageProcessorPil.post_process_semantic_segmentation",
+                     "smallest_top2_margin": margin})
+        print(f"  {case:<30} {list(logits.shape)} -> {target}, smallest top-2 logit margin {margin:.2e}")
+
+    meta = {
+        "generated_with": {"torch": torch.__version__, "transformers": transformers.__version__,
+                           "pillow": __import__("PIL").__version__, "scikit_image": __import__("skimage").__version__},
+        "notes": ["pixel_values come from the PIL processor classes (the reference: transformers 5.x may pick a "
+                  "torchvision backend for DPTImageProcessor etc. when torchvision is installed).",
+                  "preprocessor_config is what save_pretrained writes for that processor; a case with size_override "
+                  "is the processor built with that size, to be reproduced from the 48x48 `dpt` config plus the override.",
+                  "output_sizes: pixel_values' spatial size for a frame of each probe size (zeros image)."],
+        "processors": processors,
+        "cases": cases,
+        "postprocess": post,
+    }
+    (proc_dir / "cases.json").write_text(to_json(meta))
+
+
 def main():
     if os.environ.get("PYTHONHASHSEED") != "0":
         # TorchScript serialises some module attributes in set order: pin string hashing.
@@ -771,9 +962,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "tests" / "fixtures")
     ap.add_argument("--only", nargs="*", help="generate only these fixtures (names as in models/)")
+    ap.add_argument("--processors", action="store_true",
+                    help="generate tests/fixtures/processors (image processor and post-processing references); "
+                         "alone it generates only those, with --only both")
     args = ap.parse_args()
     known = list(SPECS) + ["torchscript-depth"]
-    only = args.only or known
+    only = args.only or ([] if args.processors else known)
     unknown = set(only) - set(known)
     if unknown:
         sys.exit(f"unknown fixtures {sorted(unknown)}; known: {known}")
@@ -787,6 +981,9 @@ def main():
         _, model_dir = generate(name, SPECS[name], args.out)
         if name == "dpt-vit":
             make_loader_variants(model_dir, args.out)
+    if args.processors or not args.only:
+        print("processors")
+        make_processor_fixtures(args.out)
     for p in args.out.rglob("*"):  # safetensors writes 0600 files
         if p.is_file():
             p.chmod(0o644)
