@@ -8,11 +8,17 @@
 //!   model), `models::hub` (Hugging Face cache and downloads), `models::torchscript`.
 //! - [`infer`]: `visiond infer`, one model on one tensor.
 //! - [`logging`]: tracing setup (text or JSON, `RUST_LOG` override).
+//! - [`media`]: GStreamer: source pipelines into appsinks, output pipelines from appsrcs,
+//!   the RTSP server, bus errors.
+//! - [`pipeline`]: the frame path on OS threads: frames, bounded hops with drop policies, the
+//!   batched inference worker, per-pipeline supervision with reconnects, the engine.
 //! - [`processing`]: the Hugging Face image processors and the output overlays (depth colour
 //!   maps, segmentation palettes, class scores) as tensor ops on the inference device.
 
 pub mod config;
 pub mod infer;
 pub mod logging;
+pub mod media;
 pub mod models;
+pub mod pipeline;
 pub mod processing;

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use tokio::signal::unix::{SignalKind, signal};
 use visiond::config::{Config, LogConfig};
+use visiond::pipeline::engine::{Engine, ShutdownHandle};
+use visiond::pipeline::stats::PipelineState;
 
 #[derive(Parser)]
 #[command(name = "visiond", version, about = "Vision transformers on live video")]
@@ -25,6 +28,12 @@ enum Command {
         #[arg(short, long, default_value = "/etc/visiond/visiond.yaml")]
         config: PathBuf,
     },
+    /// Run every pipeline until finite sources end or SIGINT/SIGTERM drains them.
+    Run {
+        /// The daemon file.
+        #[arg(short, long, default_value = "/etc/visiond/visiond.yaml")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -32,6 +41,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Infer(args) => infer(&args),
+        Command::Run { config } => run(&config),
     }
 }
 
@@ -47,6 +57,80 @@ fn infer(args: &visiond::infer::InferArgs) -> ExitCode {
             eprintln!("error: {error}");
             ExitCode::from(error.exit_code())
         }
+    }
+}
+
+fn run(file: &std::path::Path) -> ExitCode {
+    let config = match Config::load(file) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} error(s); not starting", errors.0.len());
+            return ExitCode::from(2);
+        }
+    };
+    visiond::logging::init(&config.daemon.log);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let engine = match Engine::start(&config, &visiond::pipeline::inference::factory(&config)) {
+        Ok(engine) => engine,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            return ExitCode::from(1);
+        }
+    };
+    watch_signals(engine.shutdown_handle());
+    let reports = engine.wait();
+    // The summary goes to stderr: stdout may carry jsonl metadata.
+    eprintln!("summary:");
+    for report in &reports {
+        eprintln!("  {report}");
+    }
+    if reports.iter().all(|r| r.state == PipelineState::Finished) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// SIGINT/SIGTERM start a drain (bounded by `shutdown.grace_ms`); a second one exits at once.
+/// Signals are control plane: they live on a small tokio runtime, not on the frame path.
+fn watch_signals(shutdown: ShutdownHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::error!(%error, "cannot watch signals");
+                    return;
+                }
+            };
+            runtime.block_on(async {
+                let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+                    tracing::error!("cannot watch SIGTERM");
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+                tracing::info!("shutdown requested; draining (a second signal exits at once)");
+                shutdown.trigger();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+                tracing::warn!("second signal; exiting without draining");
+                std::process::exit(130);
+            });
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "cannot start the signal thread");
     }
 }
 

@@ -1,0 +1,377 @@
+//! A pipeline's publishing side: appsrc → convert/scale → [label] → encoder → tee → sinks.
+
+use std::path::Path;
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
+
+use super::rtsp_server::{RtspFeed, RtspServer};
+use crate::config::{Container, EncoderConfig, PipelineConfig, SinkConfig};
+use crate::pipeline::frame::Processed;
+
+const APPSRC: &str = "visiond_appsrc";
+const OUT_SIZE: &str = "visiond_outsize";
+const LABEL: &str = "visiond_label";
+const ENCODER: &str = "visiond_encoder";
+
+/// The running output pipeline of one visiond pipeline.
+pub struct VideoOutput {
+    pipeline: gst::Pipeline,
+    appsrc: gst_app::AppSrc,
+    out_size: gst::Element,
+    label: Option<gst::Element>,
+    feeds: Vec<RtspFeed>,
+    /// Size and rate of the frames the appsrc currently announces.
+    input_format: Option<(u32, u32, gst::Fraction)>,
+    /// Fixed at the first frame: later size changes are scaled to it, so recordings and
+    /// clients never see a resolution change.
+    output_size: Option<(u32, u32)>,
+    /// Keeps PTS increasing across source reconnects (a rebuilt source starts again at 0).
+    pts_offset: gst::ClockTime,
+    last_pts: Option<gst::ClockTime>,
+    name: String,
+}
+
+/// Builds the sink description for one sink (after the tee).
+fn sink_branch(index: usize, sink: &SinkConfig) -> String {
+    match sink {
+        SinkConfig::File(file) => {
+            let container = file.format.unwrap_or_else(|| container_of(&file.path));
+            let muxer = match container {
+                Container::Mp4 => "mp4mux",
+                Container::Mkv => "matroskamux",
+            };
+            match file.segment_s {
+                Some(seconds) => format!(
+                    "queue ! h264parse ! splitmuxsink location={} max-size-time={} muxer-factory={muxer}",
+                    quote(&segment_pattern(&file.path)),
+                    seconds * 1_000_000_000
+                ),
+                None => format!(
+                    "queue ! h264parse ! {muxer} ! filesink location={} sync=false",
+                    quote(&file.path.display().to_string())
+                ),
+            }
+        }
+        SinkConfig::Udp(udp) => format!(
+            "queue ! rtph264pay config-interval=1 pt=96 ! udpsink host={} port={} sync=false async=false",
+            quote(&udp.host),
+            udp.port
+        ),
+        SinkConfig::Rtsp(_) => format!(
+            "queue leaky=downstream max-size-buffers=60 ! appsink name=visiond_rtsp_{index} sync=false max-buffers=60 drop=true enable-last-sample=false"
+        ),
+        SinkConfig::Launch(launch) => format!("queue ! {}", launch.pipeline),
+        SinkConfig::Display(display) => format!(
+            "queue ! avdec_h264 ! videoconvert ! autovideosink sync={}",
+            display.sync
+        ),
+    }
+}
+
+fn container_of(path: &Path) -> Container {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("mkv") => Container::Mkv,
+        _ => Container::Mp4,
+    }
+}
+
+/// splitmuxsink needs a printf pattern for the segment number.
+fn segment_pattern(path: &Path) -> String {
+    let text = path.display().to_string();
+    if text.contains('%') {
+        return text;
+    }
+    match (path.file_stem(), path.extension()) {
+        (Some(stem), Some(ext)) => path
+            .with_file_name(format!(
+                "{}-%05d.{}",
+                stem.to_string_lossy(),
+                ext.to_string_lossy()
+            ))
+            .display()
+            .to_string(),
+        _ => format!("{text}-%05d"),
+    }
+}
+
+fn quote(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The whole output description, or `None` when the pipeline has no video sinks.
+pub fn description(config: &PipelineConfig, live: bool, draw_label: bool) -> Option<String> {
+    if config.sinks.is_empty() {
+        return None;
+    }
+    // A finite source is paced by the output: `block` lets appsrc push back on the worker.
+    let mut text = format!(
+        "appsrc name={APPSRC} format=time is-live={live} block={} max-bytes=20000000 \
+         ! videoconvert ! videoscale ! capsfilter name={OUT_SIZE}",
+        !live
+    );
+    if draw_label {
+        text.push_str(&format!(
+            " ! videoconvert ! textoverlay name={LABEL} valignment=top halignment=left \
+             shaded-background=true scale-mode=display font-desc=\"Sans Bold 14\""
+        ));
+    }
+    text.push_str(&format!(
+        " ! videoconvert ! {} name={ENCODER} ! h264parse config-interval=-1 \
+         ! video/x-h264,stream-format=byte-stream,alignment=au ! tee name=visiond_tee allow-not-linked=true",
+        config.encoder.element
+    ));
+    for (index, sink) in config.sinks.iter().enumerate() {
+        text.push_str(&format!(" visiond_tee. ! {}", sink_branch(index, sink)));
+    }
+    Some(text)
+}
+
+/// Sets the encoder for live use: short keyframe interval (a late RTSP client waits at
+/// most that long), the bitrate, low-latency tuning, then the user's own properties.
+fn configure_encoder(encoder: &gst::Element, config: &EncoderConfig) -> Result<(), String> {
+    let has = |name: &str| encoder.find_property(name).is_some();
+    let interval = config.keyframe_interval;
+    if config.element == "x264enc" {
+        encoder.set_property_from_str("tune", "zerolatency");
+        encoder.set_property_from_str("speed-preset", "ultrafast");
+    }
+    for key in ["key-int-max", "gop-size", "iframeinterval", "idrinterval"] {
+        if has(key) {
+            encoder.set_property_from_str(key, &interval.to_string());
+        }
+    }
+    if has("bitrate") {
+        // nvv4l2h264enc counts bits per second; the others kilobits.
+        let value = if config.element.starts_with("nvv4l2") {
+            u64::from(config.bitrate_kbps) * 1000
+        } else {
+            u64::from(config.bitrate_kbps)
+        };
+        encoder.set_property_from_str("bitrate", &value.to_string());
+    }
+    for (key, value) in &config.properties {
+        if !has(key) {
+            return Err(format!(
+                "encoder.properties.{key}: element '{}' has no such property",
+                config.element
+            ));
+        }
+        encoder.set_property_from_str(key, value);
+    }
+    Ok(())
+}
+
+impl VideoOutput {
+    /// Builds (not yet playing) the output of `config`; `rtsp` serves its `rtsp` sinks.
+    pub fn build(
+        config: &PipelineConfig,
+        live: bool,
+        draw_label: bool,
+        rtsp: Option<&RtspServer>,
+    ) -> Result<Option<Self>, String> {
+        let Some(text) = description(config, live, draw_label) else {
+            return Ok(None);
+        };
+        let pipeline = gst::parse::launch(&text)
+            .map_err(|e| format!("cannot build the output of pipeline {}: {e}", config.name))?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| "the output description did not make a pipeline".to_string())?;
+        let by_name = |name: &str| {
+            pipeline
+                .by_name(name)
+                .ok_or_else(|| format!("output pipeline lost element {name}"))
+        };
+        let appsrc = by_name(APPSRC)?
+            .downcast::<gst_app::AppSrc>()
+            .map_err(|_| "output source is not an appsrc".to_string())?;
+        configure_encoder(&by_name(ENCODER)?, &config.encoder)?;
+        let mut feeds = Vec::new();
+        for (index, sink) in config.sinks.iter().enumerate() {
+            let SinkConfig::Rtsp(mount) = sink else {
+                continue;
+            };
+            let server = rtsp.ok_or("an rtsp sink needs the RTSP server, which is not running")?;
+            let feed = server.mount(&mount.mount)?;
+            let appsink = by_name(&format!("visiond_rtsp_{index}"))?
+                .downcast::<gst_app::AppSink>()
+                .map_err(|_| "rtsp branch does not end in an appsink".to_string())?;
+            let publish = feed.clone();
+            appsink.set_callbacks(
+                gst_app::AppSinkCallbacks::builder()
+                    .new_sample(move |sink| {
+                        let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                        if let Some(buffer) = sample.buffer_owned() {
+                            publish.push(&buffer);
+                        }
+                        Ok(gst::FlowSuccess::Ok)
+                    })
+                    .build(),
+            );
+            feeds.push(feed);
+        }
+        let label = if draw_label {
+            Some(by_name(LABEL)?)
+        } else {
+            None
+        };
+        Ok(Some(Self {
+            out_size: by_name(OUT_SIZE)?,
+            pipeline,
+            appsrc,
+            label,
+            feeds,
+            input_format: None,
+            output_size: None,
+            pts_offset: gst::ClockTime::ZERO,
+            last_pts: None,
+            name: config.name.clone(),
+        }))
+    }
+
+    pub fn pipeline(&self) -> &gst::Pipeline {
+        &self.pipeline
+    }
+
+    pub fn start(&self) -> Result<(), String> {
+        self.pipeline
+            .set_state(gst::State::Playing)
+            .map(|_| ())
+            .map_err(|_| {
+                format!(
+                    "output of pipeline {} failed to start{}",
+                    self.name,
+                    super::bus::pending_error(&self.pipeline)
+                )
+            })
+    }
+
+    /// Publishes one frame with its source PTS.
+    pub fn push(&mut self, processed: &Processed) -> Result<(), String> {
+        let frame = &processed.frame;
+        let (buffer, width, height) = match &processed.annotated {
+            None => (frame.buffer.copy(), frame.width, frame.height),
+            Some(image) => (
+                rgb_buffer(&image.data, image.width, image.height),
+                image.width,
+                image.height,
+            ),
+        };
+        if self.input_format != Some((width, height, frame.fps)) {
+            let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, width, height)
+                .fps(frame.fps)
+                .build()
+                .map_err(|e| format!("cannot describe a {width}x{height} frame: {e}"))?;
+            let caps = info
+                .to_caps()
+                .map_err(|e| format!("cannot make caps for {width}x{height}: {e}"))?;
+            self.appsrc.set_caps(Some(&caps));
+            self.input_format = Some((width, height, frame.fps));
+            if self.output_size.is_none() {
+                // 4:2:0 encoders need even sizes.
+                let size = (width & !1, height & !1);
+                self.out_size.set_property(
+                    "caps",
+                    gst::Caps::builder("video/x-raw")
+                        .field("width", size.0 as i32)
+                        .field("height", size.1 as i32)
+                        .build(),
+                );
+                self.output_size = Some(size);
+            }
+        }
+        if let (Some(label), Some(text)) = (&self.label, &processed.label) {
+            label.set_property("text", text);
+        }
+        let mut buffer = buffer;
+        {
+            let buffer = buffer.make_mut();
+            let pts = frame.pts.map(|pts| self.monotonic(pts, frame.duration));
+            buffer.set_pts(pts);
+            buffer.set_dts(gst::ClockTime::NONE);
+            buffer.set_duration(frame.duration);
+        }
+        self.appsrc
+            .push_buffer(buffer)
+            .map(|_| ())
+            .map_err(|e| format!("output of pipeline {} refused a frame: {e:?}", self.name))
+    }
+
+    fn monotonic(
+        &mut self,
+        pts: gst::ClockTime,
+        duration: Option<gst::ClockTime>,
+    ) -> gst::ClockTime {
+        let mut out = pts + self.pts_offset;
+        if let Some(last) = self.last_pts
+            && out <= last
+        {
+            // A rebuilt source restarted its clock: continue one frame after the last output.
+            let step = duration.unwrap_or(gst::ClockTime::from_mseconds(1));
+            self.pts_offset = last + step - pts;
+            out = last + step;
+        }
+        self.last_pts = Some(out);
+        out
+    }
+
+    /// Ends the stream, waits (at most `timeout`) for every sink to finish (mp4 files get their
+    /// index written), and stops the pipeline.
+    pub fn finish(self, timeout: std::time::Duration) -> Result<(), String> {
+        let _ = self.appsrc.end_of_stream();
+        let result = super::bus::wait_for_eos(&self.pipeline, timeout);
+        for feed in &self.feeds {
+            feed.end();
+        }
+        let _ = self.pipeline.set_state(gst::State::Null);
+        result.map_err(|e| format!("output of pipeline {}: {e}", self.name))
+    }
+
+    /// Errors the output pipeline reported since the last call.
+    pub fn poll_error(&self) -> Option<String> {
+        super::bus::take_error(&self.pipeline)
+    }
+}
+
+/// Packed RGB into a buffer laid out the way GStreamer expects RGB (rows padded to 4 bytes).
+fn rgb_buffer(data: &[u8], width: u32, height: u32) -> gst::Buffer {
+    let row = width as usize * 3;
+    let stride = (row + 3) & !3;
+    if stride == row {
+        return gst::Buffer::from_slice(data.to_vec());
+    }
+    let mut padded = vec![0u8; stride * height as usize];
+    for (y, line) in data.chunks_exact(row).enumerate() {
+        padded[y * stride..y * stride + row].copy_from_slice(line);
+    }
+    gst::Buffer::from_slice(padded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_patterns_get_a_counter() {
+        assert_eq!(
+            segment_pattern(Path::new("/rec/door.mp4")),
+            "/rec/door-%05d.mp4"
+        );
+        assert_eq!(
+            segment_pattern(Path::new("/rec/door-%03d.mkv")),
+            "/rec/door-%03d.mkv"
+        );
+    }
+
+    #[test]
+    fn odd_widths_are_padded_to_gstreamer_strides() {
+        gst::init().unwrap();
+        let data: Vec<u8> = (0..(5 * 3 * 2)).map(|v| v as u8).collect();
+        let buffer = rgb_buffer(&data, 5, 2);
+        let map = buffer.map_readable().unwrap();
+        assert_eq!(map.len(), 16 * 2);
+        assert_eq!(&map[16..31], &data[15..30]);
+    }
+}

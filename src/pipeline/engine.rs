@@ -1,0 +1,503 @@
+//! Runs every pipeline of a config: sources, hops, inference workers, outputs, the RTSP
+//! server; drains on shutdown; reports per-pipeline results.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::channel::{DropCounter, hop};
+use super::frame::{Frame, Processed};
+use super::metadata::{self, Drops, JsonlTarget};
+use super::stats::{PipelineState, PipelineStats};
+use super::supervisor::Supervisor;
+use super::worker::{self, BatchInference, BatchPolicy, Lane, WorkerStats};
+use crate::config::{Config, MetadataConfig, NO_MODEL, PipelineConfig, SinkConfig, WhenFull};
+use crate::media::output::VideoOutput;
+use crate::media::rtsp_server::RtspServer;
+
+/// A model made ready for a worker.
+pub struct ModelRuntime {
+    pub inference: Box<dyn BatchInference>,
+    pub task: crate::models::Task,
+}
+
+/// Builds the inference for a model shared by `pipelines` (index, config); the engine calls
+/// it once per model in use. Tests pass their own to run the engine on chosen models.
+pub type InferenceFactory<'a> =
+    dyn Fn(&str, &[(usize, &PipelineConfig)]) -> Result<ModelRuntime, String> + 'a;
+
+/// Closes the shutdown channel from any thread (signal handler, test, control plane).
+#[derive(Clone)]
+pub struct ShutdownHandle(Arc<Mutex<Option<Sender<()>>>>);
+
+impl ShutdownHandle {
+    pub fn trigger(&self) {
+        if let Ok(mut sender) = self.0.lock() {
+            sender.take();
+        }
+    }
+}
+
+/// A running pipeline as the control plane and tests see it.
+pub struct PipelineHandle {
+    pub name: String,
+    pub model: String,
+    pub stats: Arc<PipelineStats>,
+    pub input_drops: Arc<DropCounter>,
+    pub output_drops: Arc<DropCounter>,
+    /// Current depth of the first hop and its capacity.
+    input_depth: Arc<dyn Fn() -> (usize, usize) + Send + Sync>,
+    started: Instant,
+    supervisor: Option<JoinHandle<PipelineState>>,
+    output: Option<JoinHandle<()>>,
+}
+
+impl PipelineHandle {
+    pub fn queue_depth(&self) -> (usize, usize) {
+        (self.input_depth)()
+    }
+}
+
+/// What a pipeline did, for the summary `visiond run` prints.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PipelineReport {
+    pub name: String,
+    pub state: PipelineState,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub dropped: u64,
+    pub seconds: f64,
+    pub fps: f64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+}
+
+impl std::fmt::Display for PipelineReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
+        let state = match &self.state {
+            PipelineState::Failed { error } => format!("failed: {error}"),
+            other => serde_json::to_value(other)
+                .ok()
+                .and_then(|v| v.get("state").and_then(|s| s.as_str().map(String::from)))
+                .unwrap_or_default(),
+        };
+        write!(
+            f,
+            "{}: {state}; frames in {}, out {}, dropped {}; {:.1} fps; latency p50 {}, p99 {}",
+            self.name,
+            self.frames_in,
+            self.frames_out,
+            self.dropped,
+            self.fps,
+            ms(self.latency_p50_ms),
+            ms(self.latency_p99_ms)
+        )
+    }
+}
+
+pub struct Engine {
+    pipelines: Vec<PipelineHandle>,
+    workers: Vec<(String, Arc<WorkerStats>, JoinHandle<()>)>,
+    rtsp: Option<RtspServer>,
+    shutdown: ShutdownHandle,
+}
+
+impl Engine {
+    /// Starts everything. A pipeline that cannot be built is logged and reported `failed`;
+    /// the others run. Errors only when nothing can run at all (GStreamer missing, RTSP port
+    /// taken).
+    pub fn start(config: &Config, inference: &InferenceFactory<'_>) -> Result<Self, String> {
+        gstreamer::init().map_err(|e| format!("GStreamer could not start: {e}"))?;
+        let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
+        let shutdown = ShutdownHandle(Arc::new(Mutex::new(Some(shutdown_tx))));
+        let wants_rtsp = config.pipelines.iter().any(|p| {
+            p.config
+                .sinks
+                .iter()
+                .any(|s| matches!(s, SinkConfig::Rtsp(_)))
+        });
+        let rtsp = if wants_rtsp {
+            Some(RtspServer::start(&config.daemon.rtsp)?)
+        } else {
+            None
+        };
+        let grace = Duration::from_millis(config.daemon.shutdown.grace_ms);
+        // Models first: a pipeline's output depends on the task (labels are drawn for
+        // classifiers), and a model that cannot load fails only the pipelines that use it.
+        let mut users: BTreeMap<String, Vec<(usize, &PipelineConfig)>> = BTreeMap::new();
+        for (index, file) in config.pipelines.iter().enumerate() {
+            if file.config.model != NO_MODEL {
+                users
+                    .entry(file.config.model.clone())
+                    .or_default()
+                    .push((index, &file.config));
+            }
+        }
+        let mut runtimes: BTreeMap<String, Result<ModelRuntime, String>> = BTreeMap::new();
+        for (model, model_users) in &users {
+            let loaded = inference(model, model_users);
+            if let Err(error) = &loaded {
+                tracing::error!(model = %model, %error, "model cannot be loaded");
+            }
+            runtimes.insert(model.clone(), loaded);
+        }
+        let mut pipelines = Vec::new();
+        let mut lanes: BTreeMap<String, Vec<Lane>> = BTreeMap::new();
+        for (index, file) in config.pipelines.iter().enumerate() {
+            let pipeline = &file.config;
+            let stats = Arc::new(PipelineStats::default());
+            let live = pipeline.source.is_live();
+            let policy = pipeline.queue.when_full.unwrap_or(if live {
+                WhenFull::DropOldest
+            } else {
+                WhenFull::Block
+            });
+            let capacity = pipeline.queue.capacity;
+            let (out_tx, out_rx, output_drops) = hop::<Processed>(capacity, policy);
+            let uses_model = pipeline.model != NO_MODEL;
+            let task = match runtimes.get(&pipeline.model) {
+                Some(Ok(runtime)) => Some(runtime.task),
+                Some(Err(error)) => {
+                    let error = format!("model {} cannot be loaded: {error}", pipeline.model);
+                    stats.set_state(PipelineState::Failed { error });
+                    pipelines.push(PipelineHandle::failed(pipeline, stats));
+                    continue;
+                }
+                None => None,
+            };
+            let draw_label = task == Some(crate::models::Task::Classification);
+            let (in_tx, in_rx, input_drops) = hop::<Frame>(capacity, policy);
+            let hop_drops = if uses_model {
+                HopDrops {
+                    input: input_drops.clone(),
+                    output: Some(output_drops.clone()),
+                }
+            } else {
+                HopDrops {
+                    input: output_drops.clone(),
+                    output: None,
+                }
+            };
+            let output = match start_output(
+                pipeline,
+                live,
+                draw_label,
+                rtsp.as_ref(),
+                grace,
+                out_rx,
+                stats.clone(),
+                hop_drops,
+            ) {
+                Ok(output) => output,
+                Err(error) => {
+                    tracing::error!(pipeline = %pipeline.name, %error, "pipeline cannot be built");
+                    stats.set_state(PipelineState::Failed { error });
+                    pipelines.push(PipelineHandle::failed(pipeline, stats));
+                    continue;
+                }
+            };
+            let supervisor = Supervisor {
+                index,
+                name: pipeline.name.clone(),
+                source: pipeline.source.clone(),
+                stats: stats.clone(),
+                shutdown: shutdown_rx.clone(),
+                grace,
+            };
+            let counting = stats.clone();
+            let (input_drops, input_depth, source_thread) = if uses_model {
+                let in_tx = Arc::new(in_tx);
+                // Weak: the handle must not keep the hop open after the source is done.
+                let depth_of = Arc::downgrade(&in_tx);
+                lanes.entry(pipeline.model.clone()).or_default().push(Lane {
+                    pipeline: index,
+                    name: pipeline.name.clone(),
+                    input: in_rx,
+                    output: out_tx,
+                });
+                let thread = spawn_supervisor(supervisor, move |frame| {
+                    counting.frames_in.fetch_add(1, Ordering::Relaxed);
+                    in_tx.send(frame);
+                })?;
+                let depth: Arc<dyn Fn() -> (usize, usize) + Send + Sync> = Arc::new(move || {
+                    depth_of
+                        .upgrade()
+                        .map_or((0, 0), |h| (h.len(), h.capacity()))
+                });
+                (input_drops, depth, thread)
+            } else {
+                // Without a model the source feeds the output hop directly: one hop, one policy.
+                drop((in_tx, in_rx));
+                let input_drops = output_drops.clone();
+                let out_tx = Arc::new(out_tx);
+                let depth_of = Arc::downgrade(&out_tx);
+                let thread = spawn_supervisor(supervisor, move |frame| {
+                    counting.frames_in.fetch_add(1, Ordering::Relaxed);
+                    out_tx.send(Processed::passthrough(frame));
+                })?;
+                let depth: Arc<dyn Fn() -> (usize, usize) + Send + Sync> = Arc::new(move || {
+                    depth_of
+                        .upgrade()
+                        .map_or((0, 0), |h| (h.len(), h.capacity()))
+                });
+                (input_drops, depth, thread)
+            };
+            pipelines.push(PipelineHandle {
+                name: pipeline.name.clone(),
+                model: pipeline.model.clone(),
+                stats,
+                output_drops: if uses_model {
+                    output_drops
+                } else {
+                    Arc::new(DropCounter::default())
+                },
+                input_drops,
+                input_depth,
+                started: Instant::now(),
+                supervisor: Some(source_thread),
+                output: Some(output),
+            });
+        }
+        let mut workers = Vec::new();
+        for (model, model_lanes) in lanes {
+            let Some(Ok(runtime)) = runtimes.remove(&model) else {
+                continue;
+            };
+            let model_config = &config.daemon.models[&model];
+            let policy = BatchPolicy {
+                max_size: model_config.batch.max_size,
+                max_wait: Duration::from_millis(model_config.batch.max_wait_ms),
+            };
+            let stats = Arc::new(WorkerStats::default());
+            let thread = std::thread::Builder::new()
+                .name(format!("infer-{model}"))
+                .spawn({
+                    let stats = stats.clone();
+                    let model = model.clone();
+                    move || worker::run(&model, model_lanes, policy, runtime.inference, stats)
+                })
+                .map_err(|e| format!("cannot start the inference thread for model {model}: {e}"))?;
+            workers.push((model, stats, thread));
+        }
+        Ok(Self {
+            pipelines,
+            workers,
+            rtsp,
+            shutdown,
+        })
+    }
+
+    pub fn pipelines(&self) -> &[PipelineHandle] {
+        &self.pipelines
+    }
+
+    pub fn pipeline(&self, name: &str) -> Option<&PipelineHandle> {
+        self.pipelines.iter().find(|p| p.name == name)
+    }
+
+    pub fn worker_stats(&self, model: &str) -> Option<Arc<WorkerStats>> {
+        self.workers
+            .iter()
+            .find(|(name, _, _)| name == model)
+            .map(|(_, stats, _)| stats.clone())
+    }
+
+    pub fn rtsp_port(&self) -> Option<u16> {
+        self.rtsp.as_ref().map(RtspServer::port)
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Waits for every pipeline to finish (finite sources end; live ones end after
+    /// shutdown), then stops the workers and the RTSP server.
+    pub fn wait(mut self) -> Vec<PipelineReport> {
+        let mut reports = Vec::new();
+        for pipeline in &mut self.pipelines {
+            let final_state = pipeline.supervisor.take().map(|t| {
+                t.join().unwrap_or(PipelineState::Failed {
+                    error: "source thread panicked".into(),
+                })
+            });
+            if let Some(output) = pipeline.output.take() {
+                let _ = output.join();
+            }
+            if let Some(state) = final_state {
+                pipeline.stats.set_state(state);
+            }
+            reports.push(pipeline.report());
+        }
+        for (_, _, thread) in self.workers.drain(..) {
+            let _ = thread.join();
+        }
+        if let Some(rtsp) = self.rtsp.take() {
+            rtsp.stop();
+        }
+        reports
+    }
+}
+
+impl PipelineHandle {
+    fn failed(pipeline: &PipelineConfig, stats: Arc<PipelineStats>) -> Self {
+        Self {
+            name: pipeline.name.clone(),
+            model: pipeline.model.clone(),
+            stats,
+            input_drops: Arc::new(DropCounter::default()),
+            output_drops: Arc::new(DropCounter::default()),
+            input_depth: Arc::new(|| (0, 0)),
+            started: Instant::now(),
+            supervisor: None,
+            output: None,
+        }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        if Arc::ptr_eq(&self.input_drops, &self.output_drops) {
+            self.input_drops.get()
+        } else {
+            self.input_drops.get() + self.output_drops.get()
+        }
+    }
+
+    fn report(&self) -> PipelineReport {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let frames_out = self.stats.frames_out();
+        let ms = |q: f64| {
+            self.stats
+                .latency
+                .quantile(q)
+                .map(|d| d.as_secs_f64() * 1e3)
+        };
+        PipelineReport {
+            name: self.name.clone(),
+            state: self.stats.state(),
+            frames_in: self.stats.frames_in(),
+            frames_out,
+            dropped: self.dropped(),
+            seconds,
+            fps: if seconds > 0.0 {
+                frames_out as f64 / seconds
+            } else {
+                0.0
+            },
+            latency_p50_ms: ms(0.5),
+            latency_p99_ms: ms(0.99),
+        }
+    }
+}
+
+fn spawn_supervisor(
+    supervisor: Supervisor,
+    deliver: impl Fn(Frame) + Send + Sync + 'static,
+) -> Result<JoinHandle<PipelineState>, String> {
+    let name = supervisor.name.clone();
+    std::thread::Builder::new()
+        .name(format!("src-{name}"))
+        .spawn(move || supervisor.run(deliver))
+        .map_err(|e| format!("cannot start the source thread of pipeline {name}: {e}"))
+}
+
+/// The drop counters a pipeline's metadata lines report.
+struct HopDrops {
+    input: Arc<DropCounter>,
+    /// `None` when the pipeline has a single hop (no model).
+    output: Option<Arc<DropCounter>>,
+}
+
+/// Builds and starts the output pipeline and its thread.
+#[allow(clippy::too_many_arguments)]
+fn start_output(
+    pipeline: &PipelineConfig,
+    live: bool,
+    draw_label: bool,
+    rtsp: Option<&RtspServer>,
+    grace: Duration,
+    input: Receiver<Processed>,
+    stats: Arc<PipelineStats>,
+    drops: HopDrops,
+) -> Result<JoinHandle<()>, String> {
+    let video = VideoOutput::build(pipeline, live, draw_label, rtsp)?;
+    if let Some(video) = &video {
+        video.start()?;
+    }
+    let mut targets = Vec::new();
+    for item in &pipeline.metadata {
+        let MetadataConfig::Jsonl(jsonl) = item;
+        targets.push(match &jsonl.path {
+            Some(path) => JsonlTarget::open(path)?,
+            None => JsonlTarget::Stdout,
+        });
+    }
+    let name = pipeline.name.clone();
+    let model = pipeline.model.clone();
+    std::thread::Builder::new()
+        .name(format!("out-{name}"))
+        .spawn(move || {
+            output_loop(&name, &model, video, targets, input, &stats, &drops, grace);
+        })
+        .map_err(|e| {
+            format!(
+                "cannot start the output thread of pipeline {}: {e}",
+                pipeline.name
+            )
+        })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn output_loop(
+    name: &str,
+    model: &str,
+    mut video: Option<VideoOutput>,
+    mut targets: Vec<JsonlTarget>,
+    input: Receiver<Processed>,
+    stats: &PipelineStats,
+    drops: &HopDrops,
+    grace: Duration,
+) {
+    let mut reported = Drops::default();
+    let mut output_failed = false;
+    for processed in input.iter() {
+        if let Some(output) = video.as_mut()
+            && !output_failed
+        {
+            if let Some(error) = output.poll_error() {
+                tracing::error!(pipeline = name, %error, "output failed; video is no longer published");
+                output_failed = true;
+            } else if let Err(error) = output.push(&processed) {
+                tracing::error!(pipeline = name, %error, "output refused a frame");
+                output_failed = true;
+            }
+        }
+        stats.latency.record(processed.frame.captured.elapsed());
+        if !targets.is_empty() {
+            let total = Drops {
+                input: drops.input.get(),
+                output: drops.output.as_ref().map_or(0, |d| d.get()),
+            };
+            let since = Drops {
+                input: total.input - reported.input,
+                output: total.output - reported.output,
+            };
+            reported = total;
+            let line = metadata::render(name, model, &processed, since);
+            for target in &mut targets {
+                if let Err(error) = target.write_line(&line) {
+                    tracing::error!(pipeline = name, %error, "cannot write metadata");
+                }
+            }
+        }
+        stats.frames_out.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(output) = video
+        && let Err(error) = output.finish(grace)
+    {
+        tracing::warn!(pipeline = name, %error, "output did not finish cleanly");
+    }
+}

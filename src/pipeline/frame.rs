@@ -1,0 +1,86 @@
+//! A video frame on its way through a pipeline, and what comes out of the model for it.
+
+use std::time::Instant;
+
+use gstreamer as gst;
+
+/// One decoded RGB frame with the identity it keeps end to end.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// Index of the pipeline in the running config.
+    pub pipeline: usize,
+    /// Counts from 0 per pipeline, across reconnects.
+    pub seq: u64,
+    pub pts: Option<gst::ClockTime>,
+    pub duration: Option<gst::ClockTime>,
+    /// When the appsink handed the frame over: latency is measured from here.
+    pub captured: Instant,
+    pub width: u32,
+    pub height: u32,
+    /// The source's frame rate (0/1 when variable): encoders and muxers need it to give the
+    /// last frame its duration.
+    pub fps: gst::Fraction,
+    /// Packed RGB rows of `stride` bytes (GStreamer pads rows to 4 bytes).
+    pub buffer: gst::Buffer,
+    pub stride: usize,
+}
+
+impl Frame {
+    /// The pixels as tightly packed RGB, `height * width * 3` bytes.
+    pub fn packed_rgb(&self) -> Result<Vec<u8>, String> {
+        let map = self
+            .buffer
+            .map_readable()
+            .map_err(|_| "frame buffer cannot be mapped".to_string())?;
+        let row = self.width as usize * 3;
+        let height = self.height as usize;
+        if map.len() < self.stride * (height.saturating_sub(1)) + row {
+            return Err(format!(
+                "frame buffer of {} bytes is too small for {}x{} RGB",
+                map.len(),
+                self.width,
+                self.height
+            ));
+        }
+        let mut packed = Vec::with_capacity(row * height);
+        if self.stride == row {
+            packed.extend_from_slice(&map[..row * height]);
+        } else {
+            for y in 0..height {
+                packed.extend_from_slice(&map[y * self.stride..y * self.stride + row]);
+            }
+        }
+        Ok(packed)
+    }
+}
+
+/// Tightly packed RGB pixels made by post-processing (the annotated frame).
+#[derive(Debug, Clone)]
+pub struct RgbImage {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+}
+
+/// What the output stage receives for each frame.
+#[derive(Debug)]
+pub struct Processed {
+    pub frame: Frame,
+    /// The picture to publish; `None` publishes the source frame unchanged (`model: none`).
+    pub annotated: Option<RgbImage>,
+    /// Per-frame model results for the metadata line (depth stats, top-k, histogram).
+    pub results: Option<serde_json::Value>,
+    /// Text drawn onto the video (classification label and score).
+    pub label: Option<String>,
+}
+
+impl Processed {
+    pub fn passthrough(frame: Frame) -> Self {
+        Self {
+            frame,
+            annotated: None,
+            results: None,
+            label: None,
+        }
+    }
+}

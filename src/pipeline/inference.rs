@@ -1,0 +1,274 @@
+//! Batched inference on libtorch for the worker: frames in, annotated frames and results out.
+//!
+//! Per batch: one host→device copy per frame (uint8), preprocessing as tensor ops on the
+//! device, one forward per group of frames whose processed sizes agree, post-processing on
+//! the device, and one device→host copy per annotated frame.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tch::{Device, Kind, Tensor};
+
+use super::engine::ModelRuntime;
+use super::frame::{Frame, Processed, RgbImage};
+use super::worker::BatchInference;
+use crate::config::{Config, ModelConfig, PipelineConfig};
+use crate::models::checkpoint::{self, LoadOptions, ModelInfo, ModelSource};
+use crate::models::{Task, VisionModel};
+use crate::processing::{Annotator, FrameResults, Preprocessor};
+
+/// A frame on the device, with its position in the batch it came in.
+type Uploaded = (usize, Frame, Tensor);
+
+/// A model with its image processor and one annotator per pipeline using it.
+pub struct TorchInference {
+    model: Box<dyn VisionModel>,
+    info: ModelInfo,
+    preprocessor: Preprocessor,
+    annotators: HashMap<usize, Annotator>,
+}
+
+impl TorchInference {
+    pub fn new(
+        model: Box<dyn VisionModel>,
+        info: ModelInfo,
+        preprocessor: Preprocessor,
+        pipelines: &[(usize, &PipelineConfig)],
+    ) -> Self {
+        let annotators = pipelines
+            .iter()
+            .map(|(index, pipeline)| {
+                (
+                    *index,
+                    Annotator::new(&pipeline.overlay, info.task, info.id2label.clone()),
+                )
+            })
+            .collect();
+        Self {
+            model,
+            info,
+            preprocessor,
+            annotators,
+        }
+    }
+
+    /// Uploads one frame as uint8 [H, W, 3] on the model's device.
+    fn upload(&self, frame: &Frame) -> Result<Tensor, String> {
+        let pixels = frame.packed_rgb()?;
+        let tensor = Tensor::f_from_slice(&pixels)
+            .and_then(|t| t.f_view([i64::from(frame.height), i64::from(frame.width), 3]))
+            .map_err(|e| format!("cannot make a tensor of the frame: {e}"))?;
+        if self.info.device == Device::Cpu {
+            Ok(tensor)
+        } else {
+            tensor
+                .f_to_device(self.info.device)
+                .map_err(|e| format!("cannot copy the frame to {:?}: {e}", self.info.device))
+        }
+    }
+
+    /// Preprocess, forward and annotate frames that share a processed size.
+    fn run_group(
+        &mut self,
+        frames: &[(Frame, Tensor)],
+    ) -> Result<Vec<Result<Processed, String>>, String> {
+        let inputs: Vec<Tensor> = frames.iter().map(|(_, t)| t.shallow_clone()).collect();
+        let kind = self.info.dtype.kind();
+        let output = tch::no_grad(|| -> Result<Tensor, String> {
+            let pixel_values = self
+                .preprocessor
+                .run(&inputs, kind)
+                .map_err(|e| format!("preprocessing: {e}"))?;
+            self.model
+                .forward(&pixel_values)
+                .map_err(|e| format!("model {}: {e}", self.info.name))
+        })?;
+        // Post-processing works in f32 whatever the model ran in.
+        let output = output
+            .f_to_kind(Kind::Float)
+            .map_err(|e| format!("model {} output: {e}", self.info.name))?;
+        let mut results = Vec::with_capacity(frames.len());
+        for (i, (frame, pixels)) in frames.iter().enumerate() {
+            results.push(tch::no_grad(|| {
+                self.annotate(frame, pixels, &output, i as i64)
+            }));
+        }
+        Ok(results)
+    }
+
+    fn annotate(
+        &mut self,
+        frame: &Frame,
+        pixels: &Tensor,
+        output: &Tensor,
+        i: i64,
+    ) -> Result<Processed, String> {
+        let annotator = self
+            .annotators
+            .get_mut(&frame.pipeline)
+            .ok_or_else(|| format!("no annotator for pipeline {}", frame.pipeline))?;
+        let one = output.f_get(i).map_err(|e| e.to_string())?;
+        let annotated = annotator
+            .annotate(pixels, &one)
+            .map_err(|e| format!("post-processing: {e}"))?;
+        let label = match &annotated.results {
+            FrameResults::Classes { top_k } => Some(
+                top_k
+                    .first()
+                    .map(|(label, score)| format!("{label} {:.0}%", score * 100.0))
+                    .unwrap_or_default(),
+            ),
+            _ => None,
+        };
+        let results = serde_json::to_value(&annotated.results).map_err(|e| e.to_string())?;
+        // Classification frames are published unchanged (the label is drawn by the output).
+        let image = if self.info.task == Task::Classification {
+            None
+        } else {
+            Some(download(&annotated.frame)?)
+        };
+        Ok(Processed {
+            frame: frame.clone(),
+            annotated: image,
+            results: Some(results),
+            label,
+        })
+    }
+}
+
+/// Copies an annotated uint8 [H, W, 3] frame to the host.
+fn download(frame: &Tensor) -> Result<RgbImage, String> {
+    let size = frame.size();
+    let [height, width, 3] = size[..] else {
+        return Err(format!(
+            "annotated frame has shape {size:?}, expected [H, W, 3]"
+        ));
+    };
+    let host = frame
+        .f_to_device(Device::Cpu)
+        .and_then(|t| t.f_contiguous())
+        .map_err(|e| format!("cannot copy the annotated frame to the host: {e}"))?;
+    let data = Vec::<u8>::try_from(host.f_flatten(0, -1).map_err(|e| e.to_string())?)
+        .map_err(|e| format!("cannot read the annotated frame: {e}"))?;
+    Ok(RgbImage {
+        width: width as u32,
+        height: height as u32,
+        data,
+    })
+}
+
+impl BatchInference for TorchInference {
+    fn process(&mut self, frames: Vec<Frame>) -> Vec<Result<Processed, (Frame, String)>> {
+        let count = frames.len();
+        let mut results: Vec<Option<Result<Processed, (Frame, String)>>> =
+            (0..count).map(|_| None).collect();
+        // Frames whose processed sizes agree share one forward; the others get their own.
+        let mut groups: BTreeMap<(i64, i64), Vec<Uploaded>> = BTreeMap::new();
+        for (position, frame) in frames.into_iter().enumerate() {
+            match self.upload(&frame) {
+                Ok(pixels) => {
+                    let size = self
+                        .preprocessor
+                        .output_size(i64::from(frame.height), i64::from(frame.width));
+                    groups
+                        .entry(size)
+                        .or_default()
+                        .push((position, frame, pixels));
+                }
+                Err(error) => results[position] = Some(Err((frame, error))),
+            }
+        }
+        for (_, group) in groups {
+            let (positions, members): (Vec<usize>, Vec<(Frame, Tensor)>) =
+                group.into_iter().map(|(p, f, t)| (p, (f, t))).unzip();
+            match self.run_group(&members) {
+                Ok(outcomes) => {
+                    for ((position, (frame, _)), outcome) in
+                        positions.iter().zip(members).zip(outcomes)
+                    {
+                        results[*position] = Some(outcome.map_err(|error| (frame, error)));
+                    }
+                }
+                Err(error) => {
+                    for (position, (frame, _)) in positions.into_iter().zip(members) {
+                        results[position] = Some(Err((frame, error.clone())));
+                    }
+                }
+            }
+        }
+        results.into_iter().flatten().collect()
+    }
+}
+
+/// Where a configured model comes from.
+pub fn model_source(model: &ModelConfig) -> Result<ModelSource, String> {
+    match (&model.path, &model.hub) {
+        (Some(path), _) => Ok(ModelSource::Path(path.clone())),
+        (None, Some(repo)) => Ok(ModelSource::Hub {
+            repo: repo.clone(),
+            revision: model.revision.clone().unwrap_or_else(|| "main".to_string()),
+        }),
+        (None, None) => Err("the model has neither `path` nor `hub`".to_string()),
+    }
+}
+
+/// Loads a configured model with its image processor: what `visiond run` gives the engine.
+pub fn load(
+    name: &str,
+    model: &ModelConfig,
+    pipelines: &[(usize, &PipelineConfig)],
+) -> Result<ModelRuntime, String> {
+    let source = model_source(model)?;
+    let options = LoadOptions {
+        device: model.device,
+        dtype: model.dtype,
+        task: model.task,
+        labels: model.labels.clone(),
+    };
+    let loaded = checkpoint::open(&source, &options).map_err(|e| e.to_string())?;
+    let dir = if loaded.info.path.is_file() {
+        loaded
+            .info
+            .path
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default()
+    } else {
+        loaded.info.path.clone()
+    };
+    let preprocessor =
+        Preprocessor::from_model_dir(&dir, &loaded.info.architecture, model.input_size)
+            .map_err(|e| e.to_string())?;
+    tracing::info!(
+        model = name,
+        checkpoint = %loaded.info.name,
+        architecture = %loaded.info.architecture,
+        device = ?loaded.info.device,
+        dtype = ?loaded.info.dtype,
+        pipelines = pipelines.len(),
+        "model loaded"
+    );
+    let task = loaded.info.task;
+    Ok(ModelRuntime {
+        inference: Box::new(TorchInference::new(
+            loaded.model,
+            loaded.info,
+            preprocessor,
+            pipelines,
+        )),
+        task,
+    })
+}
+
+/// The engine's model factory for a config.
+pub fn factory(
+    config: &Config,
+) -> impl Fn(&str, &[(usize, &PipelineConfig)]) -> Result<ModelRuntime, String> + '_ {
+    move |name: &str, pipelines: &[(usize, &PipelineConfig)]| {
+        let model = config
+            .daemon
+            .models
+            .get(name)
+            .ok_or_else(|| format!("model {name} is not defined"))?;
+        load(name, model, pipelines)
+    }
+}

@@ -1,0 +1,389 @@
+//! The streaming engine end to end, on real GStreamer pipelines: sources, hops, outputs,
+//! the RTSP server and client, reconnects and caps changes. (Model pipelines are covered in
+//! `tests/engine_models.rs`.)
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_pbutils as gst_pbutils;
+use visiond::config::{Config, PipelineConfig};
+use visiond::pipeline::engine::{Engine, ModelRuntime};
+use visiond::pipeline::stats::PipelineState;
+
+fn no_models(model: &str, _: &[(usize, &PipelineConfig)]) -> Result<ModelRuntime, String> {
+    Err(format!(
+        "test configs name no model, but {model} was asked for"
+    ))
+}
+
+/// A daemon file plus pipeline files in a temporary directory.
+fn tree(daemon_extra: &str, pipelines: &[(&str, String)]) -> (tempfile::TempDir, Config) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("pipelines")).unwrap();
+    std::fs::write(
+        dir.path().join("visiond.yaml"),
+        format!("pipelines_dir: pipelines\nrtsp: {{ port: 0 }}\nhttp: {{ listen: \"127.0.0.1:0\" }}\nshutdown: {{ grace_ms: 3000 }}\n{daemon_extra}"),
+    )
+    .unwrap();
+    for (name, text) in pipelines {
+        std::fs::write(
+            dir.path().join("pipelines").join(format!("{name}.yaml")),
+            text,
+        )
+        .unwrap();
+    }
+    let config = Config::load(&dir.path().join("visiond.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    (dir, config)
+}
+
+fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// Frame count of an mp4, by demuxing it.
+fn count_frames(path: &Path) -> usize {
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! qtdemux ! h264parse ! appsink name=sink sync=false",
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut frames = 0;
+    while sink.pull_sample().is_ok() {
+        frames += 1;
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    frames
+}
+
+/// Duration and size, as GStreamer's discoverer reads the file.
+fn discover(path: &Path) -> (Duration, u32, u32) {
+    let discoverer = gst_pbutils::Discoverer::new(gst::ClockTime::from_seconds(10)).unwrap();
+    let uri = format!("file://{}", path.canonicalize().unwrap().display());
+    let info = discoverer.discover_uri(&uri).unwrap();
+    let video = info.video_streams();
+    let stream = video.first().expect("a video stream");
+    (
+        Duration::from_nanos(info.duration().unwrap().nseconds()),
+        stream.width(),
+        stream.height(),
+    )
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_finite_source_is_written_whole_with_its_timestamps() {
+    let out = tempfile::tempdir().unwrap();
+    let video = out.path().join("a.mp4");
+    let meta = out.path().join("a.jsonl");
+    let (_dir, config) = tree(
+        "",
+        &[(
+            "a",
+            format!(
+                "name: a\nsource: {{ test: {{ width: 160, height: 120, fps: 30, frames: 45 }} }}\nmodel: none\nqueue: {{ capacity: 2 }}\nsinks:\n  - file: {{ path: {} }}\nmetadata:\n  - jsonl: {{ path: {} }}\n",
+                video.display(),
+                meta.display()
+            ),
+        )],
+    );
+    let engine = Engine::start(&config, &no_models).unwrap();
+    let reports = engine.wait();
+    assert_eq!(reports[0].state, PipelineState::Finished);
+    assert_eq!(
+        (
+            reports[0].frames_in,
+            reports[0].frames_out,
+            reports[0].dropped
+        ),
+        (45, 45, 0)
+    );
+    let lines = jsonl(&meta);
+    assert_eq!(lines.len(), 45);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["pipeline"], "a");
+        assert_eq!(line["seq"], i as u64);
+        assert_eq!(line["model"], "none");
+        // videotestsrc stamps frame i at i/30 s: the output keeps the source's PTS.
+        assert_eq!(
+            line["pts_ns"],
+            gst::ClockTime::SECOND.nseconds() * i as u64 / 30
+        );
+        assert!(line["latency_ms"].as_f64().unwrap() >= 0.0);
+        assert_eq!(line["drops"], serde_json::json!({"input": 0, "output": 0}));
+    }
+    assert_eq!(count_frames(&video), 45);
+    let (duration, width, height) = discover(&video);
+    assert_eq!((width, height), (160, 120));
+    assert!(
+        (duration.as_secs_f64() - 1.5).abs() < 0.04,
+        "duration {duration:?} for 45 frames at 30 fps"
+    );
+}
+
+/// Receives decoded frames from an RTSP URL in a real GStreamer client.
+fn rtsp_client(url: &str) -> (gst::Pipeline, gst_app::AppSink) {
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc location={url} protocols=tcp latency=0 ! rtph264depay ! avdec_h264 ! videoconvert ! appsink name=sink sync=false"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    (pipeline, sink)
+}
+
+fn pull_frames(sink: &gst_app::AppSink, count: usize, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    let mut frames = 0;
+    while frames < count && Instant::now() < deadline {
+        if sink
+            .try_pull_sample(gst::ClockTime::from_mseconds(200))
+            .is_some()
+        {
+            frames += 1;
+        }
+    }
+    frames
+}
+
+#[test]
+fn rtsp_clients_receive_the_published_stream() {
+    let (_dir, config) = tree(
+        "",
+        &[(
+            "live",
+            "name: live\nsource: { test: { width: 160, height: 120, fps: 30 } }\nmodel: none\nencoder: { keyframe_interval: 10 }\nsinks:\n  - rtsp: { mount: /live }\n".to_string(),
+        )],
+    );
+    let engine = Engine::start(&config, &no_models).unwrap();
+    let port = engine.rtsp_port().expect("RTSP server running");
+    assert_ne!(port, 0);
+    let url = format!("rtsp://127.0.0.1:{port}/live");
+    let (first, first_sink) = rtsp_client(&url);
+    assert_eq!(pull_frames(&first_sink, 10, Duration::from_secs(20)), 10);
+    // A late second client shares the same media and gets a picture too.
+    let (second, second_sink) = rtsp_client(&url);
+    assert_eq!(pull_frames(&second_sink, 5, Duration::from_secs(20)), 5);
+    let sample = second_sink.pull_sample().unwrap();
+    let info = gstreamer_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
+    assert_eq!((info.width(), info.height()), (160, 120));
+    first.set_state(gst::State::Null).unwrap();
+    second.set_state(gst::State::Null).unwrap();
+    engine.shutdown_handle().trigger();
+    let reports = engine.wait();
+    assert_eq!(reports[0].state, PipelineState::Finished);
+    assert!(reports[0].frames_out > 0);
+}
+
+/// A camera stand-in: gst-rtsp-server serving a live test pattern on a fixed port.
+struct Camera {
+    server: gstreamer_rtsp_server::RTSPServer,
+    context: gstreamer::glib::MainContext,
+    source: Option<gstreamer::glib::SourceId>,
+    main_loop: gstreamer::glib::MainLoop,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Camera {
+    fn start(port: u16) -> Self {
+        use gstreamer_rtsp_server::prelude::*;
+        gst::init().unwrap();
+        let server = gstreamer_rtsp_server::RTSPServer::new();
+        server.set_address("127.0.0.1");
+        server.set_service(&port.to_string());
+        let factory = gstreamer_rtsp_server::RTSPMediaFactory::new();
+        factory.set_launch(
+            "( videotestsrc is-live=true ! video/x-raw,width=128,height=96,framerate=30/1 \
+             ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 ! rtph264pay name=pay0 pt=96 )",
+        );
+        factory.set_shared(true);
+        server.mount_points().unwrap().add_factory("/cam", factory);
+        let context = gstreamer::glib::MainContext::new();
+        let source = server.attach(Some(&context)).expect("camera port free");
+        let main_loop = gstreamer::glib::MainLoop::new(Some(&context), false);
+        let thread = std::thread::spawn({
+            let main_loop = main_loop.clone();
+            let context = context.clone();
+            move || {
+                let _guard = context.acquire().unwrap();
+                main_loop.run();
+            }
+        });
+        Camera {
+            server,
+            context,
+            source: Some(source),
+            main_loop,
+            thread: Some(thread),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        use gstreamer_rtsp_server::prelude::*;
+        self.server.bound_port() as u16
+    }
+
+    /// The camera "reboots": every client is cut off and the port closes.
+    fn stop(mut self) {
+        use gstreamer_rtsp_server::prelude::*;
+        let id = self.source.take().unwrap();
+        self.context.find_source_by_id(&id).unwrap().destroy();
+        self.server.client_filter(Some(&mut |_, _| {
+            gstreamer_rtsp_server::RTSPFilterResult::Remove
+        }));
+        self.main_loop.quit();
+        self.thread.take().unwrap().join().unwrap();
+    }
+}
+
+#[test]
+fn a_lost_rtsp_camera_is_reconnected_while_other_pipelines_run_on() {
+    let camera = Camera::start(0);
+    let port = camera.port();
+    let out = tempfile::tempdir().unwrap();
+    let (_dir, config) = tree(
+        "",
+        &[
+            (
+                "door",
+                format!(
+                    "name: door\nsource: {{ uri: \"rtsp://127.0.0.1:{port}/cam\", rtsp: {{ latency_ms: 0 }}, reconnect: {{ initial_ms: 200, max_ms: 1000 }} }}\nmodel: none\nmetadata:\n  - jsonl: {{ path: {} }}\n",
+                    out.path().join("door.jsonl").display()
+                ),
+            ),
+            (
+                "pattern",
+                format!(
+                    "name: pattern\nsource: {{ test: {{ width: 64, height: 48, fps: 30 }} }}\nmodel: none\nmetadata:\n  - jsonl: {{ path: {} }}\n",
+                    out.path().join("pattern.jsonl").display()
+                ),
+            ),
+        ],
+    );
+    let engine = Engine::start(&config, &no_models).unwrap();
+    let door = engine.pipeline("door").unwrap();
+    let pattern = engine.pipeline("pattern").unwrap();
+    wait_until("door frames", Duration::from_secs(20), || {
+        door.stats.frames_out() >= 10
+    });
+    assert_eq!(door.stats.state(), PipelineState::Playing);
+
+    camera.stop();
+    wait_until("door reconnecting", Duration::from_secs(20), || {
+        matches!(door.stats.state(), PipelineState::Reconnecting { .. })
+    });
+    // The other pipeline never notices.
+    let before = pattern.stats.frames_out();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        pattern.stats.frames_out() > before + 5,
+        "the other pipeline stalled"
+    );
+    assert_eq!(pattern.stats.state(), PipelineState::Playing);
+    let door_frames = door.stats.frames_out();
+
+    // The camera comes back on the same port: frames flow again.
+    let camera = Camera::start(port);
+    wait_until(
+        "door frames after the camera came back",
+        Duration::from_secs(30),
+        || door.stats.frames_out() >= door_frames + 10,
+    );
+    assert_eq!(door.stats.state(), PipelineState::Playing);
+    engine.shutdown_handle().trigger();
+    let reports = engine.wait();
+    camera.stop();
+    assert!(
+        reports.iter().all(|r| r.state == PipelineState::Finished),
+        "{reports:?}"
+    );
+    let lines = jsonl(&out.path().join("door.jsonl"));
+    // Sequence numbers continue across the reconnect, and every frame taken from the source
+    // is either written or counted as dropped (a live source drops the oldest when full).
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let dropped: u64 = lines
+        .iter()
+        .map(|l| l["drops"]["input"].as_u64().unwrap())
+        .sum();
+    let door = reports.iter().find(|r| r.name == "door").unwrap();
+    assert_eq!(door.frames_out, lines.len() as u64);
+    assert_eq!(door.frames_in, door.frames_out + door.dropped);
+    assert!(dropped <= door.dropped);
+}
+
+#[test]
+fn a_resolution_change_mid_stream_keeps_the_output_size() {
+    let out = tempfile::tempdir().unwrap();
+    let video: PathBuf = out.path().join("switch.mp4");
+    let meta = out.path().join("switch.jsonl");
+    // Two segments of different sizes, one after the other, as a camera renegotiating.
+    let launch = "videotestsrc num-buffers=30 ! video/x-raw,width=160,height=120,framerate=30/1 ! c. \
+                  videotestsrc num-buffers=30 pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1 ! c. \
+                  concat name=c";
+    let (_dir, config) = tree(
+        "",
+        &[(
+            "switch",
+            format!(
+                "name: switch\nsource: {{ launch: \"{launch}\", reconnect: {{ initial_ms: 60000, max_ms: 60000 }} }}\nmodel: none\nqueue: {{ capacity: 4, when_full: block }}\nsinks:\n  - file: {{ path: {} }}\nmetadata:\n  - jsonl: {{ path: {} }}\n",
+                video.display(),
+                meta.display()
+            ),
+        )],
+    );
+    let engine = Engine::start(&config, &no_models).unwrap();
+    let handle = engine.pipeline("switch").unwrap();
+    wait_until("60 frames", Duration::from_secs(30), || {
+        handle.stats.frames_out() >= 60
+    });
+    engine.shutdown_handle().trigger();
+    let reports = engine.wait();
+    assert_eq!(reports[0].frames_out, 60);
+    let lines = jsonl(&meta);
+    let sizes: Vec<(u64, u64)> = lines
+        .iter()
+        .map(|l| (l["width"].as_u64().unwrap(), l["height"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(sizes[..30], [(160, 120); 30]);
+    assert_eq!(sizes[30..], [(320, 240); 30]);
+    let pts: Vec<u64> = lines
+        .iter()
+        .map(|l| l["pts_ns"].as_u64().unwrap())
+        .collect();
+    assert!(
+        pts.windows(2).all(|w| w[0] < w[1]),
+        "PTS not increasing: {pts:?}"
+    );
+    // The recording keeps its first size throughout, and holds every frame.
+    assert_eq!(count_frames(&video), 60);
+    let (_, width, height) = discover(&video);
+    assert_eq!((width, height), (160, 120));
+}

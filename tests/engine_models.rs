@@ -1,0 +1,329 @@
+//! The engine with real (tiny, random-weight) models: annotated outputs, batching across
+//! pipelines, and backpressure under a deliberately slow model.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tch::Tensor;
+use visiond::config::{Config, PipelineConfig};
+use visiond::models::checkpoint::{self, LoadOptions, ModelSource};
+use visiond::models::{ModelError, Task, VisionModel};
+use visiond::pipeline::engine::{Engine, ModelRuntime};
+use visiond::pipeline::inference::{self, TorchInference};
+use visiond::pipeline::stats::PipelineState;
+use visiond::processing::Preprocessor;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+fn tree(models: &str, pipelines: &[(&str, String)]) -> (tempfile::TempDir, Config) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("pipelines")).unwrap();
+    std::fs::write(
+        dir.path().join("visiond.yaml"),
+        format!("pipelines_dir: pipelines\nrtsp: {{ port: 0 }}\nmodels:\n{models}"),
+    )
+    .unwrap();
+    for (name, text) in pipelines {
+        std::fs::write(
+            dir.path().join("pipelines").join(format!("{name}.yaml")),
+            text,
+        )
+        .unwrap();
+    }
+    let config = Config::load(&dir.path().join("visiond.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    (dir, config)
+}
+
+fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// A real model that takes `delay` longer per batch: a stand-in for a big model on a small box.
+struct Slow {
+    inner: Box<dyn VisionModel>,
+    delay: Duration,
+}
+
+impl VisionModel for Slow {
+    fn task(&self) -> Task {
+        self.inner.task()
+    }
+
+    fn forward(&self, pixel_values: &Tensor) -> Result<Tensor, ModelError> {
+        std::thread::sleep(self.delay);
+        self.inner.forward(pixel_values)
+    }
+}
+
+/// The real loading path, with the model slowed down by `delay` per batch.
+fn slow_factory(
+    config: &Config,
+    delay: Duration,
+) -> impl Fn(&str, &[(usize, &PipelineConfig)]) -> Result<ModelRuntime, String> + '_ {
+    move |name, pipelines| {
+        let model = &config.daemon.models[name];
+        let path = model.path.clone().unwrap();
+        let loaded = checkpoint::open(&ModelSource::Path(path.clone()), &LoadOptions::default())
+            .map_err(|e| e.to_string())?;
+        let preprocessor = Preprocessor::from_model_dir(&path, &loaded.info.architecture, None)
+            .map_err(|e| e.to_string())?;
+        let task = loaded.info.task;
+        let slow = Box::new(Slow {
+            inner: loaded.model,
+            delay,
+        });
+        Ok(ModelRuntime {
+            inference: Box::new(TorchInference::new(
+                slow,
+                loaded.info,
+                preprocessor,
+                pipelines,
+            )),
+            task,
+        })
+    }
+}
+
+#[test]
+fn depth_and_classification_pipelines_write_annotated_video_and_results() {
+    let out = tempfile::tempdir().unwrap();
+    let o = |name: &str| out.path().join(name).display().to_string();
+    let models = format!(
+        "  depth: {{ path: {}, device: cpu }}\n  documents: {{ path: {}, device: cpu }}\n",
+        fixture("dpt-vit").display(),
+        fixture("dit").display()
+    );
+    let (_dir, config) = tree(
+        &models,
+        &[
+            (
+                "depth",
+                format!(
+                    "name: depth\nsource: {{ test: {{ width: 96, height: 72, fps: 30, frames: 20 }} }}\nmodel: depth\noverlay: {{ mode: side_by_side }}\nsinks:\n  - file: {{ path: {} }}\nmetadata:\n  - jsonl: {{ path: {} }}\n",
+                    o("depth.mp4"),
+                    o("depth.jsonl")
+                ),
+            ),
+            (
+                "documents",
+                format!(
+                    "name: documents\nsource: {{ test: {{ width: 80, height: 64, fps: 30, frames: 20 }} }}\nmodel: documents\nsinks:\n  - file: {{ path: {} }}\nmetadata:\n  - jsonl: {{ path: {} }}\n",
+                    o("documents.mp4"),
+                    o("documents.jsonl")
+                ),
+            ),
+        ],
+    );
+    let engine = Engine::start(&config, &inference::factory(&config)).unwrap();
+    let reports = engine.wait();
+    for report in &reports {
+        assert_eq!(report.state, PipelineState::Finished, "{report}");
+        assert_eq!(
+            (report.frames_in, report.frames_out, report.dropped),
+            (20, 20, 0),
+            "{report}"
+        );
+    }
+    let depth = jsonl(&out.path().join("depth.jsonl"));
+    assert_eq!(depth.len(), 20);
+    for line in &depth {
+        assert_eq!(line["model"], "depth");
+        let results = &line["results"];
+        assert_eq!(results["kind"], "depth");
+        let (min, mean, max) = (
+            results["min"].as_f64().unwrap(),
+            results["mean"].as_f64().unwrap(),
+            results["max"].as_f64().unwrap(),
+        );
+        assert!(min <= mean && mean <= max && max > 0.0, "{results}");
+    }
+    let documents = jsonl(&out.path().join("documents.jsonl"));
+    assert_eq!(documents.len(), 20);
+    let labels = ["letter", "form", "email", "handwritten"];
+    for line in &documents {
+        let top = &line["results"]["top_k"];
+        assert!(!top.as_array().unwrap().is_empty(), "{line}");
+        let score = top[0]["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&score));
+        let label = top[0]["label"].as_str().unwrap();
+        assert!(
+            labels.contains(&label) || label.starts_with("LABEL"),
+            "{label}"
+        );
+    }
+    // side_by_side doubles the width of the published video.
+    let info = media_info(&out.path().join("depth.mp4"));
+    assert_eq!(info, (20, 192, 72));
+    assert_eq!(media_info(&out.path().join("documents.mp4")), (20, 80, 64));
+}
+
+/// (frames, width, height) of an mp4.
+fn media_info(path: &Path) -> (usize, i32, i32) {
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! qtdemux ! h264parse ! avdec_h264 ! appsink name=sink sync=false",
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gstreamer_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut frames = 0;
+    let mut size = (0, 0);
+    while let Ok(sample) = sink.pull_sample() {
+        let caps = sample.caps().unwrap().structure(0).unwrap().to_owned();
+        size = (
+            caps.get::<i32>("width").unwrap(),
+            caps.get::<i32>("height").unwrap(),
+        );
+        frames += 1;
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    (frames, size.0, size.1)
+}
+
+#[test]
+fn two_pipelines_share_one_model_in_batches_and_get_their_own_results() {
+    let out = tempfile::tempdir().unwrap();
+    let o = |name: &str| out.path().join(name).display().to_string();
+    let models = format!(
+        "  depth: {{ path: {}, device: cpu, batch: {{ max_size: 4, max_wait_ms: 50 }} }}\n",
+        fixture("dpt-vit").display()
+    );
+    let pipeline = |name: &str, width: u32, height: u32| {
+        format!(
+            "name: {name}\nsource: {{ test: {{ width: {width}, height: {height}, fps: 30, frames: 30 }} }}\nmodel: depth\nqueue: {{ capacity: 8, when_full: block }}\nmetadata:\n  - jsonl: {{ path: {} }}\n",
+            o(&format!("{name}.jsonl"))
+        )
+    };
+    let (_dir, config) = tree(
+        &models,
+        &[
+            ("left", pipeline("left", 64, 48)),
+            ("right", pipeline("right", 96, 80)),
+        ],
+    );
+    // A little slowness lets frames queue up, as a real model would.
+    let factory = slow_factory(&config, Duration::from_millis(15));
+    let engine = Engine::start(&config, &factory).unwrap();
+    let stats = engine.worker_stats("depth").unwrap();
+    let reports = engine.wait();
+    for report in &reports {
+        assert_eq!((report.frames_out, report.dropped), (30, 0), "{report}");
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    assert!(
+        stats.multi_frame_batches.load(Relaxed) > 0,
+        "no batch held more than one frame"
+    );
+    assert!(stats.largest_batch.load(Relaxed) <= 4);
+    assert_eq!(stats.frames.load(Relaxed), 60);
+    assert!(stats.batches.load(Relaxed) < 60);
+    // Each result went back to the pipeline its frame came from.
+    for (name, width, height) in [("left", 64, 48), ("right", 96, 80)] {
+        let lines = jsonl(&out.path().join(format!("{name}.jsonl")));
+        assert_eq!(lines.len(), 30);
+        for (i, line) in lines.iter().enumerate() {
+            assert_eq!(line["pipeline"], name);
+            assert_eq!(line["seq"], i as u64);
+            assert_eq!(
+                (line["width"].as_u64(), line["height"].as_u64()),
+                (Some(width), Some(height))
+            );
+            assert_eq!(line["results"]["kind"], "depth");
+        }
+    }
+}
+
+#[test]
+fn a_slow_model_with_drop_oldest_bounds_queue_and_latency_and_counts_drops() {
+    let models = format!(
+        "  depth: {{ path: {}, device: cpu, batch: {{ max_size: 1, max_wait_ms: 0 }} }}\n",
+        fixture("dpt-vit").display()
+    );
+    let (_dir, config) = tree(
+        &models,
+        &[(
+            "camera",
+            "name: camera\nsource: { test: { width: 64, height: 48, fps: 30 } }\nmodel: depth\nqueue: { capacity: 2, when_full: drop_oldest }\nsinks:\n  - file: { path: /dev/null, format: mkv }\n".to_string(),
+        )],
+    );
+    let factory = slow_factory(&config, Duration::from_millis(100));
+    let engine = Engine::start(&config, &factory).unwrap();
+    let camera = engine.pipeline("camera").unwrap();
+    let started = Instant::now();
+    let mut deepest = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let (depth, capacity) = camera.queue_depth();
+        assert_eq!(capacity, 2);
+        deepest = deepest.max(depth);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(deepest <= 2, "queue grew to {deepest}");
+    let stats = Arc::clone(&camera.stats);
+    engine.shutdown_handle().trigger();
+    let reports = engine.wait();
+    let report = &reports[0];
+    assert_eq!(report.state, PipelineState::Finished);
+    // ~30 fps in, ~10 fps through the model: most frames are dropped, and every one counted.
+    assert!(report.dropped > report.frames_out, "{report}");
+    assert_eq!(
+        report.frames_in,
+        report.frames_out + report.dropped,
+        "{report}"
+    );
+    // Latency stays at a few model-times instead of growing with the backlog.
+    let p99 = stats.latency.quantile(0.99).unwrap();
+    assert!(p99 < Duration::from_millis(800), "p99 latency {p99:?}");
+}
+
+#[test]
+fn a_slow_model_with_block_loses_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let meta = out.path().join("all.jsonl");
+    let models = format!(
+        "  depth: {{ path: {}, device: cpu, batch: {{ max_size: 1 }} }}\n",
+        fixture("dpt-vit").display()
+    );
+    let (_dir, config) = tree(
+        &models,
+        &[(
+            "all",
+            format!(
+                "name: all\nsource: {{ test: {{ width: 64, height: 48, fps: 30, frames: 25 }} }}\nmodel: depth\nqueue: {{ capacity: 1, when_full: block }}\nmetadata:\n  - jsonl: {{ path: {} }}\n",
+                meta.display()
+            ),
+        )],
+    );
+    let factory = slow_factory(&config, Duration::from_millis(20));
+    let engine = Engine::start(&config, &factory).unwrap();
+    let reports = engine.wait();
+    assert_eq!(
+        (
+            reports[0].frames_in,
+            reports[0].frames_out,
+            reports[0].dropped
+        ),
+        (25, 25, 0)
+    );
+    let seqs: Vec<u64> = jsonl(&meta)
+        .iter()
+        .map(|l| l["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (0..25).collect::<Vec<_>>());
+}
