@@ -519,3 +519,19 @@ fn hub_models_are_checked_in_the_cache_without_downloading() {
         String::from_utf8_lossy(&cached.stderr)
     );
 }
+
+#[test]
+fn a_source_launch_fragment_is_parsed_at_check_time() {
+    let tree = Tree::new(DAEMON);
+    tree.pipeline(
+        "door.yaml",
+        "name: door\nsource: { launch: \"nosuchcamerasrc ! videoconvert\" }\nmodel: none\nmetadata:\n  - jsonl: { stdout: true }\n",
+    );
+    let p = tree.file("pipelines/door.yaml");
+    assert_eq!(
+        tree.errors(),
+        vec![format!(
+            "{p}: source.launch: GStreamer cannot build 'nosuchcamerasrc ! videoconvert': no element \"nosuchcamerasrc\""
+        )]
+    );
+}

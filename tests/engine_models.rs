@@ -14,6 +14,16 @@ use visiond::pipeline::inference::{self, TorchInference};
 use visiond::pipeline::stats::PipelineState;
 use visiond::processing::Preprocessor;
 
+/// These tests measure queueing and latency under a model's load; run them one at a time so
+/// that they do not share the machine's two cores (and libtorch's thread pool) with each other.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/models")
@@ -95,6 +105,7 @@ fn slow_factory(
 
 #[test]
 fn depth_and_classification_pipelines_write_annotated_video_and_results() {
+    let _serial = serial();
     let out = tempfile::tempdir().unwrap();
     let o = |name: &str| out.path().join(name).display().to_string();
     let models = format!(
@@ -199,6 +210,7 @@ fn media_info(path: &Path) -> (usize, i32, i32) {
 
 #[test]
 fn two_pipelines_share_one_model_in_batches_and_get_their_own_results() {
+    let _serial = serial();
     let out = tempfile::tempdir().unwrap();
     let o = |name: &str| out.path().join(name).display().to_string();
     let models = format!(
@@ -252,6 +264,7 @@ fn two_pipelines_share_one_model_in_batches_and_get_their_own_results() {
 
 #[test]
 fn a_slow_model_with_drop_oldest_bounds_queue_and_latency_and_counts_drops() {
+    let _serial = serial();
     let models = format!(
         "  depth: {{ path: {}, device: cpu, batch: {{ max_size: 1, max_wait_ms: 0 }} }}\n",
         fixture("dpt-vit").display()
@@ -287,13 +300,25 @@ fn a_slow_model_with_drop_oldest_bounds_queue_and_latency_and_counts_drops() {
         report.frames_out + report.dropped,
         "{report}"
     );
-    // Latency stays at a few model-times instead of growing with the backlog.
+    // Latency stays at a few model-times (a frame waits behind at most `capacity` others)
+    // instead of growing with the backlog. The model-time is measured, not assumed, because
+    // a loaded machine makes every step slower.
+    let model_time = Duration::from_secs_f64(report.seconds / report.frames_out as f64);
+    let bound = model_time * (2 + 2) * 3 / 2 + Duration::from_millis(200);
     let p99 = stats.latency.quantile(0.99).unwrap();
-    assert!(p99 < Duration::from_millis(800), "p99 latency {p99:?}");
+    assert!(
+        p99 < bound,
+        "p99 latency {p99:?}, bound {bound:?} ({report})"
+    );
+    assert!(
+        bound < Duration::from_secs(3),
+        "the model ran far slower than its 100 ms: {report}"
+    );
 }
 
 #[test]
 fn a_slow_model_with_block_loses_nothing() {
+    let _serial = serial();
     let out = tempfile::tempdir().unwrap();
     let meta = out.path().join("all.jsonl");
     let models = format!(

@@ -227,7 +227,7 @@ fn validate_pipeline(
             ),
         );
     }
-    validate_source(&pipeline.source, errors);
+    validate_source(&pipeline.source, gst_error, errors);
     if pipeline.queue.capacity == 0 {
         errors.push("queue.capacity", "must be at least 1");
     }
@@ -308,7 +308,7 @@ fn validate_pipeline(
     }
 }
 
-fn validate_source(source: &SourceConfig, errors: &mut FileErrors<'_>) {
+fn validate_source(source: &SourceConfig, gst_error: Option<&String>, errors: &mut FileErrors<'_>) {
     let kinds = source.kinds();
     match kinds.len() {
         0 => errors.push("source", "set one of `uri`, `v4l2`, `test` or `launch`"),
@@ -352,10 +352,8 @@ fn validate_source(source: &SourceConfig, errors: &mut FileErrors<'_>) {
             );
         }
     }
-    if let Some(launch) = &source.launch
-        && launch.trim().is_empty()
-    {
-        errors.push("source.launch", "must not be empty");
+    if let Some(launch) = &source.launch {
+        check_launch("source.launch", launch, gst_error, errors);
     }
     if let Some(credentials) = &source.credentials {
         check_env_name(

@@ -28,9 +28,6 @@ pub struct VideoOutput {
     /// Fixed at the first frame: later size changes are scaled to it, so recordings and
     /// clients never see a resolution change.
     output_size: Option<(u32, u32)>,
-    /// Keeps PTS increasing across source reconnects (a rebuilt source starts again at 0).
-    pts_offset: gst::ClockTime,
-    last_pts: Option<gst::ClockTime>,
     name: String,
 }
 
@@ -225,8 +222,6 @@ impl VideoOutput {
             feeds,
             input_format: None,
             output_size: None,
-            pts_offset: gst::ClockTime::ZERO,
-            last_pts: None,
             name: config.name.clone(),
         }))
     }
@@ -288,8 +283,8 @@ impl VideoOutput {
         let mut buffer = buffer;
         {
             let buffer = buffer.make_mut();
-            let pts = frame.pts.map(|pts| self.monotonic(pts, frame.duration));
-            buffer.set_pts(pts);
+            // Sources keep PTS increasing across reconnects and loops (`PtsContinuity`).
+            buffer.set_pts(frame.pts);
             buffer.set_dts(gst::ClockTime::NONE);
             buffer.set_duration(frame.duration);
         }
@@ -297,24 +292,6 @@ impl VideoOutput {
             .push_buffer(buffer)
             .map(|_| ())
             .map_err(|e| format!("output of pipeline {} refused a frame: {e:?}", self.name))
-    }
-
-    fn monotonic(
-        &mut self,
-        pts: gst::ClockTime,
-        duration: Option<gst::ClockTime>,
-    ) -> gst::ClockTime {
-        let mut out = pts + self.pts_offset;
-        if let Some(last) = self.last_pts
-            && out <= last
-        {
-            // A rebuilt source restarted its clock: continue one frame after the last output.
-            let step = duration.unwrap_or(gst::ClockTime::from_mseconds(1));
-            self.pts_offset = last + step - pts;
-            out = last + step;
-        }
-        self.last_pts = Some(out);
-        out
     }
 
     /// Ends the stream, waits (at most `timeout`) for every sink to finish (mp4 files get their

@@ -1,7 +1,7 @@
 //! Builds a pipeline's source: whatever the config names, decoded to RGB into an appsink.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use gstreamer as gst;
@@ -10,7 +10,7 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
 use crate::config::{RtspTransport, SourceConfig, V4l2Format};
-use crate::pipeline::frame::Frame;
+use crate::pipeline::frame::{Frame, PtsContinuity};
 
 /// Name of the appsink every source description ends in.
 const APPSINK: &str = "visiond_appsink";
@@ -158,6 +158,7 @@ pub fn build(
     source: &SourceConfig,
     pipeline_index: usize,
     next_seq: Arc<AtomicU64>,
+    continuity: Arc<Mutex<PtsContinuity>>,
     deliver: impl Fn(Frame) + Send + Sync + 'static,
 ) -> Result<gst::Pipeline, String> {
     let text = description(source)?;
@@ -192,11 +193,15 @@ pub fn build(
                 // Running time, not the raw buffer PTS: segments (concat, seeks, a loop
                 // rewinding) restart PTS while running time keeps increasing.
                 let pts = buffer.pts().map(|pts| {
-                    sample
+                    let running = sample
                         .segment()
                         .and_then(|s| s.downcast_ref::<gst::ClockTime>())
                         .and_then(|s| s.to_running_time(pts))
-                        .unwrap_or(pts)
+                        .unwrap_or(pts);
+                    match continuity.lock() {
+                        Ok(mut continuity) => continuity.next(running, buffer.duration()),
+                        Err(_) => running,
+                    }
                 });
                 let frame = Frame {
                     pipeline: pipeline_index,

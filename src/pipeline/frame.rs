@@ -84,3 +84,50 @@ impl Processed {
         }
     }
 }
+
+/// Keeps a pipeline's timestamps increasing for its whole life. A rebuilt source (reconnect)
+/// or a rewound one (`loop`) starts its running time again at 0; frames after such a restart
+/// continue one frame after the last timestamp instead, so recordings, encoders and metadata
+/// readers see one continuous stream.
+#[derive(Debug, Default)]
+pub struct PtsContinuity {
+    offset: gst::ClockTime,
+    last: Option<gst::ClockTime>,
+}
+
+impl PtsContinuity {
+    pub fn next(
+        &mut self,
+        pts: gst::ClockTime,
+        duration: Option<gst::ClockTime>,
+    ) -> gst::ClockTime {
+        let mut out = pts + self.offset;
+        if let Some(last) = self.last
+            && out <= last
+        {
+            let step = duration
+                .filter(|d| !d.is_zero())
+                .unwrap_or(gst::ClockTime::from_mseconds(1));
+            self.offset = last + step - pts;
+            out = last + step;
+        }
+        self.last = Some(out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_continue_after_the_last_timestamp() {
+        let ms = gst::ClockTime::from_mseconds;
+        let mut pts = PtsContinuity::default();
+        let got: Vec<u64> = [0, 40, 80, 0, 40, 20]
+            .into_iter()
+            .map(|t| pts.next(ms(t), Some(ms(40))).mseconds())
+            .collect();
+        assert_eq!(got, vec![0, 40, 80, 120, 160, 200]);
+    }
+}

@@ -1,15 +1,15 @@
 //! Keeps one pipeline's source alive: builds it, watches its bus, rebuilds it with
 //! exponential backoff when a live source fails or ends, and drains it on shutdown.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use super::frame::Frame;
+use super::frame::{Frame, PtsContinuity};
 use super::stats::{PipelineState, PipelineStats};
 use crate::config::{ReconnectConfig, SourceConfig};
 use crate::media::{bus, source};
@@ -43,12 +43,15 @@ impl Supervisor {
     pub fn run(self, deliver: impl Fn(Frame) + Send + Sync + 'static) -> PipelineState {
         let deliver = Arc::new(deliver);
         let next_seq = Arc::new(AtomicU64::new(0));
+        let continuity = Arc::new(Mutex::new(PtsContinuity::default()));
         let live = self.source.is_live();
         let mut attempt: u32 = 0;
         loop {
             let frames_before = self.stats.frames_in();
             let deliver = deliver.clone();
-            let end = self.session(next_seq.clone(), move |frame| deliver(frame));
+            let end = self.session(next_seq.clone(), continuity.clone(), move |frame| {
+                deliver(frame)
+            });
             if self.is_shutting_down() {
                 return self.settle(PipelineState::Finished);
             }
@@ -124,9 +127,11 @@ impl Supervisor {
     fn session(
         &self,
         next_seq: Arc<AtomicU64>,
+        continuity: Arc<Mutex<PtsContinuity>>,
         deliver: impl Fn(Frame) + Send + Sync + 'static,
     ) -> SessionEnd {
-        let pipeline = match source::build(&self.source, self.index, next_seq, deliver) {
+        let pipeline = match source::build(&self.source, self.index, next_seq, continuity, deliver)
+        {
             Ok(pipeline) => pipeline,
             Err(error) => return SessionEnd::Unbuildable(error),
         };

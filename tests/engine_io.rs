@@ -1,0 +1,364 @@
+//! More of the engine's inputs and outputs: file sources (and looping them), rate caps and
+//! downscaling, UDP/RTP out, segmented recordings, a pipeline that fails while another runs,
+//! and SIGTERM draining a running daemon.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use visiond::config::{Config, PipelineConfig};
+use visiond::pipeline::engine::{Engine, ModelRuntime};
+use visiond::pipeline::stats::PipelineState;
+
+fn no_models(model: &str, _: &[(usize, &PipelineConfig)]) -> Result<ModelRuntime, String> {
+    Err(format!(
+        "test configs name no model, but {model} was asked for"
+    ))
+}
+
+fn write_tree(dir: &Path, pipelines: &[(&str, String)]) -> PathBuf {
+    std::fs::create_dir_all(dir.join("pipelines")).unwrap();
+    let file = dir.join("visiond.yaml");
+    std::fs::write(
+        &file,
+        "pipelines_dir: pipelines\nrtsp: { port: 0 }\nshutdown: { grace_ms: 5000 }\n",
+    )
+    .unwrap();
+    for (name, text) in pipelines {
+        std::fs::write(dir.join("pipelines").join(format!("{name}.yaml")), text).unwrap();
+    }
+    file
+}
+
+fn load(dir: &Path, pipelines: &[(&str, String)]) -> Config {
+    let file = write_tree(dir, pipelines);
+    Config::load(&file).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// Decoded frames of a recording.
+fn decoded_frames(path: &Path, demuxer: &str) -> usize {
+    gst::init().unwrap();
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! {demuxer} ! h264parse ! avdec_h264 ! appsink name=sink sync=false",
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut frames = 0;
+    while sink.pull_sample().is_ok() {
+        frames += 1;
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    frames
+}
+
+/// Records `frames` test frames into an mp4 through the engine itself.
+fn record(dir: &Path, frames: u32) -> PathBuf {
+    let video = dir.join("recorded.mp4");
+    let config = load(
+        &dir.join("recorder"),
+        &[(
+            "rec",
+            format!(
+                "name: rec\nsource: {{ test: {{ width: 96, height: 64, fps: 30, frames: {frames} }} }}\nmodel: none\nsinks:\n  - file: {{ path: {} }}\n",
+                video.display()
+            ),
+        )],
+    );
+    let reports = Engine::start(&config, &no_models).unwrap().wait();
+    assert_eq!(reports[0].frames_out, u64::from(frames));
+    video
+}
+
+#[test]
+fn a_file_source_plays_to_its_end_and_the_pipeline_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = record(dir.path(), 40);
+    let meta = dir.path().join("replay.jsonl");
+    let config = load(
+        &dir.path().join("replay"),
+        &[(
+            "replay",
+            format!(
+                "name: replay\nsource: {{ uri: \"file://{}\" }}\nmodel: none\nmetadata:\n  - jsonl: {{ path: {} }}\n",
+                video.display(),
+                meta.display()
+            ),
+        )],
+    );
+    let reports = Engine::start(&config, &no_models).unwrap().wait();
+    assert_eq!(reports[0].state, PipelineState::Finished);
+    // A file is finite: it defaults to `block`, so every frame is kept.
+    assert_eq!((reports[0].frames_out, reports[0].dropped), (40, 0));
+    let lines = jsonl(&meta);
+    assert_eq!(lines.len(), 40);
+    assert_eq!(
+        (lines[0]["width"].as_u64(), lines[0]["height"].as_u64()),
+        (Some(96), Some(64))
+    );
+}
+
+#[test]
+fn a_looping_file_source_starts_again_at_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = record(dir.path(), 10);
+    let meta = dir.path().join("loop.jsonl");
+    let config = load(
+        &dir.path().join("loop"),
+        &[(
+            "loop",
+            format!(
+                "name: loop\nsource: {{ uri: \"file://{}\", loop: true }}\nmodel: none\nqueue: {{ when_full: block }}\nmetadata:\n  - jsonl: {{ path: {} }}\n",
+                video.display(),
+                meta.display()
+            ),
+        )],
+    );
+    let engine = Engine::start(&config, &no_models).unwrap();
+    let handle = engine.pipeline("loop").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while handle.stats.frames_out() < 35 {
+        assert!(Instant::now() < deadline, "the file did not loop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(handle.stats.state(), PipelineState::Playing);
+    engine.shutdown_handle().trigger();
+    let reports = engine.wait();
+    assert_eq!(reports[0].state, PipelineState::Finished);
+    let pts: Vec<u64> = jsonl(&meta)
+        .iter()
+        .map(|l| l["pts_ns"].as_u64().unwrap())
+        .collect();
+    assert!(
+        pts.windows(2).all(|w| w[0] < w[1]),
+        "timestamps must keep increasing across loops: {pts:?}"
+    );
+}
+
+#[test]
+fn the_rate_cap_and_max_size_apply_before_the_frames_reach_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = dir.path().join("capped.jsonl");
+    let config = load(
+        dir.path(),
+        &[(
+            "capped",
+            format!(
+                "name: capped\nsource: {{ test: {{ width: 320, height: 240, fps: 30, frames: 60 }}, fps: 10, max_size: 160 }}\nmodel: none\nmetadata:\n  - jsonl: {{ path: {} }}\n",
+                meta.display()
+            ),
+        )],
+    );
+    let reports = Engine::start(&config, &no_models).unwrap().wait();
+    // Two seconds of video at 10 fps: 20 frames, none of them dropped by visiond.
+    assert!((19..=21).contains(&reports[0].frames_in), "{}", reports[0]);
+    assert_eq!(reports[0].dropped, 0);
+    for line in jsonl(&meta) {
+        assert_eq!(
+            (line["width"].as_u64(), line["height"].as_u64()),
+            (Some(160), Some(120))
+        );
+    }
+}
+
+#[test]
+fn rtp_over_udp_reaches_a_receiver() {
+    gst::init().unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let receiver = gst::parse::launch(&format!(
+        "udpsrc address=127.0.0.1 port={port} caps=\"application/x-rtp,media=video,encoding-name=H264,payload=96,clock-rate=90000\" \
+         ! rtpjitterbuffer latency=0 ! rtph264depay ! avdec_h264 ! appsink name=sink sync=false"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = receiver
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    receiver.set_state(gst::State::Playing).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = load(
+        dir.path(),
+        &[(
+            "rtp",
+            format!(
+                "name: rtp\nsource: {{ test: {{ width: 96, height: 64, fps: 30 }} }}\nmodel: none\nencoder: {{ keyframe_interval: 5 }}\nsinks:\n  - udp: {{ host: 127.0.0.1, port: {port} }}\n"
+            ),
+        )],
+    );
+    let engine = Engine::start(&config, &no_models).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut frames = 0;
+    while frames < 10 && Instant::now() < deadline {
+        if let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(200)) {
+            let s = sample.caps().unwrap().structure(0).unwrap().to_owned();
+            assert_eq!(
+                (
+                    s.get::<i32>("width").unwrap(),
+                    s.get::<i32>("height").unwrap()
+                ),
+                (96, 64)
+            );
+            frames += 1;
+        }
+    }
+    receiver.set_state(gst::State::Null).unwrap();
+    engine.shutdown_handle().trigger();
+    engine.wait();
+    assert_eq!(frames, 10, "the receiver decoded too few frames");
+}
+
+#[test]
+fn segmented_recordings_split_by_duration_and_each_part_plays() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("rec");
+    std::fs::create_dir(&out).unwrap();
+    let config = load(
+        dir.path(),
+        &[(
+            "seg",
+            format!(
+                "name: seg\nsource: {{ test: {{ width: 96, height: 64, fps: 30, frames: 75 }} }}\nmodel: none\nencoder: {{ keyframe_interval: 15 }}\nsinks:\n  - file: {{ path: {}, segment_s: 1 }}\n",
+                out.join("seg.mkv").display()
+            ),
+        )],
+    );
+    let reports = Engine::start(&config, &no_models).unwrap().wait();
+    assert_eq!(reports[0].frames_out, 75);
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    parts.sort();
+    let names: Vec<String> = parts
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(parts.len() >= 3, "2.5 s in 1 s segments: {names:?}");
+    assert_eq!(names[0], "seg-00000.mkv");
+    let total: usize = parts
+        .iter()
+        .map(|p| decoded_frames(p, "matroskademux"))
+        .sum();
+    assert_eq!(total, 75, "{names:?}");
+}
+
+#[test]
+fn a_pipeline_that_fails_leaves_the_others_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_media = dir.path().join("notes.mp4");
+    std::fs::write(&not_media, "these are not video frames").unwrap();
+    let meta = dir.path().join("good.jsonl");
+    let config = load(
+        dir.path(),
+        &[
+            (
+                "broken",
+                format!(
+                    "name: broken\nsource: {{ uri: \"file://{}\" }}\nmodel: none\nmetadata:\n  - jsonl: {{ stdout: true }}\n",
+                    not_media.display()
+                ),
+            ),
+            (
+                "good",
+                format!(
+                    "name: good\nsource: {{ test: {{ width: 64, height: 48, frames: 30 }} }}\nmodel: none\nmetadata:\n  - jsonl: {{ path: {} }}\n",
+                    meta.display()
+                ),
+            ),
+        ],
+    );
+    let reports = Engine::start(&config, &no_models).unwrap().wait();
+    let broken = reports.iter().find(|r| r.name == "broken").unwrap();
+    let PipelineState::Failed { error } = &broken.state else {
+        panic!("broken pipeline ended {:?}", broken.state);
+    };
+    // The element path and GStreamer's own debug string, for the person reading the log.
+    assert!(error.contains("/GstPipeline:"), "{error}");
+    assert!(error.contains("(debug: "), "{error}");
+    let good = reports.iter().find(|r| r.name == "good").unwrap();
+    assert_eq!(
+        (&good.state, good.frames_out),
+        (&PipelineState::Finished, 30)
+    );
+    assert_eq!(jsonl(&meta).len(), 30);
+}
+
+#[test]
+fn sigterm_drains_a_live_pipeline_and_finalizes_its_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("live.mp4");
+    let file = write_tree(
+        dir.path(),
+        &[(
+            "live",
+            format!(
+                "name: live\nsource: {{ test: {{ width: 96, height: 64, fps: 30 }} }}\nmodel: none\nsinks:\n  - file: {{ path: {} }}\n",
+                video.display()
+            ),
+        )],
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_visiond"))
+        .arg("run")
+        .arg("-c")
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let output = loop {
+        if child.try_wait().unwrap().is_some() {
+            break child.wait_with_output().unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "visiond did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("live: finished"), "{stderr}");
+    // The mp4 was finalized (its index written): it demuxes and decodes, and holds every
+    // frame the summary says was written.
+    let written: usize = stderr
+        .split("live: finished; frames in ")
+        .nth(1)
+        .and_then(|rest| rest.split(", out ").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary line in {stderr}"));
+    assert!(written > 0, "{stderr}");
+    assert_eq!(decoded_frames(&video, "qtdemux"), written);
+}
