@@ -362,3 +362,117 @@ fn sigterm_drains_a_live_pipeline_and_finalizes_its_recording() {
     assert!(written > 0, "{stderr}");
     assert_eq!(decoded_frames(&video, "qtdemux"), written);
 }
+
+/// Plays `url` and returns how many frames arrived, or the error GStreamer reported.
+fn rtsp_frames(url: &str, credentials: Option<(&str, &str)>, want: usize) -> Result<usize, String> {
+    let auth = credentials
+        .map(|(user, password)| format!(" user-id={user} user-pw={password}"))
+        .unwrap_or_default();
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc location={url} protocols=tcp latency=0{auth} ! rtph264depay ! avdec_h264 ! appsink name=sink sync=false"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    let bus = pipeline.bus().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut frames = 0;
+    let result = loop {
+        if let Some(message) = bus.pop_filtered(&[gst::MessageType::Error]) {
+            if let gst::MessageView::Error(error) = message.view() {
+                break Err(error.error().to_string());
+            }
+        }
+        if frames >= want || Instant::now() > deadline {
+            break Ok(frames);
+        }
+        if sink
+            .try_pull_sample(gst::ClockTime::from_mseconds(100))
+            .is_some()
+        {
+            frames += 1;
+        }
+    };
+    pipeline.set_state(gst::State::Null).unwrap();
+    result
+}
+
+#[test]
+fn rtsp_basic_auth_admits_only_the_configured_viewer() {
+    gst::init().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("pipelines")).unwrap();
+    let file = dir.path().join("visiond.yaml");
+    std::fs::write(
+        &file,
+        "pipelines_dir: pipelines\nrtsp: { port: 0, auth: { username: viewer, password_env: VISIOND_TEST_RTSP_PASSWORD } }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("pipelines/cam.yaml"),
+        "name: cam\nsource: { test: { width: 96, height: 64, fps: 30 } }\nmodel: none\nencoder: { keyframe_interval: 5 }\nsinks:\n  - rtsp: { mount: /cam }\n",
+    )
+    .unwrap();
+    // The password reaches the daemon only through its environment, as on a real box.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_visiond"))
+        .arg("run")
+        .arg("-c")
+        .arg(&file)
+        .env("VISIOND_TEST_RTSP_PASSWORD", "s3cret-pw")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    let log = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("RTSP server listening") {
+                let port = line
+                    .split("port=")
+                    .nth(1)
+                    .and_then(|p| p.split_whitespace().next())
+                    .map(|p| p.trim_matches(|c: char| !c.is_ascii_digit()).to_string());
+                let _ = port_tx.send(port.and_then(|p| p.parse::<u16>().ok()));
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let port = port_rx
+        .recv_timeout(Duration::from_secs(20))
+        .ok()
+        .flatten()
+        .expect("the daemon logs its RTSP port");
+    let url = format!("rtsp://127.0.0.1:{port}/cam");
+    assert!(
+        rtsp_frames(&url, None, 3).is_err(),
+        "a client without credentials was admitted"
+    );
+    assert!(
+        rtsp_frames(&url, Some(("viewer", "wrong")), 3).is_err(),
+        "a wrong password was admitted"
+    );
+    assert_eq!(rtsp_frames(&url, Some(("viewer", "s3cret-pw")), 5), Ok(5));
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let log = log.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(!log.contains("s3cret-pw"), "the password reached the log");
+}
