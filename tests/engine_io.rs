@@ -384,10 +384,10 @@ fn rtsp_frames(url: &str, credentials: Option<(&str, &str)>, want: usize) -> Res
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut frames = 0;
     let result = loop {
-        if let Some(message) = bus.pop_filtered(&[gst::MessageType::Error]) {
-            if let gst::MessageView::Error(error) = message.view() {
-                break Err(error.error().to_string());
-            }
+        if let Some(message) = bus.pop_filtered(&[gst::MessageType::Error])
+            && let gst::MessageView::Error(error) = message.view()
+        {
+            break Err(error.error().to_string());
         }
         if frames >= want || Instant::now() > deadline {
             break Ok(frames);
