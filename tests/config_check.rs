@@ -535,3 +535,22 @@ fn a_source_launch_fragment_is_parsed_at_check_time() {
         )]
     );
 }
+
+#[test]
+fn a_depth16_sink_needs_matroska_and_a_model() {
+    let tree = Tree::new(DAEMON);
+    tree.pipeline(
+        "door.yaml",
+        "name: door\nsource: { test: {} }\nmodel: none\nsinks:\n  - depth16: { path: ../out/depth.mp4 }\n",
+    );
+    let p = tree.file("pipelines/door.yaml");
+    assert_eq!(
+        tree.errors(),
+        vec![
+            format!(
+                "{p}: sinks[0].depth16.path: 16-bit depth is written as Matroska: use a .mkv path"
+            ),
+            format!("{p}: sinks[0].depth16: needs a depth model (the pipeline's model is 'none')"),
+        ]
+    );
+}

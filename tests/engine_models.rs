@@ -352,3 +352,63 @@ fn a_slow_model_with_block_loses_nothing() {
         .collect();
     assert_eq!(seqs, (0..25).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_depth16_sink_records_the_raw_depth_losslessly() {
+    let _serial = serial();
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+    let out = tempfile::tempdir().unwrap();
+    let raw = out.path().join("depth16.mkv");
+    let models = format!(
+        "  depth: {{ path: {}, device: cpu }}\n",
+        fixture("dpt-vit").display()
+    );
+    let (_dir, config) = tree(
+        &models,
+        &[(
+            "raw",
+            format!(
+                "name: raw\nsource: {{ test: {{ pattern: ball, width: 80, height: 60, fps: 30, frames: 12 }} }}\nmodel: depth\nsinks:\n  - depth16: {{ path: {} }}\n",
+                raw.display()
+            ),
+        )],
+    );
+    let reports = Engine::start(&config, &inference::factory(&config))
+        .unwrap()
+        .wait();
+    assert_eq!(
+        (reports[0].frames_out, &reports[0].state),
+        (12, &PipelineState::Finished)
+    );
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! matroskademux ! avdec_ffv1 ! appsink name=sink sync=false",
+        raw.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gstreamer_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut frames = 0;
+    while let Ok(sample) = sink.pull_sample() {
+        let info = gstreamer_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
+        assert_eq!(info.format(), gstreamer_video::VideoFormat::Gray16Le);
+        assert_eq!((info.width(), info.height()), (80, 60));
+        let map = sample.buffer().unwrap().map_readable().unwrap();
+        let samples: Vec<u16> = map
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        // The depth range spans the 16 bits: the map is not flat.
+        let (lo, hi) = (samples.iter().min().unwrap(), samples.iter().max().unwrap());
+        assert!(hi - lo > 10_000, "{lo}..{hi}");
+        frames += 1;
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert_eq!(frames, 12);
+}

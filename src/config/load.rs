@@ -201,6 +201,10 @@ pub fn read_pipeline(file: &Path, errors: &mut FileErrors<'_>) -> Option<Pipelin
                 file.path = paths::resolve(&base, &file.path);
                 SinkConfig::File(file)
             }
+            SinkConfig::Depth16(mut depth) => {
+                depth.path = paths::resolve(&base, &depth.path);
+                SinkConfig::Depth16(depth)
+            }
             other => other,
         })
         .collect();

@@ -553,8 +553,9 @@ pub struct OverlayConfig {
     pub min_score: f64,
     #[serde(default = "default_top_k")]
     pub top_k: u32,
-    /// Also publish the raw 16-bit depth (GRAY16_LE) for downstream consumers.
-    #[serde(default)]
+    /// Also compute the raw 16-bit depth (GRAY16_LE). Not a YAML key: set by the engine when
+    /// the pipeline has a `depth16` sink.
+    #[serde(skip)]
     pub raw_depth: bool,
 }
 
@@ -668,6 +669,9 @@ pub enum SinkConfig {
     Udp(UdpSink),
     Launch(LaunchSink),
     Display(DisplaySink),
+    /// The raw depth map as 16-bit video (GRAY16_LE), losslessly (FFV1 in Matroska), for
+    /// downstream tools that want numbers rather than colours. Depth models only.
+    Depth16(Depth16Sink),
 }
 
 impl SinkConfig {
@@ -678,6 +682,7 @@ impl SinkConfig {
             Self::Udp(_) => "udp",
             Self::Launch(_) => "launch",
             Self::Display(_) => "display",
+            Self::Depth16(_) => "depth16",
         }
     }
 }
@@ -729,6 +734,13 @@ pub struct DisplaySink {
     /// Show frames at their timestamps instead of as soon as they arrive.
     #[serde(default)]
     pub sync: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Depth16Sink {
+    /// A `.mkv` file, resolved against the pipeline file's directory.
+    pub path: PathBuf,
 }
 
 /// Per-frame results for machines: `- jsonl: { path: meta.jsonl }` or `{ stdout: true }`.

@@ -290,6 +290,20 @@ fn validate_pipeline(
                 );
             }
             SinkConfig::Display(_) => {}
+            SinkConfig::Depth16(depth) => {
+                if let Err(message) = paths::check_writable_parent(&depth.path) {
+                    errors.push(format!("{key}.path"), message);
+                }
+                if depth.path.extension().and_then(|e| e.to_str()) != Some("mkv") {
+                    errors.push(
+                        format!("{key}.path"),
+                        "16-bit depth is written as Matroska: use a .mkv path",
+                    );
+                }
+                if pipeline.model == NO_MODEL {
+                    errors.push(key, "needs a depth model (the pipeline's model is 'none')");
+                }
+            }
         }
     }
     for (index, MetadataConfig::Jsonl(jsonl)) in pipeline.metadata.iter().enumerate() {
@@ -589,6 +603,12 @@ impl Seen {
                 SinkConfig::File(sink) => self.output(
                     &sink.path,
                     format!("sinks[{index}].file.path"),
+                    file,
+                    errors,
+                ),
+                SinkConfig::Depth16(sink) => self.output(
+                    &sink.path,
+                    format!("sinks[{index}].depth16.path"),
                     file,
                     errors,
                 ),

@@ -1,4 +1,5 @@
-//! A pipeline's publishing side: appsrc → convert/scale → [label] → encoder → tee → sinks.
+//! A pipeline's publishing side: appsrc → convert/scale → [label] → encoder → tee → sinks,
+//! and, for `depth16` sinks, a second appsrc of 16-bit depth → FFV1 → Matroska.
 
 use std::path::Path;
 
@@ -15,20 +16,33 @@ const APPSRC: &str = "visiond_appsrc";
 const OUT_SIZE: &str = "visiond_outsize";
 const LABEL: &str = "visiond_label";
 const ENCODER: &str = "visiond_encoder";
+const DEPTH_APPSRC: &str = "visiond_depth16";
 
 /// The running output pipeline of one visiond pipeline.
 pub struct VideoOutput {
     pipeline: gst::Pipeline,
+    /// The annotated video chain, when the pipeline has video sinks.
+    video: Option<VideoChain>,
+    /// The 16-bit depth chain, when the pipeline has `depth16` sinks.
+    depth: Option<DepthChain>,
+    feeds: Vec<RtspFeed>,
+    name: String,
+}
+
+struct VideoChain {
     appsrc: gst_app::AppSrc,
     out_size: gst::Element,
     label: Option<gst::Element>,
-    feeds: Vec<RtspFeed>,
     /// Size and rate of the frames the appsrc currently announces.
     input_format: Option<(u32, u32, gst::Fraction)>,
     /// Fixed at the first frame: later size changes are scaled to it, so recordings and
     /// clients never see a resolution change.
     output_size: Option<(u32, u32)>,
-    name: String,
+}
+
+struct DepthChain {
+    appsrc: gst_app::AppSrc,
+    input_format: Option<(u32, u32, gst::Fraction)>,
 }
 
 /// Builds the sink description for one sink (after the tee).
@@ -65,6 +79,10 @@ fn sink_branch(index: usize, sink: &SinkConfig) -> String {
             "queue ! avdec_h264 ! videoconvert ! autovideosink sync={}",
             display.sync
         ),
+        SinkConfig::Depth16(depth) => format!(
+            "queue ! avenc_ffv1 ! matroskamux ! filesink location={} sync=false",
+            quote(&depth.path.display().to_string())
+        ),
     }
 }
 
@@ -98,32 +116,60 @@ fn quote(text: &str) -> String {
     format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// The whole output description, or `None` when the pipeline has no video sinks.
+/// The whole output description, or `None` when the pipeline has no sinks (metadata only).
 pub fn description(config: &PipelineConfig, live: bool, draw_label: bool) -> Option<String> {
-    if config.sinks.is_empty() {
-        return None;
-    }
-    // A finite source is paced by the output: `block` lets appsrc push back on the worker.
-    let mut text = format!(
-        "appsrc name={APPSRC} format=time is-live={live} block={} max-bytes=20000000 \
-         ! videoconvert ! videoscale ! capsfilter name={OUT_SIZE}",
-        !live
-    );
-    if draw_label {
+    let is_depth = |sink: &&SinkConfig| matches!(sink, SinkConfig::Depth16(_));
+    let mut chains = Vec::new();
+    let video: Vec<(usize, &SinkConfig)> = config
+        .sinks
+        .iter()
+        .enumerate()
+        .filter(|(_, sink)| !is_depth(sink))
+        .collect();
+    if !video.is_empty() {
+        // A finite source is paced by the output: `block` lets appsrc push back on the worker.
+        let mut text = format!(
+            "appsrc name={APPSRC} format=time is-live={live} block={} max-bytes=20000000 \
+             ! videoconvert ! videoscale ! capsfilter name={OUT_SIZE}",
+            !live
+        );
+        if draw_label {
+            text.push_str(&format!(
+                " ! videoconvert ! textoverlay name={LABEL} valignment=top halignment=left \
+                 shaded-background=true scale-mode=display font-desc=\"Sans Bold 14\""
+            ));
+        }
         text.push_str(&format!(
-            " ! videoconvert ! textoverlay name={LABEL} valignment=top halignment=left \
-             shaded-background=true scale-mode=display font-desc=\"Sans Bold 14\""
+            " ! videoconvert ! {} name={ENCODER} ! h264parse config-interval=-1 \
+             ! video/x-h264,stream-format=byte-stream,alignment=au ! tee name=visiond_tee allow-not-linked=true",
+            config.encoder.element
         ));
+        for (index, sink) in video {
+            text.push_str(&format!(" visiond_tee. ! {}", sink_branch(index, sink)));
+        }
+        chains.push(text);
     }
-    text.push_str(&format!(
-        " ! videoconvert ! {} name={ENCODER} ! h264parse config-interval=-1 \
-         ! video/x-h264,stream-format=byte-stream,alignment=au ! tee name=visiond_tee allow-not-linked=true",
-        config.encoder.element
-    ));
-    for (index, sink) in config.sinks.iter().enumerate() {
-        text.push_str(&format!(" visiond_tee. ! {}", sink_branch(index, sink)));
+    let depth: Vec<(usize, &SinkConfig)> = config
+        .sinks
+        .iter()
+        .enumerate()
+        .filter(|(_, sink)| is_depth(sink))
+        .collect();
+    if !depth.is_empty() {
+        let mut text = format!(
+            "appsrc name={DEPTH_APPSRC} format=time is-live={live} block={} max-bytes=20000000 \
+             ! tee name=visiond_depth_tee allow-not-linked=true",
+            !live
+        );
+        for (index, sink) in depth {
+            text.push_str(&format!(
+                " visiond_depth_tee. ! {}",
+                sink_branch(index, sink)
+            ));
+        }
+        chains.push(text);
     }
-    Some(text)
+    (!chains.is_empty()).then(|| chains.join(" "))
 }
 
 /// Sets the encoder for live use: short keyframe interval (a late RTSP client waits at
@@ -181,10 +227,35 @@ impl VideoOutput {
                 .by_name(name)
                 .ok_or_else(|| format!("output pipeline lost element {name}"))
         };
-        let appsrc = by_name(APPSRC)?
-            .downcast::<gst_app::AppSrc>()
-            .map_err(|_| "output source is not an appsrc".to_string())?;
-        configure_encoder(&by_name(ENCODER)?, &config.encoder)?;
+        let appsrc_named = |name: &str| {
+            by_name(name)?
+                .downcast::<gst_app::AppSrc>()
+                .map_err(|_| format!("output element {name} is not an appsrc"))
+        };
+        let video = match pipeline.by_name(APPSRC) {
+            None => None,
+            Some(_) => {
+                configure_encoder(&by_name(ENCODER)?, &config.encoder)?;
+                Some(VideoChain {
+                    appsrc: appsrc_named(APPSRC)?,
+                    out_size: by_name(OUT_SIZE)?,
+                    label: if draw_label {
+                        Some(by_name(LABEL)?)
+                    } else {
+                        None
+                    },
+                    input_format: None,
+                    output_size: None,
+                })
+            }
+        };
+        let depth = match pipeline.by_name(DEPTH_APPSRC) {
+            None => None,
+            Some(_) => Some(DepthChain {
+                appsrc: appsrc_named(DEPTH_APPSRC)?,
+                input_format: None,
+            }),
+        };
         let mut feeds = Vec::new();
         for (index, sink) in config.sinks.iter().enumerate() {
             let SinkConfig::Rtsp(mount) = sink else {
@@ -209,19 +280,11 @@ impl VideoOutput {
             );
             feeds.push(feed);
         }
-        let label = if draw_label {
-            Some(by_name(LABEL)?)
-        } else {
-            None
-        };
         Ok(Some(Self {
-            out_size: by_name(OUT_SIZE)?,
             pipeline,
-            appsrc,
-            label,
+            video,
+            depth,
             feeds,
-            input_format: None,
-            output_size: None,
             name: config.name.clone(),
         }))
     }
@@ -243,61 +306,30 @@ impl VideoOutput {
             })
     }
 
-    /// Publishes one frame with its source PTS.
+    /// Publishes one frame with its source PTS (and its 16-bit depth, for `depth16` sinks).
     pub fn push(&mut self, processed: &Processed) -> Result<(), String> {
-        let frame = &processed.frame;
-        let (buffer, width, height) = match &processed.annotated {
-            None => (frame.buffer.copy(), frame.width, frame.height),
-            Some(image) => (
-                rgb_buffer(&image.data, image.width, image.height),
-                image.width,
-                image.height,
-            ),
-        };
-        if self.input_format != Some((width, height, frame.fps)) {
-            let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, width, height)
-                .fps(frame.fps)
-                .build()
-                .map_err(|e| format!("cannot describe a {width}x{height} frame: {e}"))?;
-            let caps = info
-                .to_caps()
-                .map_err(|e| format!("cannot make caps for {width}x{height}: {e}"))?;
-            self.appsrc.set_caps(Some(&caps));
-            self.input_format = Some((width, height, frame.fps));
-            if self.output_size.is_none() {
-                // 4:2:0 encoders need even sizes.
-                let size = (width & !1, height & !1);
-                self.out_size.set_property(
-                    "caps",
-                    gst::Caps::builder("video/x-raw")
-                        .field("width", size.0 as i32)
-                        .field("height", size.1 as i32)
-                        .build(),
-                );
-                self.output_size = Some(size);
-            }
+        if let Some(video) = &mut self.video {
+            video
+                .push(processed)
+                .map_err(|e| format!("output of pipeline {}: {e}", self.name))?;
         }
-        if let (Some(label), Some(text)) = (&self.label, &processed.label) {
-            label.set_property("text", text);
+        if let Some(depth) = &mut self.depth {
+            depth
+                .push(processed)
+                .map_err(|e| format!("depth16 output of pipeline {}: {e}", self.name))?;
         }
-        let mut buffer = buffer;
-        {
-            let buffer = buffer.make_mut();
-            // Sources keep PTS increasing across reconnects and loops (`PtsContinuity`).
-            buffer.set_pts(frame.pts);
-            buffer.set_dts(gst::ClockTime::NONE);
-            buffer.set_duration(frame.duration);
-        }
-        self.appsrc
-            .push_buffer(buffer)
-            .map(|_| ())
-            .map_err(|e| format!("output of pipeline {} refused a frame: {e:?}", self.name))
+        Ok(())
     }
 
     /// Ends the stream, waits (at most `timeout`) for every sink to finish (mp4 files get their
     /// index written), and stops the pipeline.
     pub fn finish(self, timeout: std::time::Duration) -> Result<(), String> {
-        let _ = self.appsrc.end_of_stream();
+        if let Some(video) = &self.video {
+            let _ = video.appsrc.end_of_stream();
+        }
+        if let Some(depth) = &self.depth {
+            let _ = depth.appsrc.end_of_stream();
+        }
         let result = super::bus::wait_for_eos(&self.pipeline, timeout);
         for feed in &self.feeds {
             feed.end();
@@ -309,6 +341,113 @@ impl VideoOutput {
     /// Errors the output pipeline reported since the last call.
     pub fn poll_error(&self) -> Option<String> {
         super::bus::take_error(&self.pipeline)
+    }
+}
+
+/// Stamps a buffer with the frame's timing. Sources keep PTS increasing across reconnects
+/// and loops (`PtsContinuity`), so it is used as it is.
+fn stamp(buffer: &mut gst::Buffer, processed: &Processed) {
+    let buffer = buffer.make_mut();
+    buffer.set_pts(processed.frame.pts);
+    buffer.set_dts(gst::ClockTime::NONE);
+    buffer.set_duration(processed.frame.duration);
+}
+
+/// Announces new caps on `appsrc` when the frame format changed; true when it did.
+fn announce(
+    appsrc: &gst_app::AppSrc,
+    current: &mut Option<(u32, u32, gst::Fraction)>,
+    format: gst_video::VideoFormat,
+    (width, height, fps): (u32, u32, gst::Fraction),
+) -> Result<bool, String> {
+    if *current == Some((width, height, fps)) {
+        return Ok(false);
+    }
+    let caps = gst_video::VideoInfo::builder(format, width, height)
+        .fps(fps)
+        .build()
+        .and_then(|info| info.to_caps())
+        .map_err(|e| format!("cannot describe a {width}x{height} {format:?} frame: {e}"))?;
+    appsrc.set_caps(Some(&caps));
+    *current = Some((width, height, fps));
+    Ok(true)
+}
+
+impl VideoChain {
+    fn push(&mut self, processed: &Processed) -> Result<(), String> {
+        let frame = &processed.frame;
+        let (mut buffer, width, height) = match &processed.annotated {
+            None => (frame.buffer.copy(), frame.width, frame.height),
+            Some(image) => (
+                rgb_buffer(&image.data, image.width, image.height),
+                image.width,
+                image.height,
+            ),
+        };
+        let format = (width, height, frame.fps);
+        if announce(
+            &self.appsrc,
+            &mut self.input_format,
+            gst_video::VideoFormat::Rgb,
+            format,
+        )? && self.output_size.is_none()
+        {
+            // 4:2:0 encoders need even sizes.
+            let size = (width & !1, height & !1);
+            self.out_size.set_property(
+                "caps",
+                gst::Caps::builder("video/x-raw")
+                    .field("width", size.0 as i32)
+                    .field("height", size.1 as i32)
+                    .build(),
+            );
+            self.output_size = Some(size);
+        }
+        if let (Some(label), Some(text)) = (&self.label, &processed.label) {
+            label.set_property("text", text);
+        }
+        stamp(&mut buffer, processed);
+        self.appsrc
+            .push_buffer(buffer)
+            .map(|_| ())
+            .map_err(|e| format!("a frame was refused: {e:?}"))
+    }
+}
+
+impl DepthChain {
+    fn push(&mut self, processed: &Processed) -> Result<(), String> {
+        let frame = &processed.frame;
+        let Some(samples) = &processed.raw_depth else {
+            return Err("the model produced no depth map for this frame".into());
+        };
+        let (width, height) = (frame.width, frame.height);
+        if samples.len() != width as usize * height as usize {
+            return Err(format!(
+                "depth map has {} samples for a {width}x{height} frame",
+                samples.len()
+            ));
+        }
+        announce(
+            &self.appsrc,
+            &mut self.input_format,
+            gst_video::VideoFormat::Gray16Le,
+            (width, height, frame.fps),
+        )?;
+        let row = width as usize * 2;
+        let stride = (row + 3) & !3;
+        let mut bytes = vec![0u8; stride * height as usize];
+        for (y, line) in samples.chunks_exact(width as usize).enumerate() {
+            for (x, sample) in line.iter().enumerate() {
+                bytes[y * stride + 2 * x..y * stride + 2 * x + 2]
+                    .copy_from_slice(&sample.to_le_bytes());
+            }
+        }
+        let mut buffer = gst::Buffer::from_slice(bytes);
+        stamp(&mut buffer, processed);
+        self.appsrc
+            .push_buffer(buffer)
+            .map(|_| ())
+            .map_err(|e| format!("a depth frame was refused: {e:?}"))
     }
 }
 

@@ -171,6 +171,20 @@ impl Engine {
                 None => None,
             };
             let draw_label = task == Some(crate::models::Task::Classification);
+            let wants_depth16 = pipeline
+                .sinks
+                .iter()
+                .any(|s| matches!(s, SinkConfig::Depth16(_)));
+            if wants_depth16 && task != Some(crate::models::Task::Depth) {
+                let error = format!(
+                    "a depth16 sink needs a depth model, and model {} is not one",
+                    pipeline.model
+                );
+                tracing::error!(pipeline = %pipeline.name, %error, "pipeline cannot be built");
+                stats.set_state(PipelineState::Failed { error });
+                pipelines.push(PipelineHandle::failed(pipeline, stats));
+                continue;
+            }
             let (in_tx, in_rx, input_drops) = hop::<Frame>(capacity, policy);
             let hop_drops = if uses_model {
                 HopDrops {

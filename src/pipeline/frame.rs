@@ -72,6 +72,8 @@ pub struct Processed {
     pub results: Option<serde_json::Value>,
     /// Text drawn onto the video (classification label and score).
     pub label: Option<String>,
+    /// The depth map as 16-bit samples at frame size, for `depth16` sinks.
+    pub raw_depth: Option<Vec<u16>>,
 }
 
 impl Processed {
@@ -81,6 +83,7 @@ impl Processed {
             annotated: None,
             results: None,
             label: None,
+            raw_depth: None,
         }
     }
 }

@@ -14,7 +14,7 @@ use super::worker::BatchInference;
 use crate::config::{Config, ModelConfig, PipelineConfig};
 use crate::models::checkpoint::{self, LoadOptions, ModelInfo, ModelSource};
 use crate::models::{Task, VisionModel};
-use crate::processing::{Annotator, FrameResults, Preprocessor};
+use crate::processing::{Annotator, FrameResults, Preprocessor, depth16_to_vec};
 
 /// A frame on the device, with its position in the batch it came in.
 type Uploaded = (usize, Frame, Tensor);
@@ -37,9 +37,14 @@ impl TorchInference {
         let annotators = pipelines
             .iter()
             .map(|(index, pipeline)| {
+                let mut overlay = pipeline.overlay.clone();
+                overlay.raw_depth = pipeline
+                    .sinks
+                    .iter()
+                    .any(|s| matches!(s, crate::config::SinkConfig::Depth16(_)));
                 (
                     *index,
-                    Annotator::new(&pipeline.overlay, info.task, info.id2label.clone()),
+                    Annotator::new(&overlay, info.task, info.id2label.clone()),
                 )
             })
             .collect();
@@ -126,11 +131,16 @@ impl TorchInference {
         } else {
             Some(download(&annotated.frame)?)
         };
+        let raw_depth = match &annotated.raw_depth {
+            Some(raw) => Some(depth16_to_vec(raw).map_err(|e| format!("raw depth: {e}"))?),
+            None => None,
+        };
         Ok(Processed {
             frame: frame.clone(),
             annotated: image,
             results: Some(results),
             label,
+            raw_depth,
         })
     }
 }
