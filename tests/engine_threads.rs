@@ -1,0 +1,67 @@
+//! A stopped pipeline leaves no threads behind. (Alone in its test binary so that no other
+//! test's threads come and go while it counts.)
+
+use std::time::{Duration, Instant};
+
+use visiond::config::{Config, PipelineConfig};
+use visiond::pipeline::engine::{Engine, ModelRuntime};
+use visiond::pipeline::stats::PipelineState;
+
+fn no_models(model: &str, _: &[(usize, &PipelineConfig)]) -> Result<ModelRuntime, String> {
+    Err(format!("no model expected, {model} asked for"))
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Waits for the count to settle: GStreamer's pool threads exit shortly after their last task.
+fn settled_threads() -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = threads();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = threads();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+#[test]
+fn running_pipelines_again_and_again_does_not_grow_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("pipelines")).unwrap();
+    std::fs::write(
+        dir.path().join("visiond.yaml"),
+        "pipelines_dir: pipelines\nrtsp: { port: 0 }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("pipelines/a.yaml"),
+        format!(
+            "name: a\nsource: {{ test: {{ width: 64, height: 48, frames: 15 }} }}\nmodel: none\nsinks:\n  - file: {{ path: {} }}\n  - rtsp: {{ mount: /a }}\nmetadata:\n  - jsonl: {{ path: {} }}\n",
+            dir.path().join("a.mp4").display(),
+            dir.path().join("a.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&dir.path().join("visiond.yaml")).unwrap();
+    let run = || {
+        let reports = Engine::start(&config, &no_models).unwrap().wait();
+        assert_eq!(reports[0].state, PipelineState::Finished);
+    };
+    // The first run starts what lives for the whole process (GStreamer's registry, pools).
+    run();
+    let after_first = settled_threads();
+    for _ in 0..3 {
+        run();
+    }
+    let after_more = settled_threads();
+    assert!(
+        after_more <= after_first,
+        "threads grew from {after_first} to {after_more} over three more runs"
+    );
+}
