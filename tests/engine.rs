@@ -2,6 +2,8 @@
 //! the RTSP server and client, reconnects and caps changes. (Model pipelines are covered in
 //! `tests/engine_models.rs`.)
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -9,66 +11,10 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_pbutils as gst_pbutils;
-use visiond::config::{Config, PipelineConfig};
-use visiond::pipeline::engine::{Engine, ModelRuntime};
+use visiond::pipeline::engine::Engine;
 use visiond::pipeline::stats::PipelineState;
 
-fn no_models(model: &str, _: &[(usize, &PipelineConfig)]) -> Result<ModelRuntime, String> {
-    Err(format!(
-        "test configs name no model, but {model} was asked for"
-    ))
-}
-
-/// A daemon file plus pipeline files in a temporary directory.
-fn tree(daemon_extra: &str, pipelines: &[(&str, String)]) -> (tempfile::TempDir, Config) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("pipelines")).unwrap();
-    std::fs::write(
-        dir.path().join("visiond.yaml"),
-        format!("pipelines_dir: pipelines\nrtsp: {{ port: 0 }}\nhttp: {{ listen: \"127.0.0.1:0\" }}\nshutdown: {{ grace_ms: 3000 }}\n{daemon_extra}"),
-    )
-    .unwrap();
-    for (name, text) in pipelines {
-        std::fs::write(
-            dir.path().join("pipelines").join(format!("{name}.yaml")),
-            text,
-        )
-        .unwrap();
-    }
-    let config = Config::load(&dir.path().join("visiond.yaml")).unwrap_or_else(|e| panic!("{e}"));
-    (dir, config)
-}
-
-fn jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
-}
-
-/// Frame count of an mp4, by demuxing it.
-fn count_frames(path: &Path) -> usize {
-    let pipeline = gst::parse::launch(&format!(
-        "filesrc location=\"{}\" ! qtdemux ! h264parse ! appsink name=sink sync=false",
-        path.display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let sink = pipeline
-        .by_name("sink")
-        .unwrap()
-        .downcast::<gst_app::AppSink>()
-        .unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let mut frames = 0;
-    while sink.pull_sample().is_ok() {
-        frames += 1;
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    frames
-}
+use common::*;
 
 /// Duration and size, as GStreamer's discoverer reads the file.
 fn discover(path: &Path) -> (Duration, u32, u32) {
@@ -84,20 +30,12 @@ fn discover(path: &Path) -> (Duration, u32, u32) {
     )
 }
 
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_finite_source_is_written_whole_with_its_timestamps() {
     let out = tempfile::tempdir().unwrap();
     let video = out.path().join("a.mp4");
     let meta = out.path().join("a.jsonl");
-    let (_dir, config) = tree(
+    let (_dir, config) = temp_tree(
         "",
         &[(
             "a",
@@ -133,7 +71,7 @@ fn a_finite_source_is_written_whole_with_its_timestamps() {
         assert!(line["latency_ms"].as_f64().unwrap() >= 0.0);
         assert_eq!(line["drops"], serde_json::json!({"input": 0, "output": 0}));
     }
-    assert_eq!(count_frames(&video), 45);
+    assert_eq!(decode_h264(&video, "qtdemux").frames, 45);
     let (duration, width, height) = discover(&video);
     assert_eq!((width, height), (160, 120));
     assert!(
@@ -175,7 +113,7 @@ fn pull_frames(sink: &gst_app::AppSink, count: usize, timeout: Duration) -> usiz
 
 #[test]
 fn rtsp_clients_receive_the_published_stream() {
-    let (_dir, config) = tree(
+    let (_dir, config) = temp_tree(
         "",
         &[(
             "live",
@@ -268,7 +206,7 @@ fn a_lost_rtsp_camera_is_reconnected_while_other_pipelines_run_on() {
     let camera = Camera::start(0);
     let port = camera.port();
     let out = tempfile::tempdir().unwrap();
-    let (_dir, config) = tree(
+    let (_dir, config) = temp_tree(
         "",
         &[
             (
@@ -348,7 +286,7 @@ fn a_resolution_change_mid_stream_keeps_the_output_size() {
     let launch = "videotestsrc num-buffers=30 ! video/x-raw,width=160,height=120,framerate=30/1 ! c. \
                   videotestsrc num-buffers=30 pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1 ! c. \
                   concat name=c";
-    let (_dir, config) = tree(
+    let (_dir, config) = temp_tree(
         "",
         &[(
             "switch",
@@ -383,7 +321,7 @@ fn a_resolution_change_mid_stream_keeps_the_output_size() {
         "PTS not increasing: {pts:?}"
     );
     // The recording keeps its first size throughout, and holds every frame.
-    assert_eq!(count_frames(&video), 60);
+    assert_eq!(decode_h264(&video, "qtdemux").frames, 60);
     let (_, width, height) = discover(&video);
     assert_eq!((width, height), (160, 120));
 }

@@ -2,6 +2,8 @@
 //! downscaling, UDP/RTP out, segmented recordings, a pipeline that fails while another runs,
 //! and SIGTERM draining a running daemon.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,72 +11,17 @@ use std::time::{Duration, Instant};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
-use visiond::config::{Config, PipelineConfig};
-use visiond::pipeline::engine::{Engine, ModelRuntime};
+use visiond::pipeline::engine::Engine;
 use visiond::pipeline::stats::PipelineState;
 
-fn no_models(model: &str, _: &[(usize, &PipelineConfig)]) -> Result<ModelRuntime, String> {
-    Err(format!(
-        "test configs name no model, but {model} was asked for"
-    ))
-}
-
-fn write_tree(dir: &Path, pipelines: &[(&str, String)]) -> PathBuf {
-    std::fs::create_dir_all(dir.join("pipelines")).unwrap();
-    let file = dir.join("visiond.yaml");
-    std::fs::write(
-        &file,
-        "pipelines_dir: pipelines\nrtsp: { port: 0 }\nshutdown: { grace_ms: 5000 }\n",
-    )
-    .unwrap();
-    for (name, text) in pipelines {
-        std::fs::write(dir.join("pipelines").join(format!("{name}.yaml")), text).unwrap();
-    }
-    file
-}
-
-fn load(dir: &Path, pipelines: &[(&str, String)]) -> Config {
-    let file = write_tree(dir, pipelines);
-    Config::load(&file).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
-}
-
-/// Decoded frames of a recording.
-fn decoded_frames(path: &Path, demuxer: &str) -> usize {
-    gst::init().unwrap();
-    let pipeline = gst::parse::launch(&format!(
-        "filesrc location=\"{}\" ! {demuxer} ! h264parse ! avdec_h264 ! appsink name=sink sync=false",
-        path.display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let sink = pipeline
-        .by_name("sink")
-        .unwrap()
-        .downcast::<gst_app::AppSink>()
-        .unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let mut frames = 0;
-    while sink.pull_sample().is_ok() {
-        frames += 1;
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    frames
-}
+use common::*;
 
 /// Records `frames` test frames into an mp4 through the engine itself.
 fn record(dir: &Path, frames: u32) -> PathBuf {
     let video = dir.join("recorded.mp4");
-    let config = load(
+    let config = load_tree(
         &dir.join("recorder"),
+        "",
         &[(
             "rec",
             format!(
@@ -93,8 +40,9 @@ fn a_file_source_plays_to_its_end_and_the_pipeline_finishes() {
     let dir = tempfile::tempdir().unwrap();
     let video = record(dir.path(), 40);
     let meta = dir.path().join("replay.jsonl");
-    let config = load(
+    let config = load_tree(
         &dir.path().join("replay"),
+        "",
         &[(
             "replay",
             format!(
@@ -121,8 +69,9 @@ fn a_looping_file_source_starts_again_at_its_end() {
     let dir = tempfile::tempdir().unwrap();
     let video = record(dir.path(), 10);
     let meta = dir.path().join("loop.jsonl");
-    let config = load(
+    let config = load_tree(
         &dir.path().join("loop"),
+        "",
         &[(
             "loop",
             format!(
@@ -157,8 +106,9 @@ fn a_looping_file_source_starts_again_at_its_end() {
 fn the_rate_cap_and_max_size_apply_before_the_frames_reach_the_pipeline() {
     let dir = tempfile::tempdir().unwrap();
     let meta = dir.path().join("capped.jsonl");
-    let config = load(
+    let config = load_tree(
         dir.path(),
+        "",
         &[(
             "capped",
             format!(
@@ -201,8 +151,9 @@ fn rtp_over_udp_reaches_a_receiver() {
         .unwrap();
     receiver.set_state(gst::State::Playing).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = load(
+    let config = load_tree(
         dir.path(),
+        "",
         &[(
             "rtp",
             format!(
@@ -237,8 +188,9 @@ fn segmented_recordings_split_by_duration_and_each_part_plays() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("rec");
     std::fs::create_dir(&out).unwrap();
-    let config = load(
+    let config = load_tree(
         dir.path(),
+        "",
         &[(
             "seg",
             format!(
@@ -262,7 +214,7 @@ fn segmented_recordings_split_by_duration_and_each_part_plays() {
     assert_eq!(names[0], "seg-00000.mkv");
     let total: usize = parts
         .iter()
-        .map(|p| decoded_frames(p, "matroskademux"))
+        .map(|p| decode_h264(p, "matroskademux").frames)
         .sum();
     assert_eq!(total, 75, "{names:?}");
 }
@@ -273,8 +225,9 @@ fn a_pipeline_that_fails_leaves_the_others_running() {
     let not_media = dir.path().join("notes.mp4");
     std::fs::write(&not_media, "these are not video frames").unwrap();
     let meta = dir.path().join("good.jsonl");
-    let config = load(
+    let config = load_tree(
         dir.path(),
+        "",
         &[
             (
                 "broken",
@@ -314,6 +267,7 @@ fn sigterm_drains_a_live_pipeline_and_finalizes_its_recording() {
     let video = dir.path().join("live.mp4");
     let file = write_tree(
         dir.path(),
+        "",
         &[(
             "live",
             format!(
@@ -360,7 +314,7 @@ fn sigterm_drains_a_live_pipeline_and_finalizes_its_recording() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no summary line in {stderr}"));
     assert!(written > 0, "{stderr}");
-    assert_eq!(decoded_frames(&video, "qtdemux"), written);
+    assert_eq!(decode_h264(&video, "qtdemux").frames, written);
 }
 
 /// Plays `url` and returns how many frames arrived, or the error GStreamer reported.

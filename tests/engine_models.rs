@@ -1,7 +1,8 @@
 //! The engine with real (tiny, random-weight) models: annotated outputs, batching across
 //! pipelines, and backpressure under a deliberately slow model.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,8 @@ use visiond::pipeline::inference::{self, TorchInference};
 use visiond::pipeline::stats::PipelineState;
 use visiond::processing::Preprocessor;
 
+use common::*;
+
 /// These tests measure queueing and latency under a model's load; run them one at a time so
 /// that they do not share the machine's two cores (and libtorch's thread pool) with each other.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -24,37 +27,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
-}
-
+/// A config tree with the given `models:` entries.
 fn tree(models: &str, pipelines: &[(&str, String)]) -> (tempfile::TempDir, Config) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("pipelines")).unwrap();
-    std::fs::write(
-        dir.path().join("visiond.yaml"),
-        format!("pipelines_dir: pipelines\nrtsp: {{ port: 0 }}\nmodels:\n{models}"),
-    )
-    .unwrap();
-    for (name, text) in pipelines {
-        std::fs::write(
-            dir.path().join("pipelines").join(format!("{name}.yaml")),
-            text,
-        )
-        .unwrap();
-    }
-    let config = Config::load(&dir.path().join("visiond.yaml")).unwrap_or_else(|e| panic!("{e}"));
-    (dir, config)
-}
-
-fn jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
+    temp_tree(&format!("models:\n{models}"), pipelines)
 }
 
 /// A real model that takes `delay` longer per batch: a stand-in for a big model on a small box.
@@ -172,40 +147,12 @@ fn depth_and_classification_pipelines_write_annotated_video_and_results() {
         );
     }
     // side_by_side doubles the width of the published video.
-    let info = media_info(&out.path().join("depth.mp4"));
-    assert_eq!(info, (20, 192, 72));
-    assert_eq!(media_info(&out.path().join("documents.mp4")), (20, 80, 64));
-}
-
-/// (frames, width, height) of an mp4.
-fn media_info(path: &Path) -> (usize, i32, i32) {
-    use gstreamer as gst;
-    use gstreamer::prelude::*;
-    let pipeline = gst::parse::launch(&format!(
-        "filesrc location=\"{}\" ! qtdemux ! h264parse ! avdec_h264 ! appsink name=sink sync=false",
-        path.display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let sink = pipeline
-        .by_name("sink")
-        .unwrap()
-        .downcast::<gstreamer_app::AppSink>()
-        .unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let mut frames = 0;
-    let mut size = (0, 0);
-    while let Ok(sample) = sink.pull_sample() {
-        let caps = sample.caps().unwrap().structure(0).unwrap().to_owned();
-        size = (
-            caps.get::<i32>("width").unwrap(),
-            caps.get::<i32>("height").unwrap(),
-        );
-        frames += 1;
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    (frames, size.0, size.1)
+    let decoded = |name: &str| {
+        let d = decode_h264(&out.path().join(name), "qtdemux");
+        (d.frames, d.width, d.height)
+    };
+    assert_eq!(decoded("depth.mp4"), (20, 192, 72));
+    assert_eq!(decoded("documents.mp4"), (20, 80, 64));
 }
 
 #[test]

@@ -1,15 +1,15 @@
 //! A stopped pipeline leaves no threads behind. (Alone in its test binary so that no other
 //! test's threads come and go while it counts.)
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use visiond::config::{Config, PipelineConfig};
-use visiond::pipeline::engine::{Engine, ModelRuntime};
+use visiond::config::Config;
+use visiond::pipeline::engine::Engine;
 use visiond::pipeline::stats::PipelineState;
 
-fn no_models(model: &str, _: &[(usize, &PipelineConfig)]) -> Result<ModelRuntime, String> {
-    Err(format!("no model expected, {model} asked for"))
-}
+use common::no_models;
 
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()

@@ -1,0 +1,116 @@
+//! Helpers shared by the engine tests: configuration trees in temporary folders, reading
+//! metadata and recordings back.
+
+// Each test binary uses its own subset of these.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use visiond::config::{Config, PipelineConfig};
+use visiond::pipeline::engine::ModelRuntime;
+
+/// The engine's model factory for configs that name no model.
+pub fn no_models(model: &str, _: &[(usize, &PipelineConfig)]) -> Result<ModelRuntime, String> {
+    Err(format!(
+        "the test config names no model, but {model} was asked for"
+    ))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+/// Writes a daemon file (`daemon_extra` appended to a base that picks free ports) and one
+/// file per pipeline under `dir`; returns the daemon file.
+pub fn write_tree(dir: &Path, daemon_extra: &str, pipelines: &[(&str, String)]) -> PathBuf {
+    std::fs::create_dir_all(dir.join("pipelines")).unwrap();
+    let file = dir.join("visiond.yaml");
+    std::fs::write(
+        &file,
+        format!("pipelines_dir: pipelines\nrtsp: {{ port: 0 }}\nshutdown: {{ grace_ms: 5000 }}\n{daemon_extra}"),
+    )
+    .unwrap();
+    for (name, text) in pipelines {
+        std::fs::write(dir.join("pipelines").join(format!("{name}.yaml")), text).unwrap();
+    }
+    file
+}
+
+/// [`write_tree`] then load (and validate) it.
+pub fn load_tree(dir: &Path, daemon_extra: &str, pipelines: &[(&str, String)]) -> Config {
+    let file = write_tree(dir, daemon_extra, pipelines);
+    Config::load(&file).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`load_tree`] in a new temporary folder, kept alive by the returned guard.
+pub fn temp_tree(daemon_extra: &str, pipelines: &[(&str, String)]) -> (tempfile::TempDir, Config) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = load_tree(dir.path(), daemon_extra, pipelines);
+    (dir, config)
+}
+
+pub fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// What decoding a recording found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Decoded {
+    pub frames: usize,
+    pub width: i32,
+    pub height: i32,
+}
+
+/// Demuxes (`qtdemux`, `matroskademux`) and decodes a recording, counting its frames.
+pub fn decode(path: &Path, demuxer: &str, decoder: &str) -> Decoded {
+    gst::init().unwrap();
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! {demuxer} ! {decoder} ! appsink name=sink sync=false",
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut decoded = Decoded {
+        frames: 0,
+        width: 0,
+        height: 0,
+    };
+    while let Ok(sample) = sink.pull_sample() {
+        let caps = sample.caps().unwrap().structure(0).unwrap().to_owned();
+        decoded.width = caps.get::<i32>("width").unwrap();
+        decoded.height = caps.get::<i32>("height").unwrap();
+        decoded.frames += 1;
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    decoded
+}
+
+/// An H.264 recording's decoded frames.
+pub fn decode_h264(path: &Path, demuxer: &str) -> Decoded {
+    decode(path, demuxer, "h264parse ! avdec_h264")
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
