@@ -657,28 +657,55 @@ impl DepthHead {
     }
 }
 
-pub struct DptForDepthEstimation {
+/// Backbone and neck, shared by the depth and segmentation models: pixels to the fused map
+/// the head reads.
+struct DptBody {
     backbone: Backbone,
     neck: DptNeck,
-    head: DepthHead,
     head_in: usize,
     channels: i64,
     info: Placement,
 }
 
+impl DptBody {
+    fn load(
+        name: &str,
+        cfg: &DptConfig,
+        config: &Value,
+        weights: &Weights,
+        depth: bool,
+    ) -> Result<Self, ModelError> {
+        let loaded = Backbone::load(cfg, config, weights, depth, name)?;
+        check_outputs(&loaded, cfg, weights)?;
+        let root = weights.root();
+        let neck = DptNeck::load(&root.pp("neck"), cfg, loaded.hidden, loaded.bypass, weights)?;
+        Ok(Self {
+            backbone: loaded.backbone,
+            neck,
+            head_in: head_index(cfg, weights)?,
+            channels: loaded.channels,
+            info: Placement::of(&root),
+        })
+    }
+
+    fn fused(&self, name: &str, pixel_values: &Tensor) -> Result<Tensor, ModelError> {
+        let (x, _, h, w) = image_input(name, pixel_values, self.channels, &self.info)?;
+        let (features, gh, gw) = self.backbone.features(name, &x, h, w)?;
+        let mut fused = self.neck.forward(&features, gh, gw)?;
+        Ok(fused.swap_remove(self.head_in))
+    }
+}
+
+pub struct DptForDepthEstimation {
+    body: DptBody,
+    head: DepthHead,
+}
+
 impl DptForDepthEstimation {
     pub fn load(config: &Value, weights: &Weights) -> Result<Self, ModelError> {
         let cfg: DptConfig = parse(config, weights, DPT_DEPTH)?;
-        let loaded = Backbone::load(&cfg, config, weights, true, DPT_DEPTH)?;
-        check_outputs(&loaded, &cfg, weights)?;
+        let body = DptBody::load(DPT_DEPTH, &cfg, config, weights, true)?;
         let root = weights.root();
-        let neck = DptNeck::load(
-            &root.pp("neck"),
-            &cfg,
-            loaded.hidden,
-            loaded.bypass,
-            weights,
-        )?;
         let f = cfg.fusion_hidden_size;
         let hp = root.pp("head");
         let projection = if cfg.add_projection {
@@ -703,14 +730,7 @@ impl DptForDepthEstimation {
             conv2: Conv2d::load(&hh.pp(2), f / 2, 32, 3, true).with_padding(Padding::Fixed(1)),
             conv4: Conv2d::load(&hh.pp(4), 32, 1, 1, true),
         };
-        Ok(Self {
-            backbone: loaded.backbone,
-            neck,
-            head,
-            head_in: head_index(&cfg, weights)?,
-            channels: loaded.channels,
-            info: Placement::of(&root),
-        })
+        Ok(Self { body, head })
     }
 }
 
@@ -720,10 +740,8 @@ impl VisionModel for DptForDepthEstimation {
     }
 
     fn forward(&self, pixel_values: &Tensor) -> Result<Tensor, ModelError> {
-        let (x, _, h, w) = image_input(DPT_DEPTH, pixel_values, self.channels, &self.info)?;
-        let (features, gh, gw) = self.backbone.features(DPT_DEPTH, &x, h, w)?;
-        let fused = self.neck.forward(&features, gh, gw)?;
-        Ok(self.head.forward(&fused[self.head_in])?)
+        let fused = self.body.fused(DPT_DEPTH, pixel_values)?;
+        Ok(self.head.forward(&fused)?)
     }
 }
 
@@ -734,27 +752,15 @@ struct SegmentationHead {
 }
 
 pub struct DptForSemanticSegmentation {
-    backbone: Backbone,
-    neck: DptNeck,
+    body: DptBody,
     head: SegmentationHead,
-    head_in: usize,
-    channels: i64,
-    info: Placement,
 }
 
 impl DptForSemanticSegmentation {
     pub fn load(config: &Value, weights: &Weights) -> Result<Self, ModelError> {
         let cfg: DptConfig = parse(config, weights, DPT_SEGMENTATION)?;
-        let loaded = Backbone::load(&cfg, config, weights, false, DPT_SEGMENTATION)?;
-        check_outputs(&loaded, &cfg, weights)?;
+        let body = DptBody::load(DPT_SEGMENTATION, &cfg, config, weights, false)?;
         let root = weights.root();
-        let neck = DptNeck::load(
-            &root.pp("neck"),
-            &cfg,
-            loaded.hidden,
-            loaded.bypass,
-            weights,
-        )?;
         let f = cfg.fusion_hidden_size;
         let labels = num_labels(config);
         if labels <= 0 {
@@ -769,14 +775,7 @@ impl DptForSemanticSegmentation {
             bn1: BatchNorm::load(&hh.pp(1), f, 1e-5),
             conv4: Conv2d::load(&hh.pp(4), f, labels, 1, true),
         };
-        Ok(Self {
-            backbone: loaded.backbone,
-            neck,
-            head,
-            head_in: head_index(&cfg, weights)?,
-            channels: loaded.channels,
-            info: Placement::of(&root),
-        })
+        Ok(Self { body, head })
     }
 }
 
@@ -786,11 +785,9 @@ impl VisionModel for DptForSemanticSegmentation {
     }
 
     fn forward(&self, pixel_values: &Tensor) -> Result<Tensor, ModelError> {
-        let (x, _, h, w) = image_input(DPT_SEGMENTATION, pixel_values, self.channels, &self.info)?;
-        let (features, gh, gw) = self.backbone.features(DPT_SEGMENTATION, &x, h, w)?;
-        let fused = self.neck.forward(&features, gh, gw)?;
+        let fused = self.body.fused(DPT_SEGMENTATION, pixel_values)?;
         let head = &self.head;
-        let y = head.conv0.forward(&fused[self.head_in])?;
+        let y = head.conv0.forward(&fused)?;
         let y = head.bn1.forward(&y)?.f_relu()?;
         let y = head.conv4.forward(&y)?;
         let (lh, lw) = spatial(&y);
