@@ -162,3 +162,112 @@ fn wait_any(lanes: &[Lane], deadline: Instant) -> bool {
     }
     select.ready_deadline(deadline).is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use gstreamer as gst;
+
+    use super::*;
+    use crate::config::WhenFull;
+    use crate::pipeline::channel::hop;
+
+    fn frame(pipeline: usize, seq: u64) -> Frame {
+        Frame {
+            pipeline,
+            seq,
+            pts: None,
+            duration: None,
+            captured: Instant::now(),
+            width: 2,
+            height: 2,
+            fps: gst::Fraction::new(0, 1),
+            buffer: gst::Buffer::with_size(12).unwrap(),
+            stride: 6,
+        }
+    }
+
+    /// Records which pipelines each batch held; passes frames through.
+    struct Recorder(Arc<Mutex<Vec<Vec<usize>>>>);
+
+    impl BatchInference for Recorder {
+        fn process(&mut self, frames: Vec<Frame>) -> Vec<Result<Processed, (Frame, String)>> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(frames.iter().map(|f| f.pipeline).collect());
+            frames
+                .into_iter()
+                .map(|f| Ok(Processed::passthrough(f)))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_busy_pipeline_cannot_starve_a_quiet_one_and_results_go_home() {
+        gst::init().unwrap();
+        let (busy_tx, busy_rx, _) = hop(64, WhenFull::Block);
+        let (quiet_tx, quiet_rx, _) = hop(64, WhenFull::Block);
+        for seq in 0..40 {
+            busy_tx.send(frame(0, seq));
+        }
+        for seq in 0..3 {
+            quiet_tx.send(frame(1, seq));
+        }
+        drop((busy_tx, quiet_tx));
+        let (busy_out, busy_results, _) = hop(64, WhenFull::Block);
+        let (quiet_out, quiet_results, _) = hop(64, WhenFull::Block);
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let stats = Arc::new(WorkerStats::default());
+        run(
+            "test",
+            vec![
+                Lane {
+                    pipeline: 0,
+                    name: "busy".into(),
+                    input: busy_rx,
+                    output: busy_out,
+                },
+                Lane {
+                    pipeline: 1,
+                    name: "quiet".into(),
+                    input: quiet_rx,
+                    output: quiet_out,
+                },
+            ],
+            BatchPolicy {
+                max_size: 4,
+                max_wait: Duration::from_millis(1),
+            },
+            Box::new(Recorder(batches.clone())),
+            stats.clone(),
+        );
+        let batches = batches.lock().unwrap();
+        // The quiet pipeline's three frames ride in the first batches, not after the 40.
+        let quiet_done = batches
+            .iter()
+            .position(|b| b.contains(&1))
+            .expect("the quiet pipeline was served");
+        assert!(
+            quiet_done <= 1,
+            "quiet frames waited until batch {quiet_done}: {batches:?}"
+        );
+        assert!(batches.iter().all(|b| b.len() <= 4));
+        assert_eq!(stats.frames.load(Ordering::Relaxed), 43);
+        let seqs = |rx: &Receiver<Processed>| {
+            rx.try_iter()
+                .map(|p| (p.frame.pipeline, p.frame.seq))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            seqs(&busy_results),
+            (0..40).map(|s| (0, s)).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            seqs(&quiet_results),
+            (0..3).map(|s| (1, s)).collect::<Vec<_>>()
+        );
+    }
+}
