@@ -1,7 +1,7 @@
 //! Keeps one pipeline's source alive: builds it, watches its bus, rebuilds it with
 //! exponential backoff when a live source fails or ends, and drains it on shutdown.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -91,6 +91,7 @@ impl Supervisor {
                 %error,
                 "source lost; reconnecting"
             );
+            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
             self.stats.set_state(PipelineState::Reconnecting {
                 attempt,
                 last_error: error,
