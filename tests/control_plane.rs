@@ -474,9 +474,10 @@ fn readiness_turns_on_once_every_pipeline_plays() {
 #[test]
 fn visiond_run_serves_the_control_plane_until_sigterm() {
     let dir = tempfile::tempdir().unwrap();
+    // The base tree listens on 127.0.0.1:0.
     let file = write_tree(
         dir.path(),
-        "http: { listen: \"127.0.0.1:0\" }\n",
+        "",
         &[(
             "live",
             format!(
