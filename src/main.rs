@@ -3,13 +3,17 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use tokio::signal::unix::{SignalKind, signal};
 use visiond::config::{Config, LogConfig};
-use visiond::pipeline::engine::{Engine, ShutdownHandle};
+use visiond::control::{ControlServer, signals};
+use visiond::pipeline::engine::Engine;
 use visiond::pipeline::stats::PipelineState;
+
+/// How long the control plane may take to close its connections at exit.
+const SERVER_STOP: Duration = Duration::from_secs(2);
 
 #[derive(Parser)]
 #[command(name = "visiond", version, about = "Vision transformers on live video")]
@@ -73,6 +77,29 @@ fn run(file: &std::path::Path) -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    // The control plane (HTTP server, signals) lives on a small tokio runtime of its own;
+    // the frame path never runs on it.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("control")
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the control plane runtime");
+            return ExitCode::from(1);
+        }
+    };
+    // Bound before any pipeline starts: a taken port fails the start, like the RTSP port.
+    let listen = config.daemon.http.listen;
+    let server = match runtime.block_on(ControlServer::bind(listen)) {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!(address = %listen, %error, "cannot listen for the control plane");
+            return ExitCode::from(1);
+        }
+    };
     let engine = match Engine::start(&config, &visiond::pipeline::inference::factory(&config)) {
         Ok(engine) => engine,
         Err(error) => {
@@ -80,8 +107,25 @@ fn run(file: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    watch_signals(engine.shutdown_handle());
+    match runtime.block_on(async { signals::watch(engine.shutdown_handle()) }) {
+        Ok(watch) => drop(runtime.spawn(watch)),
+        Err(error) => tracing::error!(%error, "cannot watch SIGINT/SIGTERM"),
+    }
+    let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = runtime.spawn(server.serve(engine.view(), async move {
+        let _ = stopped.await;
+    }));
     let reports = engine.wait();
+    // The server answers through the drain; it stops once every pipeline has.
+    let _ = stop_server.send(());
+    let stopped = runtime.block_on(async { tokio::time::timeout(SERVER_STOP, server).await });
+    match stopped {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::warn!(%error, "control plane failed"),
+        Ok(Err(error)) => tracing::warn!(%error, "control plane task failed"),
+        Err(_) => tracing::warn!("control plane did not stop in time; closing it"),
+    }
+    runtime.shutdown_timeout(Duration::from_millis(100));
     // The summary goes to stderr: stdout may carry jsonl metadata.
     eprintln!("summary:");
     for report in &reports {
@@ -91,46 +135,6 @@ fn run(file: &std::path::Path) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    }
-}
-
-/// SIGINT/SIGTERM start a drain (bounded by `shutdown.grace_ms`); a second one exits at once.
-/// Signals are control plane: they live on a small tokio runtime, not on the frame path.
-fn watch_signals(shutdown: ShutdownHandle) {
-    let spawned = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    tracing::error!(%error, "cannot watch signals");
-                    return;
-                }
-            };
-            runtime.block_on(async {
-                let Ok(mut terminate) = signal(SignalKind::terminate()) else {
-                    tracing::error!("cannot watch SIGTERM");
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminate.recv() => {}
-                }
-                tracing::info!("shutdown requested; draining (a second signal exits at once)");
-                shutdown.trigger();
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminate.recv() => {}
-                }
-                tracing::warn!("second signal; exiting without draining");
-                std::process::exit(130);
-            });
-        });
-    if let Err(error) = spawned {
-        tracing::error!(%error, "cannot start the signal thread");
     }
 }
 

@@ -325,3 +325,34 @@ fn a_resolution_change_mid_stream_keeps_the_output_size() {
     let (_, width, height) = discover(&video);
     assert_eq!((width, height), (160, 120));
 }
+
+#[test]
+fn a_shutdown_while_sources_are_still_starting_drains_promptly() {
+    // Shutdown right after start reaches a source mid state change (its first frame
+    // prerolling): draining must wait for that to settle, not deadlock GStreamer.
+    let out = tempfile::tempdir().unwrap();
+    let (_dir, config) = temp_tree(
+        "",
+        &[(
+            "live",
+            format!(
+                "name: live\nsource: {{ test: {{ width: 64, height: 48, fps: 30 }} }}\nmodel: none\nmetadata:\n  - jsonl: {{ path: {} }}\n",
+                out.path().join("live.jsonl").display()
+            ),
+        )],
+    );
+    // The window is a few milliseconds wide, somewhere after the start: sweep across it.
+    for round in 0..40 {
+        let engine = Engine::start(&config, &no_models).unwrap();
+        std::thread::sleep(Duration::from_micros(round * 500));
+        engine.shutdown_handle().trigger();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(engine.wait());
+        });
+        let reports = done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("round {round}: the drain hung"));
+        assert_eq!(reports[0].state, PipelineState::Finished, "round {round}");
+    }
+}

@@ -365,7 +365,7 @@ fn rtsp_basic_auth_admits_only_the_configured_viewer() {
     let file = dir.path().join("visiond.yaml");
     std::fs::write(
         &file,
-        "pipelines_dir: pipelines\nrtsp: { port: 0, auth: { username: viewer, password_env: VISIOND_TEST_RTSP_PASSWORD } }\n",
+        "pipelines_dir: pipelines\nhttp: { listen: \"127.0.0.1:0\" }\nrtsp: { port: 0, auth: { username: viewer, password_env: VISIOND_TEST_RTSP_PASSWORD } }\n",
     )
     .unwrap();
     std::fs::write(

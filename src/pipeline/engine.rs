@@ -42,25 +42,83 @@ impl ShutdownHandle {
     }
 }
 
-/// A running pipeline as the control plane and tests see it.
+/// A pipeline as the control plane and tests see it: read-only, and every read is an atomic
+/// load (the state is behind a mutex the frame path never takes), so reading never slows or
+/// blocks a frame.
 pub struct PipelineHandle {
     pub name: String,
     pub model: String,
     pub stats: Arc<PipelineStats>,
+    /// Frames dropped at the first hop (source → model, or source → output without a model).
     pub input_drops: Arc<DropCounter>,
+    /// Frames dropped at the second hop (model → output); always 0 without a model.
     pub output_drops: Arc<DropCounter>,
-    /// Current depth of the first hop and its capacity.
+    /// Current depth of the first hop and its capacity; (0, 0) once the hop is closed.
     input_depth: Arc<dyn Fn() -> (usize, usize) + Send + Sync>,
+    /// The first hop's capacity; 0 for a pipeline that could not be built (it has no hop).
+    capacity: usize,
     started: Instant,
-    supervisor: Option<JoinHandle<PipelineState>>,
-    output: Option<JoinHandle<()>>,
 }
 
 impl PipelineHandle {
+    /// The first hop's current depth and its capacity.
     pub fn queue_depth(&self) -> (usize, usize) {
-        (self.input_depth)()
+        let (depth, _) = (self.input_depth)();
+        (depth, self.capacity)
+    }
+
+    /// Time since the engine started the pipeline.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 }
+
+/// An inference worker as the control plane sees it.
+pub struct WorkerHandle {
+    pub model: String,
+    pub stats: Arc<WorkerStats>,
+}
+
+/// Everything the control plane reads of a running engine, shared read-only (`Arc`) with
+/// it: the pipelines' and workers' counters and states. It outlives the engine (a server
+/// may answer while `Engine::wait` drains, and after).
+pub struct EngineView {
+    pipelines: Vec<PipelineHandle>,
+    workers: Vec<WorkerHandle>,
+    rtsp_port: Option<u16>,
+}
+
+impl EngineView {
+    /// Every pipeline of the configuration, in its order, built or not.
+    pub fn pipelines(&self) -> &[PipelineHandle] {
+        &self.pipelines
+    }
+
+    pub fn pipeline(&self, name: &str) -> Option<&PipelineHandle> {
+        self.pipelines.iter().find(|p| p.name == name)
+    }
+
+    /// One per model in use that loaded, in model-name order.
+    pub fn workers(&self) -> &[WorkerHandle] {
+        &self.workers
+    }
+
+    pub fn worker_stats(&self, model: &str) -> Option<Arc<WorkerStats>> {
+        self.workers
+            .iter()
+            .find(|w| w.model == model)
+            .map(|w| w.stats.clone())
+    }
+
+    /// The RTSP server's port, when a pipeline publishes over RTSP.
+    pub fn rtsp_port(&self) -> Option<u16> {
+        self.rtsp_port
+    }
+}
+
+/// The thread of one pipeline (its source supervisor, which then waits for its output), joined
+/// by `Engine::wait`; `None` for a pipeline that could not be built.
+type PipelineThread = Option<JoinHandle<PipelineState>>;
 
 /// What a pipeline did, for the summary `visiond run` prints.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -101,8 +159,10 @@ impl std::fmt::Display for PipelineReport {
 }
 
 pub struct Engine {
-    pipelines: Vec<PipelineHandle>,
-    workers: Vec<(String, Arc<WorkerStats>, JoinHandle<()>)>,
+    view: Arc<EngineView>,
+    /// Parallel to `view.pipelines`.
+    threads: Vec<PipelineThread>,
+    workers: Vec<JoinHandle<()>>,
     rtsp: Option<RtspServer>,
     shutdown: ShutdownHandle,
 }
@@ -147,6 +207,7 @@ impl Engine {
             runtimes.insert(model.clone(), loaded);
         }
         let mut pipelines = Vec::new();
+        let mut threads = Vec::new();
         let mut lanes: BTreeMap<String, Vec<Lane>> = BTreeMap::new();
         for (index, file) in config.pipelines.iter().enumerate() {
             let pipeline = &file.config;
@@ -166,6 +227,7 @@ impl Engine {
                     let error = format!("model {} cannot be loaded: {error}", pipeline.model);
                     stats.set_state(PipelineState::Failed { error });
                     pipelines.push(PipelineHandle::failed(pipeline, stats));
+                    threads.push(None);
                     continue;
                 }
                 None => None,
@@ -183,6 +245,7 @@ impl Engine {
                 tracing::error!(pipeline = %pipeline.name, %error, "pipeline cannot be built");
                 stats.set_state(PipelineState::Failed { error });
                 pipelines.push(PipelineHandle::failed(pipeline, stats));
+                threads.push(None);
                 continue;
             }
             let (in_tx, in_rx, input_drops) = hop::<Frame>(capacity, policy);
@@ -212,6 +275,7 @@ impl Engine {
                     tracing::error!(pipeline = %pipeline.name, %error, "pipeline cannot be built");
                     stats.set_state(PipelineState::Failed { error });
                     pipelines.push(PipelineHandle::failed(pipeline, stats));
+                    threads.push(None);
                     continue;
                 }
             };
@@ -224,7 +288,7 @@ impl Engine {
                 grace,
             };
             let counting = stats.clone();
-            let (input_drops, input_depth, source_thread) = if uses_model {
+            let (input_drops, input_depth, pipeline_thread) = if uses_model {
                 let in_tx = Arc::new(in_tx);
                 // Weak: the handle must not keep the hop open after the source is done.
                 let depth_of = Arc::downgrade(&in_tx);
@@ -234,7 +298,7 @@ impl Engine {
                     input: in_rx,
                     output: out_tx,
                 });
-                let thread = spawn_supervisor(supervisor, move |frame| {
+                let thread = spawn_pipeline(supervisor, output, move |frame| {
                     counting.frames_in.fetch_add(1, Ordering::Relaxed);
                     in_tx.send(frame);
                 })?;
@@ -250,7 +314,7 @@ impl Engine {
                 let input_drops = output_drops.clone();
                 let out_tx = Arc::new(out_tx);
                 let depth_of = Arc::downgrade(&out_tx);
-                let thread = spawn_supervisor(supervisor, move |frame| {
+                let thread = spawn_pipeline(supervisor, output, move |frame| {
                     counting.frames_in.fetch_add(1, Ordering::Relaxed);
                     out_tx.send(Processed::passthrough(frame));
                 })?;
@@ -272,12 +336,13 @@ impl Engine {
                 },
                 input_drops,
                 input_depth,
+                capacity: capacity.max(1),
                 started: Instant::now(),
-                supervisor: Some(source_thread),
-                output: Some(output),
             });
+            threads.push(Some(pipeline_thread));
         }
         let mut workers = Vec::new();
+        let mut worker_threads = Vec::new();
         for (model, model_lanes) in lanes {
             let Some(Ok(runtime)) = runtimes.remove(&model) else {
                 continue;
@@ -296,33 +361,42 @@ impl Engine {
                     move || worker::run(&model, model_lanes, policy, runtime.inference, stats)
                 })
                 .map_err(|e| format!("cannot start the inference thread for model {model}: {e}"))?;
-            workers.push((model, stats, thread));
+            workers.push(WorkerHandle { model, stats });
+            worker_threads.push(thread);
         }
-        Ok(Self {
+        let view = Arc::new(EngineView {
             pipelines,
             workers,
+            rtsp_port: rtsp.as_ref().map(RtspServer::port),
+        });
+        Ok(Self {
+            view,
+            threads,
+            workers: worker_threads,
             rtsp,
             shutdown,
         })
     }
 
+    /// The read-only view the control plane serves from; it stays valid after `wait`.
+    pub fn view(&self) -> Arc<EngineView> {
+        self.view.clone()
+    }
+
     pub fn pipelines(&self) -> &[PipelineHandle] {
-        &self.pipelines
+        self.view.pipelines()
     }
 
     pub fn pipeline(&self, name: &str) -> Option<&PipelineHandle> {
-        self.pipelines.iter().find(|p| p.name == name)
+        self.view.pipeline(name)
     }
 
     pub fn worker_stats(&self, model: &str) -> Option<Arc<WorkerStats>> {
-        self.workers
-            .iter()
-            .find(|(name, _, _)| name == model)
-            .map(|(_, stats, _)| stats.clone())
+        self.view.worker_stats(model)
     }
 
     pub fn rtsp_port(&self) -> Option<u16> {
-        self.rtsp.as_ref().map(RtspServer::port)
+        self.view.rtsp_port()
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
@@ -333,21 +407,18 @@ impl Engine {
     /// shutdown), then stops the workers and the RTSP server.
     pub fn wait(mut self) -> Vec<PipelineReport> {
         let mut reports = Vec::new();
-        for pipeline in &mut self.pipelines {
-            let final_state = pipeline.supervisor.take().map(|t| {
-                t.join().unwrap_or(PipelineState::Failed {
-                    error: "source thread panicked".into(),
-                })
-            });
-            if let Some(output) = pipeline.output.take() {
-                let _ = output.join();
-            }
-            if let Some(state) = final_state {
-                pipeline.stats.set_state(state);
+        for (pipeline, thread) in self.view.pipelines.iter().zip(&mut self.threads) {
+            if let Some(thread) = thread.take() {
+                // The thread published its final state itself; only a panic is left to say.
+                if thread.join().is_err() {
+                    pipeline.stats.set_state(PipelineState::Failed {
+                        error: "source thread panicked".into(),
+                    });
+                }
             }
             reports.push(pipeline.report());
         }
-        for (_, _, thread) in self.workers.drain(..) {
+        for thread in self.workers.drain(..) {
             let _ = thread.join();
         }
         if let Some(rtsp) = self.rtsp.take() {
@@ -366,9 +437,8 @@ impl PipelineHandle {
             input_drops: Arc::new(DropCounter::default()),
             output_drops: Arc::new(DropCounter::default()),
             input_depth: Arc::new(|| (0, 0)),
+            capacity: 0,
             started: Instant::now(),
-            supervisor: None,
-            output: None,
         }
     }
 
@@ -407,14 +477,29 @@ impl PipelineHandle {
     }
 }
 
-fn spawn_supervisor(
+/// Starts a pipeline's thread: it supervises the source until it is done, then waits for
+/// the pipeline's output to write everything (returning from `run` drops `deliver`, which
+/// closes the first hop, so the stages after it drain) and publishes the final state. So a
+/// finite pipeline reads `finished` as soon as its last frame is written, not only when the
+/// whole engine stops.
+fn spawn_pipeline(
     supervisor: Supervisor,
+    output: JoinHandle<()>,
     deliver: impl Fn(Frame) + Send + Sync + 'static,
 ) -> Result<JoinHandle<PipelineState>, String> {
     let name = supervisor.name.clone();
     std::thread::Builder::new()
         .name(format!("src-{name}"))
-        .spawn(move || supervisor.run(deliver))
+        .spawn(move || {
+            let name = supervisor.name.clone();
+            let stats = supervisor.stats.clone();
+            let state = supervisor.run(deliver);
+            if output.join().is_err() {
+                tracing::error!(pipeline = %name, "output thread panicked");
+            }
+            stats.set_state(state.clone());
+            state
+        })
         .map_err(|e| format!("cannot start the source thread of pipeline {name}: {e}"))
 }
 

@@ -1,7 +1,7 @@
 //! Keeps one pipeline's source alive: builds it, watches its bus, rebuilds it with
 //! exponential backoff when a live source fails or ends, and drains it on shutdown.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -91,6 +91,7 @@ impl Supervisor {
                 %error,
                 "source lost; reconnecting"
             );
+            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
             self.stats.set_state(PipelineState::Reconnecting {
                 attempt,
                 last_error: error,
@@ -214,8 +215,13 @@ impl Supervisor {
 
     /// Shutdown: let what the source has produced flow out (EOS), bounded by the grace period.
     fn drain(&self, pipeline: &gst::Pipeline) -> SessionEnd {
-        pipeline.send_event(gst::event::Eos::new());
         let deadline = Instant::now() + self.grace;
+        // Let a state change still in progress (the source starting, its first frame
+        // prerolling) settle first: `send_event` holds the pipeline's state lock while the
+        // source takes its live lock, which the streaming thread holds while it waits for
+        // preroll to end, which needs that same state lock: a deadlock no grace period ends.
+        let _ = pipeline.state(gst::ClockTime::from_nseconds(self.grace.as_nanos() as u64));
+        pipeline.send_event(gst::event::Eos::new());
         if let Err(error) = bus::wait_for_eos(pipeline, deadline - Instant::now()) {
             tracing::warn!(pipeline = %self.name, %error, "source did not drain cleanly");
         }

@@ -26,14 +26,14 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Writes a daemon file (`daemon_extra` appended to a base that picks free ports) and one
-/// file per pipeline under `dir`; returns the daemon file.
+/// Writes a daemon file (`daemon_extra` appended to a base that picks free ports for the RTSP
+/// server and the control plane) and one file per pipeline under `dir`; returns the daemon file.
 pub fn write_tree(dir: &Path, daemon_extra: &str, pipelines: &[(&str, String)]) -> PathBuf {
     std::fs::create_dir_all(dir.join("pipelines")).unwrap();
     let file = dir.join("visiond.yaml");
     std::fs::write(
         &file,
-        format!("pipelines_dir: pipelines\nrtsp: {{ port: 0 }}\nshutdown: {{ grace_ms: 5000 }}\n{daemon_extra}"),
+        format!("pipelines_dir: pipelines\nrtsp: {{ port: 0 }}\nhttp: {{ listen: \"127.0.0.1:0\" }}\nshutdown: {{ grace_ms: 5000 }}\n{daemon_extra}"),
     )
     .unwrap();
     for (name, text) in pipelines {

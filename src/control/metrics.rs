@@ -1,0 +1,297 @@
+//! `/metrics`: the engine's counters in the Prometheus text exposition format, version 0.0.4.
+//!
+//! Per pipeline (label `pipeline`): `visiond_frames_in_total`, `visiond_frames_out_total`,
+//! `visiond_frames_dropped_total` (+ `hop="input"|"output"`), `visiond_queue_depth` and
+//! `visiond_queue_capacity` (the first hop), `visiond_pipeline_state` (+ `state`: 1 for the
+//! current one, 0 for the other four), `visiond_reconnects_total` and the histogram
+//! `visiond_frame_latency_seconds`. Per inference worker (label `model`):
+//! `visiond_inference_batches_total`, `visiond_inference_frames_total`,
+//! `visiond_inference_failed_frames_total` and `visiond_batch_size_max`.
+//!
+//! The latency histogram's `le` bounds are edges of the engine's own log buckets (5% wide),
+//! the ones nearest 1 ms, 2.5 ms, 5 ms, … 10 s, so every `_bucket` count is exact rather
+//! than interpolated.
+
+use std::fmt::{Display, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::pipeline::engine::EngineView;
+use crate::pipeline::stats::{LatencyHistogram, PipelineState};
+use crate::pipeline::worker::WorkerStats;
+
+/// The `Content-Type` of the 0.0.4 text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The bounds the latency histogram is exposed at, before snapping to bucket edges.
+const LATENCY_BOUNDS_S: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The log-bucket indices whose upper edges are the exposed `le` bounds, ascending.
+pub fn latency_buckets() -> Vec<usize> {
+    let mut indices: Vec<usize> = LATENCY_BOUNDS_S
+        .iter()
+        .map(|&s| LatencyHistogram::nearest_bucket(Duration::from_secs_f64(s)))
+        .collect();
+    indices.dedup();
+    indices
+}
+
+/// Renders every metric family of `view`.
+pub fn render(view: &EngineView) -> String {
+    let mut out = Exposition::default();
+    let pipelines = view.pipelines();
+
+    out.family(
+        "visiond_frames_in_total",
+        "counter",
+        "Frames taken from the pipeline's source.",
+    );
+    for p in pipelines {
+        out.sample(
+            "visiond_frames_in_total",
+            &[("pipeline", &p.name)],
+            p.stats.frames_in(),
+        );
+    }
+    out.family(
+        "visiond_frames_out_total",
+        "counter",
+        "Frames written to the pipeline's outputs (video and/or metadata).",
+    );
+    for p in pipelines {
+        out.sample(
+            "visiond_frames_out_total",
+            &[("pipeline", &p.name)],
+            p.stats.frames_out(),
+        );
+    }
+    out.family(
+        "visiond_frames_dropped_total",
+        "counter",
+        "Frames dropped at a full hop: input is the source's hop, output the model's.",
+    );
+    for p in pipelines {
+        for (hop, drops) in [("input", &p.input_drops), ("output", &p.output_drops)] {
+            out.sample(
+                "visiond_frames_dropped_total",
+                &[("pipeline", &p.name), ("hop", hop)],
+                drops.get(),
+            );
+        }
+    }
+    out.family(
+        "visiond_queue_depth",
+        "gauge",
+        "Frames waiting in the pipeline's first hop.",
+    );
+    for p in pipelines {
+        out.sample(
+            "visiond_queue_depth",
+            &[("pipeline", &p.name)],
+            p.queue_depth().0,
+        );
+    }
+    out.family(
+        "visiond_queue_capacity",
+        "gauge",
+        "Capacity of the pipeline's first hop.",
+    );
+    for p in pipelines {
+        out.sample(
+            "visiond_queue_capacity",
+            &[("pipeline", &p.name)],
+            p.queue_depth().1,
+        );
+    }
+    out.family(
+        "visiond_pipeline_state",
+        "gauge",
+        "1 for the pipeline's current state, 0 for the others.",
+    );
+    for p in pipelines {
+        let current = p.stats.state().name();
+        for state in PipelineState::NAMES {
+            out.sample(
+                "visiond_pipeline_state",
+                &[("pipeline", &p.name), ("state", state)],
+                u8::from(state == current),
+            );
+        }
+    }
+    out.family(
+        "visiond_reconnects_total",
+        "counter",
+        "Times the pipeline's source was lost and a reconnect scheduled.",
+    );
+    for p in pipelines {
+        out.sample(
+            "visiond_reconnects_total",
+            &[("pipeline", &p.name)],
+            p.stats.reconnects(),
+        );
+    }
+    out.family(
+        "visiond_frame_latency_seconds",
+        "histogram",
+        "Time from the source's appsink to the outputs, per frame.",
+    );
+    let buckets = latency_buckets();
+    for p in pipelines {
+        let snapshot = p.stats.latency.snapshot();
+        for &index in &buckets {
+            let le = format_bound(LatencyHistogram::upper_edge(index).as_secs_f64());
+            out.sample(
+                "visiond_frame_latency_seconds_bucket",
+                &[("pipeline", &p.name), ("le", &le)],
+                snapshot.cumulative(index),
+            );
+        }
+        let count = snapshot.count();
+        out.sample(
+            "visiond_frame_latency_seconds_bucket",
+            &[("pipeline", &p.name), ("le", "+Inf")],
+            count,
+        );
+        out.sample(
+            "visiond_frame_latency_seconds_sum",
+            &[("pipeline", &p.name)],
+            snapshot.sum.as_secs_f64(),
+        );
+        out.sample(
+            "visiond_frame_latency_seconds_count",
+            &[("pipeline", &p.name)],
+            count,
+        );
+    }
+
+    type Field = fn(&WorkerStats) -> &AtomicU64;
+    let worker_families: [(&str, &str, &str, Field); 4] = [
+        (
+            "visiond_inference_batches_total",
+            "counter",
+            "Batches the model's inference worker ran.",
+            |s| &s.batches,
+        ),
+        (
+            "visiond_inference_frames_total",
+            "counter",
+            "Frames the model's inference worker processed, in all batches.",
+            |s| &s.frames,
+        ),
+        (
+            "visiond_inference_failed_frames_total",
+            "counter",
+            "Frames the model's inference worker could not process.",
+            |s| &s.failed_frames,
+        ),
+        (
+            "visiond_batch_size_max",
+            "gauge",
+            "The largest batch the model's inference worker has run.",
+            |s| &s.largest_batch,
+        ),
+    ];
+    for (name, kind, help, field) in worker_families {
+        out.family(name, kind, help);
+        for worker in view.workers() {
+            out.sample(
+                name,
+                &[("model", &worker.model)],
+                field(&worker.stats).load(Ordering::Relaxed),
+            );
+        }
+    }
+    out.text
+}
+
+/// A bucket bound with 6 significant digits (the edges are irrational; 6 digits keep them
+/// well inside their 5% bucket).
+fn format_bound(seconds: f64) -> String {
+    let magnitude = seconds.log10().floor() as i32;
+    let decimals = (5 - magnitude).max(0) as usize;
+    let text = format!("{seconds:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
+}
+
+/// A label value escaped as the text format asks: backslash, double quote and line feed.
+pub fn escape_label_value(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+#[derive(Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        // HELP text escapes backslash and line feed; ours has neither, but stay correct.
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.text, "# HELP {name} {help}");
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (label, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{label}=\"{}\"", escape_label_value(value));
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(
+            escape_label_value("a\\b\"c\nd"),
+            "a\\\\b\\\"c\\nd".to_string()
+        );
+        assert_eq!(escape_label_value("front-door.1"), "front-door.1");
+    }
+
+    #[test]
+    fn latency_bounds_are_bucket_edges_near_the_round_values() {
+        let buckets = latency_buckets();
+        assert_eq!(buckets.len(), LATENCY_BOUNDS_S.len());
+        assert!(buckets.windows(2).all(|w| w[0] < w[1]));
+        for (&index, &target) in buckets.iter().zip(&LATENCY_BOUNDS_S) {
+            let edge = LatencyHistogram::upper_edge(index).as_secs_f64();
+            assert!((edge / target - 1.0).abs() < 0.03, "{edge} for {target}");
+            let label: f64 = format_bound(edge).parse().unwrap();
+            assert!((label / edge - 1.0).abs() < 1e-5, "{label} for {edge}");
+        }
+    }
+
+    #[test]
+    fn bounds_print_plainly() {
+        assert_eq!(format_bound(0.00098257455), "0.000982575");
+        assert_eq!(format_bound(1.0), "1");
+        assert_eq!(format_bound(10.18346), "10.1835");
+    }
+}

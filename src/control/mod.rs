@@ -1,0 +1,15 @@
+//! The control plane: what runs on tokio, never on the frame path.
+//!
+//! - [`http`]: the HTTP server on `http.listen` (`/healthz`, `/readyz`, `/api/pipelines`,
+//!   `/metrics`), reading the engine's shared [`EngineView`](crate::pipeline::engine::EngineView).
+//! - [`metrics`]: the Prometheus text exposition of that view.
+//! - [`signals`]: SIGINT/SIGTERM start a drain; a second one exits at once.
+//!
+//! Nothing here touches frames or tensors: every number it serves is an atomic the frame path
+//! already keeps, read without locking anything the frame path takes.
+
+pub mod http;
+pub mod metrics;
+pub mod signals;
+
+pub use http::ControlServer;

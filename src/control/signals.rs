@@ -1,0 +1,30 @@
+//! SIGINT/SIGTERM: the first starts a drain (bounded by `shutdown.grace_ms`), the second
+//! exits at once.
+
+use std::future::Future;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::pipeline::engine::ShutdownHandle;
+
+/// Registers for SIGINT and SIGTERM now (so a signal that comes before the returned future is
+/// first polled is not lost to the default action) and returns the future that acts on them.
+/// Must be called within a tokio runtime.
+pub fn watch(shutdown: ShutdownHandle) -> std::io::Result<impl Future<Output = ()> + Send> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutdown requested; draining (a second signal exits at once)");
+        shutdown.trigger();
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::warn!("second signal; exiting without draining");
+        std::process::exit(130);
+    })
+}

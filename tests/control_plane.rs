@@ -1,0 +1,560 @@
+//! The control plane over real HTTP: a running engine (test sources, a source that cannot
+//! connect, a stand-in model), the server on port 0 with its own shutdown future, a real
+//! HTTP client, and `/metrics` read by a Prometheus text parser. Then `visiond run` itself:
+//! it logs the address it listens on, answers, and exits 0 on SIGTERM.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_parse::{Sample, Scrape, Value};
+use visiond::config::PipelineConfig;
+use visiond::control::ControlServer;
+use visiond::models::Task;
+use visiond::pipeline::engine::{Engine, EngineView, ModelRuntime};
+use visiond::pipeline::frame::{Frame, Processed};
+use visiond::pipeline::stats::PipelineState;
+use visiond::pipeline::worker::BatchInference;
+
+use common::*;
+
+/// A model stand-in: hands every frame on unchanged.
+struct Echo;
+
+impl BatchInference for Echo {
+    fn process(&mut self, frames: Vec<Frame>) -> Vec<Result<Processed, (Frame, String)>> {
+        frames
+            .into_iter()
+            .map(|frame| Ok(Processed::passthrough(frame)))
+            .collect()
+    }
+}
+
+fn echo_factory(_: &str, _: &[(usize, &PipelineConfig)]) -> Result<ModelRuntime, String> {
+    Ok(ModelRuntime {
+        inference: Box::new(Echo),
+        task: Task::Depth,
+    })
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build()
+}
+
+/// Status, content type and body of a request, whatever the status.
+fn request(agent: &ureq::Agent, method: &str, url: &str) -> (u16, String, String) {
+    let response = match agent.request(method, url).call() {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("{method} {url}: {error}"),
+    };
+    let status = response.status();
+    let content_type = response.header("content-type").unwrap_or("").to_string();
+    (status, content_type, response.into_string().unwrap())
+}
+
+fn scrape(agent: &ureq::Agent, base: &str) -> (String, Scrape) {
+    let (status, content_type, body) = request(agent, "GET", &format!("{base}/metrics"));
+    assert_eq!(status, 200, "{body}");
+    let scrape = Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
+    (content_type, scrape)
+}
+
+/// The value of the sample `metric` whose labels include all of `labels`.
+fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let sample = find(scrape, metric, labels);
+    match &sample.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+        other => panic!("{metric}: not a single value: {other:?}"),
+    }
+}
+
+fn find<'a>(scrape: &'a Scrape, metric: &str, labels: &[(&str, &str)]) -> &'a Sample {
+    let matching: Vec<&Sample> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .collect();
+    assert_eq!(matching.len(), 1, "{metric} {labels:?}: {matching:?}");
+    matching[0]
+}
+
+/// Starts the control plane for `view` on a port-0 listener; returns its address, the
+/// sender that stops it, the runtime and the server task.
+struct Running {
+    runtime: tokio::runtime::Runtime,
+    address: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+fn serve(view: Arc<EngineView>) -> Running {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = runtime
+        .block_on(ControlServer::bind("127.0.0.1:0".parse().unwrap()))
+        .unwrap();
+    let address = server.local_addr();
+    assert_ne!(address.port(), 0, "port 0 resolves to the bound port");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = runtime.spawn(server.serve(view, async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        runtime,
+        address,
+        stop,
+        task,
+    }
+}
+
+#[test]
+fn every_endpoint_reports_the_running_engine() {
+    let out = tempfile::tempdir().unwrap();
+    let meta = |name: &str| {
+        format!(
+            "metadata:\n  - jsonl: {{ path: {} }}\n",
+            out.path().join(format!("{name}.jsonl")).display()
+        )
+    };
+    let (_dir, config) = temp_tree(
+        &format!(
+            "models:\n  echo: {{ path: {} }}\n",
+            fixture("dpt-vit").display()
+        ),
+        &[
+            (
+                // Nothing listens on the discard port: the source fails and reconnects.
+                "cam",
+                format!(
+                    "name: cam\nsource: {{ uri: \"rtsp://127.0.0.1:9/none\", reconnect: {{ initial_ms: 50, max_ms: 200 }} }}\nmodel: none\n{}",
+                    meta("cam")
+                ),
+            ),
+            (
+                "inferred",
+                format!(
+                    "name: inferred\nsource: {{ test: {{ width: 64, height: 48, fps: 30 }} }}\nmodel: echo\nqueue: {{ capacity: 3 }}\n{}",
+                    meta("inferred")
+                ),
+            ),
+            (
+                "live",
+                format!(
+                    "name: live\nsource: {{ test: {{ width: 64, height: 48, fps: 30 }} }}\nmodel: none\nqueue: {{ capacity: 4 }}\n{}",
+                    meta("live")
+                ),
+            ),
+            (
+                "short",
+                format!(
+                    "name: short\nsource: {{ test: {{ width: 64, height: 48, fps: 30, frames: 10 }} }}\nmodel: none\n{}",
+                    meta("short")
+                ),
+            ),
+        ],
+    );
+    let engine = Engine::start(&config, &echo_factory).unwrap();
+    let running = serve(engine.view());
+    let base = format!("http://{}", running.address);
+    let agent = agent();
+
+    assert_eq!(
+        request(&agent, "GET", &format!("{base}/healthz")),
+        (
+            200,
+            "text/plain; charset=utf-8".to_string(),
+            "ok".to_string()
+        )
+    );
+
+    let state = |name: &str| engine.pipeline(name).unwrap().stats.state();
+    let settled = || {
+        state("live") == PipelineState::Playing
+            && state("inferred") == PipelineState::Playing
+            && state("short") == PipelineState::Finished
+            && engine.pipeline("live").unwrap().stats.frames_out() > 0
+            && engine.pipeline("inferred").unwrap().stats.frames_out() > 0
+            && engine.pipeline("cam").unwrap().stats.reconnects() >= 2
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !settled() {
+        assert!(
+            Instant::now() < deadline,
+            "the pipelines did not settle: {}",
+            request(&agent, "GET", &format!("{base}/api/pipelines")).2
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Readiness: the camera holds it back, and the body says why.
+    let (status, content_type, body) = request(&agent, "GET", &format!("{base}/readyz"));
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(content_type, "application/json");
+    let readiness: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(readiness["ready"], false);
+    let not_ready = readiness["not_ready"].as_array().unwrap();
+    assert_eq!(not_ready.len(), 1, "{body}");
+    assert_eq!(not_ready[0]["name"], "cam");
+    assert_eq!(not_ready[0]["state"], "reconnecting");
+    assert!(not_ready[0]["attempt"].as_u64().unwrap() >= 1, "{body}");
+    assert!(
+        !not_ready[0]["last_error"].as_str().unwrap().is_empty(),
+        "{body}"
+    );
+
+    // The pipelines, in configuration order, with their counters.
+    let (status, content_type, body) = request(&agent, "GET", &format!("{base}/api/pipelines"));
+    assert_eq!((status, content_type.as_str()), (200, "application/json"));
+    let pipelines: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = pipelines
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cam", "inferred", "live", "short"]);
+    let by_name: HashMap<&str, &serde_json::Value> =
+        names.iter().copied().zip(&pipelines).collect();
+    let live = by_name["live"];
+    assert_eq!(live["model"], "none");
+    assert_eq!(live["state"], "playing");
+    assert!(live["frames_in"].as_u64().unwrap() > 0, "{live}");
+    assert!(live["frames_out"].as_u64().unwrap() > 0, "{live}");
+    assert_eq!(live["dropped"]["output"], 0);
+    assert!(live["dropped"]["input"].is_u64(), "{live}");
+    assert_eq!(live["queue"]["capacity"], 4);
+    assert!(live["queue"]["depth"].as_u64().unwrap() <= 4, "{live}");
+    assert!(live["latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{live}");
+    assert!(
+        live["latency_ms"]["p99"].as_f64().unwrap() >= live["latency_ms"]["p50"].as_f64().unwrap(),
+        "{live}"
+    );
+    assert!(live["uptime_s"].as_f64().unwrap() > 0.0, "{live}");
+    assert_eq!(live["reconnects"], 0);
+    let short = by_name["short"];
+    assert_eq!(short["state"], "finished");
+    assert_eq!(
+        (&short["frames_in"], &short["frames_out"]),
+        (&10.into(), &10.into())
+    );
+    let cam = by_name["cam"];
+    assert_eq!(cam["state"], "reconnecting");
+    assert!(cam["attempt"].as_u64().unwrap() >= 1, "{cam}");
+    assert!(cam["last_error"].is_string(), "{cam}");
+    assert!(cam["reconnects"].as_u64().unwrap() >= 2, "{cam}");
+    assert_eq!(cam["frames_in"], 0);
+    assert_eq!(cam["latency_ms"]["p50"], serde_json::Value::Null);
+    assert_eq!(by_name["inferred"]["model"], "echo");
+    assert_eq!(by_name["inferred"]["queue"]["capacity"], 3);
+
+    // Metrics, as Prometheus reads them.
+    let (content_type, first) = scrape(&agent, &base);
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    for family in [
+        "visiond_frames_in_total",
+        "visiond_frames_out_total",
+        "visiond_frames_dropped_total",
+        "visiond_queue_depth",
+        "visiond_queue_capacity",
+        "visiond_pipeline_state",
+        "visiond_reconnects_total",
+        "visiond_frame_latency_seconds",
+        "visiond_inference_batches_total",
+        "visiond_inference_frames_total",
+        "visiond_inference_failed_frames_total",
+        "visiond_batch_size_max",
+    ] {
+        assert!(first.docs.contains_key(family), "no HELP for {family}");
+    }
+    let live_out =
+        |scrape: &Scrape| value(scrape, "visiond_frames_out_total", &[("pipeline", "live")]);
+    let before = live_out(&first);
+    assert!(before > 0.0);
+    wait_until("more frames out", Duration::from_secs(10), || {
+        live_out(&scrape(&agent, &base).1) > before
+    });
+    assert_eq!(
+        value(&first, "visiond_frames_in_total", &[("pipeline", "short")]),
+        10.0
+    );
+    for hop in ["input", "output"] {
+        value(
+            &first,
+            "visiond_frames_dropped_total",
+            &[("pipeline", "live"), ("hop", hop)],
+        );
+    }
+    assert_eq!(
+        value(&first, "visiond_queue_capacity", &[("pipeline", "live")]),
+        4.0
+    );
+    assert!(value(&first, "visiond_queue_depth", &[("pipeline", "live")]) <= 4.0);
+    assert!(value(&first, "visiond_reconnects_total", &[("pipeline", "cam")]) >= 2.0);
+    assert_eq!(
+        value(&first, "visiond_reconnects_total", &[("pipeline", "live")]),
+        0.0
+    );
+    for (pipeline, current) in [
+        ("live", "playing"),
+        ("short", "finished"),
+        ("cam", "reconnecting"),
+    ] {
+        for state in ["starting", "playing", "reconnecting", "failed", "finished"] {
+            assert_eq!(
+                value(
+                    &first,
+                    "visiond_pipeline_state",
+                    &[("pipeline", pipeline), ("state", state)]
+                ),
+                if state == current { 1.0 } else { 0.0 },
+                "{pipeline} {state}"
+            );
+        }
+    }
+
+    // The latency histogram: cumulative buckets, +Inf equal to the count.
+    for pipeline in ["live", "short", "inferred", "cam"] {
+        let histogram = find(
+            &first,
+            "visiond_frame_latency_seconds",
+            &[("pipeline", pipeline)],
+        );
+        let Value::Histogram(buckets) = &histogram.value else {
+            panic!("{pipeline}: not a histogram: {histogram:?}");
+        };
+        assert_eq!(buckets.len(), 14, "{pipeline}: {buckets:?}");
+        assert!(
+            buckets
+                .windows(2)
+                .all(|w| w[0].less_than < w[1].less_than && w[0].count <= w[1].count),
+            "{pipeline}: {buckets:?}"
+        );
+        let last = buckets.last().unwrap();
+        assert!(last.less_than.is_infinite());
+        let count = value(
+            &first,
+            "visiond_frame_latency_seconds_count",
+            &[("pipeline", pipeline)],
+        );
+        assert_eq!(last.count, count, "{pipeline}");
+        let sum = value(
+            &first,
+            "visiond_frame_latency_seconds_sum",
+            &[("pipeline", pipeline)],
+        );
+        if pipeline == "short" {
+            assert_eq!(count, 10.0);
+        }
+        if pipeline == "cam" {
+            assert_eq!((count, sum), (0.0, 0.0));
+        } else {
+            assert!(count > 0.0 && sum > 0.0, "{pipeline}: {count} {sum}");
+        }
+        assert!(
+            (buckets[0].less_than - 0.001).abs() < 0.00003,
+            "{buckets:?}"
+        );
+        assert!((buckets[12].less_than - 10.0).abs() < 0.3, "{buckets:?}");
+    }
+
+    // The stand-in model's worker.
+    assert!(
+        value(
+            &first,
+            "visiond_inference_batches_total",
+            &[("model", "echo")]
+        ) > 0.0
+    );
+    assert!(
+        value(
+            &first,
+            "visiond_inference_frames_total",
+            &[("model", "echo")]
+        ) > 0.0
+    );
+    assert_eq!(
+        value(
+            &first,
+            "visiond_inference_failed_frames_total",
+            &[("model", "echo")]
+        ),
+        0.0
+    );
+    assert!(value(&first, "visiond_batch_size_max", &[("model", "echo")]) >= 1.0);
+
+    // Unknown paths and other methods.
+    assert_eq!(request(&agent, "GET", &format!("{base}/nope")).0, 404);
+    assert_eq!(
+        request(&agent, "GET", &format!("{base}/api/pipelines/x")).0,
+        404
+    );
+    assert_eq!(request(&agent, "POST", &format!("{base}/metrics")).0, 405);
+    assert_eq!(request(&agent, "DELETE", &format!("{base}/healthz")).0, 405);
+
+    // The server stops on its own shutdown future, even with the client's idle keep-alive
+    // connection still open; the engine is unaffected.
+    let Running {
+        runtime,
+        stop,
+        task,
+        ..
+    } = running;
+    stop.send(()).unwrap();
+    let started = Instant::now();
+    let result = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await })
+        .expect("the server stops within 5 s")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        std::net::TcpStream::connect(running.address).is_err(),
+        "the port is closed"
+    );
+    drop(agent);
+    assert_eq!(state("live"), PipelineState::Playing);
+    engine.shutdown_handle().trigger();
+    let reports = engine.wait();
+    assert!(
+        reports.iter().all(|r| r.state == PipelineState::Finished),
+        "{reports:?}"
+    );
+}
+
+#[test]
+fn readiness_turns_on_once_every_pipeline_plays() {
+    let out = tempfile::tempdir().unwrap();
+    let (_dir, config) = temp_tree(
+        "",
+        &[(
+            "live",
+            format!(
+                "name: live\nsource: {{ test: {{ width: 64, height: 48, fps: 30 }} }}\nmodel: none\nmetadata:\n  - jsonl: {{ path: {} }}\n",
+                out.path().join("live.jsonl").display()
+            ),
+        )],
+    );
+    let engine = Engine::start(&config, &no_models).unwrap();
+    let running = serve(engine.view());
+    let url = format!("http://{}/readyz", running.address);
+    let agent = agent();
+    wait_until("readiness", Duration::from_secs(20), || {
+        let (status, _, body) = request(&agent, "GET", &url);
+        if status == 503 {
+            // Before the source plays, it is the one named.
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(body["not_ready"][0]["name"], "live");
+            assert_eq!(body["not_ready"][0]["state"], "starting");
+        }
+        status == 200
+    });
+    let (_, _, body) = request(&agent, "GET", &url);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        serde_json::json!({"ready": true, "not_ready": []})
+    );
+    // After the drain every pipeline is finished, which is ready too.
+    engine.shutdown_handle().trigger();
+    let view = engine.view();
+    engine.wait();
+    assert_eq!(view.pipelines()[0].stats.state(), PipelineState::Finished);
+    assert_eq!(request(&agent, "GET", &url).0, 200);
+    running.stop.send(()).unwrap();
+    running.runtime.block_on(running.task).unwrap().unwrap();
+}
+
+#[test]
+fn visiond_run_serves_the_control_plane_until_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    // The base tree listens on 127.0.0.1:0.
+    let file = write_tree(
+        dir.path(),
+        "",
+        &[(
+            "live",
+            format!(
+                "name: live\nsource: {{ test: {{ width: 64, height: 48, fps: 30 }} }}\nmodel: none\nmetadata:\n  - jsonl: {{ path: {} }}\n",
+                dir.path().join("live.jsonl").display()
+            ),
+        )],
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_visiond"))
+        .arg("run")
+        .arg("-c")
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (address_tx, address_rx) = std::sync::mpsc::channel();
+    let log = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("control plane listening") {
+                let address = line
+                    .split("address=")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|a| a.parse::<SocketAddr>().ok());
+                let _ = address_tx.send(address);
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let address = address_rx
+        .recv_timeout(Duration::from_secs(30))
+        .ok()
+        .flatten()
+        .expect("the daemon logs the address it listens on");
+    assert_ne!(address.port(), 0);
+    let agent = agent();
+    let (status, _, body) = request(&agent, "GET", &format!("http://{address}/healthz"));
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let (_, scrape) = scrape(&agent, &format!("http://{address}"));
+    find(&scrape, "visiond_frames_in_total", &[("pipeline", "live")]);
+    // SIGTERM lands within milliseconds of the start, often while the source is still
+    // starting: the drain must not hang there either.
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "visiond did not exit after SIGTERM:\n{}",
+                log.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = log.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("control plane stopped"), "{log}");
+    assert!(log.contains("live: finished"), "{log}");
+    assert!(
+        std::net::TcpStream::connect(address).is_err(),
+        "the control plane port is closed"
+    );
+}
