@@ -1,18 +1,26 @@
-//! `visiond infer`: one model, one input tensor, a human summary, optionally the tensors saved.
+//! `visiond infer`: one model, one input (an image or a preprocessed tensor), a human summary,
+//! optionally the tensors saved and the annotated frame written as a PNG.
 //!
 //! The check a person runs before wiring a model into a pipeline: does the checkpoint load on
-//! this box, does it accept this input size, does its output look sane. With `--save` the
-//! exact input and output are written as safetensors, to compare against transformers.
+//! this box, does it accept this input size, does its output look sane. An `--image` takes the
+//! daemon's own path (GStreamer decode to RGB, the checkpoint's image processor on the device,
+//! the forward, and with `--overlay` the daemon's annotation). With `--save` the exact input and
+//! output are written as safetensors, to compare against transformers.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use tch::{Kind, Tensor};
 
+use crate::config::schema::{Colormap, DepthRange, OverlayConfig, OverlayMode};
+use crate::media::still::{self, StillError};
 use crate::models::ModelError;
 use crate::models::checkpoint::{self, LoadOptions, LoadedModel, ModelInfo, ModelSource};
 use crate::models::device::{DType, DeviceSpec};
-use crate::models::{Task, checkpoint::parse_task};
+use crate::models::{Task, VisionModel, checkpoint::parse_task};
+use crate::pipeline::frame::RgbImage;
+use crate::pipeline::inference::{self, ForwardError};
+use crate::processing::{Annotator, ProcessingError};
 
 /// The tensor `--pixel-values` must hold (and `--save` writes back).
 pub const PIXEL_VALUES: &str = "pixel_values";
@@ -27,8 +35,9 @@ pub struct InferArgs {
     /// Hub revision: branch, tag, refs/pr/N or commit hash [default: main].
     #[arg(long, value_name = "REVISION")]
     pub revision: Option<String>,
-    /// An image file (PNG/JPEG). Not available yet: image preprocessing is a later step, use
-    /// --pixel-values.
+    /// An image file (PNG, JPEG, anything GStreamer decodes), decoded to RGB and preprocessed
+    /// as the daemon preprocesses a frame: the model folder's preprocessor_config.json, else the
+    /// architecture's published settings.
     #[arg(long, value_name = "PNG/JPEG")]
     pub image: Option<PathBuf>,
     /// A safetensors file holding `pixel_values` [B, 3, H, W] (already preprocessed), fed to
@@ -53,6 +62,79 @@ pub struct InferArgs {
     /// TorchScript models only: class names, one per line (or a JSON list / id2label).
     #[arg(long, value_name = "FILE")]
     pub labels: Option<PathBuf>,
+    /// With --image: write the frame the daemon would publish as a PNG (depth colour map,
+    /// segmentation palette, or the image with the classification label drawn on it).
+    // `requires` alone lets --pixel-values through (it conflicts with --image in the input group,
+    // which clap counts as an excuse), hence the explicit conflict.
+    #[arg(
+        long,
+        value_name = "OUT.png",
+        requires = "image",
+        conflicts_with = "pixel_values"
+    )]
+    pub overlay: Option<PathBuf>,
+    /// --overlay: how the map is shown (side_by_side doubles the width).
+    #[arg(long, value_enum, value_name = "MODE", requires = "overlay",
+          default_value_t = OverlayConfig::default().mode)]
+    pub mode: OverlayMode,
+    /// --overlay: depth colour map.
+    #[arg(long, value_enum, value_name = "COLORMAP", requires = "overlay",
+          default_value_t = OverlayConfig::default().colormap)]
+    pub colormap: Colormap,
+    /// --overlay: weight of the map in blend mode, 0 to 1.
+    #[arg(long, value_name = "A", requires = "overlay", value_parser = parse_alpha,
+          default_value_t = OverlayConfig::default().alpha)]
+    pub alpha: f64,
+    /// --overlay: depth values mapped onto the colour map: per_frame (min..max), ema (on one
+    /// image the same as per_frame) or LO,HI (fixed, for metric depth).
+    #[arg(long, value_name = "per_frame|ema|LO,HI", requires = "overlay",
+          value_parser = parse_range, default_value = "ema")]
+    pub range: DepthRange,
+    /// --overlay: show depth instead of relative inverse depth (reverses the colour map).
+    #[arg(long, requires = "overlay")]
+    pub invert: bool,
+}
+
+impl InferArgs {
+    /// The pipeline `overlay:` section these flags stand for.
+    pub fn overlay_config(&self) -> OverlayConfig {
+        OverlayConfig {
+            mode: self.mode,
+            colormap: self.colormap,
+            alpha: self.alpha,
+            range: self.range,
+            invert: self.invert,
+            ..OverlayConfig::default()
+        }
+    }
+}
+
+fn parse_alpha(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(alpha) if (0.0..=1.0).contains(&alpha) => Ok(alpha),
+        _ => Err(format!("'{text}' is not a number between 0 and 1")),
+    }
+}
+
+/// `per_frame`, `ema` or `LO,HI` (the config's `range: {fixed: [lo, hi]}`).
+fn parse_range(text: &str) -> Result<DepthRange, String> {
+    match text {
+        "per_frame" => return Ok(DepthRange::PerFrame),
+        "ema" => return Ok(DepthRange::Ema),
+        _ => {}
+    }
+    let expected = "expected per_frame, ema or LO,HI (two numbers, LO below HI, e.g. 0,10)";
+    let Some((lo, hi)) = text.split_once(',') else {
+        return Err(format!("'{text}': {expected}"));
+    };
+    let number = |s: &str| s.trim().parse::<f64>().ok().filter(|x| x.is_finite());
+    match (number(lo), number(hi)) {
+        (Some(lo), Some(hi)) if lo < hi => Ok(DepthRange::Fixed([lo, hi])),
+        (Some(lo), Some(hi)) => Err(format!(
+            "'{text}': lower bound {lo} must be below upper bound {hi}"
+        )),
+        _ => Err(format!("'{text}': {expected}")),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,27 +161,66 @@ impl InferError {
     }
 }
 
+/// What the model is run on, read before the model is loaded (a bad file should not cost a
+/// model load).
+enum Input {
+    /// `--pixel-values`: f32 on the CPU, fed as it is.
+    PixelValues { file: PathBuf, tensor: Tensor },
+    /// `--image`: packed RGB, preprocessed once the model (and so its processor) is known.
+    Image { file: PathBuf, image: RgbImage },
+}
+
+/// One forward's tensors.
+struct Ran {
+    /// The input as fed to the model, f32 on the CPU.
+    pixel_values: Tensor,
+    /// The model output, f32 on the model's device.
+    output: Tensor,
+    /// `--image`: the frame as uint8 [H, W, 3] on the model's device.
+    frame: Option<Tensor>,
+    /// `--image`: where the processor settings came from.
+    processor: Option<String>,
+}
+
 /// Runs `visiond infer`, writing the summary to `out`.
 pub fn run(args: &InferArgs, out: &mut dyn Write) -> Result<(), InferError> {
-    if let Some(image) = &args.image {
-        return Err(InferError::Input(format!(
-            "--image {}: image preprocessing is not available yet; pass an already preprocessed tensor with --pixel-values FILE.safetensors (tensor `{PIXEL_VALUES}`, [B, 3, H, W] float32)",
-            image.display()
-        )));
-    }
-    let Some(pixel_file) = &args.pixel_values else {
-        // clap's ArgGroup makes one of the two required; this is for library callers.
-        return Err(InferError::Input(
-            "one of --image or --pixel-values is required".to_owned(),
-        ));
-    };
     let source = ModelSource::parse(&args.model, args.revision.as_deref())
         .map_err(|e| InferError::Input(format!("--model {e}")))?;
     if let Some(save) = &args.save {
-        check_save_target(save)?;
+        check_target("--save", save, "out.safetensors")?;
     }
-    // Read the input before loading the model: a bad file should not cost a model load.
-    let pixel_values = read_pixel_values(pixel_file)?;
+    if let Some(overlay) = &args.overlay {
+        if args.image.is_none() {
+            // clap makes --overlay require --image; this is for library callers.
+            return Err(InferError::Input(
+                "--overlay needs --image: there is no frame to annotate".to_owned(),
+            ));
+        }
+        check_target("--overlay", overlay, "out.png")?;
+        let extension = overlay.extension().and_then(|e| e.to_str());
+        if !extension.is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+            return Err(InferError::Input(format!(
+                "--overlay {}: the overlay is written as PNG; give a file name ending in .png",
+                overlay.display()
+            )));
+        }
+    }
+    let input = match (&args.image, &args.pixel_values) {
+        (Some(file), _) => Input::Image {
+            file: file.clone(),
+            image: read_image(file)?,
+        },
+        (None, Some(file)) => Input::PixelValues {
+            file: file.clone(),
+            tensor: read_pixel_values(file)?,
+        },
+        // clap's ArgGroup makes one of the two required; this is for library callers.
+        (None, None) => {
+            return Err(InferError::Input(
+                "one of --image or --pixel-values is required".to_owned(),
+            ));
+        }
+    };
 
     let options = LoadOptions {
         device: args.device,
@@ -108,18 +229,19 @@ pub fn run(args: &InferArgs, out: &mut dyn Write) -> Result<(), InferError> {
         labels: args.labels.clone(),
     };
     let LoadedModel { model, info } = checkpoint::open(&source, &options)?;
-    let input = pixel_values
-        .to_device(info.device)
-        .to_kind(info.dtype.kind());
-    let output = tch::no_grad(|| model.forward(&input))?;
+    let ran = match &input {
+        Input::PixelValues { tensor, .. } => run_pixel_values(model.as_ref(), &info, tensor)?,
+        Input::Image { file, image } => run_image(model.as_ref(), &info, file, image)?,
+    };
     // Summaries and files are f32 on the CPU whatever the model ran in.
-    let output = output
+    let output = ran
+        .output
         .to_device(tch::Device::Cpu)
         .to_kind(Kind::Float)
         .contiguous();
 
     let write_err = |e: std::io::Error| InferError::Runtime(format!("writing the summary: {e}"));
-    write_header(out, &info, pixel_file, &pixel_values).map_err(write_err)?;
+    write_header(out, &info, &input, &ran).map_err(write_err)?;
     let summary = match info.task {
         Task::Depth => summarize_depth(out, &output),
         Task::Classification => summarize_classification(out, &info, &output, args.top_k),
@@ -130,10 +252,14 @@ pub fn run(args: &InferArgs, out: &mut dyn Write) -> Result<(), InferError> {
         SummaryError::Torch(e) => InferError::Model(ModelError::Torch(e)),
     })?;
 
+    if let (Some(file), Some(frame)) = (&args.overlay, &ran.frame) {
+        let written = write_overlay(file, &args.overlay_config(), &info, frame, &ran.output)?;
+        writeln!(out, "{written}").map_err(write_err)?;
+    }
     if let Some(save) = &args.save {
         let output_name = info.output_name();
         Tensor::write_safetensors(
-            &[(PIXEL_VALUES, &pixel_values), (output_name, &output)],
+            &[(PIXEL_VALUES, &ran.pixel_values), (output_name, &output)],
             save,
         )
         .map_err(|e| InferError::Runtime(format!("--save {}: {e}", save.display())))?;
@@ -147,26 +273,145 @@ pub fn run(args: &InferArgs, out: &mut dyn Write) -> Result<(), InferError> {
     Ok(())
 }
 
-/// Fails early when `--save` cannot be written, so a model is not run for nothing.
-fn check_save_target(save: &Path) -> Result<(), InferError> {
-    let parent = match save.parent() {
+/// `--pixel-values`: the tensor as it is, on the model's device and dtype.
+fn run_pixel_values(
+    model: &dyn VisionModel,
+    info: &ModelInfo,
+    pixel_values: &Tensor,
+) -> Result<Ran, InferError> {
+    let input = pixel_values
+        .to_device(info.device)
+        .to_kind(info.dtype.kind());
+    let output = tch::no_grad(|| model.forward(&input))?
+        .f_to_kind(Kind::Float)
+        .map_err(ModelError::from)?;
+    Ok(Ran {
+        pixel_values: pixel_values.shallow_clone(),
+        output,
+        frame: None,
+        processor: None,
+    })
+}
+
+/// `--image`: the daemon's path for one frame: upload, the checkpoint's processor on the
+/// device, forward.
+fn run_image(
+    model: &dyn VisionModel,
+    info: &ModelInfo,
+    file: &Path,
+    image: &RgbImage,
+) -> Result<Ran, InferError> {
+    let preprocessor = inference::preprocessor_for(info, None).map_err(|e| match e {
+        ProcessingError::NoProcessor { .. } => InferError::Input(format!(
+            "{e}; or pass an already preprocessed tensor with --pixel-values"
+        )),
+        e => InferError::Input(e.to_string()),
+    })?;
+    let frame = inference::upload_rgb(&image.data, image.height, image.width, info.device)
+        .map_err(|e| InferError::Runtime(format!("--image {}: {e}", file.display())))?;
+    let (pixel_values, output) = inference::preprocess_and_forward(
+        model,
+        &preprocessor,
+        info.dtype.kind(),
+        std::slice::from_ref(&frame),
+    )
+    .map_err(|e| match e {
+        ForwardError::Preprocessing(e) => {
+            InferError::Input(format!("--image {}: preprocessing: {e}", file.display()))
+        }
+        ForwardError::Model(e) => InferError::Model(e),
+    })?;
+    let pixel_values = pixel_values
+        .f_to_device(tch::Device::Cpu)
+        .and_then(|t| t.f_to_kind(Kind::Float))
+        .map_err(ModelError::from)?;
+    Ok(Ran {
+        pixel_values,
+        output,
+        frame: Some(frame),
+        processor: Some(preprocessor.config().source.clone()),
+    })
+}
+
+/// Annotates the frame as the daemon does and writes it as a PNG (the classification label
+/// drawn as the output bin draws it). Returns the line that reports it.
+fn write_overlay(
+    file: &Path,
+    overlay: &OverlayConfig,
+    info: &ModelInfo,
+    frame: &Tensor,
+    output: &Tensor,
+) -> Result<String, InferError> {
+    let fail = |e: String| InferError::Runtime(format!("--overlay {}: {e}", file.display()));
+    let mut annotator = Annotator::new(overlay, info.task, info.id2label.clone());
+    let first = output.f_get(0).map_err(ModelError::from)?;
+    let annotated = tch::no_grad(|| annotator.annotate(frame, &first))
+        .map_err(|e| fail(format!("post-processing: {e}")))?;
+    let label = inference::label_text(&annotated.results);
+    let picture = inference::download(&annotated.frame).map_err(fail)?;
+    still::encode_png(&picture, file, label.as_deref()).map_err(|e| fail(e.to_string()))?;
+    let what = match &label {
+        Some(text) => format!("label \"{text}\""),
+        // The flag's spelling, which is the YAML's.
+        None => clap::ValueEnum::to_possible_value(&overlay.mode)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default(),
+    };
+    Ok(format!(
+        "overlay: {what}, {}x{} PNG written to {}",
+        picture.width,
+        picture.height,
+        file.display()
+    ))
+}
+
+/// Fails early when an output file cannot be written, so a model is not run for nothing.
+fn check_target(flag: &str, file: &Path, example: &str) -> Result<(), InferError> {
+    let parent = match file.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
     if !parent.is_dir() {
         return Err(InferError::Input(format!(
-            "--save {}: folder {} does not exist",
-            save.display(),
+            "{flag} {}: folder {} does not exist",
+            file.display(),
             parent.display()
         )));
     }
-    if save.is_dir() {
+    if file.is_dir() {
         return Err(InferError::Input(format!(
-            "--save {}: is a folder; give a file name such as out.safetensors",
-            save.display()
+            "{flag} {}: is a folder; give a file name such as {example}",
+            file.display()
         )));
     }
     Ok(())
+}
+
+/// An image file decoded by GStreamer to packed RGB.
+pub fn read_image(file: &Path) -> Result<RgbImage, InferError> {
+    let flag = || format!("--image {}", file.display());
+    if file.is_dir() {
+        return Err(InferError::Input(format!(
+            "{}: is a folder, not an image file",
+            flag()
+        )));
+    }
+    if !file.is_file() {
+        return Err(InferError::Input(format!("{}: no such file", flag())));
+    }
+    if let Err(e) = std::fs::File::open(file) {
+        return Err(InferError::Input(format!(
+            "{}: cannot be read: {e}",
+            flag()
+        )));
+    }
+    still::decode_rgb(file).map_err(|e| match e {
+        StillError::Undecodable(reason) => InferError::Input(format!(
+            "{}: cannot be decoded as an image: {reason}",
+            flag()
+        )),
+        StillError::Failed(reason) => InferError::Runtime(format!("{}: {reason}", flag())),
+    })
 }
 
 /// `pixel_values` from a safetensors file, as f32 on the CPU, checked to be [B, 3, H, W].
@@ -210,8 +455,8 @@ pub fn read_pixel_values(file: &Path) -> Result<Tensor, InferError> {
 fn write_header(
     out: &mut dyn Write,
     info: &ModelInfo,
-    pixel_file: &Path,
-    pixel_values: &Tensor,
+    input: &Input,
+    ran: &Ran,
 ) -> std::io::Result<()> {
     writeln!(
         out,
@@ -222,12 +467,24 @@ fn write_header(
         device_name(info.device),
         dtype_name(info.dtype)
     )?;
-    writeln!(
-        out,
-        "input: {PIXEL_VALUES} {:?} from {}",
-        pixel_values.size(),
-        pixel_file.display()
-    )
+    let shape = ran.pixel_values.size();
+    match input {
+        Input::PixelValues { file, .. } => {
+            writeln!(
+                out,
+                "input: {PIXEL_VALUES} {shape:?} from {}",
+                file.display()
+            )
+        }
+        Input::Image { file, image } => writeln!(
+            out,
+            "input: {PIXEL_VALUES} {shape:?} from {} ({}x{} RGB, processor: {})",
+            file.display(),
+            image.width,
+            image.height,
+            ran.processor.as_deref().unwrap_or("?")
+        ),
+    }
 }
 
 fn device_name(device: tch::Device) -> String {
@@ -361,4 +618,82 @@ fn summarize_segmentation(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: InferArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<InferArgs, clap::Error> {
+        let mut argv = vec!["visiond", "--model", "m", "--image", "a.png"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).map(|cli| cli.args)
+    }
+
+    #[test]
+    fn overlay_defaults_are_the_pipeline_defaults() {
+        let args = parse(&["--overlay", "o.png"]).unwrap();
+        assert_eq!(args.overlay_config(), OverlayConfig::default());
+        // Defaults do not count as given: no --overlay needed without the flags.
+        assert!(parse(&[]).unwrap().overlay.is_none());
+    }
+
+    #[test]
+    fn overlay_flags_build_the_config() {
+        let args = parse(&[
+            "--overlay",
+            "o.png",
+            "--mode",
+            "side_by_side",
+            "--colormap",
+            "grayscale",
+            "--alpha",
+            "0.25",
+            "--range",
+            "0.5,10",
+            "--invert",
+        ])
+        .unwrap();
+        let config = args.overlay_config();
+        assert_eq!(config.mode, OverlayMode::SideBySide);
+        assert_eq!(config.colormap, Colormap::Grayscale);
+        assert_eq!(config.alpha, 0.25);
+        assert_eq!(config.range, DepthRange::Fixed([0.5, 10.0]));
+        assert!(config.invert);
+        assert_eq!(parse_range("per_frame"), Ok(DepthRange::PerFrame));
+        assert_eq!(parse_range(" -1 , 2"), Ok(DepthRange::Fixed([-1.0, 2.0])));
+    }
+
+    #[test]
+    fn bad_overlay_flags_are_refused() {
+        for bad in [
+            &["--mode", "blend"][..],
+            &["--overlay", "o.png", "--alpha", "-0.1"],
+            &["--overlay", "o.png", "--alpha", "x"],
+            &["--overlay", "o.png", "--range", "1,1"],
+            &["--overlay", "o.png", "--range", "1,inf"],
+            &["--overlay", "o.png", "--range", "1"],
+            &["--overlay", "o.png", "--colormap", "jet"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        let e = Cli::try_parse_from([
+            "visiond",
+            "--model",
+            "m",
+            "--pixel-values",
+            "p",
+            "--overlay",
+            "o.png",
+        ]);
+        assert!(e.is_err());
+    }
 }

@@ -24,8 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a model once on a preprocessed tensor and print a summary of its output.
-    Infer(visiond::infer::InferArgs),
+    /// Run a model once on an image or a preprocessed tensor, print a summary of its output,
+    /// optionally write the annotated frame (--overlay) and the tensors (--save).
+    Infer(Box<visiond::infer::InferArgs>),
     /// Validate the daemon file and every pipeline file; print all errors at once.
     Check {
         /// The daemon file.

@@ -1,9 +1,13 @@
 //! `visiond infer` as a person runs it: the built binary, its exit codes, what it prints and
-//! what `--save` writes.
+//! what `--save` and `--overlay` write.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
 use tch::{Device, Kind, Tensor};
 
 fn fixtures() -> PathBuf {
@@ -302,21 +306,6 @@ fn malformed_pixel_values_exit_2() {
 }
 
 #[test]
-fn image_input_is_not_available_yet() {
-    let (code, _, stderr) = run(&mut visiond(&[
-        "--model",
-        path_str(&model_dir("dpt-vit")),
-        "--image",
-        "cat.png",
-    ]));
-    assert_eq!(code, 2);
-    assert_eq!(
-        stderr,
-        "error: --image cat.png: image preprocessing is not available yet; pass an already preprocessed tensor with --pixel-values FILE.safetensors (tensor `pixel_values`, [B, 3, H, W] float32)\n"
-    );
-}
-
-#[test]
 fn model_that_is_neither_folder_nor_hub_id_exits_2() {
     let (code, _, stderr) = run(&mut visiond(&[
         "--model",
@@ -490,4 +479,487 @@ fn every_architecture_matches_transformers_through_infer_save() {
     for (model, case, output) in cases {
         infer_and_compare(model, case, output, &[]);
     }
+}
+
+// --- `--image` and `--overlay` ---------------------------------------------------------------
+
+/// Waits for the end of a one-picture GStreamer pipeline, failing the test on an error.
+fn finish(pipeline: &gst::Pipeline) {
+    let bus = pipeline.bus().expect("bus");
+    let message = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(30),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("the pipeline finished within 30 s");
+    if let gst::MessageView::Error(error) = message.view() {
+        panic!("GStreamer: {} ({:?})", error.error(), error.debug());
+    }
+    pipeline.set_state(gst::State::Null).expect("stop");
+}
+
+/// Writes uint8 [H, W, 3] RGB to a PNG with GStreamer (`appsrc ! videoconvert ! pngenc !
+/// filesink`), rows padded to GStreamer's 4-byte RGB stride.
+fn write_png(image: &Tensor, file: &Path) {
+    gst::init().expect("gst init");
+    let (height, width, _) = image.size3().expect("[H, W, 3]");
+    let (height, width) = (height as usize, width as usize);
+    let data = Vec::<u8>::try_from(image.contiguous().flatten(0, -1)).expect("uint8 image");
+    let row = width * 3;
+    let stride = (row + 3) & !3;
+    let mut padded = vec![0u8; stride * height];
+    for (y, line) in data.chunks_exact(row).enumerate() {
+        padded[y * stride..y * stride + row].copy_from_slice(line);
+    }
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=src format=time caps=video/x-raw,format=RGB,width={width},height={height},framerate=0/1 \
+         ! videoconvert ! pngenc ! filesink name=sink"
+    ))
+    .expect("encode pipeline")
+    .downcast::<gst::Pipeline>()
+    .expect("pipeline");
+    pipeline
+        .by_name("sink")
+        .expect("sink")
+        .set_property("location", file);
+    let appsrc = pipeline
+        .by_name("src")
+        .expect("src")
+        .downcast::<gst_app::AppSrc>()
+        .expect("appsrc");
+    pipeline.set_state(gst::State::Playing).expect("play");
+    let mut buffer = gst::Buffer::from_slice(padded);
+    buffer
+        .get_mut()
+        .expect("writable")
+        .set_pts(gst::ClockTime::ZERO);
+    appsrc.push_buffer(buffer).expect("push");
+    appsrc.end_of_stream().expect("eos");
+    finish(&pipeline);
+}
+
+/// A PNG read back with GStreamer: width, height and packed RGB rows.
+fn read_png(file: &Path) -> (usize, usize, Vec<u8>) {
+    gst::init().expect("gst init");
+    let pipeline = gst::parse::launch(
+        "filesrc name=src ! pngdec ! videoconvert ! video/x-raw,format=RGB ! appsink name=sink",
+    )
+    .expect("decode pipeline")
+    .downcast::<gst::Pipeline>()
+    .expect("pipeline");
+    pipeline
+        .by_name("src")
+        .expect("src")
+        .set_property("location", file);
+    let sink = pipeline
+        .by_name("sink")
+        .expect("sink")
+        .downcast::<gst_app::AppSink>()
+        .expect("appsink");
+    pipeline.set_state(gst::State::Playing).expect("play");
+    let sample = sink
+        .try_pull_sample(gst::ClockTime::from_seconds(30))
+        .unwrap_or_else(|| panic!("{} decodes", file.display()));
+    let info = gst_video::VideoInfo::from_caps(sample.caps().expect("caps")).expect("video caps");
+    let (width, height) = (info.width() as usize, info.height() as usize);
+    let stride = info.stride()[0] as usize;
+    let map = sample
+        .buffer()
+        .expect("buffer")
+        .map_readable()
+        .expect("map");
+    let mut data = Vec::with_capacity(width * height * 3);
+    for y in 0..height {
+        data.extend_from_slice(&map[y * stride..y * stride + width * 3]);
+    }
+    drop(map);
+    pipeline.set_state(gst::State::Null).expect("stop");
+    (width, height, data)
+}
+
+/// The uint8 image and the transformers (PIL processor) `pixel_values` of a processors case.
+fn processor_case(case: &str) -> (Tensor, Tensor) {
+    let file = fixtures()
+        .join("processors")
+        .join(format!("{case}.safetensors"));
+    (tensor(&file, "image"), tensor(&file, "pixel_values"))
+}
+
+/// One uint8 step after rescale and normalize, as tests/processing_parity.rs bounds it:
+/// 1/255/std, for the depth-anything processor's smallest std (ImageNet, 0.224).
+fn one_uint8_step(model: &str) -> f64 {
+    let text = std::fs::read_to_string(model_dir(model).join("preprocessor_config.json"))
+        .expect("preprocessor_config.json");
+    let config: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let min_std = config["image_std"]
+        .as_array()
+        .expect("image_std")
+        .iter()
+        .map(|v| v.as_f64().expect("number"))
+        .fold(f64::INFINITY, f64::min);
+    config["rescale_factor"].as_f64().expect("rescale_factor") / min_std
+}
+
+/// The depth-anything fixture's `preprocessor_config.json` is the `depth_anything` processor of
+/// tests/fixtures/processors (56, keep aspect, multiple of 14, bicubic, ImageNet), so an image
+/// written from a processors case must come out of `--image` as transformers' `pixel_values`.
+/// Widths 200, 131 and 27 cover unpadded and padded GStreamer row strides.
+#[test]
+fn image_is_preprocessed_as_the_transformers_processor_does() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let model = model_dir("depth-anything");
+    let bound = one_uint8_step("depth-anything");
+    for case in [
+        "depth_anything_shrink_photo",
+        "depth_anything_shrink_pattern",
+        "depth_anything_enlarge",
+    ] {
+        let (image, reference) = processor_case(case);
+        let png = temp.path().join(format!("{case}.png"));
+        write_png(&image, &png);
+        let saved = temp.path().join(format!("{case}.safetensors"));
+        let (code, stdout, stderr) = run(&mut visiond(&[
+            "--model",
+            path_str(&model),
+            "--image",
+            path_str(&png),
+            "--device",
+            "cpu",
+            "--save",
+            path_str(&saved),
+        ]));
+        assert_eq!(code, 0, "{case}: {stderr}");
+        let got = tensor(&saved, "pixel_values");
+        assert_eq!(got.size(), reference.size(), "{case}");
+        assert_eq!(got.kind(), Kind::Float);
+        let error = (&got - &reference).abs().max().double_value(&[]);
+        println!("{case}: max error {error:.3e}, bound {bound:.3e}");
+        assert!(
+            error <= bound + 1e-6,
+            "{case}: pixel_values differ from transformers by {error}, more than one uint8 step ({bound})"
+        );
+        let (_, _, height, width) = reference.size4().expect("[1, 3, h, w]");
+        let (image_h, image_w, _) = image.size3().expect("[H, W, 3]");
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(
+            lines[1],
+            format!(
+                "input: pixel_values [1, 3, {height}, {width}] from {} ({image_w}x{image_h} RGB, processor: {})",
+                png.display(),
+                model.join("preprocessor_config.json").display()
+            ),
+            "{stdout}"
+        );
+        // The saved output is the model's answer to exactly the saved input.
+        let depth = tensor(&saved, "predicted_depth");
+        assert_eq!(depth.size()[0], 1);
+    }
+}
+
+/// Runs `--image IMAGE --overlay OUT` with extra flags; returns the PNG read back.
+fn overlay(model: &str, image: &Path, out: &Path, extra: &[&str]) -> (usize, usize, Vec<u8>) {
+    let model = model_dir(model);
+    let mut args = vec![
+        "--model",
+        path_str(&model),
+        "--image",
+        path_str(image),
+        "--device",
+        "cpu",
+        "--overlay",
+        path_str(out),
+    ];
+    args.extend_from_slice(extra);
+    let (code, stdout, stderr) = run(&mut visiond(&args));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!("PNG written to {}\n", out.display())),
+        "{stdout}"
+    );
+    read_png(out)
+}
+
+#[test]
+fn overlay_png_per_mode() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    // 134x200 coffee photo crop.
+    let (image, _) = processor_case("depth_anything_shrink_photo");
+    let (h, w, _) = image.size3().expect("[H, W, 3]");
+    let (h, w) = (h as usize, w as usize);
+    let source = Vec::<u8>::try_from(image.contiguous().flatten(0, -1)).expect("uint8");
+    let png = temp.path().join("coffee.png");
+    write_png(&image, &png);
+
+    let blend = overlay("depth-anything", &png, &temp.path().join("blend.png"), &[]);
+    let map = overlay(
+        "depth-anything",
+        &png,
+        &temp.path().join("map.png"),
+        &["--mode", "map_only", "--range", "per_frame"],
+    );
+    let side = overlay(
+        "depth-anything",
+        &png,
+        &temp.path().join("side.png"),
+        &["--mode", "side_by_side"],
+    );
+    assert_eq!((blend.0, blend.1), (w, h));
+    assert_eq!((map.0, map.1), (w, h));
+    assert_eq!(
+        (side.0, side.1),
+        (2 * w, h),
+        "side_by_side doubles the width"
+    );
+    assert_ne!(blend.2, map.2, "blend must differ from map_only");
+    assert_ne!(blend.2, source, "blend must differ from the image");
+    // side_by_side: the image on the left, unchanged (PNG is lossless), the map on the right
+    // (`ema` on one frame is `per_frame`, so it is the map_only picture).
+    let row = w * 3;
+    for y in 0..h {
+        let line = &side.2[y * 2 * row..(y + 1) * 2 * row];
+        assert_eq!(
+            &line[..row],
+            &source[y * row..(y + 1) * row],
+            "row {y} left"
+        );
+        assert_eq!(
+            &line[row..],
+            &map.2[y * row..(y + 1) * row],
+            "row {y} right"
+        );
+    }
+    // Another colour map and --invert change the picture; alpha 0 leaves the image as it is.
+    let gray = overlay(
+        "depth-anything",
+        &png,
+        &temp.path().join("gray.png"),
+        &["--mode", "map_only", "--colormap", "grayscale"],
+    );
+    assert!(
+        gray.2.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2]),
+        "grayscale map has R = G = B"
+    );
+    let inverted = overlay(
+        "depth-anything",
+        &png,
+        &temp.path().join("inverted.png"),
+        &["--mode", "map_only", "--colormap", "grayscale", "--invert"],
+    );
+    assert!(
+        gray.2
+            .iter()
+            .zip(&inverted.2)
+            .all(|(a, b)| (i32::from(*a) + i32::from(*b) - 255).abs() <= 1),
+        "--invert mirrors the grayscale map"
+    );
+    let unblended = overlay(
+        "depth-anything",
+        &png,
+        &temp.path().join("alpha0.png"),
+        &["--alpha", "0"],
+    );
+    assert_eq!(unblended.2, source, "alpha 0 shows only the image");
+}
+
+#[test]
+fn overlay_for_segmentation_and_classification() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let (image, _) = processor_case("beit_shrink_text"); // 120x190 page crop
+    let (h, w, _) = image.size3().expect("[H, W, 3]");
+    let (h, w) = (h as usize, w as usize);
+    let source = Vec::<u8>::try_from(image.contiguous().flatten(0, -1)).expect("uint8");
+    let png = temp.path().join("page.png");
+    write_png(&image, &png);
+
+    let segmented = overlay(
+        "dpt-ade",
+        &png,
+        &temp.path().join("ade.png"),
+        &["--mode", "side_by_side"],
+    );
+    assert_eq!((segmented.0, segmented.1), (2 * w, h));
+
+    // Classification: the image as the daemon publishes it, the label drawn by textoverlay at
+    // the top left; the rest of the picture is untouched.
+    let out = temp.path().join("dit.png");
+    let (code, stdout, stderr) = run(&mut visiond(&[
+        "--model",
+        path_str(&model_dir("dit")),
+        "--image",
+        path_str(&png),
+        "--device",
+        "cpu",
+        "--overlay",
+        path_str(&out),
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    let labels = ["letter", "form", "email", "handwritten"];
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("overlay: label \""))
+        .unwrap_or_else(|| panic!("no overlay line in {stdout}"));
+    assert!(
+        labels.iter().any(|l| line.contains(&format!("\"{l} "))),
+        "{line}"
+    );
+    assert!(line.ends_with(&format!("{w}x{h} PNG written to {}", out.display())));
+    let (width, height, labelled) = read_png(&out);
+    assert_eq!((width, height), (w, h));
+    let row = w * 3;
+    let changed_rows: Vec<usize> = (0..h)
+        .filter(|y| labelled[y * row..(y + 1) * row] != source[y * row..(y + 1) * row])
+        .collect();
+    assert!(!changed_rows.is_empty(), "the label is drawn");
+    assert!(
+        changed_rows[0] < h / 4 && *changed_rows.last().unwrap() < h / 2,
+        "the label is at the top: rows {changed_rows:?}"
+    );
+}
+
+#[test]
+fn bad_image_exits_2_naming_the_file() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let model = model_dir("depth-anything");
+    let missing = temp.path().join("cat.png");
+    let (code, stdout, stderr) = run(&mut visiond(&[
+        "--model",
+        path_str(&model),
+        "--image",
+        path_str(&missing),
+    ]));
+    assert_eq!(code, 2);
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        format!("error: --image {}: no such file\n", missing.display())
+    );
+
+    let text = temp.path().join("notes.png");
+    std::fs::write(&text, "these are notes, not a picture\n".repeat(20)).expect("write");
+    let (code, stdout, stderr) = run(&mut visiond(&[
+        "--model",
+        path_str(&model),
+        "--image",
+        path_str(&text),
+    ]));
+    assert_eq!(code, 2);
+    assert_eq!(stdout, "");
+    let prefix = format!(
+        "error: --image {}: cannot be decoded as an image: ",
+        text.display()
+    );
+    assert!(stderr.starts_with(&prefix), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    // A truncated PNG: the right signature, then nothing decodable.
+    let (image, _) = processor_case("depth_anything_enlarge");
+    let good = temp.path().join("good.png");
+    write_png(&image, &good);
+    let bytes = std::fs::read(&good).expect("read");
+    let truncated = temp.path().join("truncated.png");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).expect("write");
+    let (code, _, stderr) = run(&mut visiond(&[
+        "--model",
+        path_str(&model),
+        "--image",
+        path_str(&truncated),
+    ]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("error: --image {}: ", truncated.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn overlay_flags_are_checked() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let model = model_dir("depth-anything");
+    let (image, _) = processor_case("depth_anything_enlarge");
+    let png = temp.path().join("small.png");
+    write_png(&image, &png);
+    let base = ["--model", path_str(&model), "--image", path_str(&png)];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--overlay", "out.jpg"],
+            "error: --overlay out.jpg: the overlay is written as PNG; give a file name ending in .png\n",
+        ),
+        (
+            vec!["--overlay", "/no/such/dir/out.png"],
+            "error: --overlay /no/such/dir/out.png: folder /no/such/dir does not exist\n",
+        ),
+        (vec!["--mode", "map_only"], "--overlay"),
+        (
+            vec!["--overlay", "o.png", "--mode", "sideways"],
+            "side_by_side",
+        ),
+        (
+            vec!["--overlay", "o.png", "--alpha", "1.5"],
+            "between 0 and 1",
+        ),
+        (
+            vec!["--overlay", "o.png", "--range", "5,1"],
+            "lower bound 5 must be below upper bound 1",
+        ),
+        (
+            vec!["--overlay", "o.png", "--range", "near"],
+            "per_frame, ema or LO,HI",
+        ),
+        (vec!["--overlay", "o.png", "--colormap", "jet"], "viridis"),
+    ];
+    for (extra, message) in cases {
+        let mut args = base.to_vec();
+        args.extend_from_slice(&extra);
+        let (code, stdout, stderr) = run(visiond(&args).current_dir(temp.path()));
+        assert_eq!(code, 2, "{extra:?}: {stderr}");
+        assert_eq!(stdout, "");
+        assert!(stderr.contains(message), "{extra:?}: {stderr}");
+    }
+    // --overlay needs an image to draw on, not a tensor.
+    let (code, _, stderr) = run(&mut visiond(&[
+        "--model",
+        path_str(&model),
+        "--pixel-values",
+        path_str(&case_file("depth-anything", "square")),
+        "--overlay",
+        "out.png",
+    ]));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.starts_with("error: the argument '--pixel-values <FILE.safetensors>' cannot be used with '--overlay <OUT.png>'"),
+        "{stderr}"
+    );
+    assert!(!temp.path().join("o.png").exists());
+}
+
+#[test]
+fn image_with_torchscript_and_no_processor_exits_2() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let (image, _) = processor_case("depth_anything_enlarge");
+    let png = temp.path().join("small.png");
+    write_png(&image, &png);
+    let dir = model_dir("torchscript-depth");
+    let (code, stdout, stderr) = run(&mut visiond(&[
+        "--model",
+        path_str(&dir),
+        "--task",
+        "depth",
+        "--image",
+        path_str(&png),
+        "--device",
+        "cpu",
+    ]));
+    assert_eq!(code, 2);
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: {}: no preprocessor_config.json and no built-in processor for architecture 'TorchScript'",
+            dir.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with("; or pass an already preprocessed tensor with --pixel-values\n"),
+        "{stderr}"
+    );
 }

@@ -587,18 +587,24 @@ fn default_top_k() -> u32 {
     3
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+/// `overlay.mode`, and `visiond infer --mode` (same spelling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum OverlayMode {
+    /// The map over the frame, weighted by `alpha`.
     #[default]
     Blend,
     /// Frame and map next to each other, doubling the width.
     SideBySide,
+    /// The map alone.
     MapOnly,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+/// `overlay.colormap`, and `visiond infer --colormap` (same spelling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Colormap {
     #[default]
     Turbo,

@@ -18,6 +18,12 @@ const LABEL: &str = "visiond_label";
 const ENCODER: &str = "visiond_encoder";
 const DEPTH_APPSRC: &str = "visiond_depth16";
 
+/// How `textoverlay` draws a classification label: top left, on a shaded box. The still-image
+/// path (`visiond infer --overlay`) draws with the same properties, so a PNG shows what a viewer
+/// of the stream sees.
+pub const LABEL_STYLE: &str = "valignment=top halignment=left shaded-background=true \
+     scale-mode=display font-desc=\"Sans Bold 14\"";
+
 /// The running output pipeline of one visiond pipeline.
 pub struct VideoOutput {
     pipeline: gst::Pipeline,
@@ -135,8 +141,7 @@ pub fn description(config: &PipelineConfig, live: bool, draw_label: bool) -> Opt
         );
         if draw_label {
             text.push_str(&format!(
-                " ! videoconvert ! textoverlay name={LABEL} valignment=top halignment=left \
-                 shaded-background=true scale-mode=display font-desc=\"Sans Bold 14\""
+                " ! videoconvert ! textoverlay name={LABEL} {LABEL_STYLE}"
             ));
         }
         text.push_str(&format!(
@@ -452,7 +457,7 @@ impl DepthChain {
 }
 
 /// Packed RGB into a buffer laid out the way GStreamer expects RGB (rows padded to 4 bytes).
-fn rgb_buffer(data: &[u8], width: u32, height: u32) -> gst::Buffer {
+pub fn rgb_buffer(data: &[u8], width: u32, height: u32) -> gst::Buffer {
     let row = width as usize * 3;
     let stride = (row + 3) & !3;
     if stride == row {

@@ -32,26 +32,35 @@ impl Frame {
             .buffer
             .map_readable()
             .map_err(|_| "frame buffer cannot be mapped".to_string())?;
-        let row = self.width as usize * 3;
-        let height = self.height as usize;
-        if map.len() < self.stride * (height.saturating_sub(1)) + row {
-            return Err(format!(
-                "frame buffer of {} bytes is too small for {}x{} RGB",
-                map.len(),
-                self.width,
-                self.height
-            ));
-        }
-        let mut packed = Vec::with_capacity(row * height);
-        if self.stride == row {
-            packed.extend_from_slice(&map[..row * height]);
-        } else {
-            for y in 0..height {
-                packed.extend_from_slice(&map[y * self.stride..y * self.stride + row]);
-            }
-        }
-        Ok(packed)
+        pack_rgb_rows(&map, self.width, self.height, self.stride)
     }
+}
+
+/// RGB rows of `stride` bytes (GStreamer pads rows to 4 bytes) as tightly packed RGB,
+/// `height * width * 3` bytes.
+pub fn pack_rgb_rows(
+    data: &[u8],
+    width: u32,
+    height: u32,
+    stride: usize,
+) -> Result<Vec<u8>, String> {
+    let row = width as usize * 3;
+    let rows = height as usize;
+    if stride < row || data.len() < stride * rows.saturating_sub(1) + row {
+        return Err(format!(
+            "frame buffer of {} bytes (stride {stride}) is too small for {width}x{height} RGB",
+            data.len(),
+        ));
+    }
+    let mut packed = Vec::with_capacity(row * rows);
+    if stride == row {
+        packed.extend_from_slice(&data[..row * rows]);
+    } else {
+        for y in 0..rows {
+            packed.extend_from_slice(&data[y * stride..y * stride + row]);
+        }
+    }
+    Ok(packed)
 }
 
 /// Tightly packed RGB pixels made by post-processing (the annotated frame).

@@ -5,6 +5,7 @@
 //! the device, and one device→host copy per annotated frame.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
@@ -13,8 +14,8 @@ use super::frame::{Frame, Processed, RgbImage};
 use super::worker::BatchInference;
 use crate::config::{Config, ModelConfig, PipelineConfig};
 use crate::models::checkpoint::{self, LoadOptions, ModelInfo, ModelSource};
-use crate::models::{Task, VisionModel};
-use crate::processing::{Annotator, FrameResults, Preprocessor, depth16_to_vec};
+use crate::models::{ModelError, Task, VisionModel};
+use crate::processing::{Annotator, FrameResults, Preprocessor, ProcessingError, depth16_to_vec};
 
 /// A frame on the device, with its position in the batch it came in.
 type Uploaded = (usize, Frame, Tensor);
@@ -58,17 +59,12 @@ impl TorchInference {
 
     /// Uploads one frame as uint8 [H, W, 3] on the model's device.
     fn upload(&self, frame: &Frame) -> Result<Tensor, String> {
-        let pixels = frame.packed_rgb()?;
-        let tensor = Tensor::f_from_slice(&pixels)
-            .and_then(|t| t.f_view([i64::from(frame.height), i64::from(frame.width), 3]))
-            .map_err(|e| format!("cannot make a tensor of the frame: {e}"))?;
-        if self.info.device == Device::Cpu {
-            Ok(tensor)
-        } else {
-            tensor
-                .f_to_device(self.info.device)
-                .map_err(|e| format!("cannot copy the frame to {:?}: {e}", self.info.device))
-        }
+        upload_rgb(
+            &frame.packed_rgb()?,
+            frame.height,
+            frame.width,
+            self.info.device,
+        )
     }
 
     /// Preprocess, forward and annotate frames that share a processed size.
@@ -77,20 +73,16 @@ impl TorchInference {
         frames: &[(Frame, Tensor)],
     ) -> Result<Vec<Result<Processed, String>>, String> {
         let inputs: Vec<Tensor> = frames.iter().map(|(_, t)| t.shallow_clone()).collect();
-        let kind = self.info.dtype.kind();
-        let output = tch::no_grad(|| -> Result<Tensor, String> {
-            let pixel_values = self
-                .preprocessor
-                .run(&inputs, kind)
-                .map_err(|e| format!("preprocessing: {e}"))?;
-            self.model
-                .forward(&pixel_values)
-                .map_err(|e| format!("model {}: {e}", self.info.name))
+        let (_, output) = preprocess_and_forward(
+            self.model.as_ref(),
+            &self.preprocessor,
+            self.info.dtype.kind(),
+            &inputs,
+        )
+        .map_err(|e| match e {
+            ForwardError::Preprocessing(e) => format!("preprocessing: {e}"),
+            ForwardError::Model(e) => format!("model {}: {e}", self.info.name),
         })?;
-        // Post-processing works in f32 whatever the model ran in.
-        let output = output
-            .f_to_kind(Kind::Float)
-            .map_err(|e| format!("model {} output: {e}", self.info.name))?;
         let mut results = Vec::with_capacity(frames.len());
         for (i, (frame, pixels)) in frames.iter().enumerate() {
             results.push(tch::no_grad(|| {
@@ -115,15 +107,7 @@ impl TorchInference {
         let annotated = annotator
             .annotate(pixels, &one)
             .map_err(|e| format!("post-processing: {e}"))?;
-        let label = match &annotated.results {
-            FrameResults::Classes { top_k } => Some(
-                top_k
-                    .first()
-                    .map(|(label, score)| format!("{label} {:.0}%", score * 100.0))
-                    .unwrap_or_default(),
-            ),
-            _ => None,
-        };
+        let label = label_text(&annotated.results);
         let results = serde_json::to_value(&annotated.results).map_err(|e| e.to_string())?;
         // Classification frames are published unchanged (the label is drawn by the output).
         let image = if self.info.task == Task::Classification {
@@ -145,8 +129,68 @@ impl TorchInference {
     }
 }
 
+/// Packed RGB as uint8 [H, W, 3] on `device`: the one host→device copy of a frame.
+pub fn upload_rgb(
+    pixels: &[u8],
+    height: u32,
+    width: u32,
+    device: Device,
+) -> Result<Tensor, String> {
+    let tensor = Tensor::f_from_slice(pixels)
+        .and_then(|t| t.f_view([i64::from(height), i64::from(width), 3]))
+        .map_err(|e| format!("cannot make a tensor of the frame: {e}"))?;
+    if device == Device::Cpu {
+        Ok(tensor)
+    } else {
+        tensor
+            .f_to_device(device)
+            .map_err(|e| format!("cannot copy the frame to {device:?}: {e}"))
+    }
+}
+
+/// Why [`preprocess_and_forward`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("{0}")]
+    Preprocessing(#[from] ProcessingError),
+    #[error("{0}")]
+    Model(#[from] ModelError),
+}
+
+/// Frames (uint8 [H, W, 3] on the model's device, sharing a processed size) through the image
+/// processor and the model, without autograd. Returns the `pixel_values` fed to the model (in
+/// `kind`) and the model output in f32 (post-processing works in f32 whatever the model ran
+/// in), both on the model's device.
+pub fn preprocess_and_forward(
+    model: &dyn VisionModel,
+    preprocessor: &Preprocessor,
+    kind: Kind,
+    frames: &[Tensor],
+) -> Result<(Tensor, Tensor), ForwardError> {
+    tch::no_grad(|| {
+        let pixel_values = preprocessor.run(frames, kind)?;
+        let output = model.forward(&pixel_values)?;
+        let output = output.f_to_kind(Kind::Float).map_err(ModelError::from)?;
+        Ok((pixel_values, output))
+    })
+}
+
+/// The text drawn onto classification video: the best class and its score, `""` when no class
+/// reaches `min_score`; `None` for other tasks (their picture is the annotation).
+pub fn label_text(results: &FrameResults) -> Option<String> {
+    match results {
+        FrameResults::Classes { top_k } => Some(
+            top_k
+                .first()
+                .map(|(label, score)| format!("{label} {:.0}%", score * 100.0))
+                .unwrap_or_default(),
+        ),
+        _ => None,
+    }
+}
+
 /// Copies an annotated uint8 [H, W, 3] frame to the host.
-fn download(frame: &Tensor) -> Result<RgbImage, String> {
+pub fn download(frame: &Tensor) -> Result<RgbImage, String> {
     let size = frame.size();
     let [height, width, 3] = size[..] else {
         return Err(format!(
@@ -164,6 +208,24 @@ fn download(frame: &Tensor) -> Result<RgbImage, String> {
         height: height as u32,
         data,
     })
+}
+
+/// The image processor of a loaded model: the `preprocessor_config.json` in its folder (for a
+/// TorchScript model, the folder holding `model.pt`), else the published defaults of its
+/// architecture; `input_size` ([height, width]) overrides the size.
+pub fn preprocessor_for(
+    info: &ModelInfo,
+    input_size: Option<[u32; 2]>,
+) -> Result<Preprocessor, ProcessingError> {
+    let dir = if info.path.is_file() {
+        info.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    } else {
+        info.path.clone()
+    };
+    Preprocessor::from_model_dir(&dir, &info.architecture, input_size)
 }
 
 impl BatchInference for TorchInference {
@@ -235,19 +297,8 @@ pub fn load(
         labels: model.labels.clone(),
     };
     let loaded = checkpoint::open(&source, &options).map_err(|e| e.to_string())?;
-    let dir = if loaded.info.path.is_file() {
-        loaded
-            .info
-            .path
-            .parent()
-            .map(|p| p.to_path_buf())
-            .unwrap_or_default()
-    } else {
-        loaded.info.path.clone()
-    };
     let preprocessor =
-        Preprocessor::from_model_dir(&dir, &loaded.info.architecture, model.input_size)
-            .map_err(|e| e.to_string())?;
+        preprocessor_for(&loaded.info, model.input_size).map_err(|e| e.to_string())?;
     tracing::info!(
         model = name,
         checkpoint = %loaded.info.name,
