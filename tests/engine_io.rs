@@ -430,3 +430,40 @@ fn rtsp_basic_auth_admits_only_the_configured_viewer() {
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(!log.contains("s3cret-pw"), "the password reached the log");
 }
+
+#[test]
+fn a_slow_live_output_drops_raw_frames_before_the_encoder_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = dir.path().join("slow.jsonl");
+    // A sink that takes 100 ms per frame, fed at 30 fps: its branch fills and pushes back.
+    let config = load_tree(
+        dir.path(),
+        "",
+        &[(
+            "slow",
+            format!(
+                "name: slow\nsource: {{ test: {{ width: 64, height: 48, fps: 30 }} }}\nmodel: none\nsinks:\n  - launch: {{ pipeline: \"identity sleep-time=100000 ! fakesink sync=false\" }}\nmetadata:\n  - jsonl: {{ path: {} }}\n",
+                meta.display()
+            ),
+        )],
+    );
+    let engine = Engine::start(&config, &no_models).unwrap();
+    let slow = engine.pipeline("slow").unwrap();
+    wait_until("output drops", Duration::from_secs(30), || {
+        slow.output_drops.get() > 0
+    });
+    engine.shutdown_handle().trigger();
+    let reports = engine.wait();
+    let report = &reports[0];
+    assert_eq!(report.state, PipelineState::Finished);
+    let lines = jsonl(&meta);
+    let output_drops: u64 = lines
+        .iter()
+        .map(|l| l["drops"]["output"].as_u64().unwrap())
+        .sum();
+    assert!(output_drops > 0, "metadata lines report no output drops");
+    // Every frame taken from the source was handed to the outputs or dropped at the first hop;
+    // what the encoder's bounded queue then dropped is counted on its own.
+    assert_eq!(report.frames_out, lines.len() as u64);
+    assert!(report.dropped >= output_drops);
+}

@@ -2,6 +2,7 @@
 //! and, for `depth16` sinks, a second appsrc of 16-bit depth → FFV1 → Matroska.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -9,7 +10,8 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
 use super::rtsp_server::{RtspFeed, RtspServer};
-use crate::config::{Container, EncoderConfig, PipelineConfig, SinkConfig};
+use crate::config::{Container, EncoderConfig, PipelineConfig, SinkConfig, WhenFull};
+use crate::pipeline::channel::DropCounter;
 use crate::pipeline::frame::Processed;
 
 const APPSRC: &str = "visiond_appsrc";
@@ -36,7 +38,7 @@ pub struct VideoOutput {
 }
 
 struct VideoChain {
-    appsrc: gst_app::AppSrc,
+    queue: AppsrcQueue,
     out_size: gst::Element,
     label: Option<gst::Element>,
     /// Size and rate of the frames the appsrc currently announces.
@@ -47,7 +49,7 @@ struct VideoChain {
 }
 
 struct DepthChain {
-    appsrc: gst_app::AppSrc,
+    queue: AppsrcQueue,
     input_format: Option<(u32, u32, gst::Fraction)>,
 }
 
@@ -122,8 +124,28 @@ fn quote(text: &str) -> String {
     format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// Frames an output appsrc holds before the encoder takes them.
+pub const ENCODER_QUEUE: u64 = 8;
+
+/// The appsrc's queue, bounded and following the pipeline's `queue.when_full` like every other
+/// hop: `block` pushes back on the worker (nothing lost), `drop_oldest` / `drop_newest` leak a
+/// frame (counted by the pusher) so a slow encoder never holds up a live source.
+fn appsrc_queue(live: bool, policy: WhenFull) -> String {
+    let leak = match policy {
+        WhenFull::Block => "block=true",
+        WhenFull::DropOldest => "leaky-type=downstream",
+        WhenFull::DropNewest => "leaky-type=upstream",
+    };
+    format!("is-live={live} max-buffers={ENCODER_QUEUE} max-bytes=0 {leak}")
+}
+
 /// The whole output description, or `None` when the pipeline has no sinks (metadata only).
-pub fn description(config: &PipelineConfig, live: bool, draw_label: bool) -> Option<String> {
+pub fn description(
+    config: &PipelineConfig,
+    live: bool,
+    policy: WhenFull,
+    draw_label: bool,
+) -> Option<String> {
     let is_depth = |sink: &&SinkConfig| matches!(sink, SinkConfig::Depth16(_));
     let mut chains = Vec::new();
     let video: Vec<(usize, &SinkConfig)> = config
@@ -133,11 +155,10 @@ pub fn description(config: &PipelineConfig, live: bool, draw_label: bool) -> Opt
         .filter(|(_, sink)| !is_depth(sink))
         .collect();
     if !video.is_empty() {
-        // A finite source is paced by the output: `block` lets appsrc push back on the worker.
         let mut text = format!(
-            "appsrc name={APPSRC} format=time is-live={live} block={} max-bytes=20000000 \
+            "appsrc name={APPSRC} format=time {} \
              ! videoconvert ! videoscale ! capsfilter name={OUT_SIZE}",
-            !live
+            appsrc_queue(live, policy)
         );
         if draw_label {
             text.push_str(&format!(
@@ -162,9 +183,9 @@ pub fn description(config: &PipelineConfig, live: bool, draw_label: bool) -> Opt
         .collect();
     if !depth.is_empty() {
         let mut text = format!(
-            "appsrc name={DEPTH_APPSRC} format=time is-live={live} block={} max-bytes=20000000 \
+            "appsrc name={DEPTH_APPSRC} format=time {} \
              ! tee name=visiond_depth_tee allow-not-linked=true",
-            !live
+            appsrc_queue(live, policy)
         );
         for (index, sink) in depth {
             text.push_str(&format!(
@@ -217,10 +238,12 @@ impl VideoOutput {
     pub fn build(
         config: &PipelineConfig,
         live: bool,
+        policy: WhenFull,
         draw_label: bool,
         rtsp: Option<&RtspServer>,
+        drops: Arc<DropCounter>,
     ) -> Result<Option<Self>, String> {
-        let Some(text) = description(config, live, draw_label) else {
+        let Some(text) = description(config, live, policy, draw_label) else {
             return Ok(None);
         };
         let pipeline = gst::parse::launch(&text)
@@ -242,7 +265,7 @@ impl VideoOutput {
             Some(_) => {
                 configure_encoder(&by_name(ENCODER)?, &config.encoder)?;
                 Some(VideoChain {
-                    appsrc: appsrc_named(APPSRC)?,
+                    queue: AppsrcQueue::new(appsrc_named(APPSRC)?, policy, drops.clone()),
                     out_size: by_name(OUT_SIZE)?,
                     label: if draw_label {
                         Some(by_name(LABEL)?)
@@ -257,7 +280,7 @@ impl VideoOutput {
         let depth = match pipeline.by_name(DEPTH_APPSRC) {
             None => None,
             Some(_) => Some(DepthChain {
-                appsrc: appsrc_named(DEPTH_APPSRC)?,
+                queue: AppsrcQueue::new(appsrc_named(DEPTH_APPSRC)?, policy, drops.clone()),
                 input_format: None,
             }),
         };
@@ -330,10 +353,10 @@ impl VideoOutput {
     /// index written), and stops the pipeline.
     pub fn finish(self, timeout: std::time::Duration) -> Result<(), String> {
         if let Some(video) = &self.video {
-            let _ = video.appsrc.end_of_stream();
+            let _ = video.queue.appsrc.end_of_stream();
         }
         if let Some(depth) = &self.depth {
-            let _ = depth.appsrc.end_of_stream();
+            let _ = depth.queue.appsrc.end_of_stream();
         }
         let result = super::bus::wait_for_eos(&self.pipeline, timeout);
         for feed in &self.feeds {
@@ -346,6 +369,35 @@ impl VideoOutput {
     /// Errors the output pipeline reported since the last call.
     pub fn poll_error(&self) -> Option<String> {
         super::bus::take_error(&self.pipeline)
+    }
+}
+
+/// An output appsrc and the accounting of what its bounded queue drops.
+struct AppsrcQueue {
+    appsrc: gst_app::AppSrc,
+    policy: WhenFull,
+    drops: Arc<DropCounter>,
+}
+
+impl AppsrcQueue {
+    fn new(appsrc: gst_app::AppSrc, policy: WhenFull, drops: Arc<DropCounter>) -> Self {
+        Self {
+            appsrc,
+            policy,
+            drops,
+        }
+    }
+
+    fn push(&self, buffer: gst::Buffer) -> Result<(), String> {
+        // A full leaky queue drops a frame on this push (the oldest or this one): count it.
+        let queued: u64 = self.appsrc.property("current-level-buffers");
+        if self.policy != WhenFull::Block && queued >= ENCODER_QUEUE {
+            self.drops.add();
+        }
+        self.appsrc
+            .push_buffer(buffer)
+            .map(|_| ())
+            .map_err(|e| format!("a frame was refused: {e:?}"))
     }
 }
 
@@ -391,7 +443,7 @@ impl VideoChain {
         };
         let format = (width, height, frame.fps);
         if announce(
-            &self.appsrc,
+            &self.queue.appsrc,
             &mut self.input_format,
             gst_video::VideoFormat::Rgb,
             format,
@@ -412,10 +464,7 @@ impl VideoChain {
             label.set_property("text", text);
         }
         stamp(&mut buffer, processed);
-        self.appsrc
-            .push_buffer(buffer)
-            .map(|_| ())
-            .map_err(|e| format!("a frame was refused: {e:?}"))
+        self.queue.push(buffer)
     }
 }
 
@@ -433,7 +482,7 @@ impl DepthChain {
             ));
         }
         announce(
-            &self.appsrc,
+            &self.queue.appsrc,
             &mut self.input_format,
             gst_video::VideoFormat::Gray16Le,
             (width, height, frame.fps),
@@ -449,10 +498,7 @@ impl DepthChain {
         }
         let mut buffer = gst::Buffer::from_slice(bytes);
         stamp(&mut buffer, processed);
-        self.appsrc
-            .push_buffer(buffer)
-            .map(|_| ())
-            .map_err(|e| format!("a depth frame was refused: {e:?}"))
+        self.queue.push(buffer)
     }
 }
 

@@ -19,7 +19,7 @@ impl DropCounter {
         self.0.load(Ordering::Relaxed)
     }
 
-    fn add(&self) {
+    pub fn add(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 }

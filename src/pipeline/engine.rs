@@ -248,27 +248,31 @@ impl Engine {
                 threads.push(None);
                 continue;
             }
-            let (in_tx, in_rx, input_drops) = hop::<Frame>(capacity, policy);
+            let (in_tx, in_rx, model_input_drops) = hop::<Frame>(capacity, policy);
+            // "input" is the first hop after the source; "output" is everything after the
+            // model (or after the source, without one) up to the encoder, whose own queue is
+            // bounded too and counts into it.
             let hop_drops = if uses_model {
                 HopDrops {
-                    input: input_drops.clone(),
-                    output: Some(output_drops.clone()),
+                    input: model_input_drops.clone(),
+                    output: output_drops.clone(),
                 }
             } else {
                 HopDrops {
                     input: output_drops.clone(),
-                    output: None,
+                    output: Arc::new(DropCounter::default()),
                 }
             };
             let output = match start_output(
                 pipeline,
                 live,
+                policy,
                 draw_label,
                 rtsp.as_ref(),
                 grace,
                 out_rx,
                 stats.clone(),
-                hop_drops,
+                &hop_drops,
             ) {
                 Ok(output) => output,
                 Err(error) => {
@@ -288,7 +292,7 @@ impl Engine {
                 grace,
             };
             let counting = stats.clone();
-            let (input_drops, input_depth, pipeline_thread) = if uses_model {
+            let (input_depth, pipeline_thread) = if uses_model {
                 let in_tx = Arc::new(in_tx);
                 // Weak: the handle must not keep the hop open after the source is done.
                 let depth_of = Arc::downgrade(&in_tx);
@@ -307,11 +311,10 @@ impl Engine {
                         .upgrade()
                         .map_or((0, 0), |h| (h.len(), h.capacity()))
                 });
-                (input_drops, depth, thread)
+                (depth, thread)
             } else {
                 // Without a model the source feeds the output hop directly: one hop, one policy.
                 drop((in_tx, in_rx));
-                let input_drops = output_drops.clone();
                 let out_tx = Arc::new(out_tx);
                 let depth_of = Arc::downgrade(&out_tx);
                 let thread = spawn_pipeline(supervisor, output, move |frame| {
@@ -323,18 +326,14 @@ impl Engine {
                         .upgrade()
                         .map_or((0, 0), |h| (h.len(), h.capacity()))
                 });
-                (input_drops, depth, thread)
+                (depth, thread)
             };
             pipelines.push(PipelineHandle {
                 name: pipeline.name.clone(),
                 model: pipeline.model.clone(),
                 stats,
-                output_drops: if uses_model {
-                    output_drops
-                } else {
-                    Arc::new(DropCounter::default())
-                },
-                input_drops,
+                input_drops: hop_drops.input,
+                output_drops: hop_drops.output,
                 input_depth,
                 capacity: capacity.max(1),
                 started: Instant::now(),
@@ -443,11 +442,7 @@ impl PipelineHandle {
     }
 
     pub fn dropped(&self) -> u64 {
-        if Arc::ptr_eq(&self.input_drops, &self.output_drops) {
-            self.input_drops.get()
-        } else {
-            self.input_drops.get() + self.output_drops.get()
-        }
+        self.input_drops.get() + self.output_drops.get()
     }
 
     fn report(&self) -> PipelineReport {
@@ -503,11 +498,10 @@ fn spawn_pipeline(
         .map_err(|e| format!("cannot start the source thread of pipeline {name}: {e}"))
 }
 
-/// The drop counters a pipeline's metadata lines report.
+/// A pipeline's drop counters, as its metadata lines and metrics report them.
 struct HopDrops {
     input: Arc<DropCounter>,
-    /// `None` when the pipeline has a single hop (no model).
-    output: Option<Arc<DropCounter>>,
+    output: Arc<DropCounter>,
 }
 
 /// Builds and starts the output pipeline and its thread.
@@ -515,14 +509,22 @@ struct HopDrops {
 fn start_output(
     pipeline: &PipelineConfig,
     live: bool,
+    policy: WhenFull,
     draw_label: bool,
     rtsp: Option<&RtspServer>,
     grace: Duration,
     input: Receiver<Processed>,
     stats: Arc<PipelineStats>,
-    drops: HopDrops,
+    drops: &HopDrops,
 ) -> Result<JoinHandle<()>, String> {
-    let video = VideoOutput::build(pipeline, live, draw_label, rtsp)?;
+    let video = VideoOutput::build(
+        pipeline,
+        live,
+        policy,
+        draw_label,
+        rtsp,
+        drops.output.clone(),
+    )?;
     if let Some(video) = &video {
         video.start()?;
     }
@@ -536,6 +538,10 @@ fn start_output(
     }
     let name = pipeline.name.clone();
     let model = pipeline.model.clone();
+    let drops = HopDrops {
+        input: drops.input.clone(),
+        output: drops.output.clone(),
+    };
     std::thread::Builder::new()
         .name(format!("out-{name}"))
         .spawn(move || {
@@ -578,7 +584,7 @@ fn output_loop(
         if !targets.is_empty() {
             let total = Drops {
                 input: drops.input.get(),
-                output: drops.output.as_ref().map_or(0, |d| d.get()),
+                output: drops.output.get(),
             };
             let since = Drops {
                 input: total.input - reported.input,
