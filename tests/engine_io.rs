@@ -467,3 +467,43 @@ fn a_slow_live_output_drops_raw_frames_before_the_encoder_and_counts_them() {
     assert_eq!(report.frames_out, lines.len() as u64);
     assert!(report.dropped >= output_drops);
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_tree(
+        dir.path(),
+        "log: { format: json, level: info }\n",
+        &[(
+            "short",
+            "name: short\nsource: { test: { width: 32, height: 32, frames: 3 } }\nmodel: none\nmetadata:\n  - jsonl: { stdout: true }\n".to_string(),
+        )],
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_visiond"))
+        .arg("run")
+        .arg("-c")
+        .arg(&file)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let logs: Vec<serde_json::Value> = stderr
+        .lines()
+        .take_while(|line| !line.starts_with("summary:"))
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(
+        logs.iter().any(|l| l["message"] == "source finished"
+            && l["pipeline"] == "short"
+            && l["level"] == "INFO"),
+        "{stderr}"
+    );
+    // Metadata on stdout stays clean JSON lines, apart from the logs.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+}
