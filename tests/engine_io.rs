@@ -507,3 +507,56 @@ fn json_logs_are_one_object_per_line() {
         .collect();
     assert_eq!(lines.len(), 3);
 }
+
+#[test]
+fn a_failed_output_is_rebuilt_and_earlier_recordings_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("rec");
+    std::fs::create_dir(&out).unwrap();
+    // A recording left by an earlier run must survive this one.
+    std::fs::write(out.join("cam.mkv"), "an earlier recording").unwrap();
+    // The launch sink errors after 15 frames, every time it is built: the output fails, is
+    // rebuilt after a second, and fails again.
+    let config = load_tree(
+        dir.path(),
+        "",
+        &[(
+            "cam",
+            format!(
+                "name: cam\nsource: {{ test: {{ width: 64, height: 48, fps: 30 }} }}\nmodel: none\nsinks:\n  - file: {{ path: {} }}\n  - launch: {{ pipeline: \"identity error-after=15 ! fakesink\" }}\n",
+                out.join("cam.mkv").display()
+            ),
+        )],
+    );
+    let engine = Engine::start(&config, &no_models).unwrap();
+    let cam = engine.pipeline("cam").unwrap();
+    wait_until("two output rebuilds", Duration::from_secs(30), || {
+        cam.stats.output_restarts() >= 2
+    });
+    assert_eq!(
+        cam.stats.state(),
+        PipelineState::Playing,
+        "the source kept running"
+    );
+    engine.shutdown_handle().trigger();
+    let reports = engine.wait();
+    assert_eq!(reports[0].state, PipelineState::Finished);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    // The earlier file (moved aside at start), one recording per output life, the current one.
+    assert!(files.len() >= 3, "{files:?}");
+    let kept: Vec<&PathBuf> = files
+        .iter()
+        .filter(|p| std::fs::read(p).unwrap() == b"an earlier recording")
+        .collect();
+    assert_eq!(kept.len(), 1, "the earlier recording was lost: {files:?}");
+    let recorded: usize = files
+        .iter()
+        .filter(|p| !kept.contains(p))
+        .map(|p| decode_h264(p, "matroskademux").frames)
+        .sum();
+    assert!(recorded >= 15, "only {recorded} frames in {files:?}");
+}

@@ -133,6 +133,18 @@ pub fn render(view: &EngineView) -> String {
         );
     }
     out.family(
+        "visiond_output_restarts_total",
+        "counter",
+        "Times the pipeline's video output failed and was rebuilt.",
+    );
+    for p in pipelines {
+        out.sample(
+            "visiond_output_restarts_total",
+            &[("pipeline", &p.name)],
+            p.stats.output_restarts(),
+        );
+    }
+    out.family(
         "visiond_frame_latency_seconds",
         "histogram",
         "Time from the source's appsink to the outputs, per frame.",

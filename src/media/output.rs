@@ -9,7 +9,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
-use super::rtsp_server::{RtspFeed, RtspServer};
+use super::rtsp_server::{RtspFeed, RtspMounts};
 use crate::config::{Container, EncoderConfig, PipelineConfig, SinkConfig, WhenFull};
 use crate::pipeline::channel::DropCounter;
 use crate::pipeline::frame::Processed;
@@ -63,11 +63,15 @@ fn sink_branch(index: usize, sink: &SinkConfig) -> String {
                 Container::Mkv => "matroskamux",
             };
             match file.segment_s {
-                Some(seconds) => format!(
-                    "queue ! h264parse ! splitmuxsink location={} max-size-time={} muxer-factory={muxer}",
-                    quote(&segment_pattern(&file.path)),
-                    seconds * 1_000_000_000
-                ),
+                Some(seconds) => {
+                    let pattern = segment_pattern(&file.path);
+                    format!(
+                        "queue ! h264parse ! splitmuxsink location={} max-size-time={} muxer-factory={muxer} start-index={}",
+                        quote(&pattern),
+                        seconds * 1_000_000_000,
+                        next_segment_index(&pattern)
+                    )
+                }
                 None => format!(
                     "queue ! h264parse ! {muxer} ! filesink location={} sync=false",
                     quote(&file.path.display().to_string())
@@ -117,6 +121,66 @@ fn segment_pattern(path: &Path) -> String {
             .display()
             .to_string(),
         _ => format!("{text}-%05d"),
+    }
+}
+
+/// The first segment number whose file does not exist yet, so a restarted pipeline (or
+/// daemon) continues the numbering instead of overwriting earlier segments. Patterns other
+/// than a plain `%d` / `%0Nd` start at 0.
+fn next_segment_index(pattern: &str) -> u32 {
+    let Some(start) = pattern.find('%') else {
+        return 0;
+    };
+    let Some(end) = pattern[start..].find('d').map(|d| start + d) else {
+        return 0;
+    };
+    let width: usize = pattern[start + 1..end]
+        .trim_start_matches('0')
+        .parse()
+        .unwrap_or(0);
+    if !pattern[start + 1..end].chars().all(|c| c.is_ascii_digit()) {
+        return 0;
+    }
+    let name = |i: u32| format!("{}{i:0width$}{}", &pattern[..start], &pattern[end + 1..]);
+    (0..u32::MAX)
+        .find(|&i| !Path::new(&name(i)).exists())
+        .unwrap_or(0)
+}
+
+/// Moves recordings that a new output would overwrite out of the way, to
+/// `<stem>.<unix seconds>.<ext>`: a restarted pipeline or daemon never destroys a recording.
+pub fn set_aside_recordings(config: &PipelineConfig) {
+    let paths = config.sinks.iter().filter_map(|sink| match sink {
+        SinkConfig::File(file) if file.segment_s.is_none() => Some(&file.path),
+        SinkConfig::Depth16(depth) => Some(&depth.path),
+        _ => None,
+    });
+    for path in paths {
+        if !path.exists() {
+            continue;
+        }
+        let seconds = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+        let kept = match path.extension() {
+            Some(ext) => path.with_file_name(format!("{stem}.{seconds}.{}", ext.to_string_lossy())),
+            None => path.with_file_name(format!("{stem}.{seconds}")),
+        };
+        match std::fs::rename(path, &kept) {
+            Ok(()) => tracing::info!(
+                pipeline = %config.name,
+                kept = %kept.display(),
+                "an earlier recording was kept under a new name"
+            ),
+            Err(error) => tracing::warn!(
+                pipeline = %config.name,
+                path = %path.display(),
+                %error,
+                "cannot move an earlier recording aside; it will be overwritten"
+            ),
+        }
     }
 }
 
@@ -240,7 +304,7 @@ impl VideoOutput {
         live: bool,
         policy: WhenFull,
         draw_label: bool,
-        rtsp: Option<&RtspServer>,
+        rtsp: Option<&RtspMounts>,
         drops: Arc<DropCounter>,
     ) -> Result<Option<Self>, String> {
         let Some(text) = description(config, live, policy, draw_label) else {
@@ -289,8 +353,8 @@ impl VideoOutput {
             let SinkConfig::Rtsp(mount) = sink else {
                 continue;
             };
-            let server = rtsp.ok_or("an rtsp sink needs the RTSP server, which is not running")?;
-            let feed = server.mount(&mount.mount)?;
+            let mounts = rtsp.ok_or("an rtsp sink needs the RTSP server, which is not running")?;
+            let feed = mounts.mount(&mount.mount)?;
             let appsink = by_name(&format!("visiond_rtsp_{index}"))?
                 .downcast::<gst_app::AppSink>()
                 .map_err(|_| "rtsp branch does not end in an appsink".to_string())?;
@@ -364,6 +428,14 @@ impl VideoOutput {
         }
         let _ = self.pipeline.set_state(gst::State::Null);
         result.map_err(|e| format!("output of pipeline {}: {e}", self.name))
+    }
+
+    /// Stops at once without draining (the pipeline already failed).
+    pub fn abort(self) {
+        for feed in &self.feeds {
+            feed.end();
+        }
+        let _ = self.pipeline.set_state(gst::State::Null);
     }
 
     /// Errors the output pipeline reported since the last call.
@@ -519,6 +591,17 @@ pub fn rgb_buffer(data: &[u8], width: u32, height: u32) -> gst::Buffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segment_numbering_continues_after_existing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let pattern = dir.path().join("door-%05d.mkv").display().to_string();
+        assert_eq!(next_segment_index(&pattern), 0);
+        for i in 0..3 {
+            std::fs::write(dir.path().join(format!("door-{i:05}.mkv")), "").unwrap();
+        }
+        assert_eq!(next_segment_index(&pattern), 3);
+    }
 
     #[test]
     fn segment_patterns_get_a_counter() {

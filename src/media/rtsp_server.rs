@@ -90,13 +90,59 @@ impl RtspServer {
         self.authenticated
     }
 
+    /// A handle that adds mounts, for outputs built (or rebuilt) later on other threads.
+    pub fn mounts(&self) -> RtspMounts {
+        RtspMounts {
+            server: self.server.clone(),
+            authenticated: self.authenticated,
+        }
+    }
+
     /// Adds `path` and returns the feed that publishes a pipeline's H.264 there.
+    pub fn mount(&self, path: &str) -> Result<RtspFeed, String> {
+        self.mounts().mount(path)
+    }
+
+    /// Disconnects every client and stops the main loop thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        // The server's socket source lives on our own context, where g_source_remove
+        // (which searches the default context) would not find it.
+        if let Some(source) = self
+            .source
+            .take()
+            .and_then(|id| self.context.find_source_by_id(&id))
+        {
+            source.destroy();
+        }
+        self.server
+            .client_filter(Some(&mut |_, _| rtsp::RTSPFilterResult::Remove));
+        self.main_loop.quit();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Adds mounts to the running server; cheap to clone.
+#[derive(Clone)]
+pub struct RtspMounts {
+    server: rtsp::RTSPServer,
+    authenticated: bool,
+}
+
+impl RtspMounts {
+    /// Adds (or replaces) `path` and returns the feed that publishes a pipeline's H.264 there.
     pub fn mount(&self, path: &str) -> Result<RtspFeed, String> {
         let authenticated = self.authenticated;
         let mounts = self
             .server
             .mount_points()
             .ok_or("the RTSP server has no mount points")?;
+
         let factory = rtsp::RTSPMediaFactory::new();
         // One media shared by every client: the pipeline encodes once, whatever the audience.
         factory.set_shared(true);
@@ -139,29 +185,6 @@ impl RtspServer {
         });
         mounts.add_factory(path, factory);
         Ok(feed)
-    }
-
-    /// Disconnects every client and stops the main loop thread.
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        // The server's socket source lives on our own context, where g_source_remove
-        // (which searches the default context) would not find it.
-        if let Some(source) = self
-            .source
-            .take()
-            .and_then(|id| self.context.find_source_by_id(&id))
-        {
-            source.destroy();
-        }
-        self.server
-            .client_filter(Some(&mut |_, _| rtsp::RTSPFilterResult::Remove));
-        self.main_loop.quit();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -16,8 +16,8 @@ use super::stats::{PipelineState, PipelineStats};
 use super::supervisor::Supervisor;
 use super::worker::{self, BatchInference, BatchPolicy, Lane, WorkerStats};
 use crate::config::{Config, MetadataConfig, NO_MODEL, PipelineConfig, SinkConfig, WhenFull};
-use crate::media::output::VideoOutput;
-use crate::media::rtsp_server::RtspServer;
+use crate::media::output::{VideoOutput, set_aside_recordings};
+use crate::media::rtsp_server::{RtspMounts, RtspServer};
 
 /// A model made ready for a worker.
 pub struct ModelRuntime {
@@ -504,6 +504,35 @@ struct HopDrops {
     output: Arc<DropCounter>,
 }
 
+/// What an output thread needs to build its video output, again after a failure.
+struct OutputRecipe {
+    pipeline: PipelineConfig,
+    live: bool,
+    policy: WhenFull,
+    draw_label: bool,
+    rtsp: Option<RtspMounts>,
+    drops: Arc<DropCounter>,
+}
+
+impl OutputRecipe {
+    /// Builds and starts the output; earlier recordings at its paths are kept aside first.
+    fn start(&self) -> Result<Option<VideoOutput>, String> {
+        set_aside_recordings(&self.pipeline);
+        let video = VideoOutput::build(
+            &self.pipeline,
+            self.live,
+            self.policy,
+            self.draw_label,
+            self.rtsp.as_ref(),
+            self.drops.clone(),
+        )?;
+        if let Some(video) = &video {
+            video.start()?;
+        }
+        Ok(video)
+    }
+}
+
 /// Builds and starts the output pipeline and its thread.
 #[allow(clippy::too_many_arguments)]
 fn start_output(
@@ -517,17 +546,15 @@ fn start_output(
     stats: Arc<PipelineStats>,
     drops: &HopDrops,
 ) -> Result<JoinHandle<()>, String> {
-    let video = VideoOutput::build(
-        pipeline,
+    let recipe = OutputRecipe {
+        pipeline: pipeline.clone(),
         live,
         policy,
         draw_label,
-        rtsp,
-        drops.output.clone(),
-    )?;
-    if let Some(video) = &video {
-        video.start()?;
-    }
+        rtsp: rtsp.map(RtspServer::mounts),
+        drops: drops.output.clone(),
+    };
+    let video = recipe.start()?;
     let mut targets = Vec::new();
     for item in &pipeline.metadata {
         let MetadataConfig::Jsonl(jsonl) = item;
@@ -536,16 +563,27 @@ fn start_output(
             None => JsonlTarget::Stdout,
         });
     }
-    let name = pipeline.name.clone();
-    let model = pipeline.model.clone();
     let drops = HopDrops {
         input: drops.input.clone(),
         output: drops.output.clone(),
     };
     std::thread::Builder::new()
-        .name(format!("out-{name}"))
+        .name(format!("out-{}", pipeline.name))
         .spawn(move || {
-            output_loop(&name, &model, video, targets, input, &stats, &drops, grace);
+            let mut stage = OutputStage {
+                recipe,
+                video,
+                down_until: None,
+                failures: 0,
+                targets,
+                stats,
+                drops,
+                reported: Drops::default(),
+            };
+            for processed in input.iter() {
+                stage.publish(&processed);
+            }
+            stage.finish(grace);
         })
         .map_err(|e| {
             format!(
@@ -555,54 +593,114 @@ fn start_output(
         })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn output_loop(
-    name: &str,
-    model: &str,
-    mut video: Option<VideoOutput>,
-    mut targets: Vec<JsonlTarget>,
-    input: Receiver<Processed>,
-    stats: &PipelineStats,
-    drops: &HopDrops,
-    grace: Duration,
-) {
-    let mut reported = Drops::default();
-    let mut output_failed = false;
-    for processed in input.iter() {
-        if let Some(output) = video.as_mut()
-            && !output_failed
-        {
-            if let Some(error) = output.poll_error() {
-                tracing::error!(pipeline = name, %error, "output failed; video is no longer published");
-                output_failed = true;
-            } else if let Err(error) = output.push(&processed) {
-                tracing::error!(pipeline = name, %error, "output refused a frame");
-                output_failed = true;
-            }
-        }
-        stats.latency.record(processed.frame.captured.elapsed());
-        if !targets.is_empty() {
+/// A pipeline's output thread: publishes each frame and its metadata line, and rebuilds a
+/// video output that failed (a full disk, a sink that errored) with backoff, so one bad
+/// moment does not end publishing for the months the daemon runs.
+struct OutputStage {
+    recipe: OutputRecipe,
+    video: Option<VideoOutput>,
+    /// While set, the video output is down and is rebuilt at this instant.
+    down_until: Option<Instant>,
+    /// Consecutive failures, for the backoff.
+    failures: u32,
+    targets: Vec<JsonlTarget>,
+    stats: Arc<PipelineStats>,
+    drops: HopDrops,
+    reported: Drops,
+}
+
+impl OutputStage {
+    fn name(&self) -> &str {
+        &self.recipe.pipeline.name
+    }
+
+    fn publish(&mut self, processed: &Processed) {
+        self.publish_video(processed);
+        self.stats
+            .latency
+            .record(processed.frame.captured.elapsed());
+        if !self.targets.is_empty() {
             let total = Drops {
-                input: drops.input.get(),
-                output: drops.output.get(),
+                input: self.drops.input.get(),
+                output: self.drops.output.get(),
             };
             let since = Drops {
-                input: total.input - reported.input,
-                output: total.output - reported.output,
+                input: total.input - self.reported.input,
+                output: total.output - self.reported.output,
             };
-            reported = total;
-            let line = metadata::render(name, model, &processed, since);
-            for target in &mut targets {
+            self.reported = total;
+            let line = metadata::render(
+                &self.recipe.pipeline.name,
+                &self.recipe.pipeline.model,
+                processed,
+                since,
+            );
+            for target in &mut self.targets {
                 if let Err(error) = target.write_line(&line) {
-                    tracing::error!(pipeline = name, %error, "cannot write metadata");
+                    tracing::error!(pipeline = %self.recipe.pipeline.name, %error, "cannot write metadata");
                 }
             }
         }
-        stats.frames_out.fetch_add(1, Ordering::Relaxed);
+        self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
     }
-    if let Some(output) = video
-        && let Err(error) = output.finish(grace)
-    {
-        tracing::warn!(pipeline = name, %error, "output did not finish cleanly");
+
+    fn publish_video(&mut self, processed: &Processed) {
+        if let Some(until) = self.down_until {
+            if Instant::now() < until {
+                self.drops.output.add();
+                return;
+            }
+            self.down_until = None;
+            match self.recipe.start() {
+                Ok(video) => {
+                    tracing::info!(pipeline = %self.name(), "output rebuilt");
+                    self.video = video;
+                }
+                Err(error) => {
+                    self.fail(error);
+                    return;
+                }
+            }
+        }
+        let Some(video) = self.video.as_mut() else {
+            return;
+        };
+        let result = match video.poll_error() {
+            Some(error) => Err(error),
+            None => video.push(processed),
+        };
+        match result {
+            Ok(()) => self.failures = 0,
+            Err(error) => {
+                self.drops.output.add();
+                self.fail(error);
+            }
+        }
+    }
+
+    /// Takes the output down and schedules its rebuild: 1 s, doubling up to 60 s.
+    fn fail(&mut self, error: String) {
+        if let Some(video) = self.video.take() {
+            video.abort();
+        }
+        self.failures += 1;
+        self.stats.output_restarts.fetch_add(1, Ordering::Relaxed);
+        let delay =
+            Duration::from_secs(1 << (self.failures - 1).min(6)).min(Duration::from_secs(60));
+        tracing::error!(
+            pipeline = %self.name(),
+            %error,
+            retry_in_s = delay.as_secs(),
+            "output failed; rebuilding it (frames meanwhile are counted as output drops)"
+        );
+        self.down_until = Some(Instant::now() + delay);
+    }
+
+    fn finish(self, grace: Duration) {
+        if let Some(video) = self.video
+            && let Err(error) = video.finish(grace)
+        {
+            tracing::warn!(pipeline = %self.recipe.pipeline.name, %error, "output did not finish cleanly");
+        }
     }
 }

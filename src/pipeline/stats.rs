@@ -170,6 +170,8 @@ pub struct PipelineStats {
     pub latency: LatencyHistogram,
     /// Times the supervisor went to `reconnecting` (each attempt counts).
     pub reconnects: AtomicU64,
+    /// Times the output pipeline failed and was rebuilt.
+    pub output_restarts: AtomicU64,
     state: Mutex<Option<PipelineState>>,
 }
 
@@ -197,6 +199,10 @@ impl PipelineStats {
 
     pub fn reconnects(&self) -> u64 {
         self.reconnects.load(Ordering::Relaxed)
+    }
+
+    pub fn output_restarts(&self) -> u64 {
+        self.output_restarts.load(Ordering::Relaxed)
     }
 }
 
