@@ -3,7 +3,7 @@
 //! Per pipeline (label `pipeline`): `visiond_frames_in_total`, `visiond_frames_out_total`,
 //! `visiond_frames_dropped_total` (+ `hop="input"|"output"`), `visiond_queue_depth` and
 //! `visiond_queue_capacity` (the first hop), `visiond_pipeline_state` (+ `state`: 1 for the
-//! current one, 0 for the other four), `visiond_reconnects_total` and the histogram
+//! current one, 0 for the other four), `visiond_reconnects_total`, `visiond_output_restarts_total` and the histogram
 //! `visiond_frame_latency_seconds`. Per inference worker (label `model`):
 //! `visiond_inference_batches_total`, `visiond_inference_frames_total`,
 //! `visiond_inference_failed_frames_total` and `visiond_batch_size_max`.
