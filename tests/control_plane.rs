@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -486,41 +485,14 @@ fn visiond_run_serves_the_control_plane_until_sigterm() {
             ),
         )],
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_visiond"))
-        .arg("run")
-        .arg("-c")
-        .arg(&file)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (address_tx, address_rx) = std::sync::mpsc::channel();
-    let log = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut all = String::new();
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("control plane listening") {
-                let address = line
-                    .split("address=")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .and_then(|a| a.parse::<SocketAddr>().ok());
-                let _ = address_tx.send(address);
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let address = address_rx
-        .recv_timeout(Duration::from_secs(30))
-        .ok()
-        .flatten()
+    let mut daemon = Daemon::spawn(&file, &[]);
+    let address: SocketAddr = daemon
+        .field(
+            "control plane listening",
+            "address",
+            Duration::from_secs(30),
+        )
+        .parse()
         .expect("the daemon logs the address it listens on");
     assert_ne!(address.port(), 0);
     let agent = agent();
@@ -530,27 +502,8 @@ fn visiond_run_serves_the_control_plane_until_sigterm() {
     find(&scrape, "visiond_frames_in_total", &[("pipeline", "live")]);
     // SIGTERM lands within milliseconds of the start, often while the source is still
     // starting: the drain must not hang there either.
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(15) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "visiond did not exit after SIGTERM:\n{}",
-                log.join().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let log = log.join().unwrap();
-    assert_eq!(status.code(), Some(0), "{log}");
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("control plane stopped"), "{log}");
     assert!(log.contains("live: finished"), "{log}");
     assert!(

@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gstreamer as gst;
@@ -276,33 +276,11 @@ fn sigterm_drains_a_live_pipeline_and_finalizes_its_recording() {
             ),
         )],
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_visiond"))
-        .arg("run")
-        .arg("-c")
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let started = Instant::now();
-    let output = loop {
-        if child.try_wait().unwrap().is_some() {
-            break child.wait_with_output().unwrap();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "visiond did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let mut daemon = Daemon::spawn(&file, &[]);
+    daemon.field("source playing", "pipeline", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(1000));
+    let (code, stderr) = daemon.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("live: finished"), "{stderr}");
     // The mp4 was finalized (its index written): it demuxes and decodes, and holds every
     // frame the summary says was written.
@@ -374,42 +352,10 @@ fn rtsp_basic_auth_admits_only_the_configured_viewer() {
     )
     .unwrap();
     // The password reaches the daemon only through its environment, as on a real box.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_visiond"))
-        .arg("run")
-        .arg("-c")
-        .arg(&file)
-        .env("VISIOND_TEST_RTSP_PASSWORD", "s3cret-pw")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (port_tx, port_rx) = std::sync::mpsc::channel();
-    let log = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut all = String::new();
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("RTSP server listening") {
-                let port = line
-                    .split("port=")
-                    .nth(1)
-                    .and_then(|p| p.split_whitespace().next())
-                    .map(|p| p.trim_matches(|c: char| !c.is_ascii_digit()).to_string());
-                let _ = port_tx.send(port.and_then(|p| p.parse::<u16>().ok()));
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let port = port_rx
-        .recv_timeout(Duration::from_secs(20))
-        .ok()
-        .flatten()
+    let mut daemon = Daemon::spawn(&file, &[("VISIOND_TEST_RTSP_PASSWORD", "s3cret-pw")]);
+    let port: u16 = daemon
+        .field("RTSP server listening", "port", Duration::from_secs(20))
+        .parse()
         .expect("the daemon logs its RTSP port");
     let url = format!("rtsp://127.0.0.1:{port}/cam");
     assert!(
@@ -421,13 +367,8 @@ fn rtsp_basic_auth_admits_only_the_configured_viewer() {
         "a wrong password was admitted"
     );
     assert_eq!(rtsp_frames(&url, Some(("viewer", "s3cret-pw")), 5), Ok(5));
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    let log = log.join().unwrap();
-    assert_eq!(status.code(), Some(0), "{log}");
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
     assert!(!log.contains("s3cret-pw"), "the password reached the log");
 }
 

@@ -114,3 +114,98 @@ pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `visiond run -c FILE` as a child process, its log read line by line, as a box runs it.
+pub struct Daemon {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Daemon {
+    pub fn spawn(file: &Path, env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_visiond"));
+        command
+            .arg("run")
+            .arg("-c")
+            .arg(file)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The value of `field=` in the first log line containing `message`.
+    pub fn field(&mut self, message: &str, field: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                panic!(
+                    "no log line with '{message}' within {timeout:?}:\n{}",
+                    self.log()
+                );
+            };
+            self.seen.push(line.clone());
+            if line.contains(message)
+                && let Some(value) = line
+                    .split(&format!("{field}="))
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+            {
+                return value.to_string();
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        self.seen.join("\n")
+    }
+
+    /// SIGTERM, then waits (at most 15 s) for the exit; returns the exit code and the whole log.
+    pub fn terminate(mut self) -> (Option<i32>, String) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(15) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("visiond did not exit after SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // The log thread ends when the child's stderr closes.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        (status.code(), self.log())
+    }
+}
