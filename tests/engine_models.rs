@@ -359,3 +359,47 @@ fn a_depth16_sink_records_the_raw_depth_losslessly() {
     pipeline.set_state(gst::State::Null).unwrap();
     assert_eq!(frames, 12);
 }
+
+#[test]
+fn frames_with_padded_rows_reach_the_model_intact() {
+    let _serial = serial();
+    let out = tempfile::tempdir().unwrap();
+    let meta = out.path().join("odd.jsonl");
+    let video = out.path().join("odd.mkv");
+    let models = format!(
+        "  depth: {{ path: {}, device: cpu }}\n",
+        fixture("dpt-vit").display()
+    );
+    // 81 RGB pixels are 243 bytes: GStreamer pads each row to 244.
+    let (_dir, config) = tree(
+        &models,
+        &[(
+            "odd",
+            format!(
+                "name: odd\nsource: {{ test: {{ width: 81, height: 61, fps: 30, frames: 6 }} }}\nmodel: depth\noverlay: {{ mode: side_by_side }}\nsinks:\n  - file: {{ path: {} }}\nmetadata:\n  - jsonl: {{ path: {} }}\n",
+                video.display(),
+                meta.display()
+            ),
+        )],
+    );
+    let reports = Engine::start(&config, &inference::factory(&config))
+        .unwrap()
+        .wait();
+    assert_eq!(
+        (reports[0].frames_out, &reports[0].state),
+        (6, &PipelineState::Finished)
+    );
+    for line in jsonl(&meta) {
+        assert_eq!(
+            (line["width"].as_u64(), line["height"].as_u64()),
+            (Some(81), Some(61))
+        );
+        assert_eq!(line["results"]["kind"], "depth");
+    }
+    // side_by_side is 162 wide; 4:2:0 encoding trims the odd height to 60.
+    let decoded = decode_h264(&video, "matroskademux");
+    assert_eq!(
+        (decoded.frames, decoded.width, decoded.height),
+        (6, 162, 60)
+    );
+}

@@ -25,17 +25,6 @@ pub struct Frame {
     pub stride: usize,
 }
 
-impl Frame {
-    /// The pixels as tightly packed RGB, `height * width * 3` bytes.
-    pub fn packed_rgb(&self) -> Result<Vec<u8>, String> {
-        let map = self
-            .buffer
-            .map_readable()
-            .map_err(|_| "frame buffer cannot be mapped".to_string())?;
-        pack_rgb_rows(&map, self.width, self.height, self.stride)
-    }
-}
-
 /// RGB rows of `stride` bytes (GStreamer pads rows to 4 bytes) as tightly packed RGB,
 /// `height * width * 3` bytes.
 pub fn pack_rgb_rows(

@@ -10,7 +10,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use super::engine::ModelRuntime;
-use super::frame::{Frame, Processed, RgbImage};
+use super::frame::{Frame, Processed, RgbImage, pack_rgb_rows};
 use super::worker::BatchInference;
 use crate::config::{Config, ModelConfig, PipelineConfig};
 use crate::models::checkpoint::{self, LoadOptions, ModelInfo, ModelSource};
@@ -59,12 +59,24 @@ impl TorchInference {
 
     /// Uploads one frame as uint8 [H, W, 3] on the model's device.
     fn upload(&self, frame: &Frame) -> Result<Tensor, String> {
-        upload_rgb(
-            &frame.packed_rgb()?,
-            frame.height,
-            frame.width,
-            self.info.device,
-        )
+        let map = frame
+            .buffer
+            .map_readable()
+            .map_err(|_| "frame buffer cannot be mapped".to_string())?;
+        let packed_len = frame.width as usize * 3 * frame.height as usize;
+        // Unpadded rows (the usual case) go straight from GStreamer's memory into the tensor;
+        // only padded ones need packing first.
+        if frame.stride == frame.width as usize * 3 && map.len() >= packed_len {
+            upload_rgb(
+                &map[..packed_len],
+                frame.height,
+                frame.width,
+                self.info.device,
+            )
+        } else {
+            let packed = pack_rgb_rows(&map, frame.width, frame.height, frame.stride)?;
+            upload_rgb(&packed, frame.height, frame.width, self.info.device)
+        }
     }
 
     /// Preprocess, forward and annotate frames that share a processed size.
