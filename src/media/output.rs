@@ -399,7 +399,8 @@ impl VideoOutput {
     }
 
     /// Publishes one frame with its source PTS (and its 16-bit depth, for `depth16` sinks).
-    pub fn push(&mut self, processed: &Processed) -> Result<(), String> {
+    /// The annotated picture is moved into the output (the metadata does not need it).
+    pub fn push(&mut self, processed: &mut Processed) -> Result<(), String> {
         if let Some(video) = &mut self.video {
             video
                 .push(processed)
@@ -503,12 +504,12 @@ fn announce(
 }
 
 impl VideoChain {
-    fn push(&mut self, processed: &Processed) -> Result<(), String> {
+    fn push(&mut self, processed: &mut Processed) -> Result<(), String> {
         let frame = &processed.frame;
-        let (mut buffer, width, height) = match &processed.annotated {
+        let (mut buffer, width, height) = match processed.annotated.take() {
             None => (frame.buffer.copy(), frame.width, frame.height),
             Some(image) => (
-                rgb_buffer(&image.data, image.width, image.height),
+                rgb_buffer(image.data, image.width, image.height),
                 image.width,
                 image.height,
             ),
@@ -575,11 +576,12 @@ impl DepthChain {
 }
 
 /// Packed RGB into a buffer laid out the way GStreamer expects RGB (rows padded to 4 bytes).
-pub fn rgb_buffer(data: &[u8], width: u32, height: u32) -> gst::Buffer {
+pub fn rgb_buffer(data: Vec<u8>, width: u32, height: u32) -> gst::Buffer {
     let row = width as usize * 3;
     let stride = (row + 3) & !3;
     if stride == row {
-        return gst::Buffer::from_slice(data.to_vec());
+        // The annotated frame's memory becomes the buffer's: no copy on the frame path.
+        return gst::Buffer::from_slice(data);
     }
     let mut padded = vec![0u8; stride * height as usize];
     for (y, line) in data.chunks_exact(row).enumerate() {
@@ -619,7 +621,7 @@ mod tests {
     fn odd_widths_are_padded_to_gstreamer_strides() {
         gst::init().unwrap();
         let data: Vec<u8> = (0..(5 * 3 * 2)).map(|v| v as u8).collect();
-        let buffer = rgb_buffer(&data, 5, 2);
+        let buffer = rgb_buffer(data.clone(), 5, 2);
         let map = buffer.map_readable().unwrap();
         assert_eq!(map.len(), 16 * 2);
         assert_eq!(&map[16..31], &data[15..30]);

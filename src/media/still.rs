@@ -170,7 +170,7 @@ fn push_one(
                 .unwrap_or_default()
         )));
     }
-    let mut buffer = rgb_buffer(&image.data, width, height);
+    let mut buffer = rgb_buffer(image.data.clone(), width, height);
     {
         let buffer = buffer.make_mut();
         buffer.set_pts(gst::ClockTime::ZERO);

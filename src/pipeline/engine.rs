@@ -580,8 +580,8 @@ fn start_output(
                 drops,
                 reported: Drops::default(),
             };
-            for processed in input.iter() {
-                stage.publish(&processed);
+            for mut processed in input.iter() {
+                stage.publish(&mut processed);
             }
             stage.finish(grace);
         })
@@ -614,7 +614,7 @@ impl OutputStage {
         &self.recipe.pipeline.name
     }
 
-    fn publish(&mut self, processed: &Processed) {
+    fn publish(&mut self, processed: &mut Processed) {
         self.publish_video(processed);
         self.stats
             .latency
@@ -644,7 +644,7 @@ impl OutputStage {
         self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn publish_video(&mut self, processed: &Processed) {
+    fn publish_video(&mut self, processed: &mut Processed) {
         if let Some(until) = self.down_until {
             if Instant::now() < until {
                 self.drops.output.add();
