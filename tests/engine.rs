@@ -82,19 +82,9 @@ fn a_finite_source_is_written_whole_with_its_timestamps() {
 
 /// Receives decoded frames from an RTSP URL in a real GStreamer client.
 fn rtsp_client(url: &str) -> (gst::Pipeline, gst_app::AppSink) {
-    let pipeline = gst::parse::launch(&format!(
+    play(&format!(
         "rtspsrc location={url} protocols=tcp latency=0 ! rtph264depay ! avdec_h264 ! videoconvert ! appsink name=sink sync=false"
     ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let sink = pipeline
-        .by_name("sink")
-        .unwrap()
-        .downcast::<gst_app::AppSink>()
-        .unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    (pipeline, sink)
 }
 
 fn pull_frames(sink: &gst_app::AppSink, count: usize, timeout: Duration) -> usize {

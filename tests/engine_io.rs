@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
-use gstreamer_app as gst_app;
 use visiond::pipeline::engine::Engine;
 use visiond::pipeline::stats::PipelineState;
 
@@ -137,19 +136,10 @@ fn rtp_over_udp_reaches_a_receiver() {
         .local_addr()
         .unwrap()
         .port();
-    let receiver = gst::parse::launch(&format!(
+    let (receiver, sink) = play(&format!(
         "udpsrc address=127.0.0.1 port={port} caps=\"application/x-rtp,media=video,encoding-name=H264,payload=96,clock-rate=90000\" \
          ! rtpjitterbuffer latency=0 ! rtph264depay ! avdec_h264 ! appsink name=sink sync=false"
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let sink = receiver
-        .by_name("sink")
-        .unwrap()
-        .downcast::<gst_app::AppSink>()
-        .unwrap();
-    receiver.set_state(gst::State::Playing).unwrap();
+    ));
     let dir = tempfile::tempdir().unwrap();
     let config = load_tree(
         dir.path(),
@@ -300,19 +290,10 @@ fn rtsp_frames(url: &str, credentials: Option<(&str, &str)>, want: usize) -> Res
     let auth = credentials
         .map(|(user, password)| format!(" user-id={user} user-pw={password}"))
         .unwrap_or_default();
-    let pipeline = gst::parse::launch(&format!(
+    let (pipeline, sink) = play(&format!(
         "rtspsrc location={url} protocols=tcp latency=0{auth} ! rtph264depay ! avdec_h264 ! appsink name=sink sync=false"
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let sink = pipeline
-        .by_name("sink")
-        .unwrap()
-        .downcast::<gst_app::AppSink>()
-        .unwrap();
+    ));
     let bus = pipeline.bus().unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut frames = 0;
     let result = loop {

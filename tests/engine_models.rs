@@ -328,19 +328,10 @@ fn a_depth16_sink_records_the_raw_depth_losslessly() {
         (reports[0].frames_out, &reports[0].state),
         (12, &PipelineState::Finished)
     );
-    let pipeline = gst::parse::launch(&format!(
+    let (pipeline, sink) = play(&format!(
         "filesrc location=\"{}\" ! matroskademux ! avdec_ffv1 ! appsink name=sink sync=false",
         raw.display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let sink = pipeline
-        .by_name("sink")
-        .unwrap()
-        .downcast::<gstreamer_app::AppSink>()
-        .unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
+    ));
     let mut frames = 0;
     while let Ok(sample) = sink.pull_sample() {
         let info = gstreamer_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();

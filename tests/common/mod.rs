@@ -63,6 +63,22 @@ pub fn jsonl(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Plays a gst-launch description that ends in `appsink name=sink`, and returns both.
+pub fn play(description: &str) -> (gst::Pipeline, gst_app::AppSink) {
+    gst::init().unwrap();
+    let pipeline = gst::parse::launch(description)
+        .unwrap_or_else(|e| panic!("{description}: {e}"))
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    (pipeline, sink)
+}
+
 /// What decoding a recording found.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Decoded {
@@ -73,20 +89,10 @@ pub struct Decoded {
 
 /// Demuxes (`qtdemux`, `matroskademux`) and decodes a recording, counting its frames.
 pub fn decode(path: &Path, demuxer: &str, decoder: &str) -> Decoded {
-    gst::init().unwrap();
-    let pipeline = gst::parse::launch(&format!(
+    let (pipeline, sink) = play(&format!(
         "filesrc location=\"{}\" ! {demuxer} ! {decoder} ! appsink name=sink sync=false",
         path.display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let sink = pipeline
-        .by_name("sink")
-        .unwrap()
-        .downcast::<gst_app::AppSink>()
-        .unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
+    ));
     let mut decoded = Decoded {
         frames: 0,
         width: 0,
