@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
-use visiond::models::checkpoint::{self, LoadOptions, ModelSource};
-use visiond::models::device::{DType, DeviceSpec};
+use visiond::config::{DType, DeviceSpec, ModelSource};
+use visiond::models::checkpoint::{self, LoadOptions};
+use visiond::models::device::torch_kind;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -86,7 +87,7 @@ fn main() {
             // The same input the Python half uses is not needed for timing; the shape is.
             let pixels = Tensor::randn([batch, 3, size, size], (Kind::Float, Device::Cpu))
                 .to_device(target)
-                .to_kind(dtype.kind());
+                .to_kind(torch_kind(dtype));
             let mut times = Vec::with_capacity(iters);
             for i in 0..=iters {
                 let start = Instant::now();

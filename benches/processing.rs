@@ -12,8 +12,7 @@
 use std::time::{Duration, Instant};
 
 use tch::{Device, Kind, Tensor};
-use visiond::config::schema::{DepthRange, OverlayConfig, OverlayMode};
-use visiond::models::Task;
+use visiond::config::{DepthRange, OverlayConfig, OverlayMode, Task};
 use visiond::processing::{Annotator, Preprocessor, ProcessorConfig};
 
 fn main() {

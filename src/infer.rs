@@ -12,15 +12,14 @@ use std::path::{Path, PathBuf};
 
 use tch::{Kind, Tensor};
 
-use crate::config::schema::{Colormap, DepthRange, OverlayConfig, OverlayMode};
+use crate::config::{Colormap, DType, DepthRange, DeviceSpec, OverlayConfig, OverlayMode, Task};
+use crate::frames::RgbImage;
 use crate::media::still::{self, StillError};
-use crate::models::ModelError;
-use crate::models::checkpoint::{self, LoadOptions, LoadedModel, ModelInfo, ModelSource};
-use crate::models::device::{DType, DeviceSpec};
-use crate::models::{Task, VisionModel, checkpoint::parse_task};
-use crate::pipeline::frame::RgbImage;
-use crate::pipeline::inference::{self, ForwardError};
+use crate::models::checkpoint::{self, LoadOptions, LoadedModel, ModelInfo};
+use crate::models::device::torch_kind;
+use crate::models::{ModelError, VisionModel};
 use crate::processing::{Annotator, ProcessingError};
+use crate::runtime::tensors::{self, ForwardError};
 
 /// The tensor `--pixel-values` must hold (and `--save` writes back).
 pub const PIXEL_VALUES: &str = "pixel_values";
@@ -57,7 +56,7 @@ pub struct InferArgs {
     #[arg(long, value_name = "FILE.safetensors")]
     pub save: Option<PathBuf>,
     /// TorchScript models only: depth, segmentation or classification.
-    #[arg(long, value_name = "TASK", value_parser = parse_task)]
+    #[arg(long, value_name = "TASK")]
     pub task: Option<Task>,
     /// TorchScript models only: class names, one per line (or a JSON list / id2label).
     #[arg(long, value_name = "FILE")]
@@ -184,7 +183,7 @@ struct Ran {
 
 /// Runs `visiond infer`, writing the summary to `out`.
 pub fn run(args: &InferArgs, out: &mut dyn Write) -> Result<(), InferError> {
-    let source = ModelSource::parse(&args.model, args.revision.as_deref())
+    let source = checkpoint::source_from_spec(&args.model, args.revision.as_deref())
         .map_err(|e| InferError::Input(format!("--model {e}")))?;
     if let Some(save) = &args.save {
         check_target("--save", save, "out.safetensors")?;
@@ -281,7 +280,7 @@ fn run_pixel_values(
 ) -> Result<Ran, InferError> {
     let input = pixel_values
         .to_device(info.device)
-        .to_kind(info.dtype.kind());
+        .to_kind(torch_kind(info.dtype));
     let output = tch::no_grad(|| model.forward(&input))?
         .f_to_kind(Kind::Float)
         .map_err(ModelError::from)?;
@@ -301,18 +300,18 @@ fn run_image(
     file: &Path,
     image: &RgbImage,
 ) -> Result<Ran, InferError> {
-    let preprocessor = inference::preprocessor_for(info, None).map_err(|e| match e {
+    let preprocessor = tensors::preprocessor_for(info, None).map_err(|e| match e {
         ProcessingError::NoProcessor { .. } => InferError::Input(format!(
             "{e}; or pass an already preprocessed tensor with --pixel-values"
         )),
         e => InferError::Input(e.to_string()),
     })?;
-    let frame = inference::upload_rgb(&image.data, image.height, image.width, info.device)
+    let frame = tensors::upload_rgb(&image.data, image.height, image.width, info.device)
         .map_err(|e| InferError::Runtime(format!("--image {}: {e}", file.display())))?;
-    let (pixel_values, output) = inference::preprocess_and_forward(
+    let (pixel_values, output) = tensors::preprocess_and_forward(
         model,
         &preprocessor,
-        info.dtype.kind(),
+        torch_kind(info.dtype),
         std::slice::from_ref(&frame),
     )
     .map_err(|e| match e {
@@ -347,8 +346,8 @@ fn write_overlay(
     let first = output.f_get(0).map_err(ModelError::from)?;
     let annotated = tch::no_grad(|| annotator.annotate(frame, &first))
         .map_err(|e| fail(format!("post-processing: {e}")))?;
-    let label = inference::label_text(&annotated.results);
-    let picture = inference::download(&annotated.frame).map_err(fail)?;
+    let label = annotated.results.label();
+    let picture = tensors::download(&annotated.frame).map_err(fail)?;
     still::encode_png(&picture, file, label.as_deref()).map_err(|e| fail(e.to_string()))?;
     let what = match &label {
         Some(text) => format!("label \"{text}\""),
@@ -463,9 +462,9 @@ fn write_header(
         "model: {} ({}, {}) on {} {}",
         info.name,
         info.architecture,
-        checkpoint::task_name(info.task),
+        info.task,
         device_name(info.device),
-        dtype_name(info.dtype)
+        info.dtype
     )?;
     let shape = ran.pixel_values.size();
     match input {
@@ -492,14 +491,6 @@ fn device_name(device: tch::Device) -> String {
         tch::Device::Cpu => "cpu".to_owned(),
         tch::Device::Cuda(index) => format!("cuda:{index}"),
         other => format!("{other:?}").to_lowercase(),
-    }
-}
-
-fn dtype_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::F32 => "f32",
-        DType::F16 => "f16",
-        DType::Bf16 => "bf16",
     }
 }
 

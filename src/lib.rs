@@ -1,27 +1,38 @@
 //! visiond: vision transformers on live GStreamer video, through libtorch.
 //!
 //! # Layout
-//! - [`config`]: the daemon and pipeline YAML schema, loading, and validation that reports every
-//!   error at once with its file and key path.
-//! - [`models`]: native ports of the Hugging Face checkpoints (DPT, DPT-hybrid, DPT-DINOv2,
-//!   Depth-Anything, BEiT/DiT, DINOv2) and their loading: `models::checkpoint` (folder →
-//!   model), `models::hub` (Hugging Face cache and downloads), `models::torchscript`.
-//! - [`control`]: the control plane on tokio: the HTTP server (`/healthz`, `/readyz`,
-//!   `/api/pipelines`, Prometheus `/metrics`) reading the engine's shared view, and signals.
-//! - [`infer`]: `visiond infer`, one model on one tensor.
+//! Each module owns one step; arrows only point down this list (a module uses those below it).
+//!
+//! - [`control`]: the control plane on tokio: HTTP (`/healthz`, `/readyz`, `/api/pipelines`,
+//!   Prometheus `/metrics`) reading the engine's shared view, and signals.
+//! - [`infer`]: `visiond infer`, one model on one image or tensor, through the runtime's path.
+//! - [`pipeline`]: the frame path on OS threads: plan → build → spawn, the source's
+//!   supervision, the batching worker, the output stage, counters. No tensors.
+//! - [`preflight`]: checks that probe the machine before start: model files, the Hugging Face
+//!   cache, CUDA, writable directories, GStreamer elements.
+//! - [`runtime`]: the libtorch boundary: a configured model with its processor, batch
+//!   inference, the upload/download helpers.
+//! - [`media`]: GStreamer: the source session, the output, the RTSP server, the bus, the
+//!   registry, still images.
+//! - [`processing`]: the Hugging Face image processors and the output overlays as tensor ops
+//!   on the inference device.
+//! - [`models`]: native ports of the checkpoints: [`models::nn`] (layers, weights),
+//!   [`models::arch`] (one file per architecture), [`models::checkpoint`] (folders, hub cache,
+//!   safetensors, TorchScript).
 //! - [`logging`]: tracing setup (text or JSON, `RUST_LOG` override).
-//! - [`media`]: GStreamer: source pipelines into appsinks, output pipelines from appsrcs,
-//!   the RTSP server, bus errors.
-//! - [`pipeline`]: the frame path on OS threads: frames, bounded hops with drop policies, the
-//!   batched inference worker, per-pipeline supervision with reconnects, the engine.
-//! - [`processing`]: the Hugging Face image processors and the output overlays (depth colour
-//!   maps, segmentation palettes, class scores) as tensor ops on the inference device.
+//! - [`frames`]: what travels the frame path: frames, results, bounded hops.
+//! - [`config`]: the daemon and pipeline files as typed data, with shape checks. Pure data.
+//!
+//! `docs/architecture.md` draws the data flow and names the module that owns each step.
 
 pub mod config;
 pub mod control;
+pub mod frames;
 pub mod infer;
 pub mod logging;
 pub mod media;
 pub mod models;
 pub mod pipeline;
+pub mod preflight;
 pub mod processing;
+pub mod runtime;

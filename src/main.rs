@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use visiond::config::{Config, LogConfig};
+use visiond::config::LogConfig;
 use visiond::control::{ControlServer, signals};
 use visiond::pipeline::engine::Engine;
 use visiond::pipeline::stats::PipelineState;
+use visiond::preflight;
 
 /// How long the control plane may take to close its connections at exit.
 const SERVER_STOP: Duration = Duration::from_secs(2);
@@ -66,7 +67,7 @@ fn infer(args: &visiond::infer::InferArgs) -> ExitCode {
 }
 
 fn run(file: &std::path::Path) -> ExitCode {
-    let config = match Config::load(file) {
+    let config = match preflight::load(file) {
         Ok(config) => config,
         Err(errors) => {
             eprintln!("{errors}");
@@ -101,7 +102,7 @@ fn run(file: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let engine = match Engine::start(&config, &visiond::pipeline::inference::factory(&config)) {
+    let engine = match Engine::start(&config, &visiond::runtime::loader(&config)) {
         Ok(engine) => engine,
         Err(error) => {
             tracing::error!(%error, "cannot start");
@@ -141,7 +142,7 @@ fn run(file: &std::path::Path) -> ExitCode {
 
 fn check(file: &std::path::Path) -> ExitCode {
     visiond::logging::init(&LogConfig::default());
-    match Config::load(file) {
+    match preflight::load(file) {
         Ok(config) => {
             for warning in &config.warnings {
                 eprintln!("warning: {warning}");

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use visiond::config::{Config, DepthRange, SinkConfig, WhenFull};
+use visiond::config::{Config, DepthRange, ModelSource, SinkConfig, WhenFull};
 
 /// A daemon file plus pipeline files in a temporary directory.
 struct Tree {
@@ -41,7 +41,7 @@ impl Tree {
     }
 
     fn load(&self) -> Result<Config, Vec<String>> {
-        Config::load(&self.path("visiond.yaml"))
+        visiond::preflight::load(&self.path("visiond.yaml"))
             .map_err(|errors| errors.0.iter().map(ToString::to_string).collect())
     }
 
@@ -81,8 +81,8 @@ fn a_valid_tree_loads_with_defaults_and_resolved_paths() {
         other => panic!("unexpected sink {other:?}"),
     }
     assert_eq!(
-        config.daemon.models["depth"].path.as_deref(),
-        Some(tree.path("model").as_path())
+        config.daemon.models["depth"].source,
+        ModelSource::Path(tree.path("model"))
     );
     assert_eq!(config.daemon.rtsp.port, 8554);
 }
@@ -223,9 +223,9 @@ models:
     let p = tree.file("pipelines/door.yaml");
     let t = |rel: &str| tree.file(rel);
     let mut errors = tree.errors();
-    // The .bin-only message goes on to show how to get safetensors; its first line and its
-    // two remedies are what matter here.
-    let bin_only = errors.remove(2);
+    // Models are reported by name. The .bin-only message goes on to show how to get
+    // safetensors; its first line and its two remedies are what matter here.
+    let bin_only = errors.remove(1);
     let b = t("binonly");
     assert!(
         bin_only.starts_with(&format!(
@@ -248,14 +248,14 @@ models:
         errors,
         vec![
             format!(
-                "{d}: models.gpu.device: unparsable device 'cuda:x': expected cpu, cuda, cuda:N or auto"
-            ),
-            format!(
                 "{d}: models.badhub.hub: 'dpt-large' is not a hub id; expected org/name, e.g. Intel/dpt-large"
             ),
             format!("{d}: models.both: set either `path` or `hub`, not both"),
             no_weights("empty"),
             format!("{d}: models.gone.path: /nonexistent/visiond-model: no such file or folder"),
+            format!(
+                "{d}: models.gpu.device: unparsable device 'cuda:x': expected cpu, cuda, cuda:N or auto"
+            ),
             format!(
                 "{d}: models.noarch.path: {}/config.json: names no architecture: neither `architectures` nor `model_type` is set",
                 t("noarch")

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus_parse::{Sample, Scrape, Value};
-use visiond::config::PipelineConfig;
+use visiond::config::Task;
 use visiond::control::ControlServer;
-use visiond::models::Task;
-use visiond::pipeline::engine::{Engine, EngineView, ModelRuntime};
-use visiond::pipeline::frame::{Frame, Processed};
+use visiond::frames::{Frame, Processed};
+use visiond::pipeline::engine::Engine;
 use visiond::pipeline::stats::PipelineState;
-use visiond::pipeline::worker::BatchInference;
+use visiond::pipeline::view::EngineView;
+use visiond::runtime::{BatchInference, FrameFailure, LoadError, ModelRuntime};
 
 use common::*;
 
@@ -25,7 +25,7 @@ use common::*;
 struct Echo;
 
 impl BatchInference for Echo {
-    fn process(&mut self, frames: Vec<Frame>) -> Vec<Result<Processed, (Frame, String)>> {
+    fn process(&mut self, frames: Vec<Frame>) -> Vec<Result<Processed, FrameFailure>> {
         frames
             .into_iter()
             .map(|frame| Ok(Processed::passthrough(frame)))
@@ -33,7 +33,7 @@ impl BatchInference for Echo {
     }
 }
 
-fn echo_factory(_: &str, _: &[(usize, &PipelineConfig)]) -> Result<ModelRuntime, String> {
+fn echo_factory(_: &str) -> Result<ModelRuntime, LoadError> {
     Ok(ModelRuntime {
         inference: Box::new(Echo),
         task: Task::Depth,

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tch::Tensor;
-use visiond::config::{Config, PipelineConfig};
-use visiond::models::checkpoint::{self, LoadOptions, ModelSource};
-use visiond::models::{ModelError, Task, VisionModel};
-use visiond::pipeline::engine::{Engine, ModelRuntime};
-use visiond::pipeline::inference::{self, TorchInference};
+use visiond::config::{Config, Task};
+use visiond::models::checkpoint::{self, LoadOptions};
+use visiond::models::{ModelError, VisionModel};
+use visiond::pipeline::engine::Engine;
 use visiond::pipeline::stats::PipelineState;
 use visiond::processing::Preprocessor;
+use visiond::runtime::{self, LoadError, ModelRuntime, TorchInference};
 
 use common::*;
 
@@ -53,26 +53,19 @@ impl VisionModel for Slow {
 fn slow_factory(
     config: &Config,
     delay: Duration,
-) -> impl Fn(&str, &[(usize, &PipelineConfig)]) -> Result<ModelRuntime, String> + '_ {
-    move |name, pipelines| {
+) -> impl Fn(&str) -> Result<ModelRuntime, LoadError> + '_ {
+    move |name| {
         let model = &config.daemon.models[name];
-        let path = model.path.clone().unwrap();
-        let loaded = checkpoint::open(&ModelSource::Path(path.clone()), &LoadOptions::default())
-            .map_err(|e| e.to_string())?;
-        let preprocessor = Preprocessor::from_model_dir(&path, &loaded.info.architecture, None)
-            .map_err(|e| e.to_string())?;
+        let loaded = checkpoint::open(&model.source, &LoadOptions::default())?;
+        let preprocessor =
+            Preprocessor::from_model_dir(&loaded.info.path, &loaded.info.architecture, None)?;
         let task = loaded.info.task;
         let slow = Box::new(Slow {
             inner: loaded.model,
             delay,
         });
         Ok(ModelRuntime {
-            inference: Box::new(TorchInference::new(
-                slow,
-                loaded.info,
-                preprocessor,
-                pipelines,
-            )),
+            inference: Box::new(TorchInference::new(slow, loaded.info, preprocessor)),
             task,
         })
     }
@@ -109,7 +102,7 @@ fn depth_and_classification_pipelines_write_annotated_video_and_results() {
             ),
         ],
     );
-    let engine = Engine::start(&config, &inference::factory(&config)).unwrap();
+    let engine = Engine::start(&config, &runtime::loader(&config)).unwrap();
     let reports = engine.wait();
     for report in &reports {
         assert_eq!(report.state, PipelineState::Finished, "{report}");
@@ -321,7 +314,7 @@ fn a_depth16_sink_records_the_raw_depth_losslessly() {
             ),
         )],
     );
-    let reports = Engine::start(&config, &inference::factory(&config))
+    let reports = Engine::start(&config, &runtime::loader(&config))
         .unwrap()
         .wait();
     assert_eq!(
@@ -373,7 +366,7 @@ fn frames_with_padded_rows_reach_the_model_intact() {
             ),
         )],
     );
-    let reports = Engine::start(&config, &inference::factory(&config))
+    let reports = Engine::start(&config, &runtime::loader(&config))
         .unwrap()
         .wait();
     assert_eq!(

@@ -5,7 +5,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use visiond::config::Config;
 use visiond::pipeline::engine::Engine;
 use visiond::pipeline::stats::PipelineState;
 
@@ -48,7 +47,7 @@ fn running_pipelines_again_and_again_does_not_grow_the_thread_count() {
         ),
     )
     .unwrap();
-    let config = Config::load(&dir.path().join("visiond.yaml")).unwrap();
+    let config = visiond::preflight::load(&dir.path().join("visiond.yaml")).unwrap();
     let run = || {
         let reports = Engine::start(&config, &no_models).unwrap().wait();
         assert_eq!(reports[0].state, PipelineState::Finished);

@@ -7,9 +7,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 
-use visiond::models::checkpoint::{self, LoadOptions, ModelSource};
-use visiond::models::device::{DType, DeviceSpec};
-use visiond::models::hub::{self, Fetch, HubSettings};
+use visiond::config::{DType, DeviceSpec, ModelSource};
+use visiond::models::checkpoint::hub::{self, Fetch, HubSettings};
+use visiond::models::checkpoint::{self, LoadOptions};
 
 const COMMIT: &str = "fedcba9876543210fedcba9876543210fedcba98";
 

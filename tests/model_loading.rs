@@ -4,12 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
+use visiond::config::{DType, DeviceSpec, ModelSource, Task};
+use visiond::models::checkpoint::hub::{self, Fetch, HubSettings};
 use visiond::models::checkpoint::{
-    self, CheckpointFormat, LoadOptions, LoadedModel, ModelSource, WeightFiles,
+    self, CheckpointFormat, LoadOptions, LoadedModel, WeightFiles, source_from_spec,
 };
-use visiond::models::device::{DType, DeviceSpec};
-use visiond::models::hub::{self, Fetch, HubSettings};
-use visiond::models::{ModelError, Task, zoo};
+use visiond::models::{ModelError, arch};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -210,7 +210,7 @@ fn unknown_architecture_is_rejected_by_inspect() {
         format!(
             "{}: architecture SwinForImageClassification is not supported (supported: {})",
             config.display(),
-            zoo::SUPPORTED.join(", ")
+            arch::SUPPORTED.join(", ")
         )
     );
 }
@@ -319,37 +319,37 @@ fn source_parsing() {
     let dir = model_dir("dpt-vit");
     let spec = dir.to_str().expect("utf-8");
     assert_eq!(
-        ModelSource::parse(spec, None).expect("path"),
+        source_from_spec(spec, None).expect("path"),
         ModelSource::Path(dir.clone())
     );
     assert_eq!(
-        ModelSource::parse("Intel/dpt-large", None).expect("hub"),
+        source_from_spec("Intel/dpt-large", None).expect("hub"),
         ModelSource::Hub {
             repo: "Intel/dpt-large".into(),
             revision: "main".into()
         }
     );
     assert_eq!(
-        ModelSource::parse("Intel/dpt-large-ade", Some("refs/pr/4")).expect("hub"),
+        source_from_spec("Intel/dpt-large-ade", Some("refs/pr/4")).expect("hub"),
         ModelSource::Hub {
             repo: "Intel/dpt-large-ade".into(),
             revision: "refs/pr/4".into()
         }
     );
     assert_eq!(
-        ModelSource::parse("./no/such/model", None)
+        source_from_spec("./no/such/model", None)
             .expect_err("neither")
             .to_string(),
         "./no/such/model: no such file or folder, and not a Hugging Face hub id (org/name)"
     );
     assert_eq!(
-        ModelSource::parse("Intel/dpt-large", Some("../../etc"))
+        source_from_spec("Intel/dpt-large", Some("../../etc"))
             .expect_err("bad revision")
             .to_string(),
         "Intel/dpt-large: revision '../../etc' is not a branch, tag, refs/pr/N or commit hash"
     );
     assert_eq!(
-        ModelSource::parse(spec, Some("main"))
+        source_from_spec(spec, Some("main"))
             .expect_err("revision on a path")
             .to_string(),
         format!(

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
-use visiond::models::weights::Weights;
-use visiond::models::{ModelError, VisionModel, zoo};
+use visiond::models::arch;
+use visiond::models::nn::weights::Weights;
+use visiond::models::{ModelError, VisionModel};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -25,8 +26,8 @@ fn build_from(name: &str, tensors: Option<&Path>) -> Result<Box<dyn VisionModel>
     let config = read_json(&dir.join("config.json"));
     let file = tensors.map_or_else(|| dir.join("model.safetensors"), Path::to_path_buf);
     let weights = Weights::read_safetensors(&[file], Device::Cpu, Kind::Float, &dir)?;
-    let architecture = zoo::architecture(&config).expect("config.json names an architecture");
-    zoo::build(architecture, &config, weights)
+    let architecture = arch::architecture_of(&config, &dir.join("config.json"))?;
+    arch::build(&architecture, &config, weights)
 }
 
 fn build(name: &str) -> Box<dyn VisionModel> {
@@ -269,7 +270,7 @@ fn unknown_architectures_list_the_supported_ones() {
         &dir,
     )
     .expect("read fixture");
-    let error = match zoo::build("SwinForImageClassification", &config, weights) {
+    let error = match arch::build("SwinForImageClassification", &config, weights) {
         Ok(_) => panic!("an unknown architecture was built"),
         Err(e) => e,
     };
@@ -299,7 +300,7 @@ fn half_precision_runs_and_stays_close() {
         &dir,
     )
     .expect("read fixture");
-    let model = zoo::build("DepthAnythingForDepthEstimation", &config, weights).expect("build");
+    let model = arch::build("DepthAnythingForDepthEstimation", &config, weights).expect("build");
     let case = read_tensors(&fixtures().join("reference/depth-anything/non_square.safetensors"));
     let got = tch::no_grad(|| model.forward(&case["pixel_values"].to_kind(Kind::BFloat16)))
         .expect("bf16 forward");

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
-use visiond::config::schema::{Colormap, DepthRange, OverlayConfig, OverlayMode};
-use visiond::models::Task;
+use visiond::config::{Colormap, DepthRange, OverlayConfig, OverlayMode, Task};
+use visiond::frames::FrameResults;
 use visiond::processing::{
-    Annotator, EMA_WEIGHT, FrameResults, colormap_table, depth16_to_vec, palette, resize_depth,
+    Annotator, EMA_WEIGHT, colormap_table, depth16_to_vec, palette, resize_depth,
     segmentation_labels, segmentation_labels_with_budget,
 };
 
@@ -322,11 +322,10 @@ fn fixed_range_and_raw_depth() {
         .expand([h, w], true)
         .contiguous();
     let config = OverlayConfig {
-        raw_depth: true,
         colormap: Colormap::Grayscale,
         ..overlay(OverlayMode::MapOnly, DepthRange::Fixed([0.0, 10.0]))
     };
-    let mut annotator = Annotator::new(&config, Task::Depth, vec![]);
+    let mut annotator = Annotator::new(&config, Task::Depth, vec![]).with_raw_depth(true);
     let out = annotator.annotate(&frame(h, w), &depth).unwrap();
     // Same size in and out: bicubic at scale 1 is the identity.
     let raw = out.raw_depth.expect("raw depth requested");

@@ -48,6 +48,15 @@ pub struct FileErrors<'a> {
 }
 
 impl FileErrors<'_> {
+    /// How many errors have been collected so far, in every file.
+    pub fn len(&self) -> usize {
+        self.errors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
     pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError {
             file: self.file.to_string(),
@@ -55,4 +64,42 @@ impl FileErrors<'_> {
             message: message.into(),
         });
     }
+}
+
+/// Puts errors in the order a person fixes them: the daemon file first, then each file by name;
+/// inside a file, by section in the order the schema documents them, list items by index and
+/// models by name. Errors at the same place keep the order they were found in.
+pub fn sort_for_reading(errors: &mut [ConfigError], daemon_file: &str, sections: &[&str]) {
+    errors.sort_by_cached_key(|error| {
+        let top_end = error.key.find(['.', '[']).unwrap_or(error.key.len());
+        let (top, rest) = error.key.split_at(top_end);
+        let rank = if top.is_empty() {
+            0
+        } else {
+            sections
+                .iter()
+                .position(|s| *s == top)
+                .map_or(usize::MAX, |p| p + 1)
+        };
+        let index = rest
+            .strip_prefix('[')
+            .and_then(|r| r.split(']').next())
+            .and_then(|n| n.parse::<usize>().ok());
+        let entry = if top == "models" {
+            rest.trim_start_matches('.')
+                .split('.')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        } else {
+            String::new()
+        };
+        (
+            error.file != daemon_file,
+            error.file.clone(),
+            rank,
+            index,
+            entry,
+        )
+    });
 }

@@ -3,33 +3,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::error::{ConfigError, ConfigErrors, FileErrors};
+use super::daemon::*;
+use super::error::{ConfigError, FileErrors};
+use super::model::{ModelConfig, ModelSection};
 use super::paths;
+use super::pipeline::*;
 use super::reader::{Sections, parse_mapping};
-use super::schema::*;
-use super::validate;
-
-/// A whole, validated configuration: the daemon file and its pipelines.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// The daemon file as given.
-    pub file: PathBuf,
-    pub daemon: DaemonConfig,
-    pub pipelines: Vec<PipelineFile>,
-    /// Things that will work but probably were not meant (an unused model, say).
-    pub warnings: Vec<ConfigError>,
-}
-
-#[derive(Debug, Clone)]
-pub struct PipelineFile {
-    pub file: PathBuf,
-    pub config: PipelineConfig,
-}
+use super::shape;
+use super::source::{SourceConfig, SourceSection};
+use super::tree::{Config, PipelineFile, Reading};
 
 impl Config {
-    /// Loads and validates `file` and the pipeline files its `pipelines_dir` holds. On failure
-    /// the error lists every problem found in every file.
-    pub fn load(file: &Path) -> Result<Self, ConfigErrors> {
+    /// Reads `file` and the pipeline files its `pipelines_dir` holds, parses every section and
+    /// checks its shape (ranges, names, exactly-one-of, duplicates across files).
+    pub fn read(file: &Path) -> Reading {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let file_name = paths::display(file);
@@ -57,28 +44,20 @@ impl Config {
                 }
             }
         }
-        let Some(daemon) = daemon else {
-            return Err(ConfigErrors(errors));
-        };
-        let config = Config {
+        let config = daemon.map(|daemon| Config {
             file: file.to_path_buf(),
             daemon,
             pipelines,
             warnings: Vec::new(),
-        };
-        validate::validate(&config, &mut errors, &mut warnings);
-        // Read order mixes files (a cross-file check runs last); group them for the reader,
-        // daemon file first, keeping each file's own order.
-        errors.sort_by_key(|error| (error.file != file_name, error.file.clone()));
-        if errors.is_empty() {
-            Ok(Config { warnings, ..config })
-        } else {
-            Err(ConfigErrors(errors))
+        });
+        if let Some(config) = &config {
+            shape::check(config, &mut errors, &mut warnings);
         }
-    }
-
-    pub fn pipeline(&self, name: &str) -> Option<&PipelineFile> {
-        self.pipelines.iter().find(|p| p.config.name == name)
+        Reading {
+            config,
+            errors,
+            warnings,
+        }
     }
 }
 
@@ -131,11 +110,13 @@ fn read_models(
     let mut models = BTreeMap::new();
     for (name, value) in raw {
         let key = format!("models.{name}");
-        if let Some(mut model) =
-            super::reader::decode::<ModelConfig>(&key, value, sections.errors())
-        {
-            model.path = model.path.map(|path| paths::resolve(base, &path));
-            model.labels = model.labels.map(|path| paths::resolve(base, &path));
+        let errors = sections.errors();
+        let Some(mut section) = super::reader::decode::<ModelSection>(&key, value, errors) else {
+            continue;
+        };
+        section.path = section.path.map(|path| paths::resolve(base, &path));
+        section.labels = section.labels.map(|path| paths::resolve(base, &path));
+        if let Some(model) = section.parse(&key, errors) {
             models.insert(name, model);
         }
     }
@@ -183,8 +164,10 @@ pub fn read_pipeline(file: &Path, errors: &mut FileErrors<'_>) -> Option<Pipelin
     let base = paths::parent_dir(file);
     let mut sections = Sections::new(mapping, errors);
     let name = sections.required::<String>("name");
-    let source = sections.required::<SourceConfig>("source");
-    let model = sections.required::<String>("model");
+    let source = sections
+        .required::<SourceSection>("source")
+        .map(|section| section.parse(sections.errors()));
+    let model = sections.required::<ModelRef>("model");
     let queue = sections.optional::<QueueConfig>("queue");
     let overlay = sections.optional::<OverlayConfig>("overlay");
     let encoder = sections.optional::<EncoderConfig>("encoder");
@@ -229,7 +212,7 @@ pub fn read_pipeline(file: &Path, errors: &mut FileErrors<'_>) -> Option<Pipelin
     Some(PipelineConfig {
         name: name.unwrap_or_else(fallback_name),
         source: source.unwrap_or_else(SourceConfig::placeholder),
-        model: model.unwrap_or_else(|| NO_MODEL.to_string()),
+        model: model.unwrap_or(ModelRef::None),
         queue: queue.unwrap_or_default(),
         overlay: overlay.unwrap_or_default(),
         encoder: encoder.unwrap_or_default(),

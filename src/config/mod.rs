@@ -1,15 +1,25 @@
-//! Configuration: one daemon file plus one file per pipeline.
+//! Configuration: one daemon file plus one file per pipeline, as typed data.
 //!
-//! [`Config::load`] reads and validates everything and returns either a usable config or
-//! every error found, each naming its file and key path.
+//! [`Config::read`] parses every file into its types and checks their shape (ranges, names,
+//! references, uniqueness), collecting every error with its file and key path. This module is
+//! pure data: it reads the configuration files and nothing else of the machine. Whether the
+//! machine can run what the files describe (model folders, the Hugging Face cache, GStreamer
+//! elements, writable directories, CUDA) is checked by `crate::preflight`.
 
+mod daemon;
 mod error;
 mod load;
+mod model;
 pub mod paths;
+mod pipeline;
 mod reader;
-pub mod schema;
-mod validate;
+mod shape;
+mod source;
+mod tree;
 
-pub use error::{ConfigError, ConfigErrors};
-pub use load::{Config, PipelineFile};
-pub use schema::*;
+pub use daemon::*;
+pub use error::{ConfigError, ConfigErrors, FileErrors};
+pub use model::*;
+pub use pipeline::*;
+pub use source::*;
+pub use tree::{Config, PipelineFile, Reading};

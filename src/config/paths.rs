@@ -51,35 +51,6 @@ pub fn display(path: &Path) -> String {
     path.display().to_string()
 }
 
-/// Checks that a file can be created at `path`: its directory exists, is a directory, and
-/// accepts a new file (tried for real, since permission bits say nothing about read-only
-/// mounts or a root user).
-pub fn check_writable_parent(path: &Path) -> Result<(), String> {
-    let dir = parent_dir(path);
-    match std::fs::metadata(&dir) {
-        Err(_) => return Err(format!("parent directory {} does not exist", dir.display())),
-        Ok(meta) if !meta.is_dir() => {
-            return Err(format!("parent {} is not a directory", dir.display()));
-        }
-        Ok(_) => {}
-    }
-    let probe = dir.join(format!(".visiond-write-check-{}", std::process::id()));
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-    {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
-        }
-        Err(error) => Err(format!(
-            "directory {} is not writable: {error}",
-            dir.display()
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

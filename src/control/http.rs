@@ -22,8 +22,8 @@ use axum::routing::get;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::pipeline::engine::{EngineView, PipelineHandle};
 use crate::pipeline::stats::PipelineState;
+use crate::pipeline::view::{EngineView, PipelineHandle};
 
 /// The control plane's listening socket, bound before it serves (so a taken port is an error
 /// at start, and port 0 tells its real port before any request).
@@ -118,7 +118,7 @@ async fn readyz(State(view): State<Arc<EngineView>>) -> Response {
 #[derive(Debug, Serialize)]
 pub struct PipelineStatus<'a> {
     pub name: &'a str,
-    pub model: &'a str,
+    pub model: String,
     /// `state`, plus `attempt` and `last_error` when reconnecting, `error` when failed.
     #[serde(flatten)]
     pub state: PipelineState,
@@ -164,7 +164,7 @@ impl<'a> PipelineStatus<'a> {
         let (depth, capacity) = pipeline.queue_depth();
         Self {
             name: &pipeline.name,
-            model: &pipeline.model,
+            model: pipeline.model.to_string(),
             state: pipeline.stats.state(),
             frames_in: pipeline.stats.frames_in(),
             frames_out: pipeline.stats.frames_out(),

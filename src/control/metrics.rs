@@ -16,8 +16,8 @@ use std::fmt::{Display, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::pipeline::engine::EngineView;
 use crate::pipeline::stats::{LatencyHistogram, PipelineState};
+use crate::pipeline::view::EngineView;
 use crate::pipeline::worker::WorkerStats;
 
 /// The `Content-Type` of the 0.0.4 text format.

@@ -1,8 +1,27 @@
-//! GStreamer: sources that decode into appsinks, outputs that encode from appsrcs, the RTSP
-//! server, bus handling, and still images (PNG/JPEG in, PNG out) for `visiond infer`.
+//! GStreamer: the source session that decodes a pipeline's input into frames, the output that
+//! encodes and publishes them, the RTSP server, bus handling, what the registry can build, and
+//! still images (PNG/JPEG in, PNG out) for `visiond infer`.
 
 pub mod bus;
+mod error;
 pub mod output;
+pub mod registry;
 pub mod rtsp_server;
 pub mod source;
 pub mod still;
+
+pub use error::{BusError, MediaError};
+
+/// A value quoted for a gst-launch description.
+pub(crate) fn quote(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// A password from the environment variable the config names at `key`: secrets never sit in a
+/// world-readable file, and never in a message either (only the variable's name is shown).
+pub(crate) fn secret(variable: &str, key: &str) -> Result<String, MediaError> {
+    std::env::var(variable).map_err(|_| MediaError::Secret {
+        variable: variable.to_string(),
+        key: key.to_string(),
+    })
+}

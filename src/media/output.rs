@@ -10,9 +10,9 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
 use super::rtsp_server::{RtspFeed, RtspMounts};
+use super::{MediaError, bus, quote};
 use crate::config::{Container, EncoderConfig, PipelineConfig, SinkConfig, WhenFull};
-use crate::pipeline::channel::DropCounter;
-use crate::pipeline::frame::Processed;
+use crate::frames::{DropCounter, Processed};
 
 const APPSRC: &str = "visiond_appsrc";
 const OUT_SIZE: &str = "visiond_outsize";
@@ -26,7 +26,44 @@ const DEPTH_APPSRC: &str = "visiond_depth16";
 pub const LABEL_STYLE: &str = "valignment=top halignment=left shaded-background=true \
      scale-mode=display font-desc=\"Sans Bold 14\"";
 
-/// The running output pipeline of one visiond pipeline.
+/// What a pipeline's output is asked to be: the settings it is built (and rebuilt) from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputSettings {
+    /// The visiond pipeline's name, for messages.
+    pub pipeline: String,
+    pub sinks: Vec<SinkConfig>,
+    pub encoder: EncoderConfig,
+    /// A live source: the encoder's appsrc is live too.
+    pub live: bool,
+    /// The pipeline's queue policy, which the encoder's own queue follows.
+    pub when_full: WhenFull,
+    /// Draw each frame's label (classification models).
+    pub draw_label: bool,
+}
+
+impl OutputSettings {
+    pub fn new(config: &PipelineConfig, live: bool, when_full: WhenFull, draw_label: bool) -> Self {
+        Self {
+            pipeline: config.name.clone(),
+            sinks: config.sinks.clone(),
+            encoder: config.encoder.clone(),
+            live,
+            when_full,
+            draw_label,
+        }
+    }
+
+    /// Whether there is any video to publish (a pipeline may write metadata only).
+    pub fn has_video(&self) -> bool {
+        !self.sinks.is_empty()
+    }
+
+    fn what(&self) -> String {
+        format!("the output of pipeline {}", self.pipeline)
+    }
+}
+
+/// The running output pipeline of one visiond pipeline: the state built from its settings.
 pub struct VideoOutput {
     pipeline: gst::Pipeline,
     /// The annotated video chain, when the pipeline has video sinks.
@@ -34,7 +71,6 @@ pub struct VideoOutput {
     /// The 16-bit depth chain, when the pipeline has `depth16` sinks.
     depth: Option<DepthChain>,
     feeds: Vec<RtspFeed>,
-    name: String,
 }
 
 struct VideoChain {
@@ -149,8 +185,8 @@ fn next_segment_index(pattern: &str) -> u32 {
 
 /// Moves recordings that a new output would overwrite out of the way, to
 /// `<stem>.<unix seconds>.<ext>`: a restarted pipeline or daemon never destroys a recording.
-pub fn set_aside_recordings(config: &PipelineConfig) {
-    let paths = config.sinks.iter().filter_map(|sink| match sink {
+pub fn set_aside_recordings(settings: &OutputSettings) {
+    let paths = settings.sinks.iter().filter_map(|sink| match sink {
         SinkConfig::File(file) if file.segment_s.is_none() => Some(&file.path),
         SinkConfig::Depth16(depth) => Some(&depth.path),
         _ => None,
@@ -170,22 +206,18 @@ pub fn set_aside_recordings(config: &PipelineConfig) {
         };
         match std::fs::rename(path, &kept) {
             Ok(()) => tracing::info!(
-                pipeline = %config.name,
+                pipeline = %settings.pipeline,
                 kept = %kept.display(),
                 "an earlier recording was kept under a new name"
             ),
             Err(error) => tracing::warn!(
-                pipeline = %config.name,
+                pipeline = %settings.pipeline,
                 path = %path.display(),
                 %error,
                 "cannot move an earlier recording aside; it will be overwritten"
             ),
         }
     }
-}
-
-fn quote(text: &str) -> String {
-    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// Frames an output appsrc holds before the encoder takes them.
@@ -204,15 +236,11 @@ fn appsrc_queue(live: bool, policy: WhenFull) -> String {
 }
 
 /// The whole output description, or `None` when the pipeline has no sinks (metadata only).
-pub fn description(
-    config: &PipelineConfig,
-    live: bool,
-    policy: WhenFull,
-    draw_label: bool,
-) -> Option<String> {
+pub fn description(settings: &OutputSettings) -> Option<String> {
+    let (live, policy) = (settings.live, settings.when_full);
     let is_depth = |sink: &&SinkConfig| matches!(sink, SinkConfig::Depth16(_));
     let mut chains = Vec::new();
-    let video: Vec<(usize, &SinkConfig)> = config
+    let video: Vec<(usize, &SinkConfig)> = settings
         .sinks
         .iter()
         .enumerate()
@@ -224,7 +252,7 @@ pub fn description(
              ! videoconvert ! videoscale ! capsfilter name={OUT_SIZE}",
             appsrc_queue(live, policy)
         );
-        if draw_label {
+        if settings.draw_label {
             text.push_str(&format!(
                 " ! videoconvert ! textoverlay name={LABEL} {LABEL_STYLE}"
             ));
@@ -232,14 +260,14 @@ pub fn description(
         text.push_str(&format!(
             " ! videoconvert ! {} name={ENCODER} ! h264parse config-interval=-1 \
              ! video/x-h264,stream-format=byte-stream,alignment=au ! tee name=visiond_tee allow-not-linked=true",
-            config.encoder.element
+            settings.encoder.element
         ));
         for (index, sink) in video {
             text.push_str(&format!(" visiond_tee. ! {}", sink_branch(index, sink)));
         }
         chains.push(text);
     }
-    let depth: Vec<(usize, &SinkConfig)> = config
+    let depth: Vec<(usize, &SinkConfig)> = settings
         .sinks
         .iter()
         .enumerate()
@@ -264,7 +292,7 @@ pub fn description(
 
 /// Sets the encoder for live use: short keyframe interval (a late RTSP client waits at
 /// most that long), the bitrate, low-latency tuning, then the user's own properties.
-fn configure_encoder(encoder: &gst::Element, config: &EncoderConfig) -> Result<(), String> {
+fn configure_encoder(encoder: &gst::Element, config: &EncoderConfig) -> Result<(), MediaError> {
     let has = |name: &str| encoder.find_property(name).is_some();
     let interval = config.keyframe_interval;
     if config.element == "x264enc" {
@@ -287,10 +315,10 @@ fn configure_encoder(encoder: &gst::Element, config: &EncoderConfig) -> Result<(
     }
     for (key, value) in &config.properties {
         if !has(key) {
-            return Err(format!(
-                "encoder.properties.{key}: element '{}' has no such property",
-                config.element
-            ));
+            return Err(MediaError::Property {
+                key: format!("encoder.properties.{key}"),
+                element: config.element.clone(),
+            });
         }
         encoder.set_property_from_str(key, value);
     }
@@ -298,40 +326,65 @@ fn configure_encoder(encoder: &gst::Element, config: &EncoderConfig) -> Result<(
 }
 
 impl VideoOutput {
-    /// Builds (not yet playing) the output of `config`; `rtsp` serves its `rtsp` sinks.
-    pub fn build(
-        config: &PipelineConfig,
-        live: bool,
-        policy: WhenFull,
-        draw_label: bool,
+    /// Builds and starts the output `settings` describe; `rtsp` serves its `rtsp` sinks.
+    /// Earlier recordings at its paths are set aside first, so a rebuilt output never
+    /// overwrites one. `None` when the pipeline has no sinks (metadata only).
+    pub fn start(
+        settings: &OutputSettings,
         rtsp: Option<&RtspMounts>,
         drops: Arc<DropCounter>,
-    ) -> Result<Option<Self>, String> {
-        let Some(text) = description(config, live, policy, draw_label) else {
+    ) -> Result<Option<Self>, MediaError> {
+        set_aside_recordings(settings);
+        let output = Self::build(settings, rtsp, drops)?;
+        if let Some(output) = &output {
+            output
+                .pipeline
+                .set_state(gst::State::Playing)
+                .map_err(|_| MediaError::Start {
+                    what: settings.what(),
+                    cause: bus::take_error(&output.pipeline),
+                })?;
+        }
+        Ok(output)
+    }
+
+    /// Builds (not yet playing) the output `settings` describe.
+    pub fn build(
+        settings: &OutputSettings,
+        rtsp: Option<&RtspMounts>,
+        drops: Arc<DropCounter>,
+    ) -> Result<Option<Self>, MediaError> {
+        let Some(text) = description(settings) else {
             return Ok(None);
         };
-        let pipeline = gst::parse::launch(&text)
-            .map_err(|e| format!("cannot build the output of pipeline {}: {e}", config.name))?
-            .downcast::<gst::Pipeline>()
-            .map_err(|_| "the output description did not make a pipeline".to_string())?;
-        let by_name = |name: &str| {
-            pipeline
-                .by_name(name)
-                .ok_or_else(|| format!("output pipeline lost element {name}"))
+        let what = settings.what();
+        let build_error = |reason: String| MediaError::Build {
+            what: what.clone(),
+            reason,
         };
+        let pipeline = gst::parse::launch(&text)
+            .map_err(|e| build_error(e.to_string()))?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| build_error("the description did not make a pipeline".into()))?;
+        let missing = |name: &str| MediaError::Element {
+            what: what.clone(),
+            element: name.to_string(),
+        };
+        let by_name = |name: &str| pipeline.by_name(name).ok_or_else(|| missing(name));
         let appsrc_named = |name: &str| {
             by_name(name)?
                 .downcast::<gst_app::AppSrc>()
-                .map_err(|_| format!("output element {name} is not an appsrc"))
+                .map_err(|_| missing(name))
         };
+        let policy = settings.when_full;
         let video = match pipeline.by_name(APPSRC) {
             None => None,
             Some(_) => {
-                configure_encoder(&by_name(ENCODER)?, &config.encoder)?;
+                configure_encoder(&by_name(ENCODER)?, &settings.encoder)?;
                 Some(VideoChain {
-                    queue: AppsrcQueue::new(appsrc_named(APPSRC)?, policy, drops.clone()),
+                    queue: AppsrcQueue::new(appsrc_named(APPSRC)?, policy, drops.clone(), &what),
                     out_size: by_name(OUT_SIZE)?,
-                    label: if draw_label {
+                    label: if settings.draw_label {
                         Some(by_name(LABEL)?)
                     } else {
                         None
@@ -344,40 +397,21 @@ impl VideoOutput {
         let depth = match pipeline.by_name(DEPTH_APPSRC) {
             None => None,
             Some(_) => Some(DepthChain {
-                queue: AppsrcQueue::new(appsrc_named(DEPTH_APPSRC)?, policy, drops.clone()),
+                queue: AppsrcQueue::new(
+                    appsrc_named(DEPTH_APPSRC)?,
+                    policy,
+                    drops.clone(),
+                    &format!("the depth16 output of pipeline {}", settings.pipeline),
+                ),
                 input_format: None,
             }),
         };
-        let mut feeds = Vec::new();
-        for (index, sink) in config.sinks.iter().enumerate() {
-            let SinkConfig::Rtsp(mount) = sink else {
-                continue;
-            };
-            let mounts = rtsp.ok_or("an rtsp sink needs the RTSP server, which is not running")?;
-            let feed = mounts.mount(&mount.mount)?;
-            let appsink = by_name(&format!("visiond_rtsp_{index}"))?
-                .downcast::<gst_app::AppSink>()
-                .map_err(|_| "rtsp branch does not end in an appsink".to_string())?;
-            let publish = feed.clone();
-            appsink.set_callbacks(
-                gst_app::AppSinkCallbacks::builder()
-                    .new_sample(move |sink| {
-                        let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                        if let Some(buffer) = sample.buffer_owned() {
-                            publish.push(&buffer);
-                        }
-                        Ok(gst::FlowSuccess::Ok)
-                    })
-                    .build(),
-            );
-            feeds.push(feed);
-        }
+        let feeds = connect_rtsp(settings, rtsp, &by_name)?;
         Ok(Some(Self {
             pipeline,
             video,
             depth,
             feeds,
-            name: config.name.clone(),
         }))
     }
 
@@ -385,50 +419,33 @@ impl VideoOutput {
         &self.pipeline
     }
 
-    pub fn start(&self) -> Result<(), String> {
-        self.pipeline
-            .set_state(gst::State::Playing)
-            .map(|_| ())
-            .map_err(|_| {
-                format!(
-                    "output of pipeline {} failed to start{}",
-                    self.name,
-                    super::bus::pending_error(&self.pipeline)
-                )
-            })
-    }
-
     /// Publishes one frame with its source PTS (and its 16-bit depth, for `depth16` sinks).
     /// The annotated picture is moved into the output (the metadata does not need it).
-    pub fn push(&mut self, processed: &mut Processed) -> Result<(), String> {
+    pub fn push(&mut self, processed: &mut Processed) -> Result<(), MediaError> {
         if let Some(video) = &mut self.video {
-            video
-                .push(processed)
-                .map_err(|e| format!("output of pipeline {}: {e}", self.name))?;
+            video.push(processed)?;
         }
         if let Some(depth) = &mut self.depth {
-            depth
-                .push(processed)
-                .map_err(|e| format!("depth16 output of pipeline {}: {e}", self.name))?;
+            depth.push(processed)?;
         }
         Ok(())
     }
 
     /// Ends the stream, waits (at most `timeout`) for every sink to finish (mp4 files get their
     /// index written), and stops the pipeline.
-    pub fn finish(self, timeout: std::time::Duration) -> Result<(), String> {
+    pub fn finish(self, timeout: std::time::Duration) -> Result<(), MediaError> {
         if let Some(video) = &self.video {
             let _ = video.queue.appsrc.end_of_stream();
         }
         if let Some(depth) = &self.depth {
             let _ = depth.queue.appsrc.end_of_stream();
         }
-        let result = super::bus::wait_for_eos(&self.pipeline, timeout);
+        let result = bus::wait_for_eos(&self.pipeline, timeout);
         for feed in &self.feeds {
             feed.end();
         }
         let _ = self.pipeline.set_state(gst::State::Null);
-        result.map_err(|e| format!("output of pipeline {}: {e}", self.name))
+        result
     }
 
     /// Stops at once without draining (the pipeline already failed).
@@ -439,10 +456,49 @@ impl VideoOutput {
         let _ = self.pipeline.set_state(gst::State::Null);
     }
 
-    /// Errors the output pipeline reported since the last call.
-    pub fn poll_error(&self) -> Option<String> {
-        super::bus::take_error(&self.pipeline)
+    /// An error the output pipeline reported since the last call.
+    pub fn poll_error(&self) -> Option<MediaError> {
+        bus::take_error(&self.pipeline).map(MediaError::Bus)
     }
+}
+
+/// Mounts each `rtsp` sink on the server and feeds it from its branch's appsink.
+fn connect_rtsp(
+    settings: &OutputSettings,
+    rtsp: Option<&RtspMounts>,
+    by_name: &dyn Fn(&str) -> Result<gst::Element, MediaError>,
+) -> Result<Vec<RtspFeed>, MediaError> {
+    let mut feeds = Vec::new();
+    for (index, sink) in settings.sinks.iter().enumerate() {
+        let SinkConfig::Rtsp(mount) = sink else {
+            continue;
+        };
+        let mounts = rtsp.ok_or_else(|| {
+            MediaError::Rtsp("an rtsp sink needs the RTSP server, which is not running".into())
+        })?;
+        let feed = mounts.mount(&mount.mount)?;
+        let name = format!("visiond_rtsp_{index}");
+        let appsink = by_name(&name)?
+            .downcast::<gst_app::AppSink>()
+            .map_err(|_| MediaError::Element {
+                what: settings.what(),
+                element: name.clone(),
+            })?;
+        let publish = feed.clone();
+        appsink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    if let Some(buffer) = sample.buffer_owned() {
+                        publish.push(&buffer);
+                    }
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+        feeds.push(feed);
+    }
+    Ok(feeds)
 }
 
 /// An output appsrc and the accounting of what its bounded queue drops.
@@ -450,18 +506,20 @@ struct AppsrcQueue {
     appsrc: gst_app::AppSrc,
     policy: WhenFull,
     drops: Arc<DropCounter>,
+    what: String,
 }
 
 impl AppsrcQueue {
-    fn new(appsrc: gst_app::AppSrc, policy: WhenFull, drops: Arc<DropCounter>) -> Self {
+    fn new(appsrc: gst_app::AppSrc, policy: WhenFull, drops: Arc<DropCounter>, what: &str) -> Self {
         Self {
             appsrc,
             policy,
             drops,
+            what: what.to_string(),
         }
     }
 
-    fn push(&self, buffer: gst::Buffer) -> Result<(), String> {
+    fn push(&self, buffer: gst::Buffer) -> Result<(), MediaError> {
         // A full leaky queue drops a frame on this push (the oldest or this one): count it.
         let queued: u64 = self.appsrc.property("current-level-buffers");
         if self.policy != WhenFull::Block && queued >= ENCODER_QUEUE {
@@ -470,7 +528,10 @@ impl AppsrcQueue {
         self.appsrc
             .push_buffer(buffer)
             .map(|_| ())
-            .map_err(|e| format!("a frame was refused: {e:?}"))
+            .map_err(|e| MediaError::Refused {
+                what: self.what.clone(),
+                reason: format!("{e:?}"),
+            })
     }
 }
 
@@ -489,7 +550,7 @@ fn announce(
     current: &mut Option<(u32, u32, gst::Fraction)>,
     format: gst_video::VideoFormat,
     (width, height, fps): (u32, u32, gst::Fraction),
-) -> Result<bool, String> {
+) -> Result<bool, MediaError> {
     if *current == Some((width, height, fps)) {
         return Ok(false);
     }
@@ -497,14 +558,18 @@ fn announce(
         .fps(fps)
         .build()
         .and_then(|info| info.to_caps())
-        .map_err(|e| format!("cannot describe a {width}x{height} {format:?} frame: {e}"))?;
+        .map_err(|e| {
+            MediaError::Frame(format!(
+                "cannot describe a {width}x{height} {format:?} frame: {e}"
+            ))
+        })?;
     appsrc.set_caps(Some(&caps));
     *current = Some((width, height, fps));
     Ok(true)
 }
 
 impl VideoChain {
-    fn push(&mut self, processed: &mut Processed) -> Result<(), String> {
+    fn push(&mut self, processed: &mut Processed) -> Result<(), MediaError> {
         let frame = &processed.frame;
         let (mut buffer, width, height) = match processed.annotated.take() {
             None => (frame.buffer.copy(), frame.width, frame.height),
@@ -542,17 +607,19 @@ impl VideoChain {
 }
 
 impl DepthChain {
-    fn push(&mut self, processed: &Processed) -> Result<(), String> {
+    fn push(&mut self, processed: &Processed) -> Result<(), MediaError> {
         let frame = &processed.frame;
         let Some(samples) = &processed.raw_depth else {
-            return Err("the model produced no depth map for this frame".into());
+            return Err(MediaError::Frame(
+                "the model produced no depth map for this frame".into(),
+            ));
         };
         let (width, height) = (frame.width, frame.height);
         if samples.len() != width as usize * height as usize {
-            return Err(format!(
+            return Err(MediaError::Frame(format!(
                 "depth map has {} samples for a {width}x{height} frame",
                 samples.len()
-            ));
+            )));
         }
         announce(
             &self.queue.appsrc,

@@ -11,6 +11,7 @@ use gstreamer_app as gst_app;
 use gstreamer_rtsp_server as rtsp;
 use gstreamer_rtsp_server::prelude::*;
 
+use super::{MediaError, registry, secret};
 use crate::config::RtspServerConfig;
 
 /// The running server. Dropping it without [`RtspServer::stop`] leaks nothing but keeps
@@ -27,18 +28,13 @@ pub struct RtspServer {
 
 impl RtspServer {
     /// Binds and starts serving on its own GLib main loop thread. Port 0 picks a free port.
-    pub fn start(config: &RtspServerConfig) -> Result<Self, String> {
-        gst::init().map_err(|e| format!("GStreamer could not start: {e}"))?;
+    pub fn start(config: &RtspServerConfig) -> Result<Self, MediaError> {
+        registry::init()?;
         let server = rtsp::RTSPServer::new();
         server.set_address(&config.address.to_string());
         server.set_service(&config.port.to_string());
         if let Some(auth) = &config.auth {
-            let password = std::env::var(&auth.password_env).map_err(|_| {
-                format!(
-                    "rtsp.auth.password_env: environment variable {} is not set",
-                    auth.password_env
-                )
-            })?;
+            let password = secret(&auth.password_env, "rtsp.auth.password_env")?;
             let checker = rtsp::RTSPAuth::new();
             let token = rtsp::RTSPToken::builder()
                 .field(rtsp::RTSP_TOKEN_MEDIA_FACTORY_ROLE, "viewer")
@@ -51,10 +47,10 @@ impl RtspServer {
         }
         let context = glib::MainContext::new();
         let source = server.attach(Some(&context)).map_err(|e| {
-            format!(
-                "RTSP server cannot listen on {}:{}: {e}",
+            MediaError::Rtsp(format!(
+                "cannot listen on {}:{}: {e}",
                 config.address, config.port
-            )
+            ))
         })?;
         let port = u16::try_from(server.bound_port()).unwrap_or(config.port);
         let main_loop = glib::MainLoop::new(Some(&context), false);
@@ -68,7 +64,10 @@ impl RtspServer {
                     main_loop.run();
                 }
             })
-            .map_err(|e| format!("cannot start the RTSP server thread: {e}"))?;
+            .map_err(|e| MediaError::Thread {
+                name: "rtsp-server".into(),
+                reason: e.to_string(),
+            })?;
         tracing::info!(address = %config.address, port, "RTSP server listening");
         Ok(Self {
             server,
@@ -99,7 +98,7 @@ impl RtspServer {
     }
 
     /// Adds `path` and returns the feed that publishes a pipeline's H.264 there.
-    pub fn mount(&self, path: &str) -> Result<RtspFeed, String> {
+    pub fn mount(&self, path: &str) -> Result<RtspFeed, MediaError> {
         self.mounts().mount(path)
     }
 
@@ -136,12 +135,12 @@ pub struct RtspMounts {
 
 impl RtspMounts {
     /// Adds (or replaces) `path` and returns the feed that publishes a pipeline's H.264 there.
-    pub fn mount(&self, path: &str) -> Result<RtspFeed, String> {
+    pub fn mount(&self, path: &str) -> Result<RtspFeed, MediaError> {
         let authenticated = self.authenticated;
         let mounts = self
             .server
             .mount_points()
-            .ok_or("the RTSP server has no mount points")?;
+            .ok_or_else(|| MediaError::Rtsp("the server has no mount points".into()))?;
 
         let factory = rtsp::RTSPMediaFactory::new();
         // One media shared by every client: the pipeline encodes once, whatever the audience.

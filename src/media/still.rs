@@ -13,7 +13,7 @@ use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 
 use super::output::{LABEL_STYLE, rgb_buffer};
-use crate::pipeline::frame::{RgbImage, pack_rgb_rows};
+use crate::frames::{RgbImage, pack_rgb_rows};
 
 /// Longest a still image may take to decode or encode.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,7 +42,7 @@ fn bus_error(pipeline: &gst::Pipeline) -> Option<String> {
 }
 
 fn launch(description: &str) -> Result<gst::Pipeline, StillError> {
-    gst::init().map_err(|e| StillError::Failed(format!("GStreamer: {e}")))?;
+    super::registry::init().map_err(|e| StillError::Failed(e.to_string()))?;
     gst::parse::launch(description)
         .map_err(|e| StillError::Failed(format!("GStreamer cannot build `{description}`: {e}")))?
         .downcast::<gst::Pipeline>()
@@ -113,7 +113,8 @@ fn pull_first(pipeline: &gst::Pipeline, sink: &gst_app::AppSink) -> Result<RgbIm
     let stride = usize::try_from(frame.plane_stride()[0])
         .map_err(|_| StillError::Failed("negative row stride".into()))?;
     let (width, height) = (info.width(), info.height());
-    let data = pack_rgb_rows(plane, width, height, stride).map_err(StillError::Failed)?;
+    let data = pack_rgb_rows(plane, width, height, stride)
+        .map_err(|e| StillError::Failed(e.to_string()))?;
     Ok(RgbImage {
         width,
         height,
@@ -180,5 +181,5 @@ fn push_one(
         .push_buffer(buffer)
         .map_err(|e| StillError::Failed(format!("the PNG encoder refused the picture: {e:?}")))?;
     let _ = appsrc.end_of_stream();
-    super::bus::wait_for_eos(pipeline, TIMEOUT).map_err(StillError::Failed)
+    super::bus::wait_for_eos(pipeline, TIMEOUT).map_err(|e| StillError::Failed(e.to_string()))
 }

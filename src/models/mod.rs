@@ -1,36 +1,21 @@
 //! Native ports of the supported Hugging Face vision checkpoints, and how they are found and
-//! loaded. See `MODELS.md`-derived notes in each architecture file.
+//! loaded, in three layers:
+//!
+//! - [`nn`]: layers, weights and `config.json` reading, the blocks every port is made of;
+//! - [`arch`]: one file per architecture, and the zoo that builds one from a checkpoint;
+//! - [`checkpoint`]: finding and loading checkpoints: local folders, the Hugging Face cache
+//!   ([`checkpoint::hub`]), safetensors, TorchScript ([`checkpoint::torchscript`]).
 
-pub mod beit;
-pub mod bit;
+pub mod arch;
 pub mod checkpoint;
-pub mod depth_anything;
 pub mod device;
-pub mod dinov2;
-pub mod dpt;
-pub mod hf_config;
-pub mod hub;
-pub mod layers;
-pub mod torchscript;
-pub mod vit;
-pub mod weights;
-pub mod zoo;
+pub mod nn;
 
 use std::path::PathBuf;
 
 use tch::Tensor;
 
-/// What a model computes, which decides its post-processing and its metadata.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Task {
-    /// `predicted_depth` [B, H', W'] (relative inverse depth or metric depth).
-    Depth,
-    /// `logits` [B, C, H', W'].
-    Segmentation,
-    /// `logits` [B, C].
-    Classification,
-}
+use crate::config::Task;
 
 /// A loaded model, ready for inference. Forward runs under `tch::no_grad` in the caller.
 pub trait VisionModel: Send {

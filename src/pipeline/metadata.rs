@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::frame::Processed;
+use crate::frames::{FrameResults, Processed};
 
 /// Where lines go.
 pub enum JsonlTarget {
@@ -18,13 +18,12 @@ pub enum JsonlTarget {
 
 impl JsonlTarget {
     /// Opens `path` for appending: a restarted daemon adds to the record instead of erasing it.
-    pub fn open(path: &Path) -> Result<Self, String> {
+    pub fn open(path: &Path) -> std::io::Result<Self> {
         OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .map(Self::File)
-            .map_err(|e| format!("cannot open metadata file {}: {e}", path.display()))
     }
 
     pub fn write_line(&mut self, line: &str) -> std::io::Result<()> {
@@ -64,7 +63,7 @@ struct Line<'a> {
     width: u32,
     height: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
-    results: Option<&'a serde_json::Value>,
+    results: Option<&'a FrameResults>,
     drops: Drops,
 }
 

@@ -5,9 +5,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Where a pipeline is in its life, as the control plane reports it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case", tag = "state")]
+/// Where a pipeline is in its life, as the control plane reports it: serialized as
+/// `{"state": "<name>", ...its fields}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PipelineState {
     Starting,
     Playing,
@@ -31,11 +31,40 @@ impl PipelineState {
 
     pub fn name(&self) -> &'static str {
         match self {
-            Self::Starting => "starting",
-            Self::Playing => "playing",
-            Self::Reconnecting { .. } => "reconnecting",
-            Self::Failed { .. } => "failed",
-            Self::Finished => "finished",
+            Self::Starting => Self::NAMES[0],
+            Self::Playing => Self::NAMES[1],
+            Self::Reconnecting { .. } => Self::NAMES[2],
+            Self::Failed { .. } => Self::NAMES[3],
+            Self::Finished => Self::NAMES[4],
+        }
+    }
+}
+
+impl serde::Serialize for PipelineState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("state", self.name())?;
+        match self {
+            Self::Reconnecting {
+                attempt,
+                last_error,
+            } => {
+                map.serialize_entry("attempt", attempt)?;
+                map.serialize_entry("last_error", last_error)?;
+            }
+            Self::Failed { error } => map.serialize_entry("error", error)?,
+            Self::Starting | Self::Playing | Self::Finished => {}
+        }
+        map.end()
+    }
+}
+
+impl std::fmt::Display for PipelineState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Failed { error } => write!(f, "failed: {error}"),
+            other => f.write_str(other.name()),
         }
     }
 }
@@ -264,6 +293,16 @@ mod tests {
             assert_eq!(state.name(), name);
             assert_eq!(serde_json::to_value(state).unwrap()["state"], name);
         }
+        assert_eq!(
+            serde_json::to_value(&states[2]).unwrap(),
+            serde_json::json!({"state": "reconnecting", "attempt": 1, "last_error": "gone"})
+        );
+        assert_eq!(
+            serde_json::to_value(&states[3]).unwrap(),
+            serde_json::json!({"state": "failed", "error": "bad"})
+        );
+        assert_eq!(states[3].to_string(), "failed: bad");
+        assert_eq!(states[4].to_string(), "finished");
     }
 
     #[test]

@@ -1,20 +1,23 @@
-//! Keeps one pipeline's source alive: builds it, watches its bus, rebuilds it with
-//! exponential backoff when a live source fails or ends, and drains it on shutdown.
+//! The policy that keeps one pipeline's source alive: open a source session, turn what it
+//! reports into the pipeline's state, reconnect a live source with backoff when it fails or
+//! ends, finish a finite one, and drain on shutdown. The GStreamer side is
+//! [`crate::media::source::SourceSession`]'s.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::Receiver;
-use gstreamer as gst;
-use gstreamer::prelude::*;
 
-use super::frame::{Frame, PtsContinuity};
+use super::backoff::Backoff;
 use super::stats::{PipelineState, PipelineStats};
-use crate::config::{ReconnectConfig, SourceConfig};
-use crate::media::{bus, source};
+use crate::config::SourceConfig;
+use crate::frames::{Frame, FrameIdentity};
+use crate::media::source::{SourceEvent, SourceSession};
 
-/// How a source session ended.
+/// How often a playing source looks for shutdown between bus messages.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+
+/// How a session ended.
 enum SessionEnd {
     /// The source reached its end (finite source) or was drained on shutdown.
     Finished,
@@ -27,9 +30,9 @@ enum SessionEnd {
 
 /// Everything the supervisor thread needs.
 pub struct Supervisor {
-    pub index: usize,
     pub name: String,
     pub source: SourceConfig,
+    pub identity: Arc<FrameIdentity>,
     pub stats: Arc<PipelineStats>,
     /// Closed (all senders dropped) when the daemon shuts down.
     pub shutdown: Receiver<()>,
@@ -42,23 +45,17 @@ impl Supervisor {
     /// pipeline's first hop so the stages after it drain and stop.
     pub fn run(self, deliver: impl Fn(Frame) + Send + Sync + 'static) -> PipelineState {
         let deliver = Arc::new(deliver);
-        let next_seq = Arc::new(AtomicU64::new(0));
-        let continuity = Arc::new(Mutex::new(PtsContinuity::default()));
         let live = self.source.is_live();
-        let mut attempt: u32 = 0;
+        let mut backoff = Backoff::reconnect(&self.source.reconnect);
         loop {
             let frames_before = self.stats.frames_in();
             let deliver = deliver.clone();
-            let end = self.session(next_seq.clone(), continuity.clone(), move |frame| {
-                deliver(frame)
-            });
+            let end = self.session(move |frame| deliver(frame));
             if self.is_shutting_down() {
                 return self.settle(PipelineState::Finished);
             }
             let error = match end {
-                SessionEnd::Finished if !live => {
-                    return self.settle(PipelineState::Finished);
-                }
+                SessionEnd::Finished if !live => return self.settle(PipelineState::Finished),
                 SessionEnd::Finished => "the live source ended its stream".to_string(),
                 SessionEnd::Unbuildable(error) => {
                     tracing::error!(pipeline = %self.name, %error, "pipeline cannot be built");
@@ -73,25 +70,28 @@ impl Supervisor {
             // A session that delivered frames was a success: the next failure starts the
             // backoff from the beginning.
             if self.stats.frames_in() > frames_before {
-                attempt = 0;
+                backoff.reset();
             }
-            attempt += 1;
-            let policy = &self.source.reconnect;
-            if policy.max_attempts.is_some_and(|max| attempt > max) {
-                let error = format!("gave up after {} reconnect attempts: {error}", attempt - 1);
+            let delay = backoff.fail();
+            let attempt = backoff.failures();
+            if let Some(max) = self.source.reconnect.max_attempts
+                && attempt > max
+            {
+                let error = format!("gave up after {max} reconnect attempts: {error}");
                 tracing::error!(pipeline = %self.name, %error, "pipeline failed");
                 return self.settle(PipelineState::Failed { error });
             }
-            let delay = backoff(policy, attempt);
             tracing::warn!(
                 pipeline = %self.name,
-                source = %source::describe(&self.source),
+                source = %self.source,
                 attempt,
                 delay_ms = delay.as_millis() as u64,
                 %error,
                 "source lost; reconnecting"
             );
-            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .reconnects
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.stats.set_state(PipelineState::Reconnecting {
                 attempt,
                 last_error: error,
@@ -124,146 +124,37 @@ impl Supervisor {
         )
     }
 
-    /// One life of the source pipeline, from build to Null.
-    fn session(
-        &self,
-        next_seq: Arc<AtomicU64>,
-        continuity: Arc<Mutex<PtsContinuity>>,
-        deliver: impl Fn(Frame) + Send + Sync + 'static,
-    ) -> SessionEnd {
-        let pipeline = match source::build(&self.source, self.index, next_seq, continuity, deliver)
-        {
-            Ok(pipeline) => pipeline,
-            Err(error) => return SessionEnd::Unbuildable(error),
+    /// One life of the source, from build to `Null` (when the session is dropped).
+    fn session(&self, deliver: impl Fn(Frame) + Send + Sync + 'static) -> SessionEnd {
+        let mut session = match SourceSession::open(&self.source, self.identity.clone(), deliver) {
+            Ok(session) => session,
+            Err(error) => return SessionEnd::Unbuildable(error.to_string()),
         };
-        let end = self.play(&pipeline);
-        let _ = pipeline.set_state(gst::State::Null);
-        end
-    }
-
-    fn play(&self, pipeline: &gst::Pipeline) -> SessionEnd {
-        if pipeline.set_state(gst::State::Playing).is_err() {
-            return SessionEnd::Failed(format!(
-                "source would not start{}",
-                bus::pending_error(pipeline)
-            ));
+        if let Err(error) = session.play() {
+            return SessionEnd::Failed(error.to_string());
         }
-        let Some(bus) = pipeline.bus() else {
-            return SessionEnd::Failed("source pipeline has no bus".into());
-        };
-        let mut playing_reported = false;
         loop {
             if self.is_shutting_down() {
-                return self.drain(pipeline);
+                if let Err(error) = session.drain(self.grace) {
+                    tracing::warn!(pipeline = %self.name, %error, "source did not drain cleanly");
+                }
+                return SessionEnd::Finished;
             }
-            let message = bus.timed_pop_filtered(
-                gst::ClockTime::from_mseconds(100),
-                &[
-                    gst::MessageType::Eos,
-                    gst::MessageType::Error,
-                    gst::MessageType::StateChanged,
-                ],
-            );
-            let Some(message) = message else {
-                continue;
-            };
-            match message.view() {
-                gst::MessageView::Eos(_) => {
-                    let rewindable = self
-                        .source
-                        .uri
-                        .as_deref()
-                        .is_none_or(|u| u.starts_with("file://"));
-                    if self.source.looping && rewindable {
-                        if self.rewind(pipeline) {
-                            continue;
-                        }
-                        return SessionEnd::Failed("cannot rewind the looping source".into());
-                    }
-                    return SessionEnd::Finished;
-                }
-                gst::MessageView::Error(error) => {
-                    return SessionEnd::Failed(bus::describe_error(error));
-                }
-                gst::MessageView::StateChanged(change)
-                    if !playing_reported
-                        && change.src() == Some(pipeline.upcast_ref::<gst::Object>())
-                        && change.current() == gst::State::Playing =>
-                {
-                    playing_reported = true;
+            match session.next_event(SHUTDOWN_POLL) {
+                None => {}
+                Some(SourceEvent::Playing) => {
                     self.stats.set_state(PipelineState::Playing);
-                    tracing::info!(
-                        pipeline = %self.name,
-                        source = %source::describe(&self.source),
-                        "source playing"
-                    );
+                    tracing::info!(pipeline = %self.name, source = %self.source, "source playing");
                 }
-                _ => {}
-            }
-        }
-    }
-
-    /// Restarts a finite source from its beginning (`loop: true`).
-    fn rewind(&self, pipeline: &gst::Pipeline) -> bool {
-        pipeline
-            .seek_simple(
-                gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT,
-                gst::ClockTime::ZERO,
-            )
-            .is_ok()
-    }
-
-    /// Shutdown: let what the source has produced flow out (EOS), bounded by the grace period.
-    fn drain(&self, pipeline: &gst::Pipeline) -> SessionEnd {
-        let deadline = Instant::now() + self.grace;
-        // Let a state change still in progress (the source starting, its first frame
-        // prerolling) settle first: `send_event` holds the pipeline's state lock while the
-        // source takes its live lock, which the streaming thread holds while it waits for
-        // preroll to end, which needs that same state lock: a deadlock no grace period ends.
-        let _ = pipeline.state(gst::ClockTime::from_nseconds(self.grace.as_nanos() as u64));
-        pipeline.send_event(gst::event::Eos::new());
-        if let Err(error) = bus::wait_for_eos(pipeline, deadline - Instant::now()) {
-            tracing::warn!(pipeline = %self.name, %error, "source did not drain cleanly");
-        }
-        SessionEnd::Finished
-    }
-}
-
-/// Delay before reconnect `attempt` (1-based): doubling from `initial_ms` up to `max_ms`,
-/// spread by ±`jitter`.
-pub fn backoff(policy: &ReconnectConfig, attempt: u32) -> Duration {
-    let doublings = attempt.saturating_sub(1).min(30);
-    let base = (policy.initial_ms as f64 * 2f64.powi(doublings as i32)).min(policy.max_ms as f64);
-    let spread = 1.0 + policy.jitter * (fastrand::f64() * 2.0 - 1.0);
-    Duration::from_millis((base * spread).max(1.0) as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_maximum_within_jitter() {
-        let policy = ReconnectConfig {
-            initial_ms: 100,
-            max_ms: 1000,
-            jitter: 0.2,
-            max_attempts: None,
-        };
-        for (attempt, base) in [
-            (1, 100.0),
-            (2, 200.0),
-            (3, 400.0),
-            (4, 800.0),
-            (5, 1000.0),
-            (40, 1000.0),
-        ] {
-            for _ in 0..50 {
-                let ms = backoff(&policy, attempt).as_millis() as f64;
-                assert!(
-                    (base * 0.8 - 1.0..=base * 1.2 + 1.0).contains(&ms),
-                    "attempt {attempt}: {ms}"
-                );
+                Some(SourceEvent::Ended) if self.source.looping && self.source.can_rewind() => {
+                    if let Err(error) = session.rewind() {
+                        return SessionEnd::Failed(format!(
+                            "cannot rewind the looping source: {error}"
+                        ));
+                    }
+                }
+                Some(SourceEvent::Ended) => return SessionEnd::Finished,
+                Some(SourceEvent::Failed(error)) => return SessionEnd::Failed(error.to_string()),
             }
         }
     }

@@ -8,15 +8,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select};
 
-use super::channel::HopSender;
-use super::frame::{Frame, Processed};
-
-/// What a worker runs on a batch; implemented for libtorch models in `inference.rs`.
-pub trait BatchInference: Send {
-    /// Processes frames (possibly from several pipelines) and returns one result per frame,
-    /// in order. A failure of one frame must not lose the others.
-    fn process(&mut self, frames: Vec<Frame>) -> Vec<Result<Processed, (Frame, String)>>;
-}
+use crate::frames::{Frame, HopSender, Processed};
+use crate::runtime::{BatchInference, FrameFailure};
 
 /// Counters of one worker, for metrics and tests.
 #[derive(Debug, Default)]
@@ -37,6 +30,7 @@ pub struct Lane {
     pub output: HopSender<Processed>,
 }
 
+#[derive(Debug, Clone)]
 pub struct BatchPolicy {
     pub max_size: usize,
     pub max_wait: Duration,
@@ -87,7 +81,7 @@ pub fn run(
         for result in inference.process(batch) {
             let processed = match result {
                 Ok(processed) => processed,
-                Err((frame, error)) => {
+                Err(FrameFailure { frame, error }) => {
                     stats.failed_frames.fetch_add(1, Ordering::Relaxed);
                     let lane = lanes.iter().find(|l| l.pipeline == frame.pipeline);
                     tracing::error!(
@@ -172,7 +166,7 @@ mod tests {
 
     use super::*;
     use crate::config::WhenFull;
-    use crate::pipeline::channel::hop;
+    use crate::frames::hop;
 
     fn frame(pipeline: usize, seq: u64) -> Frame {
         Frame {
@@ -193,7 +187,7 @@ mod tests {
     struct Recorder(Arc<Mutex<Vec<Vec<usize>>>>);
 
     impl BatchInference for Recorder {
-        fn process(&mut self, frames: Vec<Frame>) -> Vec<Result<Processed, (Frame, String)>> {
+        fn process(&mut self, frames: Vec<Frame>) -> Vec<Result<Processed, FrameFailure>> {
             self.0
                 .lock()
                 .unwrap()

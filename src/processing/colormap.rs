@@ -2,7 +2,7 @@
 //! class). Kept as host data; the annotator uploads each once per device.
 
 use super::colormap_tables::{INFERNO, MAGMA, TURBO, VIRIDIS};
-use crate::config::schema::Colormap;
+use crate::config::Colormap;
 
 /// 256 RGB entries, index 0 for the low end of the depth range.
 pub fn colormap_table(colormap: Colormap) -> Vec<[u8; 3]> {

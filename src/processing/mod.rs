@@ -18,8 +18,8 @@ use std::path::PathBuf;
 pub use colormap::{ADE20K, colormap_table, palette};
 pub use config::{ProcessorConfig, Resample, ResizeRule};
 pub use postprocess::{
-    Annotated, Annotator, EMA_WEIGHT, FrameResults, depth16_to_vec, resize_depth,
-    segmentation_labels, segmentation_labels_with_budget,
+    Annotated, Annotator, EMA_WEIGHT, depth16_to_vec, resize_depth, segmentation_labels,
+    segmentation_labels_with_budget,
 };
 pub use preprocess::{Preprocessor, resize_like_pil};
 

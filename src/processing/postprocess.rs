@@ -3,14 +3,12 @@
 
 use std::collections::VecDeque;
 
-use serde::Serialize;
-use serde::ser::{SerializeSeq, Serializer};
 use tch::{Device, Kind, Tensor};
 
 use super::ProcessingError;
 use super::colormap::{colormap_table, palette};
-use crate::config::schema::{DepthRange, OverlayConfig, OverlayMode};
-use crate::models::Task;
+use crate::config::{DepthRange, OverlayConfig, OverlayMode, Task};
+use crate::frames::FrameResults;
 
 /// Weight of the newest frame in the `ema` depth range: the range follows a scene change within
 /// about 20 frames (under a second at 25 fps) while frame-to-frame noise in the extremes, which
@@ -21,49 +19,6 @@ pub const EMA_WEIGHT: f64 = 0.1;
 /// 150 ADE20K classes at 1920x1080 would otherwise take 1.2 GB.
 const SEGMENTATION_BUDGET: i64 = 1 << 25;
 
-/// One frame's per-frame results, for the JSON-lines metadata.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum FrameResults {
-    /// Statistics of the depth map at frame resolution, in the model's units.
-    Depth { min: f64, mean: f64, max: f64 },
-    /// Best classes first, scores after smoothing, only those at or above `min_score`.
-    Classes {
-        #[serde(serialize_with = "scores")]
-        top_k: Vec<(String, f64)>,
-    },
-    /// Fraction of the frame's pixels per class present, largest first.
-    Segmentation {
-        #[serde(serialize_with = "fractions")]
-        histogram: Vec<(String, f64)>,
-    },
-}
-
-fn labelled<S: Serializer>(items: &[(String, f64)], key: &str, s: S) -> Result<S::Ok, S::Error> {
-    #[derive(Serialize)]
-    struct Entry<'a> {
-        label: &'a str,
-        #[serde(flatten)]
-        value: std::collections::BTreeMap<&'a str, f64>,
-    }
-    let mut seq = s.serialize_seq(Some(items.len()))?;
-    for (label, value) in items {
-        seq.serialize_element(&Entry {
-            label,
-            value: [(key, *value)].into(),
-        })?;
-    }
-    seq.end()
-}
-
-fn scores<S: Serializer>(items: &[(String, f64)], s: S) -> Result<S::Ok, S::Error> {
-    labelled(items, "score", s)
-}
-
-fn fractions<S: Serializer>(items: &[(String, f64)], s: S) -> Result<S::Ok, S::Error> {
-    labelled(items, "fraction", s)
-}
-
 /// An annotated frame and what was measured on it.
 #[derive(Debug)]
 pub struct Annotated {
@@ -71,7 +26,7 @@ pub struct Annotated {
     /// pass through unchanged: their label is drawn by the output bin.
     pub frame: Tensor,
     pub results: FrameResults,
-    /// With `overlay.raw_depth`: [H, W] GRAY16_LE samples, the depth range mapped linearly onto
+    /// With [`Annotator::with_raw_depth`]: [H, W] GRAY16_LE samples, the depth range mapped linearly onto
     /// 0..=65535 (not inverted). tch has no uint16 kind, so the tensor is `Int16` holding the u16
     /// bit patterns; [`depth16_to_vec`] reads them back as `u16`.
     pub raw_depth: Option<Tensor>,
@@ -87,6 +42,8 @@ pub fn depth16_to_vec(raw: &Tensor) -> Result<Vec<u16>, ProcessingError> {
 /// the classification score history, and the lookup tables already uploaded to the device.
 pub struct Annotator {
     overlay: OverlayConfig,
+    /// Also make the raw 16-bit depth (for `depth16` sinks).
+    raw_depth: bool,
     task: Task,
     labels: Vec<String>,
     ema: Option<(f64, f64)>,
@@ -99,12 +56,19 @@ impl Annotator {
     pub fn new(overlay: &OverlayConfig, task: Task, labels: Vec<String>) -> Self {
         Self {
             overlay: overlay.clone(),
+            raw_depth: false,
             task,
             labels,
             ema: None,
             history: VecDeque::new(),
             table: None,
         }
+    }
+
+    /// Also produce [`Annotated::raw_depth`] for depth models.
+    pub fn with_raw_depth(mut self, raw_depth: bool) -> Self {
+        self.raw_depth = raw_depth;
+        self
     }
 
     /// The depth range the next `ema` frame starts from, if any frame was seen.
@@ -183,7 +147,7 @@ impl Annotator {
             // A flat map (or an empty range): the low end of the colormap, not a division by 0.
             depth.f_zeros_like()?
         };
-        let raw_depth = if self.overlay.raw_depth {
+        let raw_depth = if self.raw_depth {
             let v = unit
                 .f_mul_scalar(65535.0)?
                 .f_round()?

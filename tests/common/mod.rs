@@ -10,14 +10,12 @@ use std::time::{Duration, Instant};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
-use visiond::config::{Config, PipelineConfig};
-use visiond::pipeline::engine::ModelRuntime;
+use visiond::config::Config;
+use visiond::runtime::{LoadError, ModelRuntime};
 
-/// The engine's model factory for configs that name no model.
-pub fn no_models(model: &str, _: &[(usize, &PipelineConfig)]) -> Result<ModelRuntime, String> {
-    Err(format!(
-        "the test config names no model, but {model} was asked for"
-    ))
+/// The engine's model loader for configs that name no model.
+pub fn no_models(model: &str) -> Result<ModelRuntime, LoadError> {
+    Err(LoadError::Undefined(model.to_string()))
 }
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -45,7 +43,7 @@ pub fn write_tree(dir: &Path, daemon_extra: &str, pipelines: &[(&str, String)]) 
 /// [`write_tree`] then load (and validate) it.
 pub fn load_tree(dir: &Path, daemon_extra: &str, pipelines: &[(&str, String)]) -> Config {
     let file = write_tree(dir, daemon_extra, pipelines);
-    Config::load(&file).unwrap_or_else(|e| panic!("{e}"))
+    visiond::preflight::load(&file).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// [`load_tree`] in a new temporary folder, kept alive by the returned guard.

@@ -8,13 +8,14 @@ use tch::Tensor;
 
 use super::dinov2::{Dinov2Config, Dinov2Encoder};
 use super::dpt::{FusionLayer, Readout, ReassembleLayer, tokens_to_map};
-use super::hf_config::{Size2, config_error, parse};
-use super::layers::{
+use crate::config::Task;
+use crate::models::nn::hf_config::{Size2, config_error, parse};
+use crate::models::nn::layers::{
     Conv2d, Padding, Placement, TResult, image_input, py_index, require_patch_multiple,
     resize_bilinear, spatial,
 };
-use super::weights::Weights;
-use super::{ModelError, Task, VisionModel};
+use crate::models::nn::weights::Weights;
+use crate::models::{ModelError, VisionModel};
 
 pub const DEPTH_ANYTHING: &str = "DepthAnythingForDepthEstimation";
 

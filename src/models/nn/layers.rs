@@ -6,8 +6,8 @@
 
 use tch::{Kind, TchError, Tensor};
 
-use super::ModelError;
 use super::weights::WeightsPath;
+use crate::models::ModelError;
 
 pub type TResult<T = Tensor> = Result<T, TchError>;
 

@@ -5,13 +5,14 @@ use serde::Deserialize;
 use serde_json::Value;
 use tch::{Kind, Tensor};
 
-use super::hf_config::{Size2, backbone_out_indices, config_error, num_labels, parse};
-use super::layers::{
+use crate::config::Task;
+use crate::models::nn::hf_config::{Size2, backbone_out_indices, config_error, num_labels, parse};
+use crate::models::nn::layers::{
     Activation, Block, GridInterp, LayerNorm, Linear, Mlp, PatchEmbed, Placement, QkvBias,
     SelfAttention, TResult, image_input, require_patch_multiple, resize_position_grid,
 };
-use super::weights::{Weights, WeightsPath};
-use super::{ModelError, Task, VisionModel};
+use crate::models::nn::weights::{Weights, WeightsPath};
+use crate::models::{ModelError, VisionModel};
 
 /// `Dinov2Config`, with transformers' defaults.
 #[derive(Debug, Clone, Deserialize)]

@@ -5,14 +5,14 @@
 use serde::Deserialize;
 use tch::Tensor;
 
-use super::ModelError;
 use super::bit::{Bit, BitConfig};
-use super::hf_config::{Size2, config_error};
-use super::layers::{
+use crate::models::ModelError;
+use crate::models::nn::hf_config::{Size2, config_error};
+use crate::models::nn::layers::{
     Activation, Block, Conv2d, GridInterp, LayerNorm, Linear, Mlp, PatchEmbed, QkvBias,
     SelfAttention, TResult, resize_position_grid,
 };
-use super::weights::{Weights, WeightsPath};
+use crate::models::nn::weights::{Weights, WeightsPath};
 
 /// The ViT part of `DPTConfig`, with transformers' defaults.
 #[derive(Debug, Clone, Deserialize)]

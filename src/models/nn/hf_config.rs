@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::ModelError;
 use super::weights::Weights;
+use crate::models::ModelError;
 
 /// A config problem, reported against the checkpoint it belongs to.
 pub fn config_error(weights: &Weights, reason: impl std::fmt::Display) -> ModelError {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
 
-use super::ModelError;
+use crate::models::ModelError;
 
 /// All tensors of one checkpoint, on the CPU in their stored dtype until asked for.
 pub struct Weights {

@@ -10,14 +10,15 @@ use tch::Tensor;
 
 use super::bit::BitConfig;
 use super::dinov2::{Dinov2Config, Dinov2Encoder};
-use super::hf_config::{config_error, num_labels, parse};
-use super::layers::{
+use super::vit::{HybridEmbeddings, VitConfig, VitEmbeddings, VitEncoder};
+use crate::config::Task;
+use crate::models::nn::hf_config::{config_error, num_labels, parse};
+use crate::models::nn::layers::{
     Activation, BatchNorm, Conv2d, ConvTranspose2d, Linear, Padding, Placement, TResult,
     image_input, py_index, require_patch_multiple, resize_bilinear, spatial,
 };
-use super::vit::{HybridEmbeddings, VitConfig, VitEmbeddings, VitEncoder};
-use super::weights::{Weights, WeightsPath};
-use super::{ModelError, Task, VisionModel};
+use crate::models::nn::weights::{Weights, WeightsPath};
+use crate::models::{ModelError, VisionModel};
 
 pub const DPT_DEPTH: &str = "DPTForDepthEstimation";
 pub const DPT_SEGMENTATION: &str = "DPTForSemanticSegmentation";

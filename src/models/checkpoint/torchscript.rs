@@ -11,8 +11,8 @@ use serde_json::Value;
 use tch::jit::{CModule, IValue};
 use tch::{Device, Kind, Tensor};
 
-use super::checkpoint::task_name;
-use super::{ModelError, Task, VisionModel};
+use crate::config::Task;
+use crate::models::{ModelError, VisionModel};
 
 pub struct TorchScriptModel {
     module: CModule,
@@ -109,7 +109,7 @@ impl VisionModel for TorchScriptModel {
             _ => {
                 return Err(self.output_error(format!(
                     "declared task {} expects output {expected}, but the module returned {shape:?}",
-                    task_name(self.task)
+                    self.task
                 )));
             }
         };
@@ -153,12 +153,10 @@ pub fn read_labels(file: &Path) -> Result<Vec<String>, ModelError> {
                     .ok_or_else(|| invalid(format!("entry {id} is not a string")))
             })
             .collect(),
-        Value::Object(map) if map.contains_key("id2label") => {
-            super::checkpoint::id2label(&value, file)
-        }
+        Value::Object(map) if map.contains_key("id2label") => super::files::id2label(&value, file),
         Value::Object(_) => {
             let wrapped = serde_json::json!({ "id2label": value });
-            super::checkpoint::id2label(&wrapped, file)
+            super::files::id2label(&wrapped, file)
         }
         _ => Err(invalid(
             "expected a JSON list of names or an id→name object".to_owned(),

@@ -1,8 +1,12 @@
 //! A video frame on its way through a pipeline, and what comes out of the model for it.
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use gstreamer as gst;
+
+use super::results::FrameResults;
 
 /// One decoded RGB frame with the identity it keeps end to end.
 #[derive(Debug, Clone)]
@@ -25,6 +29,16 @@ pub struct Frame {
     pub stride: usize,
 }
 
+/// A frame buffer that cannot hold the picture its caps announce.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("frame buffer of {len} bytes (stride {stride}) is too small for {width}x{height} RGB")]
+pub struct FrameTooSmall {
+    pub len: usize,
+    pub stride: usize,
+    pub width: u32,
+    pub height: u32,
+}
+
 /// RGB rows of `stride` bytes (GStreamer pads rows to 4 bytes) as tightly packed RGB,
 /// `height * width * 3` bytes.
 pub fn pack_rgb_rows(
@@ -32,14 +46,16 @@ pub fn pack_rgb_rows(
     width: u32,
     height: u32,
     stride: usize,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, FrameTooSmall> {
     let row = width as usize * 3;
     let rows = height as usize;
     if stride < row || data.len() < stride * rows.saturating_sub(1) + row {
-        return Err(format!(
-            "frame buffer of {} bytes (stride {stride}) is too small for {width}x{height} RGB",
-            data.len(),
-        ));
+        return Err(FrameTooSmall {
+            len: data.len(),
+            stride,
+            width,
+            height,
+        });
     }
     let mut packed = Vec::with_capacity(row * rows);
     if stride == row {
@@ -67,7 +83,7 @@ pub struct Processed {
     /// The picture to publish; `None` publishes the source frame unchanged (`model: none`).
     pub annotated: Option<RgbImage>,
     /// Per-frame model results for the metadata line (depth stats, top-k, histogram).
-    pub results: Option<serde_json::Value>,
+    pub results: Option<FrameResults>,
     /// Text drawn onto the video (classification label and score).
     pub label: Option<String>,
     /// The depth map as 16-bit samples at frame size, for `depth16` sinks.
@@ -114,6 +130,42 @@ impl PtsContinuity {
         }
         self.last = Some(out);
         out
+    }
+}
+
+/// Gives one pipeline's frames their identity for the pipeline's whole life, across every
+/// source session (reconnects, loops): its index, a sequence number counting from 0, and
+/// timestamps that keep increasing.
+#[derive(Debug)]
+pub struct FrameIdentity {
+    pipeline: usize,
+    next_seq: AtomicU64,
+    continuity: Mutex<PtsContinuity>,
+}
+
+impl FrameIdentity {
+    pub fn new(pipeline: usize) -> Self {
+        Self {
+            pipeline,
+            next_seq: AtomicU64::new(0),
+            continuity: Mutex::new(PtsContinuity::default()),
+        }
+    }
+
+    pub fn pipeline(&self) -> usize {
+        self.pipeline
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The timestamp of a frame at `running` time, continuing after the previous session's.
+    pub fn pts(&self, running: gst::ClockTime, duration: Option<gst::ClockTime>) -> gst::ClockTime {
+        match self.continuity.lock() {
+            Ok(mut continuity) => continuity.next(running, duration),
+            Err(_) => running,
+        }
     }
 }
 

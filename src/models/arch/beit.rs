@@ -6,14 +6,15 @@ use serde::Deserialize;
 use serde_json::Value;
 use tch::{Kind, Tensor};
 
-use super::hf_config::{Size2, config_error, num_labels, parse};
-use super::layers::{
+use crate::config::Task;
+use crate::models::nn::hf_config::{Size2, config_error, num_labels, parse};
+use crate::models::nn::layers::{
     Activation, Block, GridInterp, LayerNorm, Linear, Mlp, PatchEmbed, Placement, QkvBias,
     SelfAttention, TResult, image_input, require_patch_multiple, resize_bilinear,
     resize_position_grid,
 };
-use super::weights::{Weights, WeightsPath};
-use super::{ModelError, Task, VisionModel};
+use crate::models::nn::weights::{Weights, WeightsPath};
+use crate::models::{ModelError, VisionModel};
 
 pub const BEIT_CLASSIFICATION: &str = "BeitForImageClassification";
 

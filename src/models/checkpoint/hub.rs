@@ -19,13 +19,12 @@ use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use super::ModelError;
-use super::checkpoint::{
+use super::files::{
     self, BinOnly, CONFIG_FILE, PYTORCH_BIN_FILE, PYTORCH_BIN_INDEX_FILE, SAFETENSORS_FILE,
     SAFETENSORS_INDEX_FILE, TORCHSCRIPT_FILE,
 };
-
-pub const DEFAULT_REVISION: &str = "main";
+use crate::config::is_valid_revision;
+use crate::models::ModelError;
 
 /// Files fetched besides the weights: the image processor settings preprocessing reads.
 const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
@@ -73,36 +72,6 @@ impl HubSettings {
             token: var("HF_TOKEN"),
         }
     }
-}
-
-/// `org/name`, with the characters the hub allows (letters, digits, `-`, `_`, `.`).
-pub fn is_repo_id(text: &str) -> bool {
-    let part_ok = |part: &str| {
-        !part.is_empty()
-            && part.len() <= 96
-            && part
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            && !part.starts_with(['-', '.'])
-            && !part.ends_with(['-', '.'])
-            && !part.contains("--")
-            && !part.contains("..")
-    };
-    match text.split_once('/') {
-        Some((org, name)) => part_ok(org) && part_ok(name),
-        None => false,
-    }
-}
-
-/// A branch, tag, `refs/pr/N` or commit hash: no empty, `.` or `..` segments, since the
-/// revision becomes a path under `refs/`.
-pub fn is_valid_revision(revision: &str) -> bool {
-    !revision.is_empty()
-        && !revision.starts_with('/')
-        && revision
-            .split('/')
-            .all(|segment| !segment.is_empty() && segment != "." && segment != "..")
-        && !revision.contains(['\\', '\0'])
 }
 
 /// A full 40-hex commit hash, which needs no `refs/` lookup.
@@ -179,7 +148,7 @@ pub fn resolve(
         // unsupported architecture), downloading again would not change that, and the
         // inspection error says what is wrong.
         Ok(snapshot) if has_checkpoint_files(&snapshot) => {
-            checkpoint::inspect(&snapshot)?;
+            files::inspect(&snapshot)?;
             return Ok(snapshot);
         }
         Ok(snapshot) => format!(
@@ -217,7 +186,7 @@ pub fn resolve(
             DownloadError::Unusable(error) => error,
         })
         .and_then(|snapshot| {
-            checkpoint::inspect(&snapshot)?;
+            files::inspect(&snapshot)?;
             Ok(snapshot)
         })
 }
@@ -283,7 +252,7 @@ fn download(settings: &HubSettings, repo: &str, revision: &str) -> Result<PathBu
     } else if listed.contains(PYTORCH_BIN_FILE) || listed.contains(PYTORCH_BIN_INDEX_FILE) {
         return Err(DownloadError::Unusable(ModelError::Checkpoint {
             path: PathBuf::from(format!("{repo}@{revision}")),
-            reason: checkpoint::bin_only_reason(BinOnly::Hub { repo, revision }),
+            reason: files::bin_only_reason(BinOnly::Hub { repo, revision }),
         }));
     } else {
         return Err(DownloadError::Unusable(ModelError::Checkpoint {
@@ -299,7 +268,7 @@ fn download(settings: &HubSettings, repo: &str, revision: &str) -> Result<PathBu
         let local = remote.get(name).map_err(|e| network(&e))?;
         snapshot = snapshot.or_else(|| local.parent().map(Path::to_path_buf));
         if sharded && name == SAFETENSORS_INDEX_FILE {
-            let shards = checkpoint::shard_names(&local).map_err(DownloadError::Unusable)?;
+            let shards = files::shard_names(&local).map_err(DownloadError::Unusable)?;
             for shard in shards {
                 remote.get(&shard).map_err(|e| network(&e))?;
             }

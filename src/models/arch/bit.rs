@@ -7,10 +7,10 @@
 use serde::Deserialize;
 use tch::Tensor;
 
-use super::ModelError;
-use super::hf_config::{backbone_out_indices, config_error};
-use super::layers::{Activation, Conv2d, GroupNorm, Padding, TResult};
-use super::weights::{Weights, WeightsPath};
+use crate::models::ModelError;
+use crate::models::nn::hf_config::{backbone_out_indices, config_error};
+use crate::models::nn::layers::{Activation, Conv2d, GroupNorm, Padding, TResult};
+use crate::models::nn::weights::{Weights, WeightsPath};
 
 /// Every BiT convolution is weight-standardized with this eps.
 const WS_EPS: f64 = 1e-8;

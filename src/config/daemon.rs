@@ -1,0 +1,167 @@
+//! The daemon file (`/etc/visiond/visiond.yaml`): the control plane, logging, the RTSP
+//! server, shutdown, where the pipeline files are, and the models.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::model::ModelConfig;
+/// Keys of the daemon file, in the order they are documented.
+pub const DAEMON_KEYS: &[&str] = &["http", "log", "rtsp", "shutdown", "pipelines_dir", "models"];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub rtsp: RtspServerConfig,
+    pub shutdown: ShutdownConfig,
+    /// Resolved against the daemon file's directory.
+    pub pipelines_dir: PathBuf,
+    pub models: BTreeMap<String, ModelConfig>,
+    /// Every name under `models`, including ones whose settings are invalid (already reported),
+    /// so a pipeline naming them is not reported a second time as naming an undefined model.
+    pub declared_models: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Control plane: /healthz, /readyz, /metrics, /api/pipelines.
+    #[serde(default = "default_http_listen", deserialize_with = "socket_address")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_http_listen(),
+        }
+    }
+}
+
+/// Accepts any scalar so that `listen: 9090` gets a message that says what is wanted.
+fn socket_address<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SocketAddr, D::Error> {
+    let value = serde_yaml::Value::deserialize(deserializer)?;
+    let text = match &value {
+        serde_yaml::Value::String(text) => text.clone(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    };
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "'{text}' is not an address:port such as 127.0.0.1:9090 or [::1]:9090"
+        ))
+    })
+}
+
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090)
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    #[serde(default)]
+    pub level: LogLevel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines for a terminal or journald.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trace => "trace",
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// The daemon's one RTSP server; pipelines add mounts to it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtspServerConfig {
+    #[serde(default = "default_rtsp_address")]
+    pub address: IpAddr,
+    #[serde(default = "default_rtsp_port")]
+    pub port: u16,
+    /// Basic authentication for every mount; the password comes from the environment so that
+    /// it never sits in a world-readable file or a log line.
+    #[serde(default)]
+    pub auth: Option<BasicAuth>,
+}
+
+impl Default for RtspServerConfig {
+    fn default() -> Self {
+        Self {
+            address: default_rtsp_address(),
+            port: default_rtsp_port(),
+            auth: None,
+        }
+    }
+}
+
+fn default_rtsp_address() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+}
+
+fn default_rtsp_port() -> u16 {
+    8554
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    pub username: String,
+    /// Name of the environment variable holding the password.
+    pub password_env: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long SIGINT/SIGTERM waits for queued frames to drain and files to finalize.
+    #[serde(default = "default_grace_ms")]
+    pub grace_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace_ms: default_grace_ms(),
+        }
+    }
+}
+
+fn default_grace_ms() -> u64 {
+    5000
+}

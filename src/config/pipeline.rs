@@ -1,0 +1,334 @@
+//! A pipeline file (`/etc/visiond/pipelines/*.yaml`): its source, model, queue, overlay,
+//! encoder, sinks and metadata.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::source::SourceConfig;
+
+pub const PIPELINE_KEYS: &[&str] = &[
+    "name", "source", "model", "queue", "overlay", "encoder", "sinks", "metadata",
+];
+
+/// The model name that means "no inference": record or restream the source as it is.
+pub const NO_MODEL: &str = "none";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    pub name: String,
+    pub source: SourceConfig,
+    pub model: ModelRef,
+    pub queue: QueueConfig,
+    pub overlay: OverlayConfig,
+    pub encoder: EncoderConfig,
+    pub sinks: Vec<SinkConfig>,
+    pub metadata: Vec<MetadataConfig>,
+}
+
+/// A pipeline's `model:`: a key of the daemon file's `models`, or `none`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ModelRef {
+    /// No inference: the source is recorded or restreamed as it is.
+    None,
+    Named(String),
+}
+
+impl ModelRef {
+    /// The model's name, `None` for `model: none`.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Self::None => None,
+            Self::Named(name) => Some(name),
+        }
+    }
+}
+
+impl From<&str> for ModelRef {
+    fn from(text: &str) -> Self {
+        if text == NO_MODEL {
+            Self::None
+        } else {
+            Self::Named(text.to_string())
+        }
+    }
+}
+
+impl fmt::Display for ModelRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name().unwrap_or(NO_MODEL))
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Self::from(String::deserialize(deserializer)?.as_str()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    #[serde(default = "default_queue_capacity")]
+    pub capacity: usize,
+    /// Defaults by source: `drop_oldest` for live sources, `block` for finite ones.
+    #[serde(default)]
+    pub when_full: Option<WhenFull>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            capacity: default_queue_capacity(),
+            when_full: None,
+        }
+    }
+}
+
+fn default_queue_capacity() -> usize {
+    4
+}
+
+/// What a bounded hop does when the stage after it is slower than the one before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Evict the oldest queued frame: latency stays bounded on live video.
+    DropOldest,
+    /// Discard the incoming frame.
+    DropNewest,
+    /// Wait for room: nothing is lost, the source is slowed (finite sources).
+    Block,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayConfig {
+    #[serde(default)]
+    pub mode: OverlayMode,
+    #[serde(default)]
+    pub colormap: Colormap,
+    /// Weight of the map in `blend` mode.
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    #[serde(default)]
+    pub range: DepthRange,
+    /// Show depth instead of relative inverse depth (near = dark in `turbo` becomes far = dark).
+    #[serde(default)]
+    pub invert: bool,
+    /// Classification: frames over which scores are averaged before the label is drawn.
+    #[serde(default = "default_smoothing")]
+    pub smoothing_frames: u32,
+    /// Classification: labels under this score are not drawn.
+    #[serde(default)]
+    pub min_score: f64,
+    #[serde(default = "default_top_k")]
+    pub top_k: u32,
+}
+
+impl Default for OverlayConfig {
+    fn default() -> Self {
+        Self {
+            mode: OverlayMode::default(),
+            colormap: Colormap::default(),
+            alpha: default_alpha(),
+            range: DepthRange::default(),
+            invert: false,
+            smoothing_frames: default_smoothing(),
+            min_score: 0.0,
+            top_k: default_top_k(),
+        }
+    }
+}
+
+fn default_alpha() -> f64 {
+    0.6
+}
+
+fn default_smoothing() -> u32 {
+    1
+}
+
+fn default_top_k() -> u32 {
+    3
+}
+
+/// `overlay.mode`, and `visiond infer --mode` (same spelling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum OverlayMode {
+    /// The map over the frame, weighted by `alpha`.
+    #[default]
+    Blend,
+    /// Frame and map next to each other, doubling the width.
+    SideBySide,
+    /// The map alone.
+    MapOnly,
+}
+
+/// `overlay.colormap`, and `visiond infer --colormap` (same spelling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum Colormap {
+    #[default]
+    Turbo,
+    Inferno,
+    Magma,
+    Viridis,
+    Grayscale,
+}
+
+/// How depth values are mapped onto the colormap's 0..255 range.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DepthRange {
+    /// Each frame's own min/max: most contrast, flickers on live video.
+    PerFrame,
+    /// Exponentially smoothed min/max: no flicker.
+    #[default]
+    Ema,
+    /// A fixed `[lo, hi]`, for metric depth.
+    Fixed([f64; 2]),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderConfig {
+    /// Any H.264 encoder element: x264enc, nvh264enc, nvv4l2h264enc, vah264enc, ...
+    #[serde(default = "default_encoder_element")]
+    pub element: String,
+    #[serde(default = "default_bitrate_kbps")]
+    pub bitrate_kbps: u32,
+    /// Frames between keyframes: a late RTSP client waits at most this long for a picture.
+    #[serde(default = "default_keyframe_interval")]
+    pub keyframe_interval: u32,
+    /// Extra element properties, set by name (`speed-preset: ultrafast`).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self {
+            element: default_encoder_element(),
+            bitrate_kbps: default_bitrate_kbps(),
+            keyframe_interval: default_keyframe_interval(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_encoder_element() -> String {
+    "x264enc".to_string()
+}
+
+fn default_bitrate_kbps() -> u32 {
+    2000
+}
+
+fn default_keyframe_interval() -> u32 {
+    30
+}
+
+/// Where the annotated video goes. Written as a one-key map: `- rtsp: { mount: /door }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    Rtsp(RtspSink),
+    File(FileSink),
+    Udp(UdpSink),
+    Launch(LaunchSink),
+    Display(DisplaySink),
+    /// The raw depth map as 16-bit video (GRAY16_LE), losslessly (FFV1 in Matroska), for
+    /// downstream tools that want numbers rather than colours. Depth models only.
+    Depth16(Depth16Sink),
+}
+
+impl SinkConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Rtsp(_) => "rtsp",
+            Self::File(_) => "file",
+            Self::Udp(_) => "udp",
+            Self::Launch(_) => "launch",
+            Self::Display(_) => "display",
+            Self::Depth16(_) => "depth16",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtspSink {
+    /// Path on the daemon's RTSP server, e.g. `/front-door`.
+    pub mount: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSink {
+    /// Resolved against the pipeline file's directory.
+    pub path: PathBuf,
+    /// Container; taken from the extension when absent.
+    #[serde(default)]
+    pub format: Option<Container>,
+    /// Start a new file every this many seconds (splitmuxsink); `path` may hold `%05d`.
+    #[serde(default)]
+    pub segment_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Container {
+    Mp4,
+    Mkv,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdpSink {
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchSink {
+    /// A gst-launch fragment taking H.264 byte-stream (HLS, SRT, WebRTC, ...).
+    pub pipeline: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisplaySink {
+    /// Show frames at their timestamps instead of as soon as they arrive.
+    #[serde(default)]
+    pub sync: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Depth16Sink {
+    /// A `.mkv` file, resolved against the pipeline file's directory.
+    pub path: PathBuf,
+}
+
+/// Per-frame results for machines: `- jsonl: { path: meta.jsonl }` or `{ stdout: true }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum MetadataConfig {
+    Jsonl(JsonlSink),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlSink {
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub stdout: bool,
+}

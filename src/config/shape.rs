@@ -1,0 +1,371 @@
+//! Checks of a configuration's shape that need more than one key or more than one file:
+//! ranges, names, references between files, and what must be unique across pipelines.
+//! Nothing here looks at the machine (files, models, GStreamer); that is the preflight's.
+//!
+//! Each check pushes every problem it finds; nothing returns early, so one run of
+//! `visiond check` lists all that needs fixing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use super::daemon::DaemonConfig;
+use super::error::{ConfigError, FileErrors};
+use super::paths;
+use super::pipeline::*;
+use super::tree::Config;
+
+pub fn check(config: &Config, errors: &mut Vec<ConfigError>, warnings: &mut Vec<ConfigError>) {
+    let daemon_file = paths::display(&config.file);
+    check_daemon(
+        &config.daemon,
+        &mut FileErrors {
+            file: &daemon_file,
+            errors,
+        },
+    );
+    let mut seen = Seen::default();
+    for pipeline in &config.pipelines {
+        let file = paths::display(&pipeline.file);
+        let mut file_errors = FileErrors {
+            file: &file,
+            errors,
+        };
+        check_pipeline(
+            &pipeline.config,
+            &config.daemon,
+            &daemon_file,
+            &mut file_errors,
+        );
+        seen.record(&pipeline.config, &file, &config.daemon, &mut file_errors);
+    }
+    for name in config.daemon.models.keys() {
+        let used = config
+            .pipelines
+            .iter()
+            .any(|p| p.config.model.name() == Some(name));
+        if !used {
+            warnings.push(ConfigError {
+                file: daemon_file.clone(),
+                key: format!("models.{name}"),
+                message: "no pipeline uses this model; it will not be loaded".into(),
+            });
+        }
+    }
+}
+
+fn check_daemon(daemon: &DaemonConfig, errors: &mut FileErrors<'_>) {
+    let http_port = daemon.http.listen.port();
+    if http_port != 0 && http_port == daemon.rtsp.port {
+        errors.push(
+            "rtsp.port",
+            format!("port {http_port} is also used by http.listen"),
+        );
+    }
+    if let Some(auth) = &daemon.rtsp.auth {
+        check_env_name("rtsp.auth.password_env", &auth.password_env, errors);
+    }
+    if daemon.models.contains_key(NO_MODEL) || daemon.declared_models.contains(NO_MODEL) {
+        errors.push(
+            format!("models.{NO_MODEL}"),
+            format!("'{NO_MODEL}' is reserved for pipelines without inference; pick another name"),
+        );
+    }
+}
+
+fn check_env_name(key: &str, name: &str, errors: &mut FileErrors<'_>) {
+    let valid = !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        errors.push(key, format!("'{name}' is not an environment variable name"));
+    }
+}
+
+fn check_pipeline(
+    pipeline: &PipelineConfig,
+    daemon: &DaemonConfig,
+    daemon_file: &str,
+    errors: &mut FileErrors<'_>,
+) {
+    let name = &pipeline.name;
+    let valid_name = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid_name {
+        errors.push(
+            "name",
+            format!("'{name}' is not a valid pipeline name: use letters, digits, '-', '_' and '.'"),
+        );
+    }
+    if let ModelRef::Named(model) = &pipeline.model
+        && !daemon.declared_models.contains(model)
+    {
+        let defined: Vec<&str> = daemon.declared_models.iter().map(String::as_str).collect();
+        errors.push(
+            "model",
+            format!(
+                "model '{model}' is not defined in {daemon_file} (defined: {}; or '{NO_MODEL}' for no inference)",
+                if defined.is_empty() { "none".to_string() } else { defined.join(", ") }
+            ),
+        );
+    }
+    check_source_options(&pipeline.source, errors);
+    if pipeline.queue.capacity == 0 {
+        errors.push("queue.capacity", "must be at least 1");
+    }
+    check_overlay(&pipeline.overlay, errors);
+    if pipeline.encoder.keyframe_interval == 0 {
+        errors.push("encoder.keyframe_interval", "must be at least 1 frame");
+    }
+    if pipeline.encoder.bitrate_kbps == 0 {
+        errors.push("encoder.bitrate_kbps", "must be positive");
+    }
+    if pipeline.sinks.is_empty() && pipeline.metadata.is_empty() {
+        errors.push(
+            "sinks",
+            "the pipeline has no sinks and no metadata, so its results would go nowhere",
+        );
+    }
+    for (index, sink) in pipeline.sinks.iter().enumerate() {
+        check_sink(
+            &format!("sinks[{index}].{}", sink.kind()),
+            sink,
+            pipeline,
+            errors,
+        );
+    }
+    for (index, MetadataConfig::Jsonl(jsonl)) in pipeline.metadata.iter().enumerate() {
+        if jsonl.path.is_some() == jsonl.stdout {
+            errors.push(
+                format!("metadata[{index}].jsonl"),
+                "set exactly one of `path` and `stdout: true`",
+            );
+        }
+    }
+}
+
+/// The options every source kind takes (the kind itself was checked when it was parsed).
+fn check_source_options(source: &super::source::SourceConfig, errors: &mut FileErrors<'_>) {
+    if let Some(credentials) = &source.credentials {
+        check_env_name(
+            "source.credentials.password_env",
+            &credentials.password_env,
+            errors,
+        );
+    }
+    if let Some(fps) = source.fps
+        && !(fps > 0.0 && fps.is_finite())
+    {
+        errors.push(
+            "source.fps",
+            "must be a positive number of frames per second",
+        );
+    }
+    if let Some(max_size) = source.max_size
+        && max_size < 16
+    {
+        errors.push("source.max_size", "must be at least 16 pixels");
+    }
+    let reconnect = &source.reconnect;
+    if reconnect.initial_ms == 0 {
+        errors.push("source.reconnect.initial_ms", "must be at least 1");
+    }
+    if reconnect.max_ms < reconnect.initial_ms {
+        errors.push(
+            "source.reconnect.max_ms",
+            format!("must not be below initial_ms ({})", reconnect.initial_ms),
+        );
+    }
+    if !(0.0..1.0).contains(&reconnect.jitter) {
+        errors.push("source.reconnect.jitter", "must be a fraction in [0, 1)");
+    }
+}
+
+fn check_overlay(overlay: &OverlayConfig, errors: &mut FileErrors<'_>) {
+    if !(0.0..=1.0).contains(&overlay.alpha) {
+        errors.push("overlay.alpha", "must be between 0 and 1");
+    }
+    if let DepthRange::Fixed([lo, hi]) = overlay.range
+        && lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less)
+    {
+        errors.push(
+            "overlay.range.fixed",
+            format!("lower bound {lo} must be below upper bound {hi}"),
+        );
+    }
+    if overlay.smoothing_frames == 0 {
+        errors.push("overlay.smoothing_frames", "must be at least 1");
+    }
+    if overlay.top_k == 0 {
+        errors.push("overlay.top_k", "must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&overlay.min_score) {
+        errors.push("overlay.min_score", "must be between 0 and 1");
+    }
+}
+
+fn check_sink(key: &str, sink: &SinkConfig, pipeline: &PipelineConfig, errors: &mut FileErrors) {
+    match sink {
+        SinkConfig::Rtsp(rtsp) => {
+            let valid = rtsp.mount.starts_with('/')
+                && rtsp.mount.len() > 1
+                && !rtsp.mount.contains(char::is_whitespace);
+            if !valid {
+                errors.push(
+                    format!("{key}.mount"),
+                    format!(
+                        "'{}' is not a mount path; expected e.g. /front-door",
+                        rtsp.mount
+                    ),
+                );
+            }
+        }
+        SinkConfig::File(file) => {
+            if file.format.is_none() {
+                let extension = file.path.extension().and_then(|e| e.to_str());
+                if !matches!(extension, Some("mp4" | "mkv")) {
+                    errors.push(
+                        format!("{key}.path"),
+                        "cannot tell the container from the extension: use .mp4 or .mkv, or set `format`",
+                    );
+                }
+            }
+            if file.segment_s == Some(0) {
+                errors.push(format!("{key}.segment_s"), "must be at least 1 second");
+            }
+        }
+        SinkConfig::Udp(udp) => {
+            if udp.host.trim().is_empty() {
+                errors.push(format!("{key}.host"), "must not be empty");
+            }
+            if udp.port == 0 {
+                errors.push(format!("{key}.port"), "must be a port between 1 and 65535");
+            }
+        }
+        SinkConfig::Launch(launch) => {
+            if launch.pipeline.trim().is_empty() {
+                errors.push(format!("{key}.pipeline"), "must not be empty");
+            }
+        }
+        SinkConfig::Display(_) => {}
+        SinkConfig::Depth16(depth) => {
+            if depth.path.extension().and_then(|e| e.to_str()) != Some("mkv") {
+                errors.push(
+                    format!("{key}.path"),
+                    "16-bit depth is written as Matroska: use a .mkv path",
+                );
+            }
+            if pipeline.model == ModelRef::None {
+                errors.push(key, "needs a depth model (the pipeline's model is 'none')");
+            }
+        }
+    }
+}
+
+/// Names that must be unique across all pipelines, with where each was first seen.
+#[derive(Default)]
+struct Seen {
+    names: HashMap<String, String>,
+    mounts: HashMap<String, String>,
+    udp: HashMap<(String, u16), String>,
+    outputs: BTreeMap<std::path::PathBuf, String>,
+}
+
+impl Seen {
+    fn record(
+        &mut self,
+        pipeline: &PipelineConfig,
+        file: &str,
+        daemon: &DaemonConfig,
+        errors: &mut FileErrors<'_>,
+    ) {
+        if let Some(first) = self.names.get(&pipeline.name) {
+            errors.push(
+                "name",
+                format!(
+                    "pipeline name '{}' is already used by {first}",
+                    pipeline.name
+                ),
+            );
+        } else {
+            self.names.insert(pipeline.name.clone(), file.to_string());
+        }
+        for (index, sink) in pipeline.sinks.iter().enumerate() {
+            match sink {
+                SinkConfig::Rtsp(rtsp) => {
+                    let key = format!("sinks[{index}].rtsp.mount");
+                    match self.mounts.get(&rtsp.mount) {
+                        Some(first) => errors.push(
+                            key,
+                            format!("mount {} is already served by {first}", rtsp.mount),
+                        ),
+                        None => {
+                            self.mounts
+                                .insert(rtsp.mount.clone(), format!("{file} {key}"));
+                        }
+                    }
+                }
+                SinkConfig::Udp(udp) => {
+                    let key = format!("sinks[{index}].udp.port");
+                    let target = (udp.host.clone(), udp.port);
+                    match self.udp.get(&target) {
+                        Some(first) => errors.push(
+                            key.as_str(),
+                            format!("{}:{} is already a target of {first}", udp.host, udp.port),
+                        ),
+                        None => {
+                            self.udp.insert(target, format!("{file} {key}"));
+                        }
+                    }
+                    if is_local(&udp.host)
+                        && (udp.port == daemon.rtsp.port || udp.port == daemon.http.listen.port())
+                    {
+                        errors.push(
+                            key,
+                            format!(
+                                "port {} is used by the daemon's own RTSP or HTTP server",
+                                udp.port
+                            ),
+                        );
+                    }
+                }
+                SinkConfig::File(sink) => self.output(
+                    &sink.path,
+                    format!("sinks[{index}].file.path"),
+                    file,
+                    errors,
+                ),
+                SinkConfig::Depth16(sink) => self.output(
+                    &sink.path,
+                    format!("sinks[{index}].depth16.path"),
+                    file,
+                    errors,
+                ),
+                _ => {}
+            }
+        }
+        for (index, MetadataConfig::Jsonl(jsonl)) in pipeline.metadata.iter().enumerate() {
+            if let Some(path) = &jsonl.path {
+                self.output(path, format!("metadata[{index}].jsonl.path"), file, errors);
+            }
+        }
+    }
+
+    fn output(&mut self, path: &Path, key: String, file: &str, errors: &mut FileErrors<'_>) {
+        match self.outputs.get(path) {
+            Some(first) => errors.push(
+                key,
+                format!("{} is already written by {first}", path.display()),
+            ),
+            None => {
+                self.outputs
+                    .insert(path.to_path_buf(), format!("{file} {key}"));
+            }
+        }
+    }
+}
+
+fn is_local(host: &str) -> bool {
+    matches!(host, "localhost" | "127.0.0.1" | "::1" | "0.0.0.0")
+}

@@ -1,0 +1,78 @@
+//! Errors of the GStreamer side, with the pipeline, element and file they concern.
+
+use std::fmt;
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
+/// Why something on the GStreamer side failed, with the pipeline, element and file involved.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MediaError {
+    #[error("GStreamer could not start: {0}")]
+    Init(String),
+    /// A description GStreamer could not turn into a pipeline.
+    #[error("cannot build {what}: {reason}")]
+    Build { what: String, reason: String },
+    /// An element the description names is missing or of another type (a defect of ours).
+    #[error("{what} has no {element} element of the expected type")]
+    Element { what: String, element: String },
+    /// A state change to playing was refused.
+    #[error("{what} would not start{}", .cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default())]
+    Start {
+        what: String,
+        cause: Option<BusError>,
+    },
+    /// An error posted on a pipeline's bus.
+    #[error("{0}")]
+    Bus(#[from] BusError),
+    #[error("environment variable {variable} ({key}) is not set")]
+    Secret { variable: String, key: String },
+    #[error("{key}: element '{element}' has no such property")]
+    Property { key: String, element: String },
+    #[error("did not finish within {} ms; stopped anyway", .0.as_millis())]
+    Timeout(std::time::Duration),
+    #[error("{what} refused a frame: {reason}")]
+    Refused { what: String, reason: String },
+    /// A frame the output cannot describe or carry (sizes, depth samples).
+    #[error("{0}")]
+    Frame(String),
+    #[error("RTSP server: {0}")]
+    Rtsp(String),
+    #[error("cannot start thread {name}: {reason}")]
+    Thread { name: String, reason: String },
+}
+
+/// One error posted on a bus: `/GstPipeline:pipeline0/GstRTSPSrc:src: Could not open resource
+/// for reading (debug: ...)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusError {
+    /// The posting element's path in its pipeline.
+    pub element: String,
+    pub message: String,
+    /// GStreamer's debug string: the details a bug report needs.
+    pub debug: Option<String>,
+}
+
+impl fmt::Display for BusError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.debug {
+            Some(debug) => write!(f, "{}: {} (debug: {debug})", self.element, self.message),
+            None => write!(f, "{}: {}", self.element, self.message),
+        }
+    }
+}
+
+impl std::error::Error for BusError {}
+
+impl BusError {
+    pub fn from_message(error: &gst::message::Error) -> Self {
+        Self {
+            element: error
+                .src()
+                .map(|s| s.path_string().to_string())
+                .unwrap_or_else(|| "unknown element".into()),
+            message: error.error().to_string(),
+            debug: error.debug().map(|d| d.to_string()),
+        }
+    }
+}

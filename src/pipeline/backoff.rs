@@ -1,0 +1,94 @@
+//! How long to wait before trying again: doubling from an initial delay up to a maximum, spread
+//! by a random jitter. Sources use it to reconnect, outputs to rebuild.
+
+use std::time::Duration;
+
+use crate::config::ReconnectConfig;
+
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    /// Random spread of each delay, as a fraction (0.2 = ±20%), so that cameras behind one
+    /// switch that rebooted together are not all retried in the same instant.
+    jitter: f64,
+    /// Failures since the last success.
+    failures: u32,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration, jitter: f64) -> Self {
+        Self {
+            initial,
+            max,
+            jitter,
+            failures: 0,
+        }
+    }
+
+    /// A source's reconnect policy.
+    pub fn reconnect(policy: &ReconnectConfig) -> Self {
+        Self::new(
+            Duration::from_millis(policy.initial_ms),
+            Duration::from_millis(policy.max_ms),
+            policy.jitter,
+        )
+    }
+
+    /// Counts a failure and returns how long to wait before the next try.
+    pub fn fail(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let doublings = (self.failures - 1).min(30);
+        let base =
+            (self.initial.as_secs_f64() * 2f64.powi(doublings as i32)).min(self.max.as_secs_f64());
+        let spread = 1.0 + self.jitter * (fastrand::f64() * 2.0 - 1.0);
+        Duration::from_secs_f64(base * spread).max(Duration::from_millis(1))
+    }
+
+    /// A success: the next failure starts from the initial delay again.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Failures since the last success.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_up_to_the_maximum_within_jitter() {
+        let policy = ReconnectConfig {
+            initial_ms: 100,
+            max_ms: 1000,
+            jitter: 0.2,
+            max_attempts: None,
+        };
+        let expected = |attempt: u32| match attempt {
+            1 => 100.0,
+            2 => 200.0,
+            3 => 400.0,
+            4 => 800.0,
+            _ => 1000.0,
+        };
+        for _ in 0..50 {
+            let mut backoff = Backoff::reconnect(&policy);
+            for attempt in 1..=40 {
+                let ms = backoff.fail().as_secs_f64() * 1e3;
+                let base = expected(attempt);
+                assert!(
+                    (base * 0.8 - 1.0..=base * 1.2 + 1.0).contains(&ms),
+                    "attempt {attempt}: {ms}"
+                );
+            }
+            assert_eq!(backoff.failures(), 40);
+            backoff.reset();
+            let ms = backoff.fail().as_secs_f64() * 1e3;
+            assert!((79.0..=121.0).contains(&ms), "after a reset: {ms}");
+        }
+    }
+}

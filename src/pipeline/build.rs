@@ -1,0 +1,149 @@
+//! The second of the engine's three steps: a pipeline's plan made into its pieces (hops,
+//! output, metadata targets, the supervisor of its source, its lane into the model's worker),
+//! with nothing running yet but the output pipeline. A piece that cannot be made is a typed
+//! error for that pipeline alone.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+
+use super::PipelineError;
+use super::metadata::JsonlTarget;
+use super::output_stage::{HopDrops, OutputStage};
+use super::plan::PipelinePlan;
+use super::stats::PipelineStats;
+use super::supervisor::Supervisor;
+use super::view::{PipelineHandle, QueueProbe};
+use super::worker::Lane;
+use crate::config::MetadataConfig;
+use crate::frames::{DropCounter, Frame, FrameIdentity, HopSender, Processed, hop};
+use crate::media::rtsp_server::RtspMounts;
+
+/// One pipeline, built and ready to spawn.
+pub struct Pieces {
+    pub name: String,
+    pub stats: Arc<PipelineStats>,
+    pub supervisor: Supervisor,
+    /// Where the source's frames go: the model's input hop, or straight to the output.
+    pub feed: Feed,
+    pub output: OutputStage,
+    pub output_input: Receiver<Processed>,
+    /// The pipeline's lane into its model's worker, and the model's name.
+    pub lane: Option<(String, Lane)>,
+    pub handle: PipelineHandle,
+}
+
+/// The first hop after the source.
+pub enum Feed {
+    ToModel(Arc<HopSender<Frame>>),
+    /// Without a model the source feeds the output hop directly: one hop, one policy.
+    ToOutput(Arc<HopSender<Processed>>),
+}
+
+impl Feed {
+    /// The function the source calls for every frame; it counts the frame in.
+    pub fn deliver(self, stats: Arc<PipelineStats>) -> impl Fn(Frame) + Send + Sync + 'static {
+        move |frame| {
+            stats.frames_in.fetch_add(1, Ordering::Relaxed);
+            match &self {
+                Feed::ToModel(hop) => hop.send(frame),
+                Feed::ToOutput(hop) => hop.send(Processed::passthrough(frame)),
+            };
+        }
+    }
+}
+
+/// Builds a pipeline's pieces; its output pipeline is started (so a broken sink is found
+/// now), everything else waits for [`super::engine`] to spawn it.
+pub fn build(
+    plan: PipelinePlan,
+    rtsp: Option<RtspMounts>,
+    shutdown: Receiver<()>,
+    grace: Duration,
+) -> Result<Pieces, PipelineError> {
+    let stats = Arc::new(PipelineStats::default());
+    let (out_tx, output_input, output_drops) = hop::<Processed>(plan.capacity, plan.when_full);
+    let (feed, lane, drops, queue) = match &plan.model {
+        Some((model, _)) => {
+            let (in_tx, in_rx, input_drops) = hop::<Frame>(plan.capacity, plan.when_full);
+            let in_tx = Arc::new(in_tx);
+            let lane = Lane {
+                pipeline: plan.index,
+                name: plan.name.clone(),
+                input: in_rx,
+                output: out_tx,
+            };
+            let drops = HopDrops {
+                input: input_drops,
+                output: output_drops,
+            };
+            // Weak: the handle must not keep the hop open after the source is done.
+            let queue = QueueProbe::Frames(Arc::downgrade(&in_tx));
+            (
+                Feed::ToModel(in_tx),
+                Some((model.clone(), lane)),
+                drops,
+                queue,
+            )
+        }
+        None => {
+            let out_tx = Arc::new(out_tx);
+            let drops = HopDrops {
+                input: output_drops,
+                output: Arc::new(DropCounter::default()),
+            };
+            let queue = QueueProbe::Processed(Arc::downgrade(&out_tx));
+            (Feed::ToOutput(out_tx), None, drops, queue)
+        }
+    };
+    let targets = open_metadata(&plan.metadata)?;
+    let output = OutputStage::start(
+        plan.output.clone(),
+        rtsp,
+        plan.model_ref().to_string(),
+        targets,
+        stats.clone(),
+        drops.clone(),
+    )?;
+    let supervisor = Supervisor {
+        name: plan.name.clone(),
+        source: plan.source.clone(),
+        identity: Arc::new(FrameIdentity::new(plan.index)),
+        stats: stats.clone(),
+        shutdown,
+        grace,
+    };
+    let handle = PipelineHandle::new(
+        plan.name.clone(),
+        plan.model_ref(),
+        stats.clone(),
+        &drops,
+        queue,
+        plan.capacity,
+    );
+    Ok(Pieces {
+        name: plan.name,
+        stats,
+        supervisor,
+        feed,
+        output,
+        output_input,
+        lane,
+        handle,
+    })
+}
+
+fn open_metadata(items: &[MetadataConfig]) -> Result<Vec<JsonlTarget>, PipelineError> {
+    items
+        .iter()
+        .map(|MetadataConfig::Jsonl(jsonl)| match &jsonl.path {
+            Some(path) => JsonlTarget::open(path).map_err(|error| PipelineError::Metadata {
+                path: path.clone(),
+                reason: error.to_string(),
+            }),
+            None => Ok(JsonlTarget::Stdout),
+        })
+        .collect()
+}

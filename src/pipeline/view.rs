@@ -1,0 +1,193 @@
+//! What the control plane, the summaries and tests read of a running engine: each pipeline's
+//! and worker's counters and state, shared read-only. Every read is an atomic load (the state
+//! is behind a mutex the frame path never takes), so reading never slows or blocks a frame.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use super::output_stage::HopDrops;
+use super::stats::{PipelineState, PipelineStats};
+use super::worker::WorkerStats;
+use crate::config::ModelRef;
+use crate::frames::{DropCounter, HopSender};
+
+/// Reads the current depth of a pipeline's first hop without keeping the hop open.
+pub enum QueueProbe {
+    /// The pipeline was never built.
+    None,
+    Frames(Weak<HopSender<crate::frames::Frame>>),
+    Processed(Weak<HopSender<crate::frames::Processed>>),
+}
+
+impl QueueProbe {
+    fn depth(&self) -> usize {
+        match self {
+            Self::None => 0,
+            Self::Frames(hop) => hop.upgrade().map_or(0, |h| h.len()),
+            Self::Processed(hop) => hop.upgrade().map_or(0, |h| h.len()),
+        }
+    }
+}
+
+/// A pipeline as the control plane and tests see it.
+pub struct PipelineHandle {
+    pub name: String,
+    pub model: ModelRef,
+    pub stats: Arc<PipelineStats>,
+    /// Frames dropped at the first hop (source → model, or source → output without a model).
+    pub input_drops: Arc<DropCounter>,
+    /// Frames dropped after it, up to the encoder; always 0 without a model except for the
+    /// encoder's own queue.
+    pub output_drops: Arc<DropCounter>,
+    queue: QueueProbe,
+    /// The first hop's capacity; 0 for a pipeline that could not be built (it has no hop).
+    capacity: usize,
+    started: Instant,
+}
+
+impl PipelineHandle {
+    pub fn new(
+        name: String,
+        model: ModelRef,
+        stats: Arc<PipelineStats>,
+        drops: &HopDrops,
+        queue: QueueProbe,
+        capacity: usize,
+    ) -> Self {
+        Self {
+            name,
+            model,
+            stats,
+            input_drops: drops.input.clone(),
+            output_drops: drops.output.clone(),
+            queue,
+            capacity,
+            started: Instant::now(),
+        }
+    }
+
+    /// A pipeline that could not be built: it reports its state and zeros.
+    pub fn failed(name: String, model: ModelRef, error: String) -> Self {
+        let stats = Arc::new(PipelineStats::default());
+        stats.set_state(PipelineState::Failed { error });
+        let drops = HopDrops {
+            input: Arc::new(DropCounter::default()),
+            output: Arc::new(DropCounter::default()),
+        };
+        Self::new(name, model, stats, &drops, QueueProbe::None, 0)
+    }
+
+    /// The first hop's current depth and its capacity.
+    pub fn queue_depth(&self) -> (usize, usize) {
+        (self.queue.depth(), self.capacity)
+    }
+
+    /// Time since the engine started the pipeline.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.input_drops.get() + self.output_drops.get()
+    }
+
+    pub fn report(&self) -> PipelineReport {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let frames_out = self.stats.frames_out();
+        let ms = |q: f64| {
+            self.stats
+                .latency
+                .quantile(q)
+                .map(|d| d.as_secs_f64() * 1e3)
+        };
+        PipelineReport {
+            name: self.name.clone(),
+            state: self.stats.state(),
+            frames_in: self.stats.frames_in(),
+            frames_out,
+            dropped: self.dropped(),
+            seconds,
+            fps: if seconds > 0.0 {
+                frames_out as f64 / seconds
+            } else {
+                0.0
+            },
+            latency_p50_ms: ms(0.5),
+            latency_p99_ms: ms(0.99),
+        }
+    }
+}
+
+/// An inference worker as the control plane sees it.
+pub struct WorkerHandle {
+    pub model: String,
+    pub stats: Arc<WorkerStats>,
+}
+
+/// Everything the control plane reads of a running engine. It outlives the engine (a server
+/// may answer while `Engine::wait` drains, and after).
+pub struct EngineView {
+    pub(super) pipelines: Vec<PipelineHandle>,
+    pub(super) workers: Vec<WorkerHandle>,
+    pub(super) rtsp_port: Option<u16>,
+}
+
+impl EngineView {
+    /// Every pipeline of the configuration, in its order, built or not.
+    pub fn pipelines(&self) -> &[PipelineHandle] {
+        &self.pipelines
+    }
+
+    pub fn pipeline(&self, name: &str) -> Option<&PipelineHandle> {
+        self.pipelines.iter().find(|p| p.name == name)
+    }
+
+    /// One per model in use that loaded, in model-name order.
+    pub fn workers(&self) -> &[WorkerHandle] {
+        &self.workers
+    }
+
+    pub fn worker_stats(&self, model: &str) -> Option<Arc<WorkerStats>> {
+        self.workers
+            .iter()
+            .find(|w| w.model == model)
+            .map(|w| w.stats.clone())
+    }
+
+    /// The RTSP server's port, when a pipeline publishes over RTSP.
+    pub fn rtsp_port(&self) -> Option<u16> {
+        self.rtsp_port
+    }
+}
+
+/// What a pipeline did, for the summary `visiond run` prints.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PipelineReport {
+    pub name: String,
+    pub state: PipelineState,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub dropped: u64,
+    pub seconds: f64,
+    pub fps: f64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+}
+
+impl std::fmt::Display for PipelineReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
+        write!(
+            f,
+            "{}: {}; frames in {}, out {}, dropped {}; {:.1} fps; latency p50 {}, p99 {}",
+            self.name,
+            self.state,
+            self.frames_in,
+            self.frames_out,
+            self.dropped,
+            self.fps,
+            ms(self.latency_p50_ms),
+            ms(self.latency_p99_ms)
+        )
+    }
+}

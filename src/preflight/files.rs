@@ -1,0 +1,64 @@
+//! Files a pipeline reads (a `file://` source) and the directories it writes into.
+
+use std::path::Path;
+
+use crate::config::{FileErrors, MetadataConfig, PipelineConfig, SinkConfig, SourceKind, paths};
+
+pub fn check_pipeline(pipeline: &PipelineConfig, errors: &mut FileErrors<'_>) {
+    if let SourceKind::Uri(uri) = &pipeline.source.kind
+        && let Some(path) = uri.strip_prefix("file://").map(Path::new)
+        && path.is_absolute()
+        && !path.is_file()
+    {
+        errors.push(
+            "source.uri",
+            format!("file {} does not exist", path.display()),
+        );
+    }
+    for (index, sink) in pipeline.sinks.iter().enumerate() {
+        let path = match sink {
+            SinkConfig::File(file) => &file.path,
+            SinkConfig::Depth16(depth) => &depth.path,
+            _ => continue,
+        };
+        if let Err(message) = check_writable_parent(path) {
+            errors.push(format!("sinks[{index}].{}.path", sink.kind()), message);
+        }
+    }
+    for (index, MetadataConfig::Jsonl(jsonl)) in pipeline.metadata.iter().enumerate() {
+        if let Some(path) = &jsonl.path
+            && let Err(message) = check_writable_parent(path)
+        {
+            errors.push(format!("metadata[{index}].jsonl.path"), message);
+        }
+    }
+}
+
+/// Checks that a file can be created at `path`: its directory exists, is a directory, and
+/// accepts a new file (tried for real, since permission bits say nothing about read-only
+/// mounts or a root user).
+pub fn check_writable_parent(path: &Path) -> Result<(), String> {
+    let dir = paths::parent_dir(path);
+    match std::fs::metadata(&dir) {
+        Err(_) => return Err(format!("parent directory {} does not exist", dir.display())),
+        Ok(meta) if !meta.is_dir() => {
+            return Err(format!("parent {} is not a directory", dir.display()));
+        }
+        Ok(_) => {}
+    }
+    let probe = dir.join(format!(".visiond-write-check-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(error) => Err(format!(
+            "directory {} is not writable: {error}",
+            dir.display()
+        )),
+    }
+}

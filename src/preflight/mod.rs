@@ -1,0 +1,46 @@
+//! Checks that probe the machine before anything starts: can it run what the configuration
+//! describes? Model folders and the Hugging Face cache (through the loader's own inspection,
+//! never downloading), the CUDA devices models ask for, files and writable directories, and the
+//! GStreamer elements and gst-launch fragments the pipelines name.
+//!
+//! [`load`] is what `visiond check` and `visiond run` use: the configuration read and
+//! shape-checked by `crate::config`, then these checks, every error of both reported at once.
+
+mod files;
+mod gst;
+mod models;
+
+use std::path::Path;
+
+use crate::config::{Config, ConfigError, ConfigErrors, FileErrors, paths};
+
+/// Reads `file`, checks its shape and what it needs of this machine; every error at once.
+pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
+    let mut reading = Config::read(file);
+    if let Some(config) = &reading.config {
+        check(config, &mut reading.errors, &mut reading.warnings);
+    }
+    reading.finish()
+}
+
+/// Every machine check on a configuration that was read.
+pub fn check(config: &Config, errors: &mut Vec<ConfigError>, warnings: &mut Vec<ConfigError>) {
+    let daemon_file = paths::display(&config.file);
+    let mut daemon_errors = FileErrors {
+        file: &daemon_file,
+        errors,
+    };
+    for (name, model) in &config.daemon.models {
+        models::check(name, model, &mut daemon_errors, warnings);
+    }
+    let gst = gst::Registry::open();
+    for pipeline in &config.pipelines {
+        let file = paths::display(&pipeline.file);
+        let mut file_errors = FileErrors {
+            file: &file,
+            errors,
+        };
+        files::check_pipeline(&pipeline.config, &mut file_errors);
+        gst.check_pipeline(&pipeline.config, &mut file_errors);
+    }
+}
