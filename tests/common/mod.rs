@@ -1,8 +1,14 @@
-//! Helpers shared by the engine tests: configuration trees in temporary folders, reading
-//! metadata and recordings back.
+//! Helpers shared by the engine tests: configuration trees in temporary folders (pipeline
+//! files from the builder in `yaml.rs`), reading metadata and recordings back.
 
 // Each test binary uses its own subset of these.
 #![allow(dead_code)]
+
+mod yaml;
+
+// As above: not every binary uses every one.
+#[allow(unused_imports)]
+pub use yaml::{Pipeline, Source, model_yaml};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
