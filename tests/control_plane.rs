@@ -119,47 +119,29 @@ fn serve(view: Arc<EngineView>) -> Running {
 #[test]
 fn every_endpoint_reports_the_running_engine() {
     let out = tempfile::tempdir().unwrap();
-    let meta = |name: &str| {
-        format!(
-            "metadata:\n  - jsonl: {{ path: {} }}\n",
-            out.path().join(format!("{name}.jsonl")).display()
-        )
-    };
+    let meta = |name: &str| out.path().join(format!("{name}.jsonl"));
     let (_dir, config) = temp_tree(
-        &format!(
-            "models:\n  echo: {{ path: {} }}\n",
-            fixture("dpt-vit").display()
-        ),
+        &format!("models:\n{}", model_yaml("echo", "dpt-vit", "")),
         &[
-            (
-                // Nothing listens on the discard port: the source fails and reconnects.
-                "cam",
-                format!(
-                    "name: cam\nsource: {{ uri: \"rtsp://127.0.0.1:9/none\", reconnect: {{ initial_ms: 50, max_ms: 200 }} }}\nmodel: none\n{}",
-                    meta("cam")
-                ),
-            ),
-            (
-                "inferred",
-                format!(
-                    "name: inferred\nsource: {{ test: {{ width: 64, height: 48, fps: 30 }} }}\nmodel: echo\nqueue: {{ capacity: 3 }}\n{}",
-                    meta("inferred")
-                ),
-            ),
-            (
-                "live",
-                format!(
-                    "name: live\nsource: {{ test: {{ width: 64, height: 48, fps: 30 }} }}\nmodel: none\nqueue: {{ capacity: 4 }}\n{}",
-                    meta("live")
-                ),
-            ),
-            (
-                "short",
-                format!(
-                    "name: short\nsource: {{ test: {{ width: 64, height: 48, fps: 30, frames: 10 }} }}\nmodel: none\n{}",
-                    meta("short")
-                ),
-            ),
+            // Nothing listens on the discard port: the source fails and reconnects.
+            Pipeline::new("cam")
+                .source(Source::uri("rtsp://127.0.0.1:9/none").reconnect(50, 200))
+                .model("none")
+                .jsonl(&meta("cam")),
+            Pipeline::new("inferred")
+                .source(Source::test(64, 48).fps(30))
+                .model("echo")
+                .queue("{ capacity: 3 }")
+                .jsonl(&meta("inferred")),
+            Pipeline::new("live")
+                .source(Source::test(64, 48).fps(30))
+                .model("none")
+                .queue("{ capacity: 4 }")
+                .jsonl(&meta("live")),
+            Pipeline::new("short")
+                .source(Source::test(64, 48).fps(30).frames(10))
+                .model("none")
+                .jsonl(&meta("short")),
         ],
     );
     let engine = Engine::start(&config, &echo_factory).unwrap();
@@ -433,13 +415,10 @@ fn readiness_turns_on_once_every_pipeline_plays() {
     let out = tempfile::tempdir().unwrap();
     let (_dir, config) = temp_tree(
         "",
-        &[(
-            "live",
-            format!(
-                "name: live\nsource: {{ test: {{ width: 64, height: 48, fps: 30 }} }}\nmodel: none\nmetadata:\n  - jsonl: {{ path: {} }}\n",
-                out.path().join("live.jsonl").display()
-            ),
-        )],
+        &[Pipeline::new("live")
+            .source(Source::test(64, 48).fps(30))
+            .model("none")
+            .jsonl(&out.path().join("live.jsonl"))],
     );
     let engine = Engine::start(&config, &no_models).unwrap();
     let running = serve(engine.view());
@@ -477,13 +456,10 @@ fn visiond_run_serves_the_control_plane_until_sigterm() {
     let file = write_tree(
         dir.path(),
         "",
-        &[(
-            "live",
-            format!(
-                "name: live\nsource: {{ test: {{ width: 64, height: 48, fps: 30 }} }}\nmodel: none\nmetadata:\n  - jsonl: {{ path: {} }}\n",
-                dir.path().join("live.jsonl").display()
-            ),
-        )],
+        &[Pipeline::new("live")
+            .source(Source::test(64, 48).fps(30))
+            .model("none")
+            .jsonl(&dir.path().join("live.jsonl"))],
     );
     let mut daemon = Daemon::spawn(&file, &[]);
     let address: SocketAddr = daemon

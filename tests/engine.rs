@@ -37,14 +37,12 @@ fn a_finite_source_is_written_whole_with_its_timestamps() {
     let meta = out.path().join("a.jsonl");
     let (_dir, config) = temp_tree(
         "",
-        &[(
-            "a",
-            format!(
-                "name: a\nsource: {{ test: {{ width: 160, height: 120, fps: 30, frames: 45 }} }}\nmodel: none\nqueue: {{ capacity: 2 }}\nsinks:\n  - file: {{ path: {} }}\nmetadata:\n  - jsonl: {{ path: {} }}\n",
-                video.display(),
-                meta.display()
-            ),
-        )],
+        &[Pipeline::new("a")
+            .source(Source::test(160, 120).fps(30).frames(45))
+            .model("none")
+            .queue("{ capacity: 2 }")
+            .file_sink(&video)
+            .jsonl(&meta)],
     );
     let engine = Engine::start(&config, &no_models).unwrap();
     let reports = engine.wait();
@@ -105,10 +103,11 @@ fn pull_frames(sink: &gst_app::AppSink, count: usize, timeout: Duration) -> usiz
 fn rtsp_clients_receive_the_published_stream() {
     let (_dir, config) = temp_tree(
         "",
-        &[(
-            "live",
-            "name: live\nsource: { test: { width: 160, height: 120, fps: 30 } }\nmodel: none\nencoder: { keyframe_interval: 10 }\nsinks:\n  - rtsp: { mount: /live }\n".to_string(),
-        )],
+        &[Pipeline::new("live")
+            .source(Source::test(160, 120).fps(30))
+            .model("none")
+            .encoder("{ keyframe_interval: 10 }")
+            .rtsp_sink("/live")],
     );
     let engine = Engine::start(&config, &no_models).unwrap();
     let port = engine.rtsp_port().expect("RTSP server running");
@@ -199,20 +198,18 @@ fn a_lost_rtsp_camera_is_reconnected_while_other_pipelines_run_on() {
     let (_dir, config) = temp_tree(
         "",
         &[
-            (
-                "door",
-                format!(
-                    "name: door\nsource: {{ uri: \"rtsp://127.0.0.1:{port}/cam\", rtsp: {{ latency_ms: 0 }}, reconnect: {{ initial_ms: 200, max_ms: 1000 }} }}\nmodel: none\nmetadata:\n  - jsonl: {{ path: {} }}\n",
-                    out.path().join("door.jsonl").display()
-                ),
-            ),
-            (
-                "pattern",
-                format!(
-                    "name: pattern\nsource: {{ test: {{ width: 64, height: 48, fps: 30 }} }}\nmodel: none\nmetadata:\n  - jsonl: {{ path: {} }}\n",
-                    out.path().join("pattern.jsonl").display()
-                ),
-            ),
+            Pipeline::new("door")
+                .source(
+                    Source::uri(&format!("rtsp://127.0.0.1:{port}/cam"))
+                        .option("rtsp", "{ latency_ms: 0 }")
+                        .reconnect(200, 1000),
+                )
+                .model("none")
+                .jsonl(&out.path().join("door.jsonl")),
+            Pipeline::new("pattern")
+                .source(Source::test(64, 48).fps(30))
+                .model("none")
+                .jsonl(&out.path().join("pattern.jsonl")),
         ],
     );
     let engine = Engine::start(&config, &no_models).unwrap();
@@ -278,14 +275,12 @@ fn a_resolution_change_mid_stream_keeps_the_output_size() {
                   concat name=c";
     let (_dir, config) = temp_tree(
         "",
-        &[(
-            "switch",
-            format!(
-                "name: switch\nsource: {{ launch: \"{launch}\", reconnect: {{ initial_ms: 60000, max_ms: 60000 }} }}\nmodel: none\nqueue: {{ capacity: 4, when_full: block }}\nsinks:\n  - file: {{ path: {} }}\nmetadata:\n  - jsonl: {{ path: {} }}\n",
-                video.display(),
-                meta.display()
-            ),
-        )],
+        &[Pipeline::new("switch")
+            .source(Source::launch(launch).reconnect(60000, 60000))
+            .model("none")
+            .queue("{ capacity: 4, when_full: block }")
+            .file_sink(&video)
+            .jsonl(&meta)],
     );
     let engine = Engine::start(&config, &no_models).unwrap();
     let handle = engine.pipeline("switch").unwrap();
@@ -323,13 +318,10 @@ fn a_shutdown_while_sources_are_still_starting_drains_promptly() {
     let out = tempfile::tempdir().unwrap();
     let (_dir, config) = temp_tree(
         "",
-        &[(
-            "live",
-            format!(
-                "name: live\nsource: {{ test: {{ width: 64, height: 48, fps: 30 }} }}\nmodel: none\nmetadata:\n  - jsonl: {{ path: {} }}\n",
-                out.path().join("live.jsonl").display()
-            ),
-        )],
+        &[Pipeline::new("live")
+            .source(Source::test(64, 48).fps(30))
+            .model("none")
+            .jsonl(&out.path().join("live.jsonl"))],
     );
     // The window is a few milliseconds wide, somewhere after the start: sweep across it.
     for round in 0..40 {

@@ -21,13 +21,10 @@ fn record(dir: &Path, frames: u32) -> PathBuf {
     let config = load_tree(
         &dir.join("recorder"),
         "",
-        &[(
-            "rec",
-            format!(
-                "name: rec\nsource: {{ test: {{ width: 96, height: 64, fps: 30, frames: {frames} }} }}\nmodel: none\nsinks:\n  - file: {{ path: {} }}\n",
-                video.display()
-            ),
-        )],
+        &[Pipeline::new("rec")
+            .source(Source::test(96, 64).fps(30).frames(frames.into()))
+            .model("none")
+            .file_sink(&video)],
     );
     let reports = Engine::start(&config, &no_models).unwrap().wait();
     assert_eq!(reports[0].frames_out, u64::from(frames));
@@ -42,14 +39,10 @@ fn a_file_source_plays_to_its_end_and_the_pipeline_finishes() {
     let config = load_tree(
         &dir.path().join("replay"),
         "",
-        &[(
-            "replay",
-            format!(
-                "name: replay\nsource: {{ uri: \"file://{}\" }}\nmodel: none\nmetadata:\n  - jsonl: {{ path: {} }}\n",
-                video.display(),
-                meta.display()
-            ),
-        )],
+        &[Pipeline::new("replay")
+            .source(Source::file(&video))
+            .model("none")
+            .jsonl(&meta)],
     );
     let reports = Engine::start(&config, &no_models).unwrap().wait();
     assert_eq!(reports[0].state, PipelineState::Finished);
@@ -71,14 +64,11 @@ fn a_looping_file_source_starts_again_at_its_end() {
     let config = load_tree(
         &dir.path().join("loop"),
         "",
-        &[(
-            "loop",
-            format!(
-                "name: loop\nsource: {{ uri: \"file://{}\", loop: true }}\nmodel: none\nqueue: {{ when_full: block }}\nmetadata:\n  - jsonl: {{ path: {} }}\n",
-                video.display(),
-                meta.display()
-            ),
-        )],
+        &[Pipeline::new("loop")
+            .source(Source::file(&video).looping())
+            .model("none")
+            .queue("{ when_full: block }")
+            .jsonl(&meta)],
     );
     let engine = Engine::start(&config, &no_models).unwrap();
     let handle = engine.pipeline("loop").unwrap();
@@ -108,13 +98,16 @@ fn the_rate_cap_and_max_size_apply_before_the_frames_reach_the_pipeline() {
     let config = load_tree(
         dir.path(),
         "",
-        &[(
-            "capped",
-            format!(
-                "name: capped\nsource: {{ test: {{ width: 320, height: 240, fps: 30, frames: 60 }}, fps: 10, max_size: 160 }}\nmodel: none\nmetadata:\n  - jsonl: {{ path: {} }}\n",
-                meta.display()
-            ),
-        )],
+        &[Pipeline::new("capped")
+            .source(
+                Source::test(320, 240)
+                    .fps(30)
+                    .frames(60)
+                    .max_fps(10)
+                    .max_size(160),
+            )
+            .model("none")
+            .jsonl(&meta)],
     );
     let reports = Engine::start(&config, &no_models).unwrap().wait();
     // Two seconds of video at 10 fps: 20 frames, none of them dropped by visiond.
@@ -144,12 +137,11 @@ fn rtp_over_udp_reaches_a_receiver() {
     let config = load_tree(
         dir.path(),
         "",
-        &[(
-            "rtp",
-            format!(
-                "name: rtp\nsource: {{ test: {{ width: 96, height: 64, fps: 30 }} }}\nmodel: none\nencoder: {{ keyframe_interval: 5 }}\nsinks:\n  - udp: {{ host: 127.0.0.1, port: {port} }}\n"
-            ),
-        )],
+        &[Pipeline::new("rtp")
+            .source(Source::test(96, 64).fps(30))
+            .model("none")
+            .encoder("{ keyframe_interval: 5 }")
+            .udp_sink("127.0.0.1", port)],
     );
     let engine = Engine::start(&config, &no_models).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -181,13 +173,11 @@ fn segmented_recordings_split_by_duration_and_each_part_plays() {
     let config = load_tree(
         dir.path(),
         "",
-        &[(
-            "seg",
-            format!(
-                "name: seg\nsource: {{ test: {{ width: 96, height: 64, fps: 30, frames: 75 }} }}\nmodel: none\nencoder: {{ keyframe_interval: 15 }}\nsinks:\n  - file: {{ path: {}, segment_s: 1 }}\n",
-                out.join("seg.mkv").display()
-            ),
-        )],
+        &[Pipeline::new("seg")
+            .source(Source::test(96, 64).fps(30).frames(75))
+            .model("none")
+            .encoder("{ keyframe_interval: 15 }")
+            .file_sink_with(&out.join("seg.mkv"), "segment_s: 1")],
     );
     let reports = Engine::start(&config, &no_models).unwrap().wait();
     assert_eq!(reports[0].frames_out, 75);
@@ -219,20 +209,14 @@ fn a_pipeline_that_fails_leaves_the_others_running() {
         dir.path(),
         "",
         &[
-            (
-                "broken",
-                format!(
-                    "name: broken\nsource: {{ uri: \"file://{}\" }}\nmodel: none\nmetadata:\n  - jsonl: {{ stdout: true }}\n",
-                    not_media.display()
-                ),
-            ),
-            (
-                "good",
-                format!(
-                    "name: good\nsource: {{ test: {{ width: 64, height: 48, frames: 30 }} }}\nmodel: none\nmetadata:\n  - jsonl: {{ path: {} }}\n",
-                    meta.display()
-                ),
-            ),
+            Pipeline::new("broken")
+                .source(Source::file(&not_media))
+                .model("none")
+                .jsonl_stdout(),
+            Pipeline::new("good")
+                .source(Source::test(64, 48).frames(30))
+                .model("none")
+                .jsonl(&meta),
         ],
     );
     let reports = Engine::start(&config, &no_models).unwrap().wait();
@@ -258,13 +242,10 @@ fn sigterm_drains_a_live_pipeline_and_finalizes_its_recording() {
     let file = write_tree(
         dir.path(),
         "",
-        &[(
-            "live",
-            format!(
-                "name: live\nsource: {{ test: {{ width: 96, height: 64, fps: 30 }} }}\nmodel: none\nsinks:\n  - file: {{ path: {} }}\n",
-                video.display()
-            ),
-        )],
+        &[Pipeline::new("live")
+            .source(Source::test(96, 64).fps(30))
+            .model("none")
+            .file_sink(&video)],
     );
     let mut daemon = Daemon::spawn(&file, &[]);
     daemon.field("source playing", "pipeline", Duration::from_secs(20));
@@ -327,11 +308,12 @@ fn rtsp_basic_auth_admits_only_the_configured_viewer() {
         "pipelines_dir: pipelines\nhttp: { listen: \"127.0.0.1:0\" }\nrtsp: { port: 0, auth: { username: viewer, password_env: VISIOND_TEST_RTSP_PASSWORD } }\n",
     )
     .unwrap();
-    std::fs::write(
-        dir.path().join("pipelines/cam.yaml"),
-        "name: cam\nsource: { test: { width: 96, height: 64, fps: 30 } }\nmodel: none\nencoder: { keyframe_interval: 5 }\nsinks:\n  - rtsp: { mount: /cam }\n",
-    )
-    .unwrap();
+    let cam = Pipeline::new("cam")
+        .source(Source::test(96, 64).fps(30))
+        .model("none")
+        .encoder("{ keyframe_interval: 5 }")
+        .rtsp_sink("/cam");
+    std::fs::write(dir.path().join("pipelines/cam.yaml"), cam.yaml()).unwrap();
     // The password reaches the daemon only through its environment, as on a real box.
     let mut daemon = Daemon::spawn(&file, &[("VISIOND_TEST_RTSP_PASSWORD", "s3cret-pw")]);
     let port: u16 = daemon
@@ -361,13 +343,11 @@ fn a_slow_live_output_drops_raw_frames_before_the_encoder_and_counts_them() {
     let config = load_tree(
         dir.path(),
         "",
-        &[(
-            "slow",
-            format!(
-                "name: slow\nsource: {{ test: {{ width: 64, height: 48, fps: 30 }} }}\nmodel: none\nsinks:\n  - launch: {{ pipeline: \"identity sleep-time=100000 ! fakesink sync=false\" }}\nmetadata:\n  - jsonl: {{ path: {} }}\n",
-                meta.display()
-            ),
-        )],
+        &[Pipeline::new("slow")
+            .source(Source::test(64, 48).fps(30))
+            .model("none")
+            .launch_sink("identity sleep-time=100000 ! fakesink sync=false")
+            .jsonl(&meta)],
     );
     let engine = Engine::start(&config, &no_models).unwrap();
     let slow = engine.pipeline("slow").unwrap();
@@ -396,10 +376,10 @@ fn json_logs_are_one_object_per_line() {
     let file = write_tree(
         dir.path(),
         "log: { format: json, level: info }\n",
-        &[(
-            "short",
-            "name: short\nsource: { test: { width: 32, height: 32, frames: 3 } }\nmodel: none\nmetadata:\n  - jsonl: { stdout: true }\n".to_string(),
-        )],
+        &[Pipeline::new("short")
+            .source(Source::test(32, 32).frames(3))
+            .model("none")
+            .jsonl_stdout()],
     );
     let output = Command::new(env!("CARGO_BIN_EXE_visiond"))
         .arg("run")
@@ -442,13 +422,11 @@ fn a_failed_output_is_rebuilt_and_earlier_recordings_are_kept() {
     let config = load_tree(
         dir.path(),
         "",
-        &[(
-            "cam",
-            format!(
-                "name: cam\nsource: {{ test: {{ width: 64, height: 48, fps: 30 }} }}\nmodel: none\nsinks:\n  - file: {{ path: {} }}\n  - launch: {{ pipeline: \"identity error-after=15 ! fakesink\" }}\n",
-                out.join("cam.mkv").display()
-            ),
-        )],
+        &[Pipeline::new("cam")
+            .source(Source::test(64, 48).fps(30))
+            .model("none")
+            .file_sink(&out.join("cam.mkv"))
+            .launch_sink("identity error-after=15 ! fakesink")],
     );
     let engine = Engine::start(&config, &no_models).unwrap();
     let cam = engine.pipeline("cam").unwrap();

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,8 +28,8 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A config tree with the given `models:` entries.
-fn tree(models: &str, pipelines: &[(&str, String)]) -> (tempfile::TempDir, Config) {
+/// A config tree with the given `models:` entries (see [`model_yaml`]).
+fn tree(models: &str, pipelines: &[Pipeline]) -> (tempfile::TempDir, Config) {
     temp_tree(&format!("models:\n{models}"), pipelines)
 }
 
@@ -75,31 +76,23 @@ fn slow_factory(
 fn depth_and_classification_pipelines_write_annotated_video_and_results() {
     let _serial = serial();
     let out = tempfile::tempdir().unwrap();
-    let o = |name: &str| out.path().join(name).display().to_string();
-    let models = format!(
-        "  depth: {{ path: {}, device: cpu }}\n  documents: {{ path: {}, device: cpu }}\n",
-        fixture("dpt-vit").display(),
-        fixture("dit").display()
-    );
+    let o = |name: &str| out.path().join(name);
+    let models = model_yaml("depth", "dpt-vit", "device: cpu")
+        + &model_yaml("documents", "dit", "device: cpu");
     let (_dir, config) = tree(
         &models,
         &[
-            (
-                "depth",
-                format!(
-                    "name: depth\nsource: {{ test: {{ width: 96, height: 72, fps: 30, frames: 20 }} }}\nmodel: depth\noverlay: {{ mode: side_by_side }}\nsinks:\n  - file: {{ path: {} }}\nmetadata:\n  - jsonl: {{ path: {} }}\n",
-                    o("depth.mp4"),
-                    o("depth.jsonl")
-                ),
-            ),
-            (
-                "documents",
-                format!(
-                    "name: documents\nsource: {{ test: {{ width: 80, height: 64, fps: 30, frames: 20 }} }}\nmodel: documents\nsinks:\n  - file: {{ path: {} }}\nmetadata:\n  - jsonl: {{ path: {} }}\n",
-                    o("documents.mp4"),
-                    o("documents.jsonl")
-                ),
-            ),
+            Pipeline::new("depth")
+                .source(Source::test(96, 72).fps(30).frames(20))
+                .model("depth")
+                .overlay("{ mode: side_by_side }")
+                .file_sink(&o("depth.mp4"))
+                .jsonl(&o("depth.jsonl")),
+            Pipeline::new("documents")
+                .source(Source::test(80, 64).fps(30).frames(20))
+                .model("documents")
+                .file_sink(&o("documents.mp4"))
+                .jsonl(&o("documents.jsonl")),
         ],
     );
     let engine = Engine::start(&config, &runtime::loader(&config)).unwrap();
@@ -152,23 +145,21 @@ fn depth_and_classification_pipelines_write_annotated_video_and_results() {
 fn two_pipelines_share_one_model_in_batches_and_get_their_own_results() {
     let _serial = serial();
     let out = tempfile::tempdir().unwrap();
-    let o = |name: &str| out.path().join(name).display().to_string();
-    let models = format!(
-        "  depth: {{ path: {}, device: cpu, batch: {{ max_size: 4, max_wait_ms: 50 }} }}\n",
-        fixture("dpt-vit").display()
+    let models = model_yaml(
+        "depth",
+        "dpt-vit",
+        "device: cpu, batch: { max_size: 4, max_wait_ms: 50 }",
     );
     let pipeline = |name: &str, width: u32, height: u32| {
-        format!(
-            "name: {name}\nsource: {{ test: {{ width: {width}, height: {height}, fps: 30, frames: 30 }} }}\nmodel: depth\nqueue: {{ capacity: 8, when_full: block }}\nmetadata:\n  - jsonl: {{ path: {} }}\n",
-            o(&format!("{name}.jsonl"))
-        )
+        Pipeline::new(name)
+            .source(Source::test(width, height).fps(30).frames(30))
+            .model("depth")
+            .queue("{ capacity: 8, when_full: block }")
+            .jsonl(&out.path().join(format!("{name}.jsonl")))
     };
     let (_dir, config) = tree(
         &models,
-        &[
-            ("left", pipeline("left", 64, 48)),
-            ("right", pipeline("right", 96, 80)),
-        ],
+        &[pipeline("left", 64, 48), pipeline("right", 96, 80)],
     );
     // A little slowness lets frames queue up, as a real model would.
     let factory = slow_factory(&config, Duration::from_millis(15));
@@ -205,16 +196,18 @@ fn two_pipelines_share_one_model_in_batches_and_get_their_own_results() {
 #[test]
 fn a_slow_model_with_drop_oldest_bounds_queue_and_latency_and_counts_drops() {
     let _serial = serial();
-    let models = format!(
-        "  depth: {{ path: {}, device: cpu, batch: {{ max_size: 1, max_wait_ms: 0 }} }}\n",
-        fixture("dpt-vit").display()
+    let models = model_yaml(
+        "depth",
+        "dpt-vit",
+        "device: cpu, batch: { max_size: 1, max_wait_ms: 0 }",
     );
     let (_dir, config) = tree(
         &models,
-        &[(
-            "camera",
-            "name: camera\nsource: { test: { width: 64, height: 48, fps: 30 } }\nmodel: depth\nqueue: { capacity: 2, when_full: drop_oldest }\nsinks:\n  - file: { path: /dev/null, format: mkv }\n".to_string(),
-        )],
+        &[Pipeline::new("camera")
+            .source(Source::test(64, 48).fps(30))
+            .model("depth")
+            .queue("{ capacity: 2, when_full: drop_oldest }")
+            .file_sink_with(Path::new("/dev/null"), "format: mkv")],
     );
     let factory = slow_factory(&config, Duration::from_millis(100));
     let engine = Engine::start(&config, &factory).unwrap();
@@ -261,19 +254,14 @@ fn a_slow_model_with_block_loses_nothing() {
     let _serial = serial();
     let out = tempfile::tempdir().unwrap();
     let meta = out.path().join("all.jsonl");
-    let models = format!(
-        "  depth: {{ path: {}, device: cpu, batch: {{ max_size: 1 }} }}\n",
-        fixture("dpt-vit").display()
-    );
+    let models = model_yaml("depth", "dpt-vit", "device: cpu, batch: { max_size: 1 }");
     let (_dir, config) = tree(
         &models,
-        &[(
-            "all",
-            format!(
-                "name: all\nsource: {{ test: {{ width: 64, height: 48, fps: 30, frames: 25 }} }}\nmodel: depth\nqueue: {{ capacity: 1, when_full: block }}\nmetadata:\n  - jsonl: {{ path: {} }}\n",
-                meta.display()
-            ),
-        )],
+        &[Pipeline::new("all")
+            .source(Source::test(64, 48).fps(30).frames(25))
+            .model("depth")
+            .queue("{ capacity: 1, when_full: block }")
+            .jsonl(&meta)],
     );
     let factory = slow_factory(&config, Duration::from_millis(20));
     let engine = Engine::start(&config, &factory).unwrap();
@@ -300,19 +288,12 @@ fn a_depth16_sink_records_the_raw_depth_losslessly() {
     use gstreamer::prelude::*;
     let out = tempfile::tempdir().unwrap();
     let raw = out.path().join("depth16.mkv");
-    let models = format!(
-        "  depth: {{ path: {}, device: cpu }}\n",
-        fixture("dpt-vit").display()
-    );
     let (_dir, config) = tree(
-        &models,
-        &[(
-            "raw",
-            format!(
-                "name: raw\nsource: {{ test: {{ pattern: ball, width: 80, height: 60, fps: 30, frames: 12 }} }}\nmodel: depth\nsinks:\n  - depth16: {{ path: {} }}\n",
-                raw.display()
-            ),
-        )],
+        &model_yaml("depth", "dpt-vit", "device: cpu"),
+        &[Pipeline::new("raw")
+            .source(Source::test(80, 60).pattern("ball").fps(30).frames(12))
+            .model("depth")
+            .depth16_sink(&raw)],
     );
     let reports = Engine::start(&config, &runtime::loader(&config))
         .unwrap()
@@ -350,21 +331,15 @@ fn frames_with_padded_rows_reach_the_model_intact() {
     let out = tempfile::tempdir().unwrap();
     let meta = out.path().join("odd.jsonl");
     let video = out.path().join("odd.mkv");
-    let models = format!(
-        "  depth: {{ path: {}, device: cpu }}\n",
-        fixture("dpt-vit").display()
-    );
     // 81 RGB pixels are 243 bytes: GStreamer pads each row to 244.
     let (_dir, config) = tree(
-        &models,
-        &[(
-            "odd",
-            format!(
-                "name: odd\nsource: {{ test: {{ width: 81, height: 61, fps: 30, frames: 6 }} }}\nmodel: depth\noverlay: {{ mode: side_by_side }}\nsinks:\n  - file: {{ path: {} }}\nmetadata:\n  - jsonl: {{ path: {} }}\n",
-                video.display(),
-                meta.display()
-            ),
-        )],
+        &model_yaml("depth", "dpt-vit", "device: cpu"),
+        &[Pipeline::new("odd")
+            .source(Source::test(81, 61).fps(30).frames(6))
+            .model("depth")
+            .overlay("{ mode: side_by_side }")
+            .file_sink(&video)
+            .jsonl(&meta)],
     );
     let reports = Engine::start(&config, &runtime::loader(&config))
         .unwrap()

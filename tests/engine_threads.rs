@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use visiond::pipeline::engine::Engine;
 use visiond::pipeline::stats::PipelineState;
 
-use common::no_models;
+use common::{Pipeline, Source, no_models};
 
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
@@ -38,15 +38,13 @@ fn running_pipelines_again_and_again_does_not_grow_the_thread_count() {
         "pipelines_dir: pipelines\nrtsp: { port: 0 }\n",
     )
     .unwrap();
-    std::fs::write(
-        dir.path().join("pipelines/a.yaml"),
-        format!(
-            "name: a\nsource: {{ test: {{ width: 64, height: 48, frames: 15 }} }}\nmodel: none\nsinks:\n  - file: {{ path: {} }}\n  - rtsp: {{ mount: /a }}\nmetadata:\n  - jsonl: {{ path: {} }}\n",
-            dir.path().join("a.mp4").display(),
-            dir.path().join("a.jsonl").display()
-        ),
-    )
-    .unwrap();
+    let pipeline = Pipeline::new("a")
+        .source(Source::test(64, 48).frames(15))
+        .model("none")
+        .file_sink(&dir.path().join("a.mp4"))
+        .rtsp_sink("/a")
+        .jsonl(&dir.path().join("a.jsonl"));
+    std::fs::write(dir.path().join("pipelines/a.yaml"), pipeline.yaml()).unwrap();
     let config = visiond::preflight::load(&dir.path().join("visiond.yaml")).unwrap();
     let run = || {
         let reports = Engine::start(&config, &no_models).unwrap().wait();

@@ -1,8 +1,14 @@
-//! Helpers shared by the engine tests: configuration trees in temporary folders, reading
-//! metadata and recordings back.
+//! Helpers shared by the engine tests: configuration trees in temporary folders (pipeline
+//! files from the builder in `yaml.rs`), reading metadata and recordings back.
 
 // Each test binary uses its own subset of these.
 #![allow(dead_code)]
+
+mod yaml;
+
+// As above: not every binary uses every one.
+#[allow(unused_imports)]
+pub use yaml::{Pipeline, Source, model_yaml};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -26,28 +32,26 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// Writes a daemon file (`daemon_extra` appended to a base that picks free ports for the RTSP
 /// server and the control plane) and one file per pipeline under `dir`; returns the daemon file.
-pub fn write_tree(dir: &Path, daemon_extra: &str, pipelines: &[(&str, String)]) -> PathBuf {
+pub fn write_tree(dir: &Path, daemon_extra: &str, pipelines: &[Pipeline]) -> PathBuf {
     std::fs::create_dir_all(dir.join("pipelines")).unwrap();
     let file = dir.join("visiond.yaml");
-    std::fs::write(
-        &file,
-        format!("pipelines_dir: pipelines\nrtsp: {{ port: 0 }}\nhttp: {{ listen: \"127.0.0.1:0\" }}\nshutdown: {{ grace_ms: 5000 }}\n{daemon_extra}"),
-    )
-    .unwrap();
-    for (name, text) in pipelines {
-        std::fs::write(dir.join("pipelines").join(format!("{name}.yaml")), text).unwrap();
+    let base = "pipelines_dir: pipelines\nrtsp: { port: 0 }\nhttp: { listen: \"127.0.0.1:0\" }\nshutdown: { grace_ms: 5000 }\n";
+    std::fs::write(&file, format!("{base}{daemon_extra}")).unwrap();
+    for pipeline in pipelines {
+        let name = format!("{}.yaml", pipeline.name());
+        std::fs::write(dir.join("pipelines").join(name), pipeline.yaml()).unwrap();
     }
     file
 }
 
 /// [`write_tree`] then load (and validate) it.
-pub fn load_tree(dir: &Path, daemon_extra: &str, pipelines: &[(&str, String)]) -> Config {
+pub fn load_tree(dir: &Path, daemon_extra: &str, pipelines: &[Pipeline]) -> Config {
     let file = write_tree(dir, daemon_extra, pipelines);
     visiond::preflight::load(&file).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// [`load_tree`] in a new temporary folder, kept alive by the returned guard.
-pub fn temp_tree(daemon_extra: &str, pipelines: &[(&str, String)]) -> (tempfile::TempDir, Config) {
+pub fn temp_tree(daemon_extra: &str, pipelines: &[Pipeline]) -> (tempfile::TempDir, Config) {
     let dir = tempfile::tempdir().unwrap();
     let config = load_tree(dir.path(), daemon_extra, pipelines);
     (dir, config)
