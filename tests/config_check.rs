@@ -554,3 +554,22 @@ fn a_depth16_sink_needs_matroska_and_a_model() {
         ]
     );
 }
+
+#[test]
+fn a_cuda_device_this_machine_lacks_is_an_error_at_check_time() {
+    let tree = Tree::new(
+        "pipelines_dir: pipelines\nmodels:\n  depth: { path: model, device: \"cuda:7\" }\n",
+    );
+    tree.pipeline("door.yaml", GOOD_PIPELINE);
+    let d = tree.file("visiond.yaml");
+    let errors = tree.errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    // How many GPUs there are depends on the box; the message says which.
+    assert!(
+        errors[0].starts_with(&format!(
+            "{d}: models.depth.device: device cuda:7 requested but "
+        )),
+        "{}",
+        errors[0]
+    );
+}
