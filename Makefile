@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test lint setup
+.PHONY: demo test lint setup install
 
 setup:
 	@scripts/setup
@@ -19,3 +19,12 @@ test: setup
 lint: setup
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --quiet -- -D warnings
+
+# Installs the binary, the systemd unit, an example /etc/visiond (an operator's edits are kept),
+# man pages and shell completions. PREFIX (default /usr/local) and DESTDIR are respected; BIN
+# installs an already built binary instead of building the release one.
+PREFIX ?= /usr/local
+BIN ?=
+install:
+	@if [ -z "$(BIN)" ]; then scripts/setup && $(CARGO) build --release --quiet; fi
+	PREFIX="$(PREFIX)" DESTDIR="$(DESTDIR)" scripts/install "$(if $(BIN),$(BIN),target/release/visiond)"

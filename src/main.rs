@@ -3,12 +3,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use visiond::config::LogConfig;
-use visiond::control::{ControlServer, signals};
+use visiond::control::{ControlServer, signals, systemd};
 use visiond::pipeline::engine::Engine;
 use visiond::pipeline::stats::PipelineState;
 use visiond::preflight;
@@ -40,6 +41,17 @@ enum Command {
         #[arg(short, long, default_value = "/etc/visiond/visiond.yaml")]
         config: PathBuf,
     },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (visiond.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Manpages {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +60,32 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Infer(args) => infer(&args),
         Command::Run { config } => run(&config),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "visiond",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Manpages { dir } => manpages(&dir),
+    }
+}
+
+/// The man pages come from the same definition as `--help`, so they never drift apart.
+fn manpages(dir: &std::path::Path) -> ExitCode {
+    let written =
+        std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(Cli::command(), dir));
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!(
+                "error: cannot write manual pages into {}: {error}",
+                dir.display()
+            );
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -109,9 +147,16 @@ fn run(file: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(async { signals::watch(engine.shutdown_handle()) }) {
+    let notifier = systemd::Notifier::from_env().map(Arc::new);
+    match runtime.block_on(async { signals::watch(engine.shutdown_handle(), notifier.clone()) }) {
         Ok(watch) => drop(runtime.spawn(watch)),
         Err(error) => tracing::error!(%error, "cannot watch SIGINT/SIGTERM"),
+    }
+    if let Some(notifier) = &notifier {
+        let view = engine.view();
+        notifier.send(&format!("READY=1\nSTATUS={}", systemd::status_line(&view)));
+        let watchdog = systemd::watchdog_interval();
+        drop(runtime.spawn(systemd::supervise(notifier.clone(), view, watchdog)));
     }
     let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = runtime.spawn(server.serve(engine.view(), async move {

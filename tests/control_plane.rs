@@ -370,6 +370,55 @@ fn every_endpoint_reports_the_running_engine() {
         0.0
     );
     assert!(value(&first, "visiond_batch_size_max", &[("model", "echo")]) >= 1.0);
+    // Its batch sizes: cumulative buckets up to 64 and +Inf, the sum being the frames.
+    let sizes = find(&first, "visiond_inference_batch_size", &[("model", "echo")]);
+    let Value::Histogram(buckets) = &sizes.value else {
+        panic!("not a histogram: {sizes:?}");
+    };
+    let edges: Vec<f64> = buckets.iter().map(|b| b.less_than).collect();
+    assert_eq!(edges[..7], [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]);
+    assert!(edges[7].is_infinite());
+    assert!(buckets.windows(2).all(|w| w[0].count <= w[1].count));
+    let batches = value(
+        &first,
+        "visiond_inference_batch_size_count",
+        &[("model", "echo")],
+    );
+    assert_eq!(buckets[7].count, batches);
+    assert!(
+        batches
+            >= value(
+                &first,
+                "visiond_inference_batches_total",
+                &[("model", "echo")]
+            )
+    );
+    assert!(
+        value(
+            &first,
+            "visiond_inference_batch_size_sum",
+            &[("model", "echo")]
+        ) >= value(
+            &first,
+            "visiond_inference_batches_total",
+            &[("model", "echo")]
+        )
+    );
+
+    // The process: what this build is, and what it holds.
+    let build = find(&first, "visiond_build_info", &[]);
+    assert_eq!(build.labels.get("version"), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!(build.labels.get("libtorch"), Some("2.11.0"));
+    assert!(
+        build
+            .labels
+            .get("gstreamer")
+            .is_some_and(|v| v.starts_with("1."))
+    );
+    assert!(value(&first, "process_resident_memory_bytes", &[]) > 10e6);
+    assert!(value(&first, "process_cpu_seconds_total", &[]) > 0.0);
+    assert!(value(&first, "process_open_fds", &[]) >= 10.0);
+    assert!(value(&first, "process_threads", &[]) >= 8.0);
 
     // Unknown paths and other methods.
     assert_eq!(request(&agent, "GET", &format!("{base}/nope")).0, 404);

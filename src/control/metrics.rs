@@ -6,7 +6,11 @@
 //! current one, 0 for the other four), `visiond_reconnects_total`, `visiond_output_restarts_total` and the histogram
 //! `visiond_frame_latency_seconds`. Per inference worker (label `model`):
 //! `visiond_inference_batches_total`, `visiond_inference_frames_total`,
-//! `visiond_inference_failed_frames_total` and `visiond_batch_size_max`.
+//! `visiond_inference_failed_frames_total`, `visiond_batch_size_max` and the histogram
+//! `visiond_inference_batch_size`. For the process: `visiond_build_info` (labels `version`,
+//! `libtorch`, `gstreamer`) and the standard `process_resident_memory_bytes`,
+//! `process_cpu_seconds_total`, `process_open_fds`, `process_threads`,
+//! `process_start_time_seconds`.
 //!
 //! The latency histogram's `le` bounds are edges of the engine's own log buckets (5% wide),
 //! the ones nearest 1 ms, 2.5 ms, 5 ms, … 10 s, so every `_bucket` count is exact rather
@@ -16,9 +20,10 @@ use std::fmt::{Display, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::process::ProcessStats;
 use crate::pipeline::stats::{LatencyHistogram, PipelineState};
 use crate::pipeline::view::EngineView;
-use crate::pipeline::worker::WorkerStats;
+use crate::pipeline::worker::{BATCH_SIZE_BUCKETS, WorkerStats};
 
 /// The `Content-Type` of the 0.0.4 text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -215,7 +220,102 @@ pub fn render(view: &EngineView) -> String {
             );
         }
     }
+    render_batch_sizes(&mut out, view);
+    render_process(&mut out);
     out.text
+}
+
+/// The batch sizes each model's worker ran, as a histogram.
+fn render_batch_sizes(out: &mut Exposition, view: &EngineView) {
+    let name = "visiond_inference_batch_size";
+    out.family(
+        name,
+        "histogram",
+        "Frames per batch the model's inference worker ran.",
+    );
+    for worker in view.workers() {
+        let counts = worker.stats.batch_size_counts();
+        let mut cumulative = 0;
+        for (edge, count) in BATCH_SIZE_BUCKETS.iter().zip(&counts) {
+            cumulative += count;
+            let le = edge.to_string();
+            out.sample(
+                &format!("{name}_bucket"),
+                &[("model", &worker.model), ("le", &le)],
+                cumulative,
+            );
+        }
+        let model = [("model", worker.model.as_str())];
+        out.sample(
+            &format!("{name}_bucket"),
+            &[("model", &worker.model), ("le", "+Inf")],
+            cumulative,
+        );
+        out.sample(
+            &format!("{name}_sum"),
+            &model,
+            worker.stats.frames.load(Ordering::Relaxed),
+        );
+        out.sample(&format!("{name}_count"), &model, cumulative);
+    }
+}
+
+/// What this build is, and the process's own resources.
+fn render_process(out: &mut Exposition) {
+    out.family(
+        "visiond_build_info",
+        "gauge",
+        "Always 1; the labels say which visiond, libtorch and GStreamer this is.",
+    );
+    let gstreamer = crate::media::registry::version();
+    out.sample(
+        "visiond_build_info",
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("libtorch", crate::runtime::LIBTORCH_VERSION),
+            ("gstreamer", &gstreamer),
+        ],
+        1,
+    );
+    let Some(process) = ProcessStats::read() else {
+        return;
+    };
+    let families: [(&str, &str, &str, f64); 5] = [
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            process.resident_bytes as f64,
+        ),
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            process.cpu.as_secs_f64(),
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            process.open_fds as f64,
+        ),
+        (
+            "process_threads",
+            "gauge",
+            "Number of OS threads in the process.",
+            process.threads as f64,
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            process.start_time_s,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        out.family(name, kind, help);
+        out.sample(name, &[], value);
+    }
 }
 
 /// A bucket bound with 6 significant digits (the edges are irrational; 6 digits keep them

@@ -4,12 +4,16 @@
 //!   `/metrics`), reading the engine's shared [`EngineView`](crate::pipeline::engine::EngineView).
 //! - [`metrics`]: the Prometheus text exposition of that view.
 //! - [`signals`]: SIGINT/SIGTERM start a drain; a second one exits at once.
+//! - [`systemd`]: `Type=notify` readiness, status, watchdog and stopping notifications.
+//! - [`process`]: the process's own resources, for `/metrics`.
 //!
 //! Nothing here touches frames or tensors: every number it serves is an atomic the frame path
 //! already keeps, read without locking anything the frame path takes.
 
 pub mod http;
 pub mod metrics;
+pub mod process;
 pub mod signals;
+pub mod systemd;
 
 pub use http::ControlServer;

@@ -2,15 +2,21 @@
 //! exits at once.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::signal::unix::{SignalKind, signal};
 
+use super::systemd::Notifier;
 use crate::pipeline::engine::ShutdownHandle;
 
 /// Registers for SIGINT and SIGTERM now (so a signal that comes before the returned future is
 /// first polled is not lost to the default action) and returns the future that acts on them.
 /// Must be called within a tokio runtime.
-pub fn watch(shutdown: ShutdownHandle) -> std::io::Result<impl Future<Output = ()> + Send> {
+/// `notifier` (under systemd) is told `STOPPING=1` when the drain starts.
+pub fn watch(
+    shutdown: ShutdownHandle,
+    notifier: Option<Arc<Notifier>>,
+) -> std::io::Result<impl Future<Output = ()> + Send> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     Ok(async move {
@@ -19,6 +25,9 @@ pub fn watch(shutdown: ShutdownHandle) -> std::io::Result<impl Future<Output = (
             _ = terminate.recv() => {}
         }
         tracing::info!("shutdown requested; draining (a second signal exits at once)");
+        if let Some(notifier) = &notifier {
+            notifier.send("STOPPING=1\nSTATUS=draining");
+        }
         shutdown.trigger();
         tokio::select! {
             _ = interrupt.recv() => {}

@@ -53,3 +53,9 @@ pub fn check_launch(description: &str) -> Result<(), MediaError> {
             reason: error.to_string(),
         })
 }
+
+/// The GStreamer this process runs with, `1.22.0`.
+pub fn version() -> String {
+    let (major, minor, micro, _) = gst::version();
+    format!("{major}.{minor}.{micro}")
+}

@@ -20,6 +20,62 @@ pub struct WorkerStats {
     pub multi_frame_batches: AtomicU64,
     pub largest_batch: AtomicU64,
     pub failed_frames: AtomicU64,
+    /// Batches by size: bucket `i` counts batches of at most [`BATCH_SIZE_BUCKETS`]`[i]`
+    /// frames and more than the bucket before (the last one also takes everything above).
+    batch_sizes: [AtomicU64; BATCH_SIZE_BUCKETS.len()],
+    /// When the batch now running started, in microseconds since [`epoch`] plus one; 0 while
+    /// the worker waits for frames. A batch that never ends is a wedged worker.
+    busy_since_us: AtomicU64,
+}
+
+/// Upper edges of the batch-size histogram.
+pub const BATCH_SIZE_BUCKETS: [u64; 7] = [1, 2, 4, 8, 16, 32, 64];
+
+/// A fixed instant to measure busy times from, the same for every worker.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl WorkerStats {
+    fn begin_batch(&self, size: u64) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.frames.fetch_add(size, Ordering::Relaxed);
+        self.largest_batch.fetch_max(size, Ordering::Relaxed);
+        if size > 1 {
+            self.multi_frame_batches.fetch_add(1, Ordering::Relaxed);
+        }
+        let bucket = BATCH_SIZE_BUCKETS
+            .iter()
+            .position(|&edge| size <= edge)
+            .unwrap_or(BATCH_SIZE_BUCKETS.len() - 1);
+        self.batch_sizes[bucket].fetch_add(1, Ordering::Relaxed);
+        let since = epoch().elapsed().as_micros() as u64 + 1;
+        self.busy_since_us.store(since, Ordering::Relaxed);
+    }
+
+    fn end_batch(&self) {
+        self.busy_since_us.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the batch now running has taken; `None` while the worker waits for frames.
+    pub fn busy_for(&self) -> Option<Duration> {
+        match self.busy_since_us.load(Ordering::Relaxed) {
+            0 => None,
+            since => {
+                let now = epoch().elapsed().as_micros() as u64 + 1;
+                Some(Duration::from_micros(now.saturating_sub(since)))
+            }
+        }
+    }
+
+    /// Batch counts per bucket of [`BATCH_SIZE_BUCKETS`] (not cumulative).
+    pub fn batch_size_counts(&self) -> Vec<u64> {
+        self.batch_sizes
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
 }
 
 /// One pipeline as the worker sees it.
@@ -71,14 +127,10 @@ pub fn run(
             }
             waited = true;
         }
-        let size = batch.len() as u64;
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.frames.fetch_add(size, Ordering::Relaxed);
-        stats.largest_batch.fetch_max(size, Ordering::Relaxed);
-        if size > 1 {
-            stats.multi_frame_batches.fetch_add(1, Ordering::Relaxed);
-        }
-        for result in inference.process(batch) {
+        stats.begin_batch(batch.len() as u64);
+        let results = inference.process(batch);
+        stats.end_batch();
+        for result in results {
             let processed = match result {
                 Ok(processed) => processed,
                 Err(FrameFailure { frame, error }) => {

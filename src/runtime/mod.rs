@@ -15,3 +15,6 @@ pub mod tensors;
 pub use batch::TorchInference;
 pub use contract::{Annotation, BatchInference, FrameFailure, InferenceError, ModelRuntime};
 pub use load::{LoadError, ModelLoader, load, loader};
+
+/// The libtorch this build binds: the PyPI wheel `scripts/setup` installs, pinned by tch.
+pub const LIBTORCH_VERSION: &str = "2.11.0";
