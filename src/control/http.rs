@@ -2,6 +2,7 @@
 //!
 //! | path | answer |
 //! |---|---|
+//! | `GET /` | the status page (`status.html`): every pipeline, its rates and latest frame |
 //! | `GET /healthz` | 200 `ok` while the process runs |
 //! | `GET /readyz` | 200 when every pipeline is `playing` or `finished`, else 503; JSON either way |
 //! | `GET /api/pipelines` | JSON array, one object per pipeline ([`PipelineStatus`]) |
@@ -64,12 +65,25 @@ impl ControlServer {
 /// The routes, on `view`.
 pub fn router(view: Arc<EngineView>) -> Router {
     Router::new()
+        .route("/", get(status_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/pipelines", get(pipelines))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(view)
+}
+
+/// The status page: one static file; it reads `/api/pipelines` itself.
+async fn status_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("status.html"),
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {
