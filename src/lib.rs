@@ -3,6 +3,8 @@
 //! # Layout
 //! Each module owns one step; arrows only point down this list (a module uses those below it).
 //!
+//! - [`daemon`]: `visiond run`: the engine, the control plane, signals and systemd, and the
+//!   loop that applies reloads and pipeline writes one at a time.
 //! - [`control`]: the control plane on tokio: HTTP (`/healthz`, `/readyz`, `/api/pipelines`,
 //!   Prometheus `/metrics`) reading the engine's shared view, and signals.
 //! - [`infer`]: `visiond infer`, one model on one image or tensor, through the runtime's path.
@@ -27,6 +29,7 @@
 
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod frames;
 pub mod infer;
 pub mod logging;

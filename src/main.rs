@@ -3,19 +3,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
 use visiond::config::LogConfig;
-use visiond::control::{ControlServer, signals, systemd};
-use visiond::pipeline::engine::Engine;
-use visiond::pipeline::stats::PipelineState;
-use visiond::preflight;
-
-/// How long the control plane may take to close its connections at exit.
-const SERVER_STOP: Duration = Duration::from_secs(2);
+use visiond::{daemon, preflight};
 
 #[derive(Parser)]
 #[command(name = "visiond", version, about = "Vision transformers on live video")]
@@ -105,83 +97,25 @@ fn infer(args: &visiond::infer::InferArgs) -> ExitCode {
 }
 
 fn run(file: &std::path::Path) -> ExitCode {
-    let config = match preflight::load(file) {
-        Ok(config) => config,
-        Err(errors) => {
+    match daemon::run(file) {
+        daemon::Outcome::InvalidConfig(errors) => {
             eprintln!("{errors}");
             eprintln!("{} error(s); not starting", errors.0.len());
-            return ExitCode::from(2);
+            ExitCode::from(2)
         }
-    };
-    visiond::logging::init(&config.daemon.log);
-    for warning in &config.warnings {
-        tracing::warn!("{warning}");
-    }
-    // The control plane (HTTP server, signals) lives on a small tokio runtime of its own;
-    // the frame path never runs on it.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("control")
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the control plane runtime");
-            return ExitCode::from(1);
+        daemon::Outcome::CannotStart => ExitCode::from(1),
+        daemon::Outcome::Ran(reports) => {
+            // The summary goes to stderr: stdout may carry jsonl metadata.
+            eprintln!("summary:");
+            for report in &reports {
+                eprintln!("  {report}");
+            }
+            if daemon::all_finished(&reports) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
-    };
-    // Bound before any pipeline starts: a taken port fails the start, like the RTSP port.
-    let listen = config.daemon.http.listen;
-    let server = match runtime.block_on(ControlServer::bind(listen)) {
-        Ok(server) => server,
-        Err(error) => {
-            tracing::error!(address = %listen, %error, "cannot listen for the control plane");
-            return ExitCode::from(1);
-        }
-    };
-    let engine = match Engine::start(&config, &visiond::runtime::loader(&config)) {
-        Ok(engine) => engine,
-        Err(error) => {
-            tracing::error!(%error, "cannot start");
-            return ExitCode::from(1);
-        }
-    };
-    let notifier = systemd::Notifier::from_env().map(Arc::new);
-    match runtime.block_on(async { signals::watch(engine.shutdown_handle(), notifier.clone()) }) {
-        Ok(watch) => drop(runtime.spawn(watch)),
-        Err(error) => tracing::error!(%error, "cannot watch SIGINT/SIGTERM"),
-    }
-    if let Some(notifier) = &notifier {
-        let view = engine.view();
-        notifier.send(&format!("READY=1\nSTATUS={}", systemd::status_line(&view)));
-        let watchdog = systemd::watchdog_interval();
-        drop(runtime.spawn(systemd::supervise(notifier.clone(), view, watchdog)));
-    }
-    let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = runtime.spawn(server.serve(engine.view(), async move {
-        let _ = stopped.await;
-    }));
-    let reports = engine.wait();
-    // The server answers through the drain; it stops once every pipeline has.
-    let _ = stop_server.send(());
-    let stopped = runtime.block_on(async { tokio::time::timeout(SERVER_STOP, server).await });
-    match stopped {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(error))) => tracing::warn!(%error, "control plane failed"),
-        Ok(Err(error)) => tracing::warn!(%error, "control plane task failed"),
-        Err(_) => tracing::warn!("control plane did not stop in time; closing it"),
-    }
-    runtime.shutdown_timeout(Duration::from_millis(100));
-    // The summary goes to stderr: stdout may carry jsonl metadata.
-    eprintln!("summary:");
-    for report in &reports {
-        eprintln!("  {report}");
-    }
-    if reports.iter().all(|r| r.state == PipelineState::Finished) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
     }
 }
 

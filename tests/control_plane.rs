@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus_parse::{Sample, Scrape, Value};
@@ -16,7 +15,7 @@ use visiond::control::ControlServer;
 use visiond::frames::{Frame, Processed};
 use visiond::pipeline::engine::Engine;
 use visiond::pipeline::stats::PipelineState;
-use visiond::pipeline::view::EngineView;
+use visiond::pipeline::view::SharedView;
 use visiond::runtime::{BatchInference, FrameFailure, LoadError, ModelRuntime};
 
 use common::*;
@@ -93,7 +92,7 @@ struct Running {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-fn serve(view: Arc<EngineView>) -> Running {
+fn serve(view: SharedView) -> Running {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -492,7 +491,10 @@ fn readiness_turns_on_once_every_pipeline_plays() {
     engine.shutdown_handle().trigger();
     let view = engine.view();
     engine.wait();
-    assert_eq!(view.pipelines()[0].stats.state(), PipelineState::Finished);
+    assert_eq!(
+        view.current().pipelines()[0].stats.state(),
+        PipelineState::Finished
+    );
     assert_eq!(request(&agent, "GET", &url).0, 200);
     running.stop.send(()).unwrap();
     running.runtime.block_on(running.task).unwrap().unwrap();

@@ -1,5 +1,5 @@
 //! sd_notify against a real datagram socket set as `NOTIFY_SOCKET`: `visiond run` says
-//! READY, STATUS and WATCHDOG, then STOPPING on SIGTERM; the watchdog pings stop when a worker
+//! READY, STATUS and WATCHDOG, RELOADING (and READY again) on SIGHUP, then STOPPING on SIGTERM; the watchdog pings stop when a worker
 //! wedges (a model stand-in that blocks), and resume when it comes back.
 
 mod common;
@@ -85,6 +85,17 @@ fn visiond_run_says_ready_pings_the_watchdog_and_says_stopping() {
         .collect();
     assert!(pings.len() >= 3, "{early:?}");
     assert!(pings.iter().all(|&i| i >= ready), "{early:?}");
+    // A reload: RELOADING, then READY again once applied.
+    daemon.signal("HUP");
+    let reload = receive_for(&socket, Duration::from_secs(2));
+    let reloading = reload
+        .iter()
+        .position(|m| has(m, "RELOADING=1"))
+        .unwrap_or_else(|| panic!("no RELOADING=1 in {reload:?}"));
+    assert!(
+        reload[reloading..].iter().any(|m| has(m, "READY=1")),
+        "{reload:?}"
+    );
     let (code, log) = daemon.terminate();
     assert_eq!(code, Some(0), "{log}");
     let late = receive_for(&socket, Duration::from_millis(300));

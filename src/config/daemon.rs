@@ -28,15 +28,20 @@ pub struct DaemonConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Control plane: /healthz, /readyz, /metrics, /api/pipelines.
+    /// Control plane: /, /healthz, /readyz, /metrics, /api/pipelines.
     #[serde(default = "default_http_listen", deserialize_with = "socket_address")]
     pub listen: SocketAddr,
+    /// A file holding the bearer token that `PUT`/`DELETE /api/pipelines/<name>` require;
+    /// without it those endpoints are off. Resolved against the daemon file's directory.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: default_http_listen(),
+            token_file: None,
         }
     }
 }

@@ -13,10 +13,20 @@ use super::shape;
 use super::source::{SourceConfig, SourceSection};
 use super::tree::{Config, PipelineFile, Reading};
 
+/// Pipeline files as they would be after a change not yet written: a path's new text, or
+/// `None` for a file about to be removed. Lets a change be validated with every other file
+/// before anything on disk is touched.
+pub type Overlay = BTreeMap<PathBuf, Option<String>>;
+
 impl Config {
     /// Reads `file` and the pipeline files its `pipelines_dir` holds, parses every section and
     /// checks its shape (ranges, names, exactly-one-of, duplicates across files).
     pub fn read(file: &Path) -> Reading {
+        Self::read_with(file, &Overlay::new())
+    }
+
+    /// [`Config::read`] with some pipeline files replaced, added or removed by `overlay`.
+    pub fn read_with(file: &Path, overlay: &Overlay) -> Reading {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let file_name = paths::display(file);
@@ -29,14 +39,27 @@ impl Config {
         );
         let mut pipelines = Vec::new();
         if let Some(daemon) = &daemon {
-            for pipeline_file in list_pipeline_files(&daemon.pipelines_dir, &file_name, &mut errors)
-            {
+            let mut files = list_pipeline_files(&daemon.pipelines_dir, &file_name, &mut errors);
+            files.retain(|path| !matches!(overlay.get(path), Some(None)));
+            for (path, text) in overlay {
+                if text.is_some() && !files.contains(path) {
+                    files.push(path.clone());
+                }
+            }
+            files.sort();
+            for pipeline_file in files {
                 let name = paths::display(&pipeline_file);
                 let mut file_errors = FileErrors {
                     file: &name,
                     errors: &mut errors,
                 };
-                if let Some(config) = read_pipeline(&pipeline_file, &mut file_errors) {
+                let text = match overlay.get(&pipeline_file) {
+                    Some(Some(text)) => Some(text.clone()),
+                    _ => read_text(&pipeline_file, &mut file_errors),
+                };
+                if let Some(config) =
+                    text.and_then(|text| read_pipeline(&pipeline_file, &text, &mut file_errors))
+                {
                     pipelines.push(PipelineFile {
                         file: pipeline_file,
                         config,
@@ -86,8 +109,10 @@ fn read_daemon(file: &Path, errors: &mut FileErrors<'_>) -> Option<DaemonConfig>
     let pipelines_dir = sections.required::<PathBuf>("pipelines_dir");
     let (models, declared_models) = read_models(&mut sections, &base);
     sections.finish(DAEMON_KEYS);
+    let mut http = http.unwrap_or_default();
+    http.token_file = http.token_file.map(|path| paths::resolve(&base, &path));
     Some(DaemonConfig {
-        http: http.unwrap_or_default(),
+        http,
         log: log.unwrap_or_default(),
         rtsp: rtsp.unwrap_or_default(),
         shutdown: shutdown.unwrap_or_default(),
@@ -158,9 +183,12 @@ fn list_pipeline_files(
 /// Reads one pipeline file; relative output paths are resolved against its directory.
 /// Like the daemon file, an invalid section is reported and replaced by a harmless default so
 /// that the cross-file and file-system checks still run on the rest in the same pass.
-pub fn read_pipeline(file: &Path, errors: &mut FileErrors<'_>) -> Option<PipelineConfig> {
-    let text = read_text(file, errors)?;
-    let mapping = parse_mapping(&text, errors)?;
+pub fn read_pipeline(
+    file: &Path,
+    text: &str,
+    errors: &mut FileErrors<'_>,
+) -> Option<PipelineConfig> {
+    let mapping = parse_mapping(text, errors)?;
     let base = paths::parent_dir(file);
     let mut sections = Sections::new(mapping, errors);
     let name = sections.required::<String>("name");

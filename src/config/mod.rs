@@ -19,6 +19,7 @@ mod tree;
 
 pub use daemon::*;
 pub use error::{ConfigError, ConfigErrors, FileErrors};
+pub use load::Overlay;
 pub use model::*;
 pub use pipeline::*;
 pub use source::*;

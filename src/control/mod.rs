@@ -10,10 +10,15 @@
 //! Nothing here touches frames or tensors: every number it serves is an atomic the frame path
 //! already keeps, read without locking anything the frame path takes.
 
+pub mod api;
 pub mod http;
 pub mod metrics;
 pub mod process;
+pub mod reads;
+pub mod requests;
 pub mod signals;
 pub mod systemd;
+pub mod writes;
 
+pub use api::{Api, Writes};
 pub use http::ControlServer;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::pipeline::stats::PipelineState;
-use crate::pipeline::view::EngineView;
+use crate::pipeline::view::{EngineView, SharedView};
 
 /// The service manager's notification socket.
 pub struct Notifier {
@@ -116,10 +116,11 @@ pub fn wedged_workers(view: &EngineView, limit: Duration) -> Vec<String> {
 
 /// Pings the watchdog at half its interval while no worker is wedged, and keeps the status
 /// line current. Runs until the task is dropped (the control plane's runtime ends).
-pub async fn supervise(notifier: Arc<Notifier>, view: Arc<EngineView>, watchdog: Option<Duration>) {
+pub async fn supervise(notifier: Arc<Notifier>, view: SharedView, watchdog: Option<Duration>) {
     let period = watchdog.map_or(STATUS_PERIOD, |interval| (interval / 2).min(STATUS_PERIOD));
     let mut reported_wedged = false;
     loop {
+        let view = view.current();
         let mut message = format!("STATUS={}", status_line(&view));
         if let Some(interval) = watchdog {
             // A batch may legitimately take long; one longer than the whole watchdog interval

@@ -134,6 +134,13 @@ pub struct RtspMounts {
 }
 
 impl RtspMounts {
+    /// Removes `path`: new clients get 404 (a reload removed its pipeline).
+    pub fn unmount(&self, path: &str) {
+        if let Some(mounts) = self.server.mount_points() {
+            mounts.remove_factory(path);
+        }
+    }
+
     /// Adds (or replaces) `path` and returns the feed that publishes a pipeline's H.264 there.
     pub fn mount(&self, path: &str) -> Result<RtspFeed, MediaError> {
         let authenticated = self.authenticated;

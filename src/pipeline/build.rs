@@ -14,6 +14,7 @@ use super::metadata::JsonlTarget;
 use super::output_stage::{HopDrops, OutputStage};
 use super::plan::PipelinePlan;
 use super::stats::PipelineStats;
+use super::stop::StopSignal;
 use super::supervisor::Supervisor;
 use super::view::{PipelineHandle, QueueProbe};
 use super::worker::Lane;
@@ -60,7 +61,7 @@ impl Feed {
 pub fn build(
     plan: PipelinePlan,
     rtsp: Option<RtspMounts>,
-    shutdown: Receiver<()>,
+    stop: StopSignal,
     grace: Duration,
 ) -> Result<Pieces, PipelineError> {
     let stats = Arc::new(PipelineStats::default());
@@ -70,7 +71,7 @@ pub fn build(
             let (in_tx, in_rx, input_drops) = hop::<Frame>(plan.capacity, plan.when_full);
             let in_tx = Arc::new(in_tx);
             let lane = Lane {
-                pipeline: plan.index,
+                pipeline: plan.id,
                 name: plan.name.clone(),
                 input: in_rx,
                 output: out_tx,
@@ -110,9 +111,9 @@ pub fn build(
     let supervisor = Supervisor {
         name: plan.name.clone(),
         source: plan.source.clone(),
-        identity: Arc::new(FrameIdentity::new(plan.index)),
+        identity: Arc::new(FrameIdentity::new(plan.id)),
         stats: stats.clone(),
-        shutdown,
+        stop,
         grace,
     };
     let handle = PipelineHandle::new(

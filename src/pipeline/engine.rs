@@ -1,51 +1,62 @@
-//! Runs every pipeline of a configuration in three steps, once the models they use are
-//! loaded: plan ([`super::plan`]: every fact derived once), build ([`super::build`]: pieces,
-//! a typed error per pipeline), spawn (threads, here). Then drains on shutdown and reports.
+//! Runs the pipelines of a configuration in three steps, once the models they use are loaded:
+//! plan ([`super::plan`]: every fact derived once), build ([`super::build`]: pieces, a typed
+//! error per pipeline), spawn (threads, here). [`Engine::apply`] does the same for a new
+//! configuration while running (a reload): it stops what was removed or changed, starts what
+//! was added or changed, and leaves the rest untouched.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use super::build::{self, Pieces};
-use super::plan::{PipelineFailure, PipelinePlan, Plan, models_in_use};
+use super::plan::{Changes, PipelineFailure, PipelinePlan, Tasks, batch_policy, models_in_use};
 use super::stats::PipelineState;
-use super::view::{EngineView, PipelineHandle, PipelineReport, WorkerHandle};
-use super::worker::{self, BatchPolicy, Lane, WorkerStats};
+use super::stop::{StopHandle, StopSignal};
+use super::view::{EngineView, PipelineHandle, PipelineReport, SharedView, WorkerHandle};
+use super::worker::{self, Join, WorkerStats};
 use super::{EngineError, PipelineError};
-use crate::config::{Config, Task};
+use crate::config::{Config, ModelConfig, PipelineConfig, SinkConfig, Task};
 use crate::media::registry;
-use crate::media::rtsp_server::{RtspMounts, RtspServer};
-use crate::runtime::{LoadError, ModelLoader, ModelRuntime};
+use crate::media::rtsp_server::RtspServer;
+use crate::runtime::{LoadError, ModelLoader};
 
-/// Closes the shutdown channel from any thread (signal handler, test, control plane).
-#[derive(Clone)]
-pub struct ShutdownHandle(Arc<Mutex<Option<Sender<()>>>>);
+/// The daemon-wide shutdown, shared with signal handlers and tests.
+pub type ShutdownHandle = StopHandle;
 
-impl ShutdownHandle {
-    pub fn trigger(&self) {
-        if let Ok(mut sender) = self.0.lock() {
-            sender.take();
-        }
-    }
+/// A pipeline the engine knows: running, finished, or failed to build.
+struct Known {
+    /// Its configuration as applied, to tell what a reload changes.
+    config: PipelineConfig,
+    handle: Arc<PipelineHandle>,
+    /// `None` for a pipeline that could not be built.
+    thread: Option<JoinHandle<PipelineState>>,
+    stop: StopHandle,
 }
 
-/// The thread of one pipeline (its source supervisor, which then waits for its output),
-/// joined by `Engine::wait`; `None` for a pipeline that is not running.
-type PipelineThread = Option<JoinHandle<PipelineState>>;
-
-/// Each model in use: ready, or why it could not be loaded.
-type Runtimes = BTreeMap<String, Result<ModelRuntime, Arc<LoadError>>>;
+/// A model's inference worker.
+struct Worker {
+    config: ModelConfig,
+    task: Task,
+    /// Where pipelines join; dropped to let the worker end once its lanes are done.
+    joins: Sender<Join>,
+    thread: JoinHandle<()>,
+    handle: Arc<WorkerHandle>,
+}
 
 pub struct Engine {
-    view: Arc<EngineView>,
-    /// Parallel to `view.pipelines`.
-    threads: Vec<PipelineThread>,
-    workers: Vec<JoinHandle<()>>,
+    view: SharedView,
+    pipelines: BTreeMap<String, Known>,
+    workers: BTreeMap<String, Worker>,
+    /// The order of the last configuration's pipelines, for the view and the reports.
+    order: Vec<String>,
     rtsp: Option<RtspServer>,
     shutdown: ShutdownHandle,
+    shutdown_signal: Receiver<()>,
+    grace: Duration,
+    next_id: usize,
 }
 
 impl Engine {
@@ -54,158 +65,295 @@ impl Engine {
     /// taken, no thread for a model's worker).
     pub fn start(config: &Config, loader: &ModelLoader<'_>) -> Result<Self, EngineError> {
         registry::init()?;
-        let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
-        let shutdown = ShutdownHandle(Arc::new(Mutex::new(Some(shutdown_tx))));
-        // Models first: a pipeline's facts depend on the task (labels are drawn for
-        // classifiers), and a model that cannot load fails only the pipelines that use it.
-        let mut runtimes = load_models(config, loader);
-        let tasks: BTreeMap<String, Result<Task, Arc<LoadError>>> = runtimes
-            .iter()
-            .map(|(name, runtime)| {
-                (
-                    name.clone(),
-                    runtime.as_ref().map(|r| r.task).map_err(Clone::clone),
-                )
-            })
-            .collect();
-        let plan = Plan::new(config, &tasks);
-        let rtsp = plan.rtsp.as_ref().map(RtspServer::start).transpose()?;
-        let mut spawner = Spawner {
-            rtsp: rtsp.as_ref().map(RtspServer::mounts),
-            shutdown: shutdown_rx,
-            grace: plan.grace,
-            runtimes: &mut runtimes,
-            lanes: BTreeMap::new(),
-        };
-        let mut pipelines = Vec::new();
-        let mut threads = Vec::new();
-        for planned in plan.pipelines {
-            match planned.and_then(|plan| spawner.start(plan)) {
-                Ok((handle, thread)) => {
-                    pipelines.push(handle);
-                    threads.push(Some(thread));
-                }
-                // The one place that decides a pipeline has failed before it ran.
-                Err(failure) => {
-                    let error = failure.error.to_string();
-                    tracing::error!(pipeline = %failure.name, %error, "pipeline cannot be built");
-                    pipelines.push(PipelineHandle::failed(failure.name, failure.model, error));
-                    threads.push(None);
-                }
-            }
-        }
-        let lanes = std::mem::take(&mut spawner.lanes);
-        let (workers, worker_threads) = spawn_workers(lanes, runtimes, &plan.models)?;
-        let view = Arc::new(EngineView {
-            pipelines,
-            workers,
-            rtsp_port: rtsp.as_ref().map(RtspServer::port),
-        });
-        Ok(Self {
-            view,
-            threads,
-            workers: worker_threads,
-            rtsp,
+        let (shutdown, shutdown_signal) = StopHandle::new();
+        let mut engine = Self {
+            view: SharedView::new(EngineView::empty()),
+            pipelines: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            order: Vec::new(),
+            rtsp: None,
             shutdown,
-        })
+            shutdown_signal,
+            grace: Duration::from_millis(config.daemon.shutdown.grace_ms),
+            next_id: 0,
+        };
+        engine.apply(config, loader)?;
+        Ok(engine)
     }
 
-    /// The read-only view the control plane serves from; it stays valid after `wait`.
-    pub fn view(&self) -> Arc<EngineView> {
-        self.view.clone()
-    }
-
-    pub fn pipelines(&self) -> &[PipelineHandle] {
-        self.view.pipelines()
-    }
-
-    pub fn pipeline(&self, name: &str) -> Option<&PipelineHandle> {
-        self.view.pipeline(name)
-    }
-
-    pub fn worker_stats(&self, model: &str) -> Option<Arc<WorkerStats>> {
-        self.view.worker_stats(model)
-    }
-
-    pub fn rtsp_port(&self) -> Option<u16> {
-        self.view.rtsp_port()
-    }
-
-    pub fn shutdown_handle(&self) -> ShutdownHandle {
-        self.shutdown.clone()
-    }
-
-    /// Waits for every pipeline to finish (finite sources end; live ones end after
-    /// shutdown), then stops the workers and the RTSP server.
-    pub fn wait(mut self) -> Vec<PipelineReport> {
-        let mut reports = Vec::new();
-        for (pipeline, thread) in self.view.pipelines.iter().zip(&mut self.threads) {
-            if let Some(thread) = thread.take() {
-                // The thread published its final state itself; only a panic is left to say.
-                if thread.join().is_err() {
-                    pipeline.stats.set_state(PipelineState::Failed {
-                        error: "source thread panicked".into(),
-                    });
-                }
-            }
-            reports.push(pipeline.report());
+    /// Makes `config` the running configuration: stops the pipelines it removes or changes
+    /// (and the models whose definition changed or that nothing uses), loads the models it
+    /// needs, starts what it adds or changes. Pipelines it leaves alone keep running.
+    pub fn apply(
+        &mut self,
+        config: &Config,
+        loader: &ModelLoader<'_>,
+    ) -> Result<Changes, EngineError> {
+        let running: BTreeMap<String, PipelineConfig> = self
+            .pipelines
+            .iter()
+            .map(|(name, known)| (name.clone(), known.config.clone()))
+            .collect();
+        let failed: BTreeSet<String> = self
+            .pipelines
+            .iter()
+            .filter(|(_, known)| known.thread.is_none())
+            .map(|(name, _)| name.clone())
+            .collect();
+        let models = self
+            .workers
+            .iter()
+            .map(|(name, worker)| (name.clone(), worker.config.clone()))
+            .collect();
+        let changes = Changes::between(&running, &failed, &models, config);
+        for name in changes.to_stop() {
+            self.stop_pipeline(name);
         }
-        for thread in self.workers.drain(..) {
+        for name in &changes.unloaded_models {
+            self.stop_worker(name);
+            tracing::info!(model = %name, "model unloaded");
+        }
+        self.grace = Duration::from_millis(config.daemon.shutdown.grace_ms);
+        let tasks = self.load_models(config, loader)?;
+        self.ensure_rtsp(config)?;
+        for name in changes.to_start() {
+            if let Some(file) = config.pipeline(name) {
+                self.start_pipeline(&file.config, &tasks);
+            }
+        }
+        self.order = config
+            .pipelines
+            .iter()
+            .map(|p| p.config.name.clone())
+            .collect();
+        self.publish_view();
+        Ok(changes)
+    }
+
+    /// Stops a pipeline and waits (within the grace period) for its outputs to finish.
+    fn stop_pipeline(&mut self, name: &str) {
+        let Some(mut known) = self.pipelines.remove(name) else {
+            return;
+        };
+        known.stop.trigger();
+        if let Some(thread) = known.thread.take() {
             let _ = thread.join();
         }
-        if let Some(rtsp) = self.rtsp.take() {
-            rtsp.stop();
-        }
-        reports
-    }
-}
-
-/// Loads every model some pipeline uses; a failure is kept (and logged) for its pipelines.
-fn load_models(config: &Config, loader: &ModelLoader<'_>) -> Runtimes {
-    models_in_use(config)
-        .into_iter()
-        .map(|model| {
-            let loaded = loader(&model).map_err(Arc::new);
-            if let Err(error) = &loaded {
-                tracing::error!(model = %model, %error, "model cannot be loaded");
+        if let Some(rtsp) = &self.rtsp {
+            for sink in &known.config.sinks {
+                if let SinkConfig::Rtsp(mount) = sink {
+                    rtsp.mounts().unmount(&mount.mount);
+                }
             }
-            (model, loaded)
-        })
-        .collect()
-}
+        }
+        tracing::info!(pipeline = %name, "pipeline stopped");
+    }
 
-/// Builds and spawns pipelines one by one, gathering each model's lanes for its worker.
-struct Spawner<'a> {
-    rtsp: Option<RtspMounts>,
-    shutdown: Receiver<()>,
-    grace: Duration,
-    runtimes: &'a mut Runtimes,
-    lanes: BTreeMap<String, Vec<Lane>>,
-}
+    /// Ends a model's worker once its pipelines are gone (their lanes close first).
+    fn stop_worker(&mut self, model: &str) {
+        if let Some(worker) = self.workers.remove(model) {
+            drop(worker.joins);
+            let _ = worker.thread.join();
+        }
+    }
 
-impl Spawner<'_> {
-    fn start(
+    /// Loads every model the configuration uses that has no worker yet, and starts its
+    /// worker; returns what each model in use computes, or why it could not be loaded.
+    fn load_models(
+        &mut self,
+        config: &Config,
+        loader: &ModelLoader<'_>,
+    ) -> Result<Tasks, EngineError> {
+        let mut tasks = Tasks::new();
+        for model in models_in_use(config) {
+            if let Some(worker) = self.workers.get(&model) {
+                tasks.insert(model, Ok(worker.task));
+                continue;
+            }
+            let Some(model_config) = config.daemon.models.get(&model) else {
+                let error = Arc::new(LoadError::Undefined(model.clone()));
+                tasks.insert(model, Err(error));
+                continue;
+            };
+            let runtime = match loader(&model) {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::error!(model = %model, %error, "model cannot be loaded");
+                    tasks.insert(model, Err(Arc::new(error)));
+                    continue;
+                }
+            };
+            let (joins, joined) = crossbeam_channel::unbounded();
+            let stats = Arc::new(WorkerStats::default());
+            let thread = spawn(format!("infer-{model}"), {
+                let (stats, name) = (stats.clone(), model.clone());
+                let policy = batch_policy(&model_config.batch);
+                move || worker::run(&name, joined, policy, runtime.inference, stats)
+            })?;
+            tasks.insert(model.clone(), Ok(runtime.task));
+            let handle = Arc::new(WorkerHandle {
+                model: model.clone(),
+                stats,
+            });
+            let worker = Worker {
+                config: model_config.clone(),
+                task: runtime.task,
+                joins,
+                thread,
+                handle,
+            };
+            self.workers.insert(model, worker);
+        }
+        Ok(tasks)
+    }
+
+    /// Starts the RTSP server the first time a pipeline publishes over RTSP.
+    fn ensure_rtsp(&mut self, config: &Config) -> Result<(), EngineError> {
+        let wants = config.pipelines.iter().any(|p| {
+            p.config
+                .sinks
+                .iter()
+                .any(|s| matches!(s, SinkConfig::Rtsp(_)))
+        });
+        if wants && self.rtsp.is_none() {
+            self.rtsp = Some(RtspServer::start(&config.daemon.rtsp)?);
+        }
+        Ok(())
+    }
+
+    /// Plans, builds and spawns one pipeline; the one place that decides a pipeline has
+    /// failed before it ran.
+    fn start_pipeline(&mut self, config: &PipelineConfig, tasks: &Tasks) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (stop, own) = StopHandle::new();
+        let signal = StopSignal::new(self.shutdown_signal.clone(), own);
+        let started =
+            PipelinePlan::new(id, config, tasks).and_then(|plan| self.spawn(plan, signal));
+        let (handle, thread) = match started {
+            Ok((handle, thread)) => (handle, Some(thread)),
+            Err(failure) => {
+                let error = failure.error.to_string();
+                tracing::error!(pipeline = %failure.name, %error, "pipeline cannot be built");
+                (
+                    Arc::new(PipelineHandle::failed(failure.name, failure.model, error)),
+                    None,
+                )
+            }
+        };
+        let known = Known {
+            config: config.clone(),
+            handle,
+            thread,
+            stop,
+        };
+        self.pipelines.insert(config.name.clone(), known);
+    }
+
+    fn spawn(
         &mut self,
         plan: PipelinePlan,
-    ) -> Result<(PipelineHandle, JoinHandle<PipelineState>), PipelineFailure> {
+        stop: StopSignal,
+    ) -> Result<(Arc<PipelineHandle>, JoinHandle<PipelineState>), PipelineFailure> {
         let (name, model) = (plan.name.clone(), plan.model_ref());
         let failure = |error: PipelineError| PipelineFailure {
             name: name.clone(),
             model: model.clone(),
             error: Box::new(error),
         };
-        let index = plan.index;
         let annotation = plan.annotation.clone();
-        let pieces = build::build(plan, self.rtsp.clone(), self.shutdown.clone(), self.grace)
-            .map_err(failure)?;
+        let rtsp = self.rtsp.as_ref().map(RtspServer::mounts);
+        let pieces = build::build(plan, rtsp, stop, self.grace).map_err(failure)?;
         let (handle, thread, lane) = spawn_pipeline(pieces, self.grace).map_err(failure)?;
-        if let Some((model, lane)) = lane {
-            if let Some(Ok(runtime)) = self.runtimes.get_mut(&model) {
-                runtime.inference.attach(index, &annotation);
-            }
-            self.lanes.entry(model).or_default().push(lane);
+        if let Some((model, lane)) = lane
+            && let Some(worker) = self.workers.get(&model)
+        {
+            // The worker outlives every pipeline that joins it: the send cannot fail.
+            let _ = worker.joins.send(Join { lane, annotation });
         }
-        Ok((handle, thread))
+        Ok((Arc::new(handle), thread))
+    }
+
+    fn publish_view(&self) {
+        let pipelines = self
+            .order
+            .iter()
+            .filter_map(|name| self.pipelines.get(name))
+            .map(|known| known.handle.clone())
+            .collect();
+        let workers = self.workers.values().map(|w| w.handle.clone()).collect();
+        self.view.replace(EngineView {
+            pipelines,
+            workers,
+            rtsp_port: self.rtsp.as_ref().map(RtspServer::port),
+        });
+    }
+
+    /// The view the control plane serves from; it follows reloads and stays valid after
+    /// `wait`.
+    pub fn view(&self) -> SharedView {
+        self.view.clone()
+    }
+
+    pub fn pipelines(&self) -> Vec<Arc<PipelineHandle>> {
+        self.view.current().pipelines().to_vec()
+    }
+
+    pub fn pipeline(&self, name: &str) -> Option<Arc<PipelineHandle>> {
+        self.view.current().pipeline(name).cloned()
+    }
+
+    pub fn worker_stats(&self, model: &str) -> Option<Arc<WorkerStats>> {
+        self.view.current().worker_stats(model)
+    }
+
+    pub fn rtsp_port(&self) -> Option<u16> {
+        self.rtsp.as_ref().map(RtspServer::port)
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Whether every pipeline's thread has ended (finite sources finished, or all stopped).
+    pub fn all_finished(&self) -> bool {
+        self.pipelines
+            .values()
+            .all(|known| known.thread.as_ref().is_none_or(JoinHandle::is_finished))
+    }
+
+    /// How many pipelines the running configuration has.
+    pub fn pipeline_count(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Waits for every pipeline to finish (finite sources end; live ones end after
+    /// shutdown), then stops the workers and the RTSP server.
+    pub fn wait(mut self) -> Vec<PipelineReport> {
+        for known in self.pipelines.values_mut() {
+            if let Some(thread) = known.thread.take() {
+                // The thread published its final state itself; only a panic is left to say.
+                if thread.join().is_err() {
+                    known.handle.stats.set_state(PipelineState::Failed {
+                        error: "source thread panicked".into(),
+                    });
+                }
+            }
+        }
+        let reports = self
+            .order
+            .iter()
+            .filter_map(|name| self.pipelines.get(name))
+            .map(|known| known.handle.report())
+            .collect();
+        let models: Vec<String> = self.workers.keys().cloned().collect();
+        for model in models {
+            self.stop_worker(&model);
+        }
+        if let Some(rtsp) = self.rtsp.take() {
+            rtsp.stop();
+        }
+        reports
     }
 }
 
@@ -222,7 +370,7 @@ fn spawn_pipeline(
     (
         PipelineHandle,
         JoinHandle<PipelineState>,
-        Option<(String, Lane)>,
+        Option<(String, worker::Lane)>,
     ),
     PipelineError,
 > {
@@ -249,30 +397,6 @@ fn spawn_pipeline(
         state
     })?;
     Ok((handle, source, lane))
-}
-
-/// One worker thread per model in use that loaded and has pipelines.
-fn spawn_workers(
-    lanes: BTreeMap<String, Vec<Lane>>,
-    mut runtimes: Runtimes,
-    policies: &BTreeMap<String, BatchPolicy>,
-) -> Result<(Vec<WorkerHandle>, Vec<JoinHandle<()>>), EngineError> {
-    let mut workers = Vec::new();
-    let mut threads = Vec::new();
-    for (model, model_lanes) in lanes {
-        let (Some(Ok(runtime)), Some(policy)) = (runtimes.remove(&model), policies.get(&model))
-        else {
-            continue;
-        };
-        let stats = Arc::new(WorkerStats::default());
-        let thread = spawn(format!("infer-{model}"), {
-            let (stats, model, policy) = (stats.clone(), model.clone(), policy.clone());
-            move || worker::run(&model, model_lanes, policy, runtime.inference, stats)
-        })?;
-        workers.push(WorkerHandle { model, stats });
-        threads.push(thread);
-    }
-    Ok((workers, threads))
 }
 
 fn spawn<T: Send + 'static>(

@@ -17,6 +17,7 @@ pub mod metadata;
 pub mod output_stage;
 pub mod plan;
 pub mod stats;
+pub mod stop;
 pub mod supervisor;
 pub mod view;
 pub mod worker;

@@ -1,31 +1,20 @@
 //! The first of the engine's three steps (plan, build, spawn): every fact about a pipeline is
-//! derived here, once, from its configuration and its model's task. Building and spawning only
-//! read the plan.
+//! derived here, once, from its configuration and its model's task; and, for a reload, what a
+//! new configuration changes compared with the one running. Building and spawning only read
+//! the plan.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::PipelineError;
 use super::worker::BatchPolicy;
 use crate::config::{
-    Config, MetadataConfig, ModelRef, PipelineConfig, RtspServerConfig, SinkConfig, SourceConfig,
-    Task, WhenFull,
+    BatchConfig, Config, MetadataConfig, ModelConfig, ModelRef, PipelineConfig, SinkConfig,
+    SourceConfig, Task, WhenFull,
 };
 use crate::media::output::OutputSettings;
 use crate::runtime::{Annotation, LoadError};
-
-/// The whole engine's plan.
-pub struct Plan {
-    /// One per pipeline of the configuration, in its order: the plan, or why it cannot run.
-    pub pipelines: Vec<Result<PipelinePlan, PipelineFailure>>,
-    /// The batching policy of each model in use, by name.
-    pub models: BTreeMap<String, BatchPolicy>,
-    /// The RTSP server's settings, when some pipeline publishes over RTSP.
-    pub rtsp: Option<RtspServerConfig>,
-    /// How long shutdown waits for queued frames and files.
-    pub grace: Duration,
-}
 
 /// A pipeline that will not run, with what the control plane shows of it.
 pub struct PipelineFailure {
@@ -37,8 +26,8 @@ pub struct PipelineFailure {
 /// Everything the engine needs to know to build and run one pipeline.
 #[derive(Debug, Clone)]
 pub struct PipelinePlan {
-    /// Position in the configuration; frames carry it to find their way home.
-    pub index: usize,
+    /// Unique for the engine's life (a reload never reuses one): frames carry it home.
+    pub id: usize,
     pub name: String,
     pub source: SourceConfig,
     /// A live source (camera, stream, endless test pattern) rather than a finite one.
@@ -56,7 +45,24 @@ pub struct PipelinePlan {
     pub metadata: Vec<MetadataConfig>,
 }
 
+/// What each model in use computes, or why it could not be loaded.
+pub type Tasks = BTreeMap<String, Result<Task, Arc<LoadError>>>;
+
 impl PipelinePlan {
+    /// Plans one pipeline; a model that did not load, or a sink its model cannot feed, is the
+    /// pipeline's failure.
+    pub fn new(
+        id: usize,
+        pipeline: &PipelineConfig,
+        tasks: &Tasks,
+    ) -> Result<Self, PipelineFailure> {
+        plan(id, pipeline, tasks).map_err(|error| PipelineFailure {
+            name: pipeline.name.clone(),
+            model: pipeline.model.clone(),
+            error: Box::new(error),
+        })
+    }
+
     pub fn model_ref(&self) -> ModelRef {
         self.model
             .as_ref()
@@ -64,66 +70,10 @@ impl PipelinePlan {
     }
 }
 
-/// The names of the models some pipeline uses: the ones to load.
-pub fn models_in_use(config: &Config) -> Vec<String> {
-    let mut names: Vec<String> = config
-        .pipelines
-        .iter()
-        .filter_map(|p| p.config.model.name().map(str::to_string))
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-}
-
-impl Plan {
-    /// Plans every pipeline of `config`. `tasks` says, per model in use, what it computes or
-    /// why it could not be loaded.
-    pub fn new(config: &Config, tasks: &BTreeMap<String, Result<Task, Arc<LoadError>>>) -> Self {
-        let pipelines = config
-            .pipelines
-            .iter()
-            .enumerate()
-            .map(|(index, file)| {
-                plan_pipeline(index, &file.config, tasks).map_err(|error| PipelineFailure {
-                    name: file.config.name.clone(),
-                    model: file.config.model.clone(),
-                    error: Box::new(error),
-                })
-            })
-            .collect();
-        let models = tasks
-            .keys()
-            .filter_map(|name| {
-                let batch = config.daemon.models.get(name)?.batch;
-                Some((
-                    name.clone(),
-                    BatchPolicy {
-                        max_size: batch.max_size,
-                        max_wait: Duration::from_millis(batch.max_wait_ms),
-                    },
-                ))
-            })
-            .collect();
-        let wants_rtsp = config.pipelines.iter().any(|p| {
-            p.config
-                .sinks
-                .iter()
-                .any(|s| matches!(s, SinkConfig::Rtsp(_)))
-        });
-        Self {
-            pipelines,
-            models,
-            rtsp: wants_rtsp.then(|| config.daemon.rtsp.clone()),
-            grace: Duration::from_millis(config.daemon.shutdown.grace_ms),
-        }
-    }
-}
-
-fn plan_pipeline(
-    index: usize,
+fn plan(
+    id: usize,
     pipeline: &PipelineConfig,
-    tasks: &BTreeMap<String, Result<Task, Arc<LoadError>>>,
+    tasks: &Tasks,
 ) -> Result<PipelinePlan, PipelineError> {
     let model = match &pipeline.model {
         ModelRef::None => None,
@@ -157,7 +107,7 @@ fn plan_pipeline(
     // Classification frames are published as they are, with their label drawn on them.
     let draw_label = task == Some(Task::Classification);
     Ok(PipelinePlan {
-        index,
+        id,
         name: pipeline.name.clone(),
         source: pipeline.source.clone(),
         live,
@@ -171,4 +121,92 @@ fn plan_pipeline(
         output: OutputSettings::new(pipeline, live, when_full, draw_label),
         metadata: pipeline.metadata.clone(),
     })
+}
+
+/// A model's batching policy.
+pub fn batch_policy(batch: &BatchConfig) -> BatchPolicy {
+    BatchPolicy {
+        max_size: batch.max_size,
+        max_wait: Duration::from_millis(batch.max_wait_ms),
+    }
+}
+
+/// The names of the models some pipeline uses: the ones to load.
+pub fn models_in_use(config: &Config) -> BTreeSet<String> {
+    config
+        .pipelines
+        .iter()
+        .filter_map(|p| p.config.model.name().map(str::to_string))
+        .collect()
+}
+
+/// What a new configuration changes compared with what runs: pipelines to stop, to start
+/// (the new and the changed ones, which are stopped first), to leave alone; models to unload.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Pipelines whose file changed, whose model's definition did, or that had failed:
+    /// restarted.
+    pub changed: Vec<String>,
+    /// Left running untouched: their frames keep flowing.
+    pub unchanged: Vec<String>,
+    /// Models whose definition changed (reloaded) or that no pipeline uses any more.
+    pub unloaded_models: Vec<String>,
+}
+
+impl Changes {
+    /// `running` is each pipeline's configuration as applied, `failed` those that are not
+    /// running because they failed (a reload retries them), `models` each loaded model's.
+    pub fn between(
+        running: &BTreeMap<String, PipelineConfig>,
+        failed: &BTreeSet<String>,
+        models: &BTreeMap<String, ModelConfig>,
+        new: &Config,
+    ) -> Self {
+        let used = models_in_use(new);
+        let unloaded_models: Vec<String> = models
+            .iter()
+            .filter(|(name, old)| {
+                !used.contains(*name) || new.daemon.models.get(*name) != Some(old)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut changes = Self {
+            unloaded_models,
+            ..Self::default()
+        };
+        for file in &new.pipelines {
+            let pipeline = &file.config;
+            let model_reloads = pipeline
+                .model
+                .name()
+                .is_some_and(|m| changes.unloaded_models.iter().any(|u| u == m));
+            match running.get(&pipeline.name) {
+                None => changes.added.push(pipeline.name.clone()),
+                Some(old)
+                    if old != pipeline || model_reloads || failed.contains(&pipeline.name) =>
+                {
+                    changes.changed.push(pipeline.name.clone());
+                }
+                Some(_) => changes.unchanged.push(pipeline.name.clone()),
+            }
+        }
+        changes.removed = running
+            .keys()
+            .filter(|name| new.pipeline(name).is_none())
+            .cloned()
+            .collect();
+        changes
+    }
+
+    /// Pipelines to stop before anything starts.
+    pub fn to_stop(&self) -> impl Iterator<Item = &String> {
+        self.removed.iter().chain(&self.changed)
+    }
+
+    /// Pipelines to (re)start.
+    pub fn to_start(&self) -> impl Iterator<Item = &String> {
+        self.added.iter().chain(&self.changed)
+    }
 }

@@ -6,10 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
-
 use super::backoff::Backoff;
 use super::stats::{PipelineState, PipelineStats};
+use super::stop::StopSignal;
 use crate::config::SourceConfig;
 use crate::frames::{Frame, FrameIdentity};
 use crate::media::source::{SourceEvent, SourceSession};
@@ -34,8 +33,8 @@ pub struct Supervisor {
     pub source: SourceConfig,
     pub identity: Arc<FrameIdentity>,
     pub stats: Arc<PipelineStats>,
-    /// Closed (all senders dropped) when the daemon shuts down.
-    pub shutdown: Receiver<()>,
+    /// Set when the daemon shuts down or a reload stops this pipeline.
+    pub stop: StopSignal,
     pub grace: Duration,
 }
 
@@ -110,18 +109,12 @@ impl Supervisor {
     }
 
     fn is_shutting_down(&self) -> bool {
-        matches!(
-            self.shutdown.try_recv(),
-            Err(crossbeam_channel::TryRecvError::Disconnected)
-        )
+        self.stop.is_set()
     }
 
     /// Sleeps `delay`, waking early on shutdown; returns whether shutdown came.
     fn sleep_unless_shutdown(&self, delay: Duration) -> bool {
-        matches!(
-            self.shutdown.recv_timeout(delay),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
-        )
+        self.stop.wait(delay)
     }
 
     /// One life of the source, from build to `Null` (when the session is dropped).

@@ -2,7 +2,7 @@
 //! and worker's counters and state, shared read-only. Every read is an atomic load (the state
 //! is behind a mutex the frame path never takes), so reading never slows or blocks a frame.
 
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use super::output_stage::HopDrops;
@@ -124,26 +124,34 @@ pub struct WorkerHandle {
     pub stats: Arc<WorkerStats>,
 }
 
-/// Everything the control plane reads of a running engine. It outlives the engine (a server
-/// may answer while `Engine::wait` drains, and after).
+/// Everything the control plane reads of a running engine, at one moment: a reload makes a
+/// new one (the handles of pipelines it left alone are shared, counters and all).
 pub struct EngineView {
-    pub(super) pipelines: Vec<PipelineHandle>,
-    pub(super) workers: Vec<WorkerHandle>,
+    pub(super) pipelines: Vec<Arc<PipelineHandle>>,
+    pub(super) workers: Vec<Arc<WorkerHandle>>,
     pub(super) rtsp_port: Option<u16>,
 }
 
 impl EngineView {
+    pub(super) fn empty() -> Self {
+        Self {
+            pipelines: Vec::new(),
+            workers: Vec::new(),
+            rtsp_port: None,
+        }
+    }
+
     /// Every pipeline of the configuration, in its order, built or not.
-    pub fn pipelines(&self) -> &[PipelineHandle] {
+    pub fn pipelines(&self) -> &[Arc<PipelineHandle>] {
         &self.pipelines
     }
 
-    pub fn pipeline(&self, name: &str) -> Option<&PipelineHandle> {
+    pub fn pipeline(&self, name: &str) -> Option<&Arc<PipelineHandle>> {
         self.pipelines.iter().find(|p| p.name == name)
     }
 
     /// One per model in use that loaded, in model-name order.
-    pub fn workers(&self) -> &[WorkerHandle] {
+    pub fn workers(&self) -> &[Arc<WorkerHandle>] {
         &self.workers
     }
 
@@ -157,6 +165,32 @@ impl EngineView {
     /// The RTSP server's port, when a pipeline publishes over RTSP.
     pub fn rtsp_port(&self) -> Option<u16> {
         self.rtsp_port
+    }
+}
+
+/// The engine's current view, shared with the control plane. Readers take a snapshot
+/// ([`SharedView::current`]); only a reload writes, and the frame path never touches it.
+#[derive(Clone)]
+pub struct SharedView(Arc<RwLock<Arc<EngineView>>>);
+
+impl SharedView {
+    pub(super) fn new(view: EngineView) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(view))))
+    }
+
+    pub fn current(&self) -> Arc<EngineView> {
+        match self.0.read() {
+            Ok(view) => view.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub(super) fn replace(&self, view: EngineView) {
+        let view = Arc::new(view);
+        match self.0.write() {
+            Ok(mut current) => *current = view,
+            Err(poisoned) => *poisoned.into_inner() = view,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Select};
 
 use crate::frames::{Frame, HopSender, Processed};
-use crate::runtime::{BatchInference, FrameFailure};
+use crate::runtime::{Annotation, BatchInference, FrameFailure};
 
 /// Counters of one worker, for metrics and tests.
 #[derive(Debug, Default)]
@@ -92,20 +92,38 @@ pub struct BatchPolicy {
     pub max_wait: Duration,
 }
 
-/// Runs until every lane's input is closed and drained; each lane's output hop is dropped
-/// as soon as its input is done, so that pipeline's output stage can finish.
+/// A pipeline joining a worker: its lane, and how the model's results are drawn on its frames.
+pub struct Join {
+    pub lane: Lane,
+    pub annotation: Annotation,
+}
+
+/// Pipelines join through `joins` at any time (a reload adds them); each lane leaves once its
+/// input is closed and drained, and its output hop is dropped then, so that pipeline's output
+/// stage can finish. Runs until no lane is left and `joins` is closed.
 pub fn run(
     model: &str,
-    mut lanes: Vec<Lane>,
+    joins: Receiver<Join>,
     policy: BatchPolicy,
     mut inference: Box<dyn BatchInference>,
     stats: Arc<WorkerStats>,
 ) {
     let max_size = policy.max_size.max(1);
+    let mut lanes: Vec<Lane> = Vec::new();
+    let mut joins = Some(joins);
     // Where the next round-robin pass starts, so no lane is always served first.
     let mut next_lane = 0;
-    while !lanes.is_empty() {
-        let Some(first) = wait_for_frame(&mut lanes) else {
+    loop {
+        let Some(first) = (match wait_for_frame(&mut lanes, &mut joins) {
+            Wait::Frame(frame) => Some(frame),
+            Wait::Joined(join) => {
+                inference.attach(join.lane.pipeline, &join.annotation);
+                lanes.push(join.lane);
+                None
+            }
+            Wait::LaneClosed => None,
+            Wait::Done => return,
+        }) else {
             continue;
         };
         let mut batch = vec![first];
@@ -130,46 +148,85 @@ pub fn run(
         stats.begin_batch(batch.len() as u64);
         let results = inference.process(batch);
         stats.end_batch();
-        for result in results {
-            let processed = match result {
-                Ok(processed) => processed,
-                Err(FrameFailure { frame, error }) => {
-                    stats.failed_frames.fetch_add(1, Ordering::Relaxed);
-                    let lane = lanes.iter().find(|l| l.pipeline == frame.pipeline);
-                    tracing::error!(
-                        model,
-                        pipeline = lane.map(|l| l.name.as_str()).unwrap_or("?"),
-                        seq = frame.seq,
-                        %error,
-                        "inference failed for a frame"
-                    );
-                    continue;
-                }
-            };
-            if let Some(lane) = lanes
-                .iter()
-                .find(|l| l.pipeline == processed.frame.pipeline)
-            {
-                lane.output.send(processed);
+        route(model, &lanes, results, &stats);
+    }
+}
+
+/// Sends each result to its pipeline's output hop; a frame that failed is logged and counted.
+fn route(
+    model: &str,
+    lanes: &[Lane],
+    results: Vec<Result<Processed, FrameFailure>>,
+    stats: &WorkerStats,
+) {
+    for result in results {
+        let processed = match result {
+            Ok(processed) => processed,
+            Err(FrameFailure { frame, error }) => {
+                stats.failed_frames.fetch_add(1, Ordering::Relaxed);
+                let lane = lanes.iter().find(|l| l.pipeline == frame.pipeline);
+                tracing::error!(
+                    model,
+                    pipeline = lane.map(|l| l.name.as_str()).unwrap_or("?"),
+                    seq = frame.seq,
+                    %error,
+                    "inference failed for a frame"
+                );
+                continue;
             }
+        };
+        if let Some(lane) = lanes
+            .iter()
+            .find(|l| l.pipeline == processed.frame.pipeline)
+        {
+            lane.output.send(processed);
         }
     }
 }
 
-/// Blocks until some lane has a frame; removes lanes whose input closed and is empty.
-fn wait_for_frame(lanes: &mut Vec<Lane>) -> Option<Frame> {
+/// What waiting for work brought.
+enum Wait {
+    Frame(Frame),
+    Joined(Join),
+    /// A lane's input closed and was drained; it was removed.
+    LaneClosed,
+    /// No lane is left and no pipeline can join any more.
+    Done,
+}
+
+/// Blocks until some lane has a frame or a pipeline joins; removes lanes whose input closed
+/// and is empty, and forgets `joins` once it is closed.
+fn wait_for_frame(lanes: &mut Vec<Lane>, joins: &mut Option<Receiver<Join>>) -> Wait {
+    if lanes.is_empty() && joins.is_none() {
+        return Wait::Done;
+    }
+    // A pipeline waiting to join comes before more frames of the others.
+    if let Some(Ok(join)) = joins.as_ref().map(Receiver::try_recv) {
+        return Wait::Joined(join);
+    }
     let mut select = Select::new();
     for lane in lanes.iter() {
         select.recv(&lane.input);
     }
+    let join_index = joins.as_ref().map(|joins| select.recv(joins));
     let operation = select.select();
     let index = operation.index();
+    if Some(index) == join_index {
+        let received = joins.as_ref().map(|joins| operation.recv(joins));
+        return match received {
+            Some(Ok(join)) => Wait::Joined(join),
+            _ => {
+                *joins = None;
+                Wait::LaneClosed
+            }
+        };
+    }
     match operation.recv(&lanes[index].input) {
-        Ok(frame) => Some(frame),
+        Ok(frame) => Wait::Frame(frame),
         Err(_) => {
             let lane = lanes.remove(index);
             tracing::debug!(pipeline = %lane.name, "input closed; worker lane done");
-            None
+            Wait::LaneClosed
         }
     }
 }
@@ -267,22 +324,27 @@ mod tests {
         let (quiet_out, quiet_results, _) = hop(64, WhenFull::Block);
         let batches = Arc::new(Mutex::new(Vec::new()));
         let stats = Arc::new(WorkerStats::default());
+        let (join, joins) = crossbeam_channel::bounded(2);
+        for (pipeline, name, input, output) in [
+            (0, "busy", busy_rx, busy_out),
+            (1, "quiet", quiet_rx, quiet_out),
+        ] {
+            let lane = Lane {
+                pipeline,
+                name: name.into(),
+                input,
+                output,
+            };
+            let annotation = Annotation {
+                overlay: Default::default(),
+                raw_depth: false,
+            };
+            join.send(Join { lane, annotation }).unwrap();
+        }
+        drop(join);
         run(
             "test",
-            vec![
-                Lane {
-                    pipeline: 0,
-                    name: "busy".into(),
-                    input: busy_rx,
-                    output: busy_out,
-                },
-                Lane {
-                    pipeline: 1,
-                    name: "quiet".into(),
-                    input: quiet_rx,
-                    output: quiet_out,
-                },
-            ],
+            joins,
             BatchPolicy {
                 max_size: 4,
                 max_wait: Duration::from_millis(1),

@@ -62,3 +62,19 @@ pub fn check_writable_parent(path: &Path) -> Result<(), String> {
         )),
     }
 }
+
+/// The bearer token in `path`: its first line, trimmed; a missing, unreadable or empty file
+/// is an error (the write endpoints would refuse every request).
+pub fn read_token(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read the token file {}: {error}", path.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim().to_string();
+    if token.len() < 16 {
+        return Err(format!(
+            "the token in {} must be at least 16 characters (e.g. `openssl rand -hex 32 > {}`)",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(token)
+}

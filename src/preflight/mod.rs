@@ -6,17 +6,22 @@
 //! [`load`] is what `visiond check` and `visiond run` use: the configuration read and
 //! shape-checked by `crate::config`, then these checks, every error of both reported at once.
 
-mod files;
+pub mod files;
 mod gst;
 mod models;
 
 use std::path::Path;
 
-use crate::config::{Config, ConfigError, ConfigErrors, FileErrors, paths};
+use crate::config::{Config, ConfigError, ConfigErrors, FileErrors, Overlay, paths};
 
 /// Reads `file`, checks its shape and what it needs of this machine; every error at once.
 pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
-    let mut reading = Config::read(file);
+    load_with(file, &Overlay::new())
+}
+
+/// [`load`] with pipeline files changed by `overlay` (a change validated before it is written).
+pub fn load_with(file: &Path, overlay: &Overlay) -> Result<Config, ConfigErrors> {
+    let mut reading = Config::read_with(file, overlay);
     if let Some(config) = &reading.config {
         check(config, &mut reading.errors, &mut reading.warnings);
     }
@@ -32,6 +37,11 @@ pub fn check(config: &Config, errors: &mut Vec<ConfigError>, warnings: &mut Vec<
     };
     for (name, model) in &config.daemon.models {
         models::check(name, model, &mut daemon_errors, warnings);
+    }
+    if let Some(token_file) = &config.daemon.http.token_file
+        && let Err(message) = files::read_token(token_file)
+    {
+        daemon_errors.push("http.token_file", message);
     }
     let gst = gst::Registry::open();
     for pipeline in &config.pipelines {

@@ -191,6 +191,33 @@ impl Daemon {
         self.seen.join("\n")
     }
 
+    /// The first log line (from now on) containing `message`.
+    pub fn line(&mut self, message: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                panic!(
+                    "no log line with '{message}' within {timeout:?}:\n{}",
+                    self.log()
+                );
+            };
+            self.seen.push(line.clone());
+            if line.contains(message) {
+                return line;
+            }
+        }
+    }
+
+    /// Sends signal `name` (`HUP`, `TERM`, …) to the daemon.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// SIGTERM, then waits (at most 15 s) for the exit; returns the exit code and the whole log.
     pub fn terminate(mut self) -> (Option<i32>, String) {
         let status = std::process::Command::new("kill")

@@ -1,0 +1,153 @@
+//! The read-only endpoints: the status page, liveness and readiness, the pipelines as JSON,
+//! and the Prometheus metrics. They only read the shared view; they never block on the frame
+//! path.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::pipeline::stats::PipelineState;
+use crate::pipeline::view::{PipelineHandle, SharedView};
+
+/// The status page: one static file; it reads `/api/pipelines` itself.
+pub async fn status_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("status.html"),
+    )
+        .into_response()
+}
+
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+pub async fn not_found() -> (StatusCode, &'static str) {
+    (StatusCode::NOT_FOUND, "not found")
+}
+
+/// The `/readyz` body.
+#[derive(Debug, Serialize)]
+pub struct Readiness<'a> {
+    pub ready: bool,
+    /// The pipelines neither `playing` nor `finished`, with their state.
+    pub not_ready: Vec<NamedState<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NamedState<'a> {
+    pub name: &'a str,
+    #[serde(flatten)]
+    pub state: PipelineState,
+}
+
+pub async fn readyz(State(view): State<SharedView>) -> Response {
+    let view = view.current();
+    let not_ready: Vec<NamedState<'_>> = view
+        .pipelines()
+        .iter()
+        .map(|p| NamedState {
+            name: &p.name,
+            state: p.stats.state(),
+        })
+        .filter(|p| !matches!(p.state, PipelineState::Playing | PipelineState::Finished))
+        .collect();
+    let ready = not_ready.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(Readiness { ready, not_ready })).into_response()
+}
+
+/// One pipeline in `/api/pipelines`.
+#[derive(Debug, Serialize)]
+pub struct PipelineStatus<'a> {
+    pub name: &'a str,
+    pub model: String,
+    /// `state`, plus `attempt` and `last_error` when reconnecting, `error` when failed.
+    #[serde(flatten)]
+    pub state: PipelineState,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub dropped: HopCounts,
+    pub queue: Queue,
+    pub latency_ms: Latency,
+    pub reconnects: u64,
+    pub uptime_s: f64,
+}
+
+/// Frames dropped at each hop.
+#[derive(Debug, Serialize)]
+pub struct HopCounts {
+    pub input: u64,
+    pub output: u64,
+}
+
+/// The first hop's depth now and its capacity.
+#[derive(Debug, Serialize)]
+pub struct Queue {
+    pub depth: usize,
+    pub capacity: usize,
+}
+
+/// Source → output latency percentiles (upper bucket edges); `null` before the first frame.
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+impl<'a> PipelineStatus<'a> {
+    pub fn of(pipeline: &'a PipelineHandle) -> Self {
+        let latency = pipeline.stats.latency.snapshot();
+        // Microsecond resolution is plenty for percentiles good to 5%.
+        let ms = |q| {
+            latency
+                .quantile(q)
+                .map(|d| (d.as_secs_f64() * 1e6).round() / 1e3)
+        };
+        let (depth, capacity) = pipeline.queue_depth();
+        Self {
+            name: &pipeline.name,
+            model: pipeline.model.to_string(),
+            state: pipeline.stats.state(),
+            frames_in: pipeline.stats.frames_in(),
+            frames_out: pipeline.stats.frames_out(),
+            dropped: HopCounts {
+                input: pipeline.input_drops.get(),
+                output: pipeline.output_drops.get(),
+            },
+            queue: Queue { depth, capacity },
+            latency_ms: Latency {
+                p50: ms(0.5),
+                p99: ms(0.99),
+            },
+            reconnects: pipeline.stats.reconnects(),
+            uptime_s: (pipeline.uptime().as_secs_f64() * 1e3).round() / 1e3,
+        }
+    }
+}
+
+pub async fn pipelines(State(view): State<SharedView>) -> Response {
+    let view = view.current();
+    let statuses: Vec<PipelineStatus<'_>> = view
+        .pipelines()
+        .iter()
+        .map(|p| PipelineStatus::of(p))
+        .collect();
+    axum::Json(statuses).into_response()
+}
+
+pub async fn metrics(State(view): State<SharedView>) -> Response {
+    (
+        [(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)],
+        super::metrics::render(&view.current()),
+    )
+        .into_response()
+}
