@@ -79,6 +79,12 @@ fn run(file: &std::path::Path) -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    let limit = preflight::limits::raise_descriptor_limit();
+    if let Err(error) = preflight::limits::check_descriptors(&config, limit) {
+        eprintln!("{error}");
+        eprintln!("not starting");
+        return ExitCode::from(2);
+    }
     // The control plane (HTTP server, signals) lives on a small tokio runtime of its own;
     // the frame path never runs on it.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -102,6 +108,14 @@ fn run(file: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Signals are watched before the pipelines start: a start that hangs still ends within
+    // the grace period and its margin.
+    let stop = signals::Stop::default();
+    let grace = Duration::from_millis(config.daemon.shutdown.grace_ms);
+    match runtime.block_on(async { signals::watch(stop.clone(), grace) }) {
+        Ok(watch) => drop(runtime.spawn(watch)),
+        Err(error) => tracing::error!(%error, "cannot watch SIGINT/SIGTERM"),
+    }
     let engine = match Engine::start(&config, &visiond::runtime::loader(&config)) {
         Ok(engine) => engine,
         Err(error) => {
@@ -109,10 +123,7 @@ fn run(file: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(async { signals::watch(engine.shutdown_handle()) }) {
-        Ok(watch) => drop(runtime.spawn(watch)),
-        Err(error) => tracing::error!(%error, "cannot watch SIGINT/SIGTERM"),
-    }
+    stop.attach(engine.shutdown_handle());
     let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = runtime.spawn(server.serve(engine.view(), async move {
         let _ = stopped.await;
@@ -144,6 +155,12 @@ fn check(file: &std::path::Path) -> ExitCode {
     visiond::logging::init(&LogConfig::default());
     match preflight::load(file) {
         Ok(config) => {
+            let limit = preflight::limits::raise_descriptor_limit();
+            if let Err(error) = preflight::limits::check_descriptors(&config, limit) {
+                eprintln!("{}: {error}", visiond::config::paths::display(file));
+                eprintln!("1 error(s); configuration not valid");
+                return ExitCode::from(2);
+            }
             for warning in &config.warnings {
                 eprintln!("warning: {warning}");
             }
@@ -163,6 +180,17 @@ fn check(file: &std::path::Path) -> ExitCode {
                     format!(" ({})", names.join(", "))
                 }
             );
+            for pipeline in &config.pipelines {
+                let encoder = &pipeline.config.encoder.element;
+                let chosen = visiond::media::registry::resolve_encoder(encoder)
+                    .unwrap_or_else(|| "none".to_string());
+                let how = if encoder == visiond::config::AUTO_ENCODER {
+                    " (auto)"
+                } else {
+                    ""
+                };
+                println!("  {}: encoder {chosen}{how}", pipeline.config.name);
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {

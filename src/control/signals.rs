@@ -1,16 +1,57 @@
 //! SIGINT/SIGTERM: the first starts a drain (bounded by `shutdown.grace_ms`), the second
-//! exits at once.
+//! exits at once, and if the drain has not ended the process by the grace period plus a
+//! margin (something stuck: a sink blocked in a write, a deadlocked element), it exits anyway.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::pipeline::engine::ShutdownHandle;
 
+/// How long past the grace period a drain may take before the process exits regardless.
+pub const MARGIN: Duration = Duration::from_secs(5);
+
+/// What a signal stops: the engine once it has started; before that, the start itself (the
+/// engine is told as soon as it exists).
+#[derive(Clone, Default)]
+pub struct Stop {
+    requested: Arc<AtomicBool>,
+    engine: Arc<Mutex<Option<ShutdownHandle>>>,
+}
+
+impl Stop {
+    /// The engine is running: a signal (also one that came while it started) shuts it down.
+    pub fn attach(&self, handle: ShutdownHandle) {
+        if let Ok(mut engine) = self.engine.lock() {
+            if self.requested.load(Ordering::SeqCst) {
+                handle.trigger();
+            }
+            *engine = Some(handle);
+        }
+    }
+
+    fn request(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        if let Ok(engine) = self.engine.lock()
+            && let Some(handle) = engine.as_ref()
+        {
+            handle.trigger();
+        }
+    }
+
+    /// Whether a signal asked the daemon to stop.
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+}
+
 /// Registers for SIGINT and SIGTERM now (so a signal that comes before the returned future is
 /// first polled is not lost to the default action) and returns the future that acts on them.
 /// Must be called within a tokio runtime.
-pub fn watch(shutdown: ShutdownHandle) -> std::io::Result<impl Future<Output = ()> + Send> {
+pub fn watch(stop: Stop, grace: Duration) -> std::io::Result<impl Future<Output = ()> + Send> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     Ok(async move {
@@ -19,7 +60,19 @@ pub fn watch(shutdown: ShutdownHandle) -> std::io::Result<impl Future<Output = (
             _ = terminate.recv() => {}
         }
         tracing::info!("shutdown requested; draining (a second signal exits at once)");
-        shutdown.trigger();
+        // On an OS thread: the control plane's runtime may be the thing that is stuck.
+        let deadline = grace + MARGIN;
+        let _ = std::thread::Builder::new()
+            .name("shutdown-watchdog".into())
+            .spawn(move || {
+                std::thread::sleep(deadline);
+                tracing::error!(
+                    waited_ms = deadline.as_millis() as u64,
+                    "the drain did not end within the grace period and its margin; exiting without it"
+                );
+                std::process::exit(1);
+            });
+        stop.request();
         tokio::select! {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}

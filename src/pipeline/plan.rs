@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::PipelineError;
+use super::output_stage::RetryPolicy;
 use super::worker::BatchPolicy;
 use crate::config::{
     Config, MetadataConfig, ModelRef, PipelineConfig, RtspServerConfig, SinkConfig, SourceConfig,
@@ -53,6 +54,8 @@ pub struct PipelinePlan {
     /// How the model's results are drawn onto this pipeline's frames.
     pub annotation: Annotation,
     pub output: OutputSettings,
+    /// How a failed output or recording is retried.
+    pub retry: RetryPolicy,
     pub metadata: Vec<MetadataConfig>,
 }
 
@@ -80,12 +83,17 @@ impl Plan {
     /// Plans every pipeline of `config`. `tasks` says, per model in use, what it computes or
     /// why it could not be loaded.
     pub fn new(config: &Config, tasks: &BTreeMap<String, Result<Task, Arc<LoadError>>>) -> Self {
+        let outputs = config.daemon.outputs;
+        let retry = RetryPolicy {
+            initial: Duration::from_millis(outputs.retry_initial_ms),
+            max: Duration::from_millis(outputs.retry_max_ms),
+        };
         let pipelines = config
             .pipelines
             .iter()
             .enumerate()
             .map(|(index, file)| {
-                plan_pipeline(index, &file.config, tasks).map_err(|error| PipelineFailure {
+                plan_pipeline(index, &file.config, tasks, retry).map_err(|error| PipelineFailure {
                     name: file.config.name.clone(),
                     model: file.config.model.clone(),
                     error: Box::new(error),
@@ -124,6 +132,7 @@ fn plan_pipeline(
     index: usize,
     pipeline: &PipelineConfig,
     tasks: &BTreeMap<String, Result<Task, Arc<LoadError>>>,
+    retry: RetryPolicy,
 ) -> Result<PipelinePlan, PipelineError> {
     let model = match &pipeline.model {
         ModelRef::None => None,
@@ -169,6 +178,7 @@ fn plan_pipeline(
             raw_depth,
         },
         output: OutputSettings::new(pipeline, live, when_full, draw_label),
+        retry,
         metadata: pipeline.metadata.clone(),
     })
 }

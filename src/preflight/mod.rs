@@ -8,6 +8,7 @@
 
 mod files;
 mod gst;
+pub mod limits;
 mod models;
 
 use std::path::Path;
