@@ -116,6 +116,7 @@ fn run(file: &std::path::Path) -> ExitCode {
         Ok(watch) => drop(runtime.spawn(watch)),
         Err(error) => tracing::error!(%error, "cannot watch SIGINT/SIGTERM"),
     }
+    tracing::info!(pipelines = config.pipelines.len(), "starting pipelines");
     let engine = match Engine::start(&config, &visiond::runtime::loader(&config)) {
         Ok(engine) => engine,
         Err(error) => {

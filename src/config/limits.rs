@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use super::error::FileErrors;
+pub use super::error::shown;
 use super::pipeline::{MetadataConfig, PipelineConfig, SinkConfig};
 use super::source::SourceKind;
 
@@ -22,15 +23,6 @@ pub const MAX_PATH: usize = 4096;
 pub const MAX_URI: usize = 4096;
 /// gst-launch fragments (`source.launch`, `sinks[].launch.pipeline`).
 pub const MAX_LAUNCH: usize = 16 * 1024;
-
-/// At most 60 characters of a value, for messages that quote what the user wrote.
-pub fn shown(text: &str) -> String {
-    const SHOWN: usize = 60;
-    match text.char_indices().nth(SHOWN) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_string(),
-    }
-}
 
 /// `value` at `key` is at most `max` characters, or the error says how long it is.
 pub fn check_length(key: &str, value: &str, max: usize, errors: &mut FileErrors<'_>) -> bool {
@@ -145,12 +137,5 @@ mod tests {
         assert_eq!(nesting("a: \"[[[[\" # {{{{\n").0, 1);
         let deep = format!("a: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(nesting(&deep), (100_001, 1));
-    }
-
-    #[test]
-    fn shown_values_are_cut() {
-        assert_eq!(shown("short"), "short");
-        let long = "x".repeat(1000);
-        assert_eq!(shown(&long).chars().count(), 61);
     }
 }

@@ -104,9 +104,9 @@ fn check_pipeline(
     super::limits::check_pipeline(pipeline, errors);
     let valid_name = name.chars().count() > super::limits::MAX_NAME
         || !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !valid_name {
         errors.push(
             "name",

@@ -261,7 +261,7 @@ fn check_uri(uri: &str, has_credentials: bool, errors: &mut FileErrors<'_>) {
             "source.uri",
             format!(
                 "unsupported scheme '{}'; expected rtsp, rtsps, http, https or file",
-                super::limits::shown(other)
+                super::error::shown(other)
             ),
         ),
     }

@@ -60,9 +60,7 @@ impl MediaError {
             match self {
                 Self::Refused { .. } => "frame refused",
                 Self::Start { .. } => "cannot start",
-                Self::Build { .. } | Self::Element { .. } | Self::Property { .. } => {
-                    "cannot build"
-                }
+                Self::Build { .. } | Self::Element { .. } | Self::Property { .. } => "cannot build",
                 _ => "sink error",
             }
         }

@@ -106,7 +106,9 @@ mod tests {
     #[test]
     fn repeats_are_logged_five_times_then_at_powers_of_ten() {
         let mut cap = RepeatCap::default();
-        let logged: Vec<u64> = (0..100_000).filter_map(|_| cap.occurrence("same")).collect();
+        let logged: Vec<u64> = (0..100_000)
+            .filter_map(|_| cap.occurrence("same"))
+            .collect();
         assert_eq!(logged, [1, 2, 3, 4, 5, 10, 100, 1000, 10_000, 100_000]);
         assert_eq!(cap.suppressed(), 100_000 - 10);
         assert_eq!(cap.occurrence("other"), Some(1));

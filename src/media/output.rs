@@ -186,12 +186,13 @@ pub fn description(settings: &OutputSettings) -> Result<Option<String>, MediaErr
             ));
         }
         let encoder = &settings.encoder;
-        let format = registry::encoder_input(&encoder.element, encoder.format).map_err(|reason| {
-            MediaError::Build {
-                what: settings.what(),
-                reason: format!("encoder.format: {reason}"),
-            }
-        })?;
+        let format =
+            registry::encoder_input(&encoder.element, encoder.format).map_err(|reason| {
+                MediaError::Build {
+                    what: settings.what(),
+                    reason: format!("encoder.format: {reason}"),
+                }
+            })?;
         let profile = encoder
             .profile
             .map(|p| format!(",profile={}", p.caps_name()))

@@ -23,6 +23,20 @@ use crate::config::{Container, FileSink};
 /// file system had not written yet).
 pub const FRAGMENT_MS: u64 = 1000;
 
+/// The splitmuxsink of a segmented recording.
+const SPLITMUX: &str = "visiond_splitmux";
+
+/// A filesink that hands every buffer to the kernel as it comes: a process killed mid-file
+/// loses nothing the muxer had written (stdio buffering would hold back 64 KB, headers
+/// included).
+fn unbuffered_filesink() -> Result<gst::Element, String> {
+    gst::ElementFactory::make("filesink")
+        .property_from_str("buffer-mode", "unbuffered")
+        .property("sync", false)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 /// Encoded frames a recording's appsrc holds before its muxer takes them.
 const RECORDER_QUEUE: u64 = 120;
 
@@ -185,9 +199,12 @@ impl RecorderInlet {
             current.started = true;
             current.appsrc.set_caps(sample.caps_owned().as_ref());
         }
-        let base = *current
-            .base
-            .get_or_insert(buffer.dts().or(buffer.pts()).unwrap_or(gst::ClockTime::ZERO));
+        let base = *current.base.get_or_insert(
+            buffer
+                .dts()
+                .or(buffer.pts())
+                .unwrap_or(gst::ClockTime::ZERO),
+        );
         let mut buffer = buffer.copy();
         {
             let buffer = buffer.make_mut();
@@ -251,34 +268,31 @@ impl Recorder {
         inlet: &RecorderInlet,
         block: bool,
     ) -> Result<Self, MediaError> {
-        let what = format!("the recording {} of pipeline {pipeline_name}", sink.path.display());
+        let what = format!(
+            "the recording {} of pipeline {pipeline_name}",
+            sink.path.display()
+        );
         let container = container_of(sink);
         let (tail, path) = match sink.segment_s {
             Some(seconds) => {
                 let pattern = segment_pattern(&sink.path);
                 let index = next_segment_index(&pattern);
                 let first = segment_name(&pattern, index).map_or(sink.path.clone(), PathBuf::from);
-                let properties = match container {
-                    Container::Mp4 => format!(
-                        " muxer-properties=\"properties,fragment-duration=(uint){FRAGMENT_MS}\""
-                    ),
-                    Container::Mkv => String::new(),
-                };
-                let factory = match container {
-                    Container::Mp4 => "mp4mux",
-                    Container::Mkv => "matroskamux",
-                };
                 let tail = format!(
-                    "splitmuxsink location={} max-size-time={} muxer-factory={factory}{properties} start-index={index}",
+                    "splitmuxsink name={SPLITMUX} location={} max-size-time={} muxer-factory={} start-index={index}",
                     quote(&pattern),
                     seconds * 1_000_000_000,
+                    match container {
+                        Container::Mp4 => "mp4mux",
+                        Container::Mkv => "matroskamux",
+                    }
                 );
                 (tail, first)
             }
             None => {
                 set_aside(pipeline_name, &sink.path);
                 let tail = format!(
-                    "{} ! filesink location={} sync=false",
+                    "{} ! filesink location={} sync=false buffer-mode=unbuffered",
                     muxer(container),
                     quote(&sink.path.display().to_string())
                 );
@@ -298,6 +312,16 @@ impl Recorder {
             .map_err(|e| build_error(e.to_string()))?
             .downcast::<gst::Pipeline>()
             .map_err(|_| build_error("the description did not make a pipeline".into()))?;
+        if let Some(splitmux) = pipeline.by_name(SPLITMUX) {
+            // Set as instances: splitmuxsink's `*-properties` strings cannot carry an enum.
+            splitmux.set_property("sink", unbuffered_filesink().map_err(build_error)?);
+            if container == Container::Mp4 {
+                let properties = gst::Structure::builder("properties")
+                    .field("fragment-duration", FRAGMENT_MS as u32)
+                    .build();
+                splitmux.set_property("muxer-properties", properties);
+            }
+        }
         let appsrc = pipeline
             .by_name("visiond_recording")
             .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())

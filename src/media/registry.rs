@@ -121,7 +121,9 @@ pub fn encoder_input(
             .into_iter()
             .find(|&format| takes(format))
             .ok_or_else(|| {
-                format!("element '{element}' takes neither I420 nor NV12 (4:2:0); set encoder.format")
+                format!(
+                    "element '{element}' takes neither I420 nor NV12 (4:2:0); set encoder.format"
+                )
             }),
     }
 }

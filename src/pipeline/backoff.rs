@@ -147,6 +147,10 @@ mod tests {
         assert_eq!(retry.failures(), 5);
         retry.up();
         std::thread::sleep(Duration::from_millis(90));
-        assert_eq!(retry.fail().as_millis(), 10, "steady for max: counting starts again");
+        assert_eq!(
+            retry.fail().as_millis(),
+            10,
+            "steady for max: counting starts again"
+        );
     }
 }

@@ -242,7 +242,9 @@ impl serde::Serialize for OutputHealth {
             map.serialize_entry("error", error)?;
         }
         if let Some(at) = self.retry_at {
-            let ms = at.saturating_duration_since(std::time::Instant::now()).as_millis();
+            let ms = at
+                .saturating_duration_since(std::time::Instant::now())
+                .as_millis();
             map.serialize_entry("retry_in_ms", &(ms as u64))?;
         }
         map.end()

@@ -39,7 +39,11 @@ impl Registry {
             return;
         }
         // Metadata-only pipelines encode nothing.
-        if pipeline.sinks.iter().all(|s| matches!(s, SinkConfig::Depth16(_))) {
+        if pipeline
+            .sinks
+            .iter()
+            .all(|s| matches!(s, SinkConfig::Depth16(_)))
+        {
             return;
         }
         let Some(element) = registry::resolve_encoder(&encoder.element) else {

@@ -48,9 +48,10 @@ fn check_files(path: &Path, task_declared: bool) -> Result<(), String> {
             "{} is a TorchScript model: set `task` (depth, segmentation or classification)",
             module.display()
         )),
-        CheckpointFormat::Safetensors { weights, .. } => {
-            weights.files().iter().try_for_each(|file| check_safetensors(file))
-        }
+        CheckpointFormat::Safetensors { weights, .. } => weights
+            .files()
+            .iter()
+            .try_for_each(|file| check_safetensors(file)),
         CheckpointFormat::TorchScript { .. } => Ok(()),
     }
 }
