@@ -3,7 +3,10 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test lint setup
+.PHONY: demo test lint setup soak
+
+# Soak length in minutes (`make soak SOAK_MINUTES=5` for a quick one).
+SOAK_MINUTES ?= 30
 
 setup:
 	@scripts/setup
@@ -19,3 +22,7 @@ test: setup
 lint: setup
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --quiet -- -D warnings
+
+soak: setup
+	$(CARGO) build --release --quiet
+	scripts/soak --minutes $(SOAK_MINUTES) target/release/visiond
