@@ -3,7 +3,10 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test lint setup install
+.PHONY: demo test lint setup install soak
+
+# Soak length in minutes (`make soak SOAK_MINUTES=5` for a quick one).
+SOAK_MINUTES ?= 30
 
 setup:
 	@scripts/setup
@@ -19,6 +22,10 @@ test: setup
 lint: setup
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --quiet -- -D warnings
+
+soak: setup
+	$(CARGO) build --release --quiet
+	scripts/soak --minutes $(SOAK_MINUTES) target/release/visiond
 
 # Installs the binary, the systemd unit, an example /etc/visiond (an operator's edits are kept),
 # man pages and shell completions. PREFIX (default /usr/local) and DESTDIR are respected; BIN

@@ -25,10 +25,13 @@ const SERVER_STOP: Duration = Duration::from_secs(2);
 /// How often the loop looks whether every pipeline has finished, between requests.
 const FINISHED_POLL: Duration = Duration::from_millis(100);
 
-/// Why `visiond run` ended, for its exit code: 2 for a configuration that does not validate,
-/// 1 when it could not start or a pipeline did not finish well, 0 otherwise.
+/// Why `visiond run` ended, for its exit code: 2 for a configuration that does not validate
+/// or that this machine cannot hold, 1 when it could not start or a pipeline did not finish
+/// well, 0 otherwise.
 pub enum Outcome {
     InvalidConfig(ConfigErrors),
+    /// Valid, but refused here (more file descriptors than the limit allows, say).
+    Refused(String),
     CannotStart,
     Ran(Vec<PipelineReport>),
 }
@@ -42,6 +45,10 @@ pub fn run(file: &Path) -> Outcome {
     crate::logging::init(&config.daemon.log);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
+    }
+    let limit = preflight::limits::raise_descriptor_limit();
+    if let Err(error) = preflight::limits::check_descriptors(&config, limit) {
+        return Outcome::Refused(error);
     }
     // The control plane (HTTP server, signals, systemd) lives on a small tokio runtime of its
     // own; the frame path never runs on it.
@@ -66,6 +73,8 @@ pub fn run(file: &Path) -> Outcome {
             return Outcome::CannotStart;
         }
     };
+    let control = Control::start(&runtime, &config);
+    tracing::info!(pipelines = config.pipelines.len(), "starting pipelines");
     let engine = match Engine::start(&config, &runtime::loader(&config)) {
         Ok(engine) => engine,
         Err(error) => {
@@ -73,27 +82,54 @@ pub fn run(file: &Path) -> Outcome {
             return Outcome::CannotStart;
         }
     };
-    let reports = serve(Daemon::new(file, config, engine), server, &runtime);
+    control.stop.attach(engine.shutdown_handle());
+    let daemon = Daemon::new(file, config, engine, control.notifier.clone());
+    let reports = serve(daemon, server, &runtime, control);
     runtime.shutdown_timeout(Duration::from_millis(100));
     Outcome::Ran(reports)
 }
 
-/// Starts the control plane's tasks around `daemon`, runs its loop, then stops them.
+/// The control plane's side of the daemon, set up before the pipelines start: signals (so a
+/// start that hangs still ends within the grace period and its margin), systemd, requests.
+struct Control {
+    stop: signals::Stop,
+    notifier: Option<Arc<Notifier>>,
+    requests: Requests,
+    incoming: Receiver<Request>,
+}
+
+impl Control {
+    fn start(runtime: &tokio::runtime::Runtime, config: &Config) -> Self {
+        let (requests, incoming) = Requests::new();
+        let notifier = Notifier::from_env().map(Arc::new);
+        let stop = signals::Stop::default();
+        let grace = Duration::from_millis(config.daemon.shutdown.grace_ms);
+        let listeners = signals::Listeners {
+            notifier: notifier.clone(),
+            requests: requests.clone(),
+        };
+        match runtime.block_on(async { signals::watch(stop.clone(), grace, listeners) }) {
+            Ok(watch) => drop(runtime.spawn(watch)),
+            Err(error) => tracing::error!(%error, "cannot watch signals"),
+        }
+        Self {
+            stop,
+            notifier,
+            requests,
+            incoming,
+        }
+    }
+}
+
+/// Serves the control plane around `daemon`, runs its loop, then stops the server.
 fn serve(
     mut daemon: Daemon,
     server: ControlServer,
     runtime: &tokio::runtime::Runtime,
+    control: Control,
 ) -> Vec<PipelineReport> {
-    let (requests, incoming) = Requests::new();
-    let notifier = Notifier::from_env().map(Arc::new);
-    daemon.notifier = notifier.clone();
-    let shutdown = daemon.engine.shutdown_handle();
-    match runtime.block_on(async { signals::watch(shutdown, notifier.clone(), requests.clone()) }) {
-        Ok(watch) => drop(runtime.spawn(watch)),
-        Err(error) => tracing::error!(%error, "cannot watch signals"),
-    }
     let view = daemon.engine.view();
-    if let Some(notifier) = &notifier {
+    if let Some(notifier) = &control.notifier {
         notifier.send(&format!(
             "READY=1\nSTATUS={}",
             systemd::status_line(&view.current())
@@ -108,7 +144,7 @@ fn serve(
         .token_file
         .clone()
         .map(|token_file| Writes {
-            requests: requests.clone(),
+            requests: control.requests.clone(),
             token_file,
         });
     let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -116,8 +152,7 @@ fn serve(
     let server = runtime.spawn(server.serve(api, async move {
         let _ = stopped.await;
     }));
-    drop(requests);
-    daemon.run(&incoming);
+    daemon.run(&control.incoming);
     // The server answers through the drain; it stops once every pipeline has.
     let _ = stop_server.send(());
     let stopped = runtime.block_on(async { tokio::time::timeout(SERVER_STOP, server).await });
@@ -139,12 +174,12 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn new(file: &Path, config: Config, engine: Engine) -> Self {
+    fn new(file: &Path, config: Config, engine: Engine, notifier: Option<Arc<Notifier>>) -> Self {
         Self {
             file: file.to_path_buf(),
             config,
             engine,
-            notifier: None,
+            notifier,
         }
     }
 

@@ -257,8 +257,10 @@ pub fn run(args: &InferArgs, out: &mut dyn Write) -> Result<(), InferError> {
     }
     if let Some(save) = &args.save {
         let output_name = info.output_name();
+        // A center crop leaves the pixel values a strided view; safetensors wants them packed.
+        let pixel_values = ran.pixel_values.to_device(tch::Device::Cpu).contiguous();
         Tensor::write_safetensors(
-            &[(PIXEL_VALUES, &ran.pixel_values), (output_name, &output)],
+            &[(PIXEL_VALUES, &pixel_values), (output_name, &output)],
             save,
         )
         .map_err(|e| InferError::Runtime(format!("--save {}: {e}", save.display())))?;

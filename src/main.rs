@@ -103,6 +103,11 @@ fn run(file: &std::path::Path) -> ExitCode {
             eprintln!("{} error(s); not starting", errors.0.len());
             ExitCode::from(2)
         }
+        daemon::Outcome::Refused(reason) => {
+            eprintln!("{reason}");
+            eprintln!("not starting");
+            ExitCode::from(2)
+        }
         daemon::Outcome::CannotStart => ExitCode::from(1),
         daemon::Outcome::Ran(reports) => {
             // The summary goes to stderr: stdout may carry jsonl metadata.
@@ -123,6 +128,12 @@ fn check(file: &std::path::Path) -> ExitCode {
     visiond::logging::init(&LogConfig::default());
     match preflight::load(file) {
         Ok(config) => {
+            let limit = preflight::limits::raise_descriptor_limit();
+            if let Err(error) = preflight::limits::check_descriptors(&config, limit) {
+                eprintln!("{}: {error}", visiond::config::paths::display(file));
+                eprintln!("1 error(s); configuration not valid");
+                return ExitCode::from(2);
+            }
             for warning in &config.warnings {
                 eprintln!("warning: {warning}");
             }
@@ -142,6 +153,17 @@ fn check(file: &std::path::Path) -> ExitCode {
                     format!(" ({})", names.join(", "))
                 }
             );
+            for pipeline in &config.pipelines {
+                let encoder = &pipeline.config.encoder.element;
+                let chosen = visiond::media::registry::resolve_encoder(encoder)
+                    .unwrap_or_else(|| "none".to_string());
+                let how = if encoder == visiond::config::AUTO_ENCODER {
+                    " (auto)"
+                } else {
+                    ""
+                };
+                println!("  {}: encoder {chosen}{how}", pipeline.config.name);
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {

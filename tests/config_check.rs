@@ -105,7 +105,7 @@ fn unknown_keys_are_named_with_their_path() {
                 "{d}: models.depth.batch.max_sise: unknown field `max_sise`, expected `max_size` or `max_wait_ms`"
             ),
             format!(
-                "{d}: logg: unknown key; expected one of: http, log, rtsp, shutdown, pipelines_dir, models"
+                "{d}: logg: unknown key; expected one of: http, log, rtsp, shutdown, outputs, pipelines_dir, models"
             ),
             format!(
                 "{p}: source.test.colour: unknown field `colour`, expected one of `pattern`, `width`, `height`, `fps`, `frames`"
@@ -571,5 +571,105 @@ fn a_cuda_device_this_machine_lacks_is_an_error_at_check_time() {
         )),
         "{}",
         errors[0]
+    );
+}
+
+#[test]
+fn mounts_that_differ_only_in_slashes_are_one_mount() {
+    let tree = Tree::new(DAEMON);
+    let pipeline = |name: &str, mount: &str| {
+        format!(
+            "name: {name}\nsource: {{ test: {{ width: 64, height: 48 }} }}\nmodel: none\nsinks:\n  - rtsp: {{ mount: \"{mount}\" }}\n"
+        )
+    };
+    tree.pipeline("a.yaml", &pipeline("a", "/same"))
+        .pipeline("b.yaml", &pipeline("b", "/same/"))
+        .pipeline("c.yaml", &pipeline("c", "//same"));
+    let errors = tree.errors();
+    let duplicates: Vec<&String> = errors
+        .iter()
+        .filter(|e| e.contains("mount /same is already served by"))
+        .collect();
+    assert_eq!(duplicates.len(), 2, "{errors:#?}");
+}
+
+#[test]
+fn absurd_lengths_and_nesting_are_refused_at_once_without_echoing_them() {
+    let tree = Tree::new(DAEMON);
+    let long_name = "n".repeat(100_000);
+    let long_uri = format!("rtsp://camera/{}", "x".repeat(300_000));
+    tree.pipeline(
+        "long.yaml",
+        &format!("name: {long_name}\nsource: {{ uri: \"{long_uri}\" }}\nmodel: none\nsinks:\n  - rtsp: {{ mount: /long }}\n"),
+    );
+    let deep = format!(
+        "name: deep\nsource: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    tree.pipeline("deep.yaml", &deep);
+    let huge = format!("name: {}\n", "h".repeat(20 * 1024 * 1024));
+    tree.pipeline("huge.yaml", &huge);
+    let started = std::time::Instant::now();
+    let errors = tree.errors();
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+    assert!(
+        errors.iter().all(|e| e.len() < 400),
+        "an error echoes its input: {:?}",
+        errors.iter().map(|e| e.len()).collect::<Vec<_>>()
+    );
+    let has = |needle: &str| errors.iter().any(|e| e.contains(needle));
+    assert!(
+        has("long.yaml: name: is 100000 characters long; at most 64"),
+        "{errors:#?}"
+    );
+    assert!(
+        has("long.yaml: source.uri: is 300014 characters long; at most 4096"),
+        "{errors:#?}"
+    );
+    assert!(
+        has("deep.yaml: nesting too deep: 100001 levels by line 2"),
+        "{errors:#?}"
+    );
+    assert!(has("huge.yaml: file is 20971527 bytes"), "{errors:#?}");
+}
+
+#[test]
+fn a_truncated_or_damaged_safetensors_file_fails_check() {
+    let tree = Tree::new(DAEMON);
+    tree.pipeline("door.yaml", GOOD_PIPELINE);
+    assert!(tree.load().is_ok(), "{:?}", tree.load().err());
+    let weights = tree.path("model/model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() - 100]).unwrap();
+    let (code, stderr) = {
+        let output = visiond()
+            .args(["check", "-c"])
+            .arg(tree.path("visiond.yaml"))
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("models.depth.path:")
+            && stderr.contains("model.safetensors: the file is")
+            && stderr.contains("truncated or damaged"),
+        "{stderr}"
+    );
+    // A header that is not JSON.
+    let mut damaged = bytes.clone();
+    damaged[8] = b'X';
+    std::fs::write(&weights, &damaged).unwrap();
+    let errors = tree.errors();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("not a valid safetensors file")),
+        "{errors:#?}"
     );
 }

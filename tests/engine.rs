@@ -242,6 +242,9 @@ fn a_lost_rtsp_camera_is_reconnected_while_other_pipelines_run_on() {
         || door.stats.frames_out() >= door_frames + 10,
     );
     assert_eq!(door.stats.state(), PipelineState::Playing);
+    // One outage, however many attempts it took to end it.
+    assert_eq!(door.stats.outages(), 1);
+    assert!(door.stats.reconnects() >= 1);
     engine.shutdown_handle().trigger();
     let reports = engine.wait();
     camera.stop();

@@ -963,3 +963,35 @@ fn image_with_torchscript_and_no_processor_exits_2() {
         "{stderr}"
     );
 }
+
+#[test]
+fn save_after_a_center_crop_writes_the_cropped_pixel_values() {
+    // dinov2-cls's processor resizes then center-crops: a strided view of the resized image.
+    let temp = tempfile::tempdir().expect("tempdir");
+    let save = temp.path().join("out.safetensors");
+    let image = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/images/coffee.png");
+    let (code, _, stderr) = run(&mut visiond(&[
+        "--model",
+        path_str(&model_dir("dinov2-cls")),
+        "--image",
+        path_str(&image),
+        "--save",
+        path_str(&save),
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    let pixel_values = tensor(&save, "pixel_values");
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(model_dir("dinov2-cls").join("preprocessor_config.json")).unwrap(),
+    )
+    .unwrap();
+    let crop = &config["crop_size"];
+    assert_eq!(
+        pixel_values.size(),
+        [
+            1,
+            3,
+            crop["height"].as_i64().unwrap(),
+            crop["width"].as_i64().unwrap()
+        ]
+    );
+}

@@ -9,7 +9,15 @@ use serde::Deserialize;
 
 use super::model::ModelConfig;
 /// Keys of the daemon file, in the order they are documented.
-pub const DAEMON_KEYS: &[&str] = &["http", "log", "rtsp", "shutdown", "pipelines_dir", "models"];
+pub const DAEMON_KEYS: &[&str] = &[
+    "http",
+    "log",
+    "rtsp",
+    "shutdown",
+    "outputs",
+    "pipelines_dir",
+    "models",
+];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DaemonConfig {
@@ -17,6 +25,7 @@ pub struct DaemonConfig {
     pub log: LogConfig,
     pub rtsp: RtspServerConfig,
     pub shutdown: ShutdownConfig,
+    pub outputs: OutputsConfig,
     /// Resolved against the daemon file's directory.
     pub pipelines_dir: PathBuf,
     pub models: BTreeMap<String, ModelConfig>,
@@ -169,4 +178,33 @@ impl Default for ShutdownConfig {
 
 fn default_grace_ms() -> u64 {
     5000
+}
+
+/// How a video output or recording that failed (a full disk, a sink error) is retried: after
+/// `retry_initial_ms`, doubling on each failure up to `retry_max_ms`. The count of failures
+/// starts again only once the output has run for `retry_max_ms` without failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputsConfig {
+    #[serde(default = "default_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u64,
+}
+
+impl Default for OutputsConfig {
+    fn default() -> Self {
+        Self {
+            retry_initial_ms: default_retry_initial_ms(),
+            retry_max_ms: default_retry_max_ms(),
+        }
+    }
+}
+
+fn default_retry_initial_ms() -> u64 {
+    1000
+}
+
+fn default_retry_max_ms() -> u64 {
+    60_000
 }

@@ -22,6 +22,15 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// At most 60 characters of a value, for messages that quote what the user wrote.
+pub fn shown(text: &str) -> String {
+    const SHOWN: usize = 60;
+    match text.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
 /// Every problem found in one load, in file order. Never empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
@@ -102,4 +111,16 @@ pub fn sort_for_reading(errors: &mut [ConfigError], daemon_file: &str, sections:
             entry,
         )
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shown_values_are_cut() {
+        assert_eq!(shown("short"), "short");
+        let long = "x".repeat(1000);
+        assert_eq!(shown(&long).chars().count(), 61);
+    }
 }

@@ -85,6 +85,19 @@ impl Config {
 }
 
 fn read_text(file: &Path, errors: &mut FileErrors<'_>) -> Option<String> {
+    if let Ok(meta) = std::fs::metadata(file)
+        && meta.len() > super::limits::MAX_FILE_BYTES
+    {
+        errors.push(
+            "",
+            format!(
+                "file is {} bytes; a configuration file may hold at most {} bytes",
+                meta.len(),
+                super::limits::MAX_FILE_BYTES
+            ),
+        );
+        return None;
+    }
     match std::fs::read_to_string(file) {
         Ok(text) => Some(text),
         Err(error) => {
@@ -106,6 +119,7 @@ fn read_daemon(file: &Path, errors: &mut FileErrors<'_>) -> Option<DaemonConfig>
     let log = sections.optional::<LogConfig>("log");
     let rtsp = sections.optional::<RtspServerConfig>("rtsp");
     let shutdown = sections.optional::<ShutdownConfig>("shutdown");
+    let outputs = sections.optional::<OutputsConfig>("outputs");
     let pipelines_dir = sections.required::<PathBuf>("pipelines_dir");
     let (models, declared_models) = read_models(&mut sections, &base);
     sections.finish(DAEMON_KEYS);
@@ -116,6 +130,7 @@ fn read_daemon(file: &Path, errors: &mut FileErrors<'_>) -> Option<DaemonConfig>
         log: log.unwrap_or_default(),
         rtsp: rtsp.unwrap_or_default(),
         shutdown: shutdown.unwrap_or_default(),
+        outputs: outputs.unwrap_or_default(),
         pipelines_dir: paths::resolve(&base, &pipelines_dir?),
         models,
         declared_models,
@@ -216,6 +231,10 @@ pub fn read_pipeline(
                 depth.path = paths::resolve(&base, &depth.path);
                 SinkConfig::Depth16(depth)
             }
+            SinkConfig::Rtsp(mut rtsp) => {
+                rtsp.mount = normalize_mount(&rtsp.mount);
+                SinkConfig::Rtsp(rtsp)
+            }
             other => other,
         })
         .collect();
@@ -247,4 +266,29 @@ pub fn read_pipeline(
         sinks,
         metadata,
     })
+}
+
+/// An RTSP mount as the server matches it: `/same/`, `//same` and `/same` are one mount, so
+/// duplicates are found (and both pipelines cannot claim one URL).
+pub fn normalize_mount(mount: &str) -> String {
+    let parts: Vec<&str> = mount.split('/').filter(|part| !part.is_empty()).collect();
+    if mount.starts_with('/') || parts.is_empty() {
+        format!("/{}", parts.join("/"))
+    } else {
+        // Not a mount path at all: left as written for the shape check to report.
+        mount.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounts_lose_trailing_and_duplicate_slashes() {
+        assert_eq!(normalize_mount("/same/"), "/same");
+        assert_eq!(normalize_mount("//a//b/"), "/a/b");
+        assert_eq!(normalize_mount("/door"), "/door");
+        assert_eq!(normalize_mount("door"), "door");
+    }
 }

@@ -8,6 +8,7 @@
 
 mod daemon;
 mod error;
+mod limits;
 mod load;
 mod model;
 pub mod paths;
@@ -19,6 +20,7 @@ mod tree;
 
 pub use daemon::*;
 pub use error::{ConfigError, ConfigErrors, FileErrors};
+pub use limits::{MAX_NAME, shown};
 pub use load::Overlay;
 pub use model::*;
 pub use pipeline::*;

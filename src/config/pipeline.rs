@@ -198,9 +198,17 @@ pub enum DepthRange {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EncoderConfig {
-    /// Any H.264 encoder element: x264enc, nvh264enc, nvv4l2h264enc, vah264enc, ...
+    /// Any H.264 encoder element (x264enc, nvh264enc, nvv4l2h264enc, vah264enc, ...), or
+    /// [`AUTO_ENCODER`]: the best this machine's GStreamer registry has.
     #[serde(default = "default_encoder_element")]
     pub element: String,
+    /// The H.264 profile asked of the encoder (its default when absent).
+    #[serde(default)]
+    pub profile: Option<H264Profile>,
+    /// The pixel format the encoder is given: 4:2:0 (the one the encoder takes, I420 or
+    /// NV12) when absent, which every decoder plays.
+    #[serde(default)]
+    pub format: Option<PixelFormat>,
     #[serde(default = "default_bitrate_kbps")]
     pub bitrate_kbps: u32,
     /// Frames between keyframes: a late RTSP client waits at most this long for a picture.
@@ -215,6 +223,8 @@ impl Default for EncoderConfig {
     fn default() -> Self {
         Self {
             element: default_encoder_element(),
+            profile: None,
+            format: None,
             bitrate_kbps: default_bitrate_kbps(),
             keyframe_interval: default_keyframe_interval(),
             properties: BTreeMap::new(),
@@ -222,8 +232,64 @@ impl Default for EncoderConfig {
     }
 }
 
+/// `encoder.element: auto`: NVENC, VA-API, V4L2 M2M or x264, whichever this machine has.
+pub const AUTO_ENCODER: &str = "auto";
+
 fn default_encoder_element() -> String {
-    "x264enc".to_string()
+    AUTO_ENCODER.to_string()
+}
+
+/// `encoder.profile`, spelled as GStreamer's `video/x-h264` caps spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum H264Profile {
+    #[serde(rename = "constrained-baseline")]
+    ConstrainedBaseline,
+    #[serde(rename = "baseline")]
+    Baseline,
+    #[serde(rename = "main")]
+    Main,
+    #[serde(rename = "high")]
+    High,
+    #[serde(rename = "high-4:4:4")]
+    High444,
+}
+
+impl H264Profile {
+    pub fn caps_name(self) -> &'static str {
+        match self {
+            Self::ConstrainedBaseline => "constrained-baseline",
+            Self::Baseline => "baseline",
+            Self::Main => "main",
+            Self::High => "high",
+            Self::High444 => "high-4:4:4",
+        }
+    }
+}
+
+/// `encoder.format`: the raw format handed to the encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PixelFormat {
+    /// 4:2:0 planar (yuv420p).
+    I420,
+    /// 4:2:0 semi-planar, what hardware encoders take.
+    Nv12,
+    /// 4:4:4 planar: needs profile `high-4:4:4`, which many decoders refuse.
+    Y444,
+}
+
+impl PixelFormat {
+    /// The `format` field of GStreamer's raw video caps.
+    pub fn caps_name(self) -> &'static str {
+        match self {
+            Self::I420 => "I420",
+            Self::Nv12 => "NV12",
+            Self::Y444 => "Y444",
+        }
+    }
+
+    /// The 4:2:0 formats an encoder may be given when `format` is not set, in preference order.
+    pub const DEFAULTS: [PixelFormat; 2] = [PixelFormat::I420, PixelFormat::Nv12];
 }
 
 fn default_bitrate_kbps() -> u32 {

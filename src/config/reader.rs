@@ -11,6 +11,17 @@ use super::error::FileErrors;
 
 /// Parses YAML text into a top-level mapping; syntax errors carry line and column.
 pub fn parse_mapping(text: &str, errors: &mut FileErrors<'_>) -> Option<Mapping> {
+    let (depth, line) = super::limits::nesting(text);
+    if depth > super::limits::MAX_NESTING {
+        errors.push(
+            "",
+            format!(
+                "nesting too deep: {depth} levels by line {line}; at most {} are allowed",
+                super::limits::MAX_NESTING
+            ),
+        );
+        return None;
+    }
     let value: Value = match serde_yaml::from_str(text) {
         Ok(value) => value,
         Err(error) => {

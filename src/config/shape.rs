@@ -54,6 +54,19 @@ pub fn check(config: &Config, errors: &mut Vec<ConfigError>, warnings: &mut Vec<
 }
 
 fn check_daemon(daemon: &DaemonConfig, errors: &mut FileErrors<'_>) {
+    let outputs = &daemon.outputs;
+    if outputs.retry_initial_ms == 0 {
+        errors.push("outputs.retry_initial_ms", "must be at least 1");
+    }
+    if outputs.retry_max_ms < outputs.retry_initial_ms {
+        errors.push(
+            "outputs.retry_max_ms",
+            format!(
+                "must not be below retry_initial_ms ({})",
+                outputs.retry_initial_ms
+            ),
+        );
+    }
     let http_port = daemon.http.listen.port();
     if http_port != 0 && http_port == daemon.rtsp.port {
         errors.push(
@@ -88,14 +101,19 @@ fn check_pipeline(
     errors: &mut FileErrors<'_>,
 ) {
     let name = &pipeline.name;
-    let valid_name = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    super::limits::check_pipeline(pipeline, errors);
+    let valid_name = name.chars().count() > super::limits::MAX_NAME
+        || !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !valid_name {
         errors.push(
             "name",
-            format!("'{name}' is not a valid pipeline name: use letters, digits, '-', '_' and '.'"),
+            format!(
+                "'{}' is not a valid pipeline name: use letters, digits, '-', '_' and '.'",
+                super::limits::shown(name)
+            ),
         );
     }
     if let ModelRef::Named(model) = &pipeline.model
@@ -121,6 +139,7 @@ fn check_pipeline(
     if pipeline.encoder.bitrate_kbps == 0 {
         errors.push("encoder.bitrate_kbps", "must be positive");
     }
+    check_encoder_format(&pipeline.encoder, errors);
     if pipeline.sinks.is_empty() && pipeline.metadata.is_empty() {
         errors.push(
             "sinks",
@@ -182,6 +201,28 @@ fn check_source_options(source: &super::source::SourceConfig, errors: &mut FileE
     }
 }
 
+/// 4:4:4 only with the profile that carries it, and that profile only with 4:4:4 asked for.
+fn check_encoder_format(encoder: &EncoderConfig, errors: &mut FileErrors<'_>) {
+    let is_444 = encoder.format == Some(PixelFormat::Y444);
+    match encoder.profile {
+        Some(H264Profile::High444) | None => {}
+        Some(profile) if is_444 => errors.push(
+            "encoder.format",
+            format!(
+                "y444 needs profile high-4:4:4 (profile is {}); 4:2:0 (i420, nv12) plays everywhere",
+                profile.caps_name()
+            ),
+        ),
+        Some(_) => {}
+    }
+    if encoder.profile == Some(H264Profile::High444) && !is_444 {
+        errors.push(
+            "encoder.profile",
+            "high-4:4:4 is for format y444; many decoders refuse it (use high, main or baseline)",
+        );
+    }
+}
+
 fn check_overlay(overlay: &OverlayConfig, errors: &mut FileErrors<'_>) {
     if !(0.0..=1.0).contains(&overlay.alpha) {
         errors.push("overlay.alpha", "must be between 0 and 1");
@@ -216,7 +257,7 @@ fn check_sink(key: &str, sink: &SinkConfig, pipeline: &PipelineConfig, errors: &
                     format!("{key}.mount"),
                     format!(
                         "'{}' is not a mount path; expected e.g. /front-door",
-                        rtsp.mount
+                        super::limits::shown(&rtsp.mount)
                     ),
                 );
             }

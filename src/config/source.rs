@@ -259,7 +259,10 @@ fn check_uri(uri: &str, has_credentials: bool, errors: &mut FileErrors<'_>) {
         }
         other => errors.push(
             "source.uri",
-            format!("unsupported scheme '{other}'; expected rtsp, rtsps, http, https or file"),
+            format!(
+                "unsupported scheme '{}'; expected rtsp, rtsps, http, https or file",
+                super::error::shown(other)
+            ),
         ),
     }
 }

@@ -3,7 +3,10 @@
 //! Per pipeline (label `pipeline`): `visiond_frames_in_total`, `visiond_frames_out_total`,
 //! `visiond_frames_dropped_total` (+ `hop="input"|"output"`), `visiond_queue_depth` and
 //! `visiond_queue_capacity` (the first hop), `visiond_pipeline_state` (+ `state`: 1 for the
-//! current one, 0 for the other four), `visiond_reconnects_total`, `visiond_output_restarts_total` and the histogram
+//! current one, 0 for the other four), `visiond_source_outages_total`,
+//! `visiond_reconnect_attempts_total` (and its earlier name `visiond_reconnects_total`),
+//! `visiond_output_up` (+ `output`), `visiond_output_failures_total` (+ `reason`),
+//! `visiond_output_restarts_total` and the histogram
 //! `visiond_frame_latency_seconds`. Per inference worker (label `model`):
 //! `visiond_inference_batches_total`, `visiond_inference_frames_total`,
 //! `visiond_inference_failed_frames_total`, `visiond_batch_size_max` and the histogram
@@ -126,16 +129,61 @@ pub fn render(view: &EngineView) -> String {
         }
     }
     out.family(
-        "visiond_reconnects_total",
+        "visiond_source_outages_total",
         "counter",
-        "Times the pipeline's source was lost and a reconnect scheduled.",
+        "Times the pipeline's source was lost (one outage, however many reconnect attempts).",
     );
     for p in pipelines {
         out.sample(
-            "visiond_reconnects_total",
+            "visiond_source_outages_total",
             &[("pipeline", &p.name)],
-            p.stats.reconnects(),
+            p.stats.outages(),
         );
+    }
+    // visiond_reconnects_total is the earlier name of the attempts counter, kept for
+    // dashboards that use it.
+    for (name, help) in [
+        (
+            "visiond_reconnect_attempts_total",
+            "Reconnect attempts of the pipeline's source (each try counts).",
+        ),
+        (
+            "visiond_reconnects_total",
+            "Reconnect attempts (the earlier name of visiond_reconnect_attempts_total).",
+        ),
+    ] {
+        out.family(name, "counter", help);
+        for p in pipelines {
+            out.sample(name, &[("pipeline", &p.name)], p.stats.reconnects());
+        }
+    }
+    out.family(
+        "visiond_output_up",
+        "gauge",
+        "1 while the output (video, or one recording: file <path>) runs, 0 while it is down.",
+    );
+    for p in pipelines {
+        for health in p.stats.outputs() {
+            out.sample(
+                "visiond_output_up",
+                &[("pipeline", &p.name), ("output", &health.output)],
+                u8::from(health.up),
+            );
+        }
+    }
+    out.family(
+        "visiond_output_failures_total",
+        "counter",
+        "Output and recording failures, by reason (disk full, write error, sink error, ...).",
+    );
+    for p in pipelines {
+        for (reason, count) in p.stats.output_failures() {
+            out.sample(
+                "visiond_output_failures_total",
+                &[("pipeline", &p.name), ("reason", &reason)],
+                count,
+            );
+        }
     }
     out.family(
         "visiond_output_restarts_total",

@@ -78,7 +78,13 @@ pub struct PipelineStatus<'a> {
     pub dropped: HopCounts,
     pub queue: Queue,
     pub latency_ms: Latency,
+    /// Reconnect attempts (each try counts).
     pub reconnects: u64,
+    /// Times the source was lost (one outage, however many attempts it took).
+    pub outages: u64,
+    /// Each output's health: `video`, and each recording (`file <path>`), with `state`
+    /// (`up`/`down`), `failures`, and `reason`, `error`, `retry_in_ms` while down.
+    pub outputs: Vec<crate::pipeline::stats::OutputHealth>,
     pub uptime_s: f64,
 }
 
@@ -129,6 +135,8 @@ impl<'a> PipelineStatus<'a> {
                 p99: ms(0.99),
             },
             reconnects: pipeline.stats.reconnects(),
+            outages: pipeline.stats.outages(),
+            outputs: pipeline.stats.outputs(),
             uptime_s: (pipeline.uptime().as_secs_f64() * 1e3).round() / 1e3,
         }
     }

@@ -42,6 +42,31 @@ pub enum MediaError {
     Thread { name: String, reason: String },
 }
 
+impl MediaError {
+    /// Why an output failed, in the words an operator counts by: `disk full`, `permission
+    /// denied`, `cannot open file`, `write error`, `frame refused`, `cannot start`,
+    /// `cannot build`, or `sink error` for the rest.
+    pub fn reason(&self) -> &'static str {
+        let text = self.to_string();
+        if text.contains("No space left") {
+            "disk full"
+        } else if text.contains("Permission denied") {
+            "permission denied"
+        } else if text.contains("Could not open file") || text.contains("for writing") {
+            "cannot open file"
+        } else if text.contains("writing to file") || text.contains("Could not write") {
+            "write error"
+        } else {
+            match self {
+                Self::Refused { .. } => "frame refused",
+                Self::Start { .. } => "cannot start",
+                Self::Build { .. } | Self::Element { .. } | Self::Property { .. } => "cannot build",
+                _ => "sink error",
+            }
+        }
+    }
+}
+
 /// One error posted on a bus: `/GstPipeline:pipeline0/GstRTSPSrc:src: Could not open resource
 /// for reading (debug: ...)`.
 #[derive(Debug, Clone, PartialEq, Eq)]

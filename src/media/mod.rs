@@ -4,7 +4,9 @@
 
 pub mod bus;
 mod error;
+pub mod glib_log;
 pub mod output;
+pub mod recorder;
 pub mod registry;
 pub mod rtsp_server;
 pub mod source;

@@ -1,7 +1,6 @@
 //! A pipeline's publishing side: appsrc → convert/scale → [label] → encoder → tee → sinks,
 //! and, for `depth16` sinks, a second appsrc of 16-bit depth → FFV1 → Matroska.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use gstreamer as gst;
@@ -9,9 +8,10 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
+use super::recorder::{self, Recorder, RecorderInlet};
 use super::rtsp_server::{RtspFeed, RtspMounts};
-use super::{MediaError, bus, quote};
-use crate::config::{Container, EncoderConfig, PipelineConfig, SinkConfig, WhenFull};
+use super::{MediaError, bus, quote, registry};
+use crate::config::{EncoderConfig, FileSink, PipelineConfig, SinkConfig, WhenFull};
 use crate::frames::{DropCounter, Processed};
 
 const APPSRC: &str = "visiond_appsrc";
@@ -19,6 +19,8 @@ const OUT_SIZE: &str = "visiond_outsize";
 const LABEL: &str = "visiond_label";
 const ENCODER: &str = "visiond_encoder";
 const DEPTH_APPSRC: &str = "visiond_depth16";
+/// Prefix of the appsinks that feed `file` sinks' recordings (the sink's index follows).
+const RECORDING: &str = "visiond_recording_";
 
 /// How `textoverlay` draws a classification label: top left, on a shaded box. The still-image
 /// path (`visiond infer --overlay`) draws with the same properties, so a PNG shows what a viewer
@@ -42,11 +44,16 @@ pub struct OutputSettings {
 }
 
 impl OutputSettings {
+    /// `encoder.element: auto` is resolved here, to the encoder this machine has.
     pub fn new(config: &PipelineConfig, live: bool, when_full: WhenFull, draw_label: bool) -> Self {
+        let mut encoder = config.encoder.clone();
+        if let Some(element) = registry::resolve_encoder(&encoder.element) {
+            encoder.element = element;
+        }
         Self {
             pipeline: config.name.clone(),
             sinks: config.sinks.clone(),
-            encoder: config.encoder.clone(),
+            encoder,
             live,
             when_full,
             draw_label,
@@ -71,6 +78,18 @@ pub struct VideoOutput {
     /// The 16-bit depth chain, when the pipeline has `depth16` sinks.
     depth: Option<DepthChain>,
     feeds: Vec<RtspFeed>,
+    /// One per `file` sink, in sink order: each recording lives and fails on its own.
+    recordings: Vec<Recording>,
+    pipeline_name: String,
+    /// Finite sources: recordings wait for room rather than drop a frame.
+    block: bool,
+}
+
+/// A `file` sink: what feeds it, and its running recording while it is up.
+struct Recording {
+    sink: FileSink,
+    inlet: RecorderInlet,
+    running: Option<Recorder>,
 }
 
 struct VideoChain {
@@ -87,33 +106,18 @@ struct VideoChain {
 struct DepthChain {
     queue: AppsrcQueue,
     input_format: Option<(u32, u32, gst::Fraction)>,
+    /// Frames pushed, so that a file without any is removed.
+    frames: u64,
+    path: std::path::PathBuf,
 }
 
-/// Builds the sink description for one sink (after the tee).
+/// Builds the sink description for one sink (after the tee). A `file` sink ends in an
+/// appsink that feeds its recording (a pipeline of its own, see [`super::recorder`]).
 fn sink_branch(index: usize, sink: &SinkConfig) -> String {
     match sink {
-        SinkConfig::File(file) => {
-            let container = file.format.unwrap_or_else(|| container_of(&file.path));
-            let muxer = match container {
-                Container::Mp4 => "mp4mux",
-                Container::Mkv => "matroskamux",
-            };
-            match file.segment_s {
-                Some(seconds) => {
-                    let pattern = segment_pattern(&file.path);
-                    format!(
-                        "queue ! h264parse ! splitmuxsink location={} max-size-time={} muxer-factory={muxer} start-index={}",
-                        quote(&pattern),
-                        seconds * 1_000_000_000,
-                        next_segment_index(&pattern)
-                    )
-                }
-                None => format!(
-                    "queue ! h264parse ! {muxer} ! filesink location={} sync=false",
-                    quote(&file.path.display().to_string())
-                ),
-            }
-        }
+        SinkConfig::File(_) => format!(
+            "queue max-size-buffers=0 max-size-bytes=0 max-size-time=2000000000 ! appsink name={RECORDING}{index} sync=false enable-last-sample=false"
+        ),
         SinkConfig::Udp(udp) => format!(
             "queue ! rtph264pay config-interval=1 pt=96 ! udpsink host={} port={} sync=false async=false",
             quote(&udp.host),
@@ -134,88 +138,12 @@ fn sink_branch(index: usize, sink: &SinkConfig) -> String {
     }
 }
 
-fn container_of(path: &Path) -> Container {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("mkv") => Container::Mkv,
-        _ => Container::Mp4,
-    }
-}
-
-/// splitmuxsink needs a printf pattern for the segment number.
-fn segment_pattern(path: &Path) -> String {
-    let text = path.display().to_string();
-    if text.contains('%') {
-        return text;
-    }
-    match (path.file_stem(), path.extension()) {
-        (Some(stem), Some(ext)) => path
-            .with_file_name(format!(
-                "{}-%05d.{}",
-                stem.to_string_lossy(),
-                ext.to_string_lossy()
-            ))
-            .display()
-            .to_string(),
-        _ => format!("{text}-%05d"),
-    }
-}
-
-/// The first segment number whose file does not exist yet, so a restarted pipeline (or
-/// daemon) continues the numbering instead of overwriting earlier segments. Patterns other
-/// than a plain `%d` / `%0Nd` start at 0.
-fn next_segment_index(pattern: &str) -> u32 {
-    let Some(start) = pattern.find('%') else {
-        return 0;
-    };
-    let Some(end) = pattern[start..].find('d').map(|d| start + d) else {
-        return 0;
-    };
-    let width: usize = pattern[start + 1..end]
-        .trim_start_matches('0')
-        .parse()
-        .unwrap_or(0);
-    if !pattern[start + 1..end].chars().all(|c| c.is_ascii_digit()) {
-        return 0;
-    }
-    let name = |i: u32| format!("{}{i:0width$}{}", &pattern[..start], &pattern[end + 1..]);
-    (0..u32::MAX)
-        .find(|&i| !Path::new(&name(i)).exists())
-        .unwrap_or(0)
-}
-
-/// Moves recordings that a new output would overwrite out of the way, to
-/// `<stem>.<unix seconds>.<ext>`: a restarted pipeline or daemon never destroys a recording.
+/// Moves `depth16` recordings that a new output would overwrite out of the way (a `file`
+/// sink's recording does this itself when it starts).
 pub fn set_aside_recordings(settings: &OutputSettings) {
-    let paths = settings.sinks.iter().filter_map(|sink| match sink {
-        SinkConfig::File(file) if file.segment_s.is_none() => Some(&file.path),
-        SinkConfig::Depth16(depth) => Some(&depth.path),
-        _ => None,
-    });
-    for path in paths {
-        if !path.exists() {
-            continue;
-        }
-        let seconds = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let stem = path.file_stem().unwrap_or_default().to_string_lossy();
-        let kept = match path.extension() {
-            Some(ext) => path.with_file_name(format!("{stem}.{seconds}.{}", ext.to_string_lossy())),
-            None => path.with_file_name(format!("{stem}.{seconds}")),
-        };
-        match std::fs::rename(path, &kept) {
-            Ok(()) => tracing::info!(
-                pipeline = %settings.pipeline,
-                kept = %kept.display(),
-                "an earlier recording was kept under a new name"
-            ),
-            Err(error) => tracing::warn!(
-                pipeline = %settings.pipeline,
-                path = %path.display(),
-                %error,
-                "cannot move an earlier recording aside; it will be overwritten"
-            ),
+    for sink in &settings.sinks {
+        if let SinkConfig::Depth16(depth) = sink {
+            recorder::set_aside(&settings.pipeline, &depth.path);
         }
     }
 }
@@ -236,7 +164,7 @@ fn appsrc_queue(live: bool, policy: WhenFull) -> String {
 }
 
 /// The whole output description, or `None` when the pipeline has no sinks (metadata only).
-pub fn description(settings: &OutputSettings) -> Option<String> {
+pub fn description(settings: &OutputSettings) -> Result<Option<String>, MediaError> {
     let (live, policy) = (settings.live, settings.when_full);
     let is_depth = |sink: &&SinkConfig| matches!(sink, SinkConfig::Depth16(_));
     let mut chains = Vec::new();
@@ -257,10 +185,24 @@ pub fn description(settings: &OutputSettings) -> Option<String> {
                 " ! videoconvert ! textoverlay name={LABEL} {LABEL_STYLE}"
             ));
         }
+        let encoder = &settings.encoder;
+        let format =
+            registry::encoder_input(&encoder.element, encoder.format).map_err(|reason| {
+                MediaError::Build {
+                    what: settings.what(),
+                    reason: format!("encoder.format: {reason}"),
+                }
+            })?;
+        let profile = encoder
+            .profile
+            .map(|p| format!(",profile={}", p.caps_name()))
+            .unwrap_or_default();
         text.push_str(&format!(
-            " ! videoconvert ! {} name={ENCODER} ! h264parse config-interval=-1 \
-             ! video/x-h264,stream-format=byte-stream,alignment=au ! tee name=visiond_tee allow-not-linked=true",
-            settings.encoder.element
+            " ! videoconvert ! video/x-raw,format={} ! {} name={ENCODER} ! video/x-h264{profile} \
+             ! h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au \
+             ! tee name=visiond_tee allow-not-linked=true",
+            format.caps_name(),
+            encoder.element
         ));
         for (index, sink) in video {
             text.push_str(&format!(" visiond_tee. ! {}", sink_branch(index, sink)));
@@ -287,7 +229,7 @@ pub fn description(settings: &OutputSettings) -> Option<String> {
         }
         chains.push(text);
     }
-    (!chains.is_empty()).then(|| chains.join(" "))
+    Ok((!chains.is_empty()).then(|| chains.join(" ")))
 }
 
 /// Sets the encoder for live use: short keyframe interval (a late RTSP client waits at
@@ -298,6 +240,9 @@ fn configure_encoder(encoder: &gst::Element, config: &EncoderConfig) -> Result<(
     if config.element == "x264enc" {
         encoder.set_property_from_str("tune", "zerolatency");
         encoder.set_property_from_str("speed-preset", "ultrafast");
+        // zerolatency turns sliced threads on: every frame then arrives as several slices,
+        // which ffmpeg/libav and browsers over RTSP decode as corrupt keyframes.
+        encoder.set_property("sliced-threads", false);
     }
     for key in ["key-int-max", "gop-size", "iframeinterval", "idrinterval"] {
         if has(key) {
@@ -354,7 +299,7 @@ impl VideoOutput {
         rtsp: Option<&RtspMounts>,
         drops: Arc<DropCounter>,
     ) -> Result<Option<Self>, MediaError> {
-        let Some(text) = description(settings) else {
+        let Some(text) = description(settings)? else {
             return Ok(None);
         };
         let what = settings.what();
@@ -404,15 +349,74 @@ impl VideoOutput {
                     &format!("the depth16 output of pipeline {}", settings.pipeline),
                 ),
                 input_format: None,
+                frames: 0,
+                path: settings
+                    .sinks
+                    .iter()
+                    .find_map(|sink| match sink {
+                        SinkConfig::Depth16(depth) => Some(depth.path.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default(),
             }),
         };
         let feeds = connect_rtsp(settings, rtsp, &by_name)?;
+        let recordings = connect_recordings(settings, &by_name)?;
         Ok(Some(Self {
             pipeline,
             video,
             depth,
             feeds,
+            recordings,
+            pipeline_name: settings.pipeline.clone(),
+            block: policy == WhenFull::Block,
         }))
+    }
+
+    /// How many `file` sinks (recordings) the output has.
+    pub fn recording_count(&self) -> usize {
+        self.recordings.len()
+    }
+
+    /// How recording `index` is named in the control plane: `file <path>`.
+    pub fn recording_name(&self, index: usize) -> String {
+        self.recordings
+            .get(index)
+            .map(|r| format!("file {}", r.sink.path.display()))
+            .unwrap_or_default()
+    }
+
+    /// Starts (or restarts) recording `index`; it is up until it fails.
+    pub fn start_recording(&mut self, index: usize) -> Result<(), MediaError> {
+        let Some(recording) = self.recordings.get_mut(index) else {
+            return Ok(());
+        };
+        if let Some(running) = recording.running.take() {
+            running.abort();
+        }
+        recording.running = Some(Recorder::start(
+            &self.pipeline_name,
+            &recording.sink,
+            &recording.inlet,
+            self.block,
+        )?);
+        Ok(())
+    }
+
+    /// The recordings that failed since the last call, with why; each is taken down (a file
+    /// without frames removed) and stays down until [`Self::start_recording`].
+    pub fn poll_recordings(&mut self) -> Vec<(usize, MediaError)> {
+        let mut failed = Vec::new();
+        for (index, recording) in self.recordings.iter_mut().enumerate() {
+            let Some(error) = recording.running.as_ref().and_then(Recorder::poll_error) else {
+                continue;
+            };
+            if let Some(running) = recording.running.take() {
+                running.abort();
+            }
+            failed.push((index, error));
+        }
+        failed
     }
 
     pub fn pipeline(&self) -> &gst::Pipeline {
@@ -440,26 +444,84 @@ impl VideoOutput {
         if let Some(depth) = &self.depth {
             let _ = depth.queue.appsrc.end_of_stream();
         }
-        let result = bus::wait_for_eos(&self.pipeline, timeout);
+        let deadline = std::time::Instant::now() + timeout;
+        let mut result = bus::wait_for_eos(&self.pipeline, timeout);
         for feed in &self.feeds {
             feed.end();
         }
         let _ = self.pipeline.set_state(gst::State::Null);
+        self.close_files(deadline, &mut result);
         result
     }
 
-    /// Stops at once without draining (the pipeline already failed).
+    /// Stops at once without draining (the pipeline already failed); recordings still get
+    /// what they hold written, briefly.
     pub fn abort(self) {
         for feed in &self.feeds {
             feed.end();
         }
         let _ = self.pipeline.set_state(gst::State::Null);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        self.close_files(deadline, &mut Ok(()));
+    }
+
+    /// Finishes every running recording by `deadline`, and removes files without frames.
+    fn close_files(self, deadline: std::time::Instant, result: &mut Result<(), MediaError>) {
+        for recording in self.recordings {
+            if let Some(running) = recording.running {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let finished = running.finish(left.max(std::time::Duration::from_millis(200)));
+                if result.is_ok() {
+                    *result = finished;
+                }
+            }
+        }
+        if let Some(depth) = &self.depth {
+            recorder::remove_if_empty(&self.pipeline_name, &depth.path, depth.frames);
+        }
     }
 
     /// An error the output pipeline reported since the last call.
     pub fn poll_error(&self) -> Option<MediaError> {
         bus::take_error(&self.pipeline).map(MediaError::Bus)
     }
+}
+
+/// Connects each `file` sink's appsink to the inlet its recordings are fed through.
+fn connect_recordings(
+    settings: &OutputSettings,
+    by_name: &dyn Fn(&str) -> Result<gst::Element, MediaError>,
+) -> Result<Vec<Recording>, MediaError> {
+    let mut recordings = Vec::new();
+    for (index, sink) in settings.sinks.iter().enumerate() {
+        let SinkConfig::File(file) = sink else {
+            continue;
+        };
+        let name = format!("{RECORDING}{index}");
+        let appsink = by_name(&name)?
+            .downcast::<gst_app::AppSink>()
+            .map_err(|_| MediaError::Element {
+                what: settings.what(),
+                element: name.clone(),
+            })?;
+        let inlet = RecorderInlet::default();
+        let feed = inlet.clone();
+        appsink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    feed.push(&sample);
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+        recordings.push(Recording {
+            sink: file.clone(),
+            inlet,
+            running: None,
+        });
+    }
+    Ok(recordings)
 }
 
 /// Mounts each `rtsp` sink on the server and feeds it from its branch's appsink.
@@ -638,6 +700,7 @@ impl DepthChain {
         }
         let mut buffer = gst::Buffer::from_slice(bytes);
         stamp(&mut buffer, processed);
+        self.frames += 1;
         self.queue.push(buffer)
     }
 }
@@ -660,29 +723,6 @@ pub fn rgb_buffer(data: Vec<u8>, width: u32, height: u32) -> gst::Buffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn segment_numbering_continues_after_existing_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let pattern = dir.path().join("door-%05d.mkv").display().to_string();
-        assert_eq!(next_segment_index(&pattern), 0);
-        for i in 0..3 {
-            std::fs::write(dir.path().join(format!("door-{i:05}.mkv")), "").unwrap();
-        }
-        assert_eq!(next_segment_index(&pattern), 3);
-    }
-
-    #[test]
-    fn segment_patterns_get_a_counter() {
-        assert_eq!(
-            segment_pattern(Path::new("/rec/door.mp4")),
-            "/rec/door-%05d.mp4"
-        );
-        assert_eq!(
-            segment_pattern(Path::new("/rec/door-%03d.mkv")),
-            "/rec/door-%03d.mkv"
-        );
-    }
 
     #[test]
     fn odd_widths_are_padded_to_gstreamer_strides() {

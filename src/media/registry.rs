@@ -8,6 +8,7 @@ use super::MediaError;
 
 /// Initialises GStreamer once per process; every entry point that builds pipelines calls it.
 pub fn init() -> Result<(), MediaError> {
+    super::glib_log::install();
     gst::init().map_err(|error| MediaError::Init(error.to_string()))
 }
 
@@ -58,4 +59,85 @@ pub fn check_launch(description: &str) -> Result<(), MediaError> {
 pub fn version() -> String {
     let (major, minor, micro, _) = gst::version();
     format!("{major}.{minor}.{micro}")
+}
+
+/// The H.264 encoders `encoder.element: auto` considers, best first: NVENC, VA-API (new and
+/// old plugin), V4L2 memory-to-memory (Jetson, Raspberry Pi), then x264 in software.
+pub const AUTO_ENCODERS: [&str; 5] = [
+    "nvh264enc",
+    "vah264enc",
+    "vaapih264enc",
+    "v4l2h264enc",
+    "x264enc",
+];
+
+/// The encoder `auto` stands for on this machine: the first of [`AUTO_ENCODERS`] that the
+/// registry has and that can be made (a hardware encoder whose device is missing cannot).
+/// Decided once per process.
+pub fn auto_encoder() -> Option<&'static str> {
+    static PICKED: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+    *PICKED.get_or_init(|| {
+        init().ok()?;
+        AUTO_ENCODERS.into_iter().find(|name| {
+            gst::ElementFactory::find(name).is_some_and(|factory| factory.create().build().is_ok())
+        })
+    })
+}
+
+/// The element `configured` (an element name or `auto`) means here; `None` when `auto` finds
+/// no H.264 encoder at all.
+pub fn resolve_encoder(configured: &str) -> Option<String> {
+    if configured == crate::config::AUTO_ENCODER {
+        auto_encoder().map(str::to_string)
+    } else {
+        Some(configured.to_string())
+    }
+}
+
+/// Whether the element's `direction` pad templates accept `caps`.
+pub fn pad_accepts(element: &str, direction: gst::PadDirection, caps: &gst::Caps) -> bool {
+    gst::ElementFactory::find(element).is_some_and(|factory| {
+        factory
+            .static_pad_templates()
+            .iter()
+            .filter(|template| template.direction() == direction)
+            .any(|template| template.caps().can_intersect(caps))
+    })
+}
+
+/// The raw format `element` is handed: `format` when it takes it, else the first 4:2:0 format
+/// it takes (I420, then NV12). The error says what the element takes instead.
+pub fn encoder_input(
+    element: &str,
+    format: Option<crate::config::PixelFormat>,
+) -> Result<crate::config::PixelFormat, String> {
+    let takes = |format: crate::config::PixelFormat| {
+        let caps = gst::Caps::builder("video/x-raw")
+            .field("format", format.caps_name())
+            .build();
+        pad_accepts(element, gst::PadDirection::Sink, &caps)
+    };
+    match format {
+        Some(format) if takes(format) => Ok(format),
+        Some(format) => Err(format!(
+            "element '{element}' does not take {} input",
+            format.caps_name()
+        )),
+        None => crate::config::PixelFormat::DEFAULTS
+            .into_iter()
+            .find(|&format| takes(format))
+            .ok_or_else(|| {
+                format!(
+                    "element '{element}' takes neither I420 nor NV12 (4:2:0); set encoder.format"
+                )
+            }),
+    }
+}
+
+/// Whether `element` can produce H.264 of `profile`.
+pub fn encoder_has_profile(element: &str, profile: crate::config::H264Profile) -> bool {
+    let caps = gst::Caps::builder("video/x-h264")
+        .field("profile", profile.caps_name())
+        .build();
+    pad_accepts(element, gst::PadDirection::Src, &caps)
 }

@@ -48,8 +48,10 @@ impl RtspServer {
         let context = glib::MainContext::new();
         let source = server.attach(Some(&context)).map_err(|e| {
             MediaError::Rtsp(format!(
-                "cannot listen on {}:{}: {e}",
-                config.address, config.port
+                "cannot listen on {}:{}: {}",
+                config.address,
+                config.port,
+                bind_failure(config).unwrap_or_else(|| e.to_string())
             ))
         })?;
         let port = u16::try_from(server.bound_port()).unwrap_or(config.port);
@@ -123,6 +125,19 @@ impl RtspServer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Why the server's address cannot be bound, in the system's words ("address in use"),
+/// which GStreamer's own message ("failed to attach main context") does not say.
+fn bind_failure(config: &RtspServerConfig) -> Option<String> {
+    match std::net::TcpListener::bind((config.address, config.port)) {
+        Ok(_) => None,
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => Some(format!(
+            "address in use (another program, or another visiond, listens on port {})",
+            config.port
+        )),
+        Err(error) => Some(error.to_string()),
     }
 }
 

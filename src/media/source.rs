@@ -7,6 +7,7 @@
 //! (reconnect, give up, finish) is the supervisor's policy, not the session's.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gstreamer as gst;
@@ -42,6 +43,25 @@ pub struct SourceSession {
     bus: gst::Bus,
     playing_reported: bool,
     what: String,
+    /// A file source: errors about what the data is say "not a video file".
+    is_file: bool,
+    /// Where the last frame delivered ends, in running time (nanoseconds), to tell a
+    /// truncated file from a whole one.
+    reached_ns: Arc<AtomicU64>,
+}
+
+/// How far a finite source got before it ended, against the length it announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub reached: Duration,
+    pub length: Duration,
+}
+
+impl Progress {
+    /// Ended well before its announced length: the data stopped (a truncated file).
+    pub fn is_truncated(&self) -> bool {
+        self.reached + Duration::from_millis(500) < self.length
+    }
 }
 
 impl SourceSession {
@@ -76,10 +96,15 @@ impl SourceSession {
                 what: what.clone(),
                 element: APPSINK.into(),
             })?;
+        let reached_ns = Arc::new(AtomicU64::new(0));
+        let reached = reached_ns.clone();
         appsink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
-                    let frame = take_frame(sink, &identity)?;
+                    let (frame, end) = take_frame(sink, &identity)?;
+                    if let Some(end) = end {
+                        reached.fetch_max(end.nseconds(), Ordering::Relaxed);
+                    }
                     deliver(frame);
                     Ok(gst::FlowSuccess::Ok)
                 })
@@ -94,6 +119,18 @@ impl SourceSession {
             bus,
             playing_reported: false,
             what,
+            is_file: matches!(&source.kind, SourceKind::Uri(uri) if uri.starts_with("file://")),
+            reached_ns,
+        })
+    }
+
+    /// How far the source got against the length it announced; `None` when it announced
+    /// none (live sources). Asked at its end, before the session is dropped.
+    pub fn progress(&self) -> Option<Progress> {
+        let length = self.pipeline.query_duration::<gst::ClockTime>()?;
+        Some(Progress {
+            reached: Duration::from_nanos(self.reached_ns.load(Ordering::Relaxed)),
+            length: Duration::from_nanos(length.nseconds()),
         })
     }
 
@@ -120,7 +157,12 @@ impl SourceSession {
         match message.view() {
             gst::MessageView::Eos(_) => Some(SourceEvent::Ended),
             gst::MessageView::Error(error) => {
-                Some(SourceEvent::Failed(BusError::from_message(error)))
+                let mut failure = BusError::from_message(error);
+                if is_not_media(&error.error()) {
+                    let what = if self.is_file { "file" } else { "stream" };
+                    failure.message = format!("not a video {what} ({})", failure.message);
+                }
+                Some(SourceEvent::Failed(failure))
             }
             gst::MessageView::StateChanged(change)
                 if !self.playing_reported
@@ -171,8 +213,21 @@ impl Drop for SourceSession {
     }
 }
 
-/// The frame in an appsink sample, stamped with its pipeline identity.
-fn take_frame(sink: &gst_app::AppSink, identity: &FrameIdentity) -> Result<Frame, gst::FlowError> {
+/// Whether GStreamer's error says the data is not something it can decode as video (random
+/// bytes, a text file, audio only), rather than that something broke.
+fn is_not_media(error: &gst::glib::Error) -> bool {
+    error.matches(gst::CoreError::MissingPlugin)
+        || error.matches(gst::StreamError::TypeNotFound)
+        || error.matches(gst::StreamError::WrongType)
+        || error.matches(gst::StreamError::CodecNotFound)
+}
+
+/// The frame in an appsink sample, stamped with its pipeline identity, and where it ends in
+/// running time.
+fn take_frame(
+    sink: &gst_app::AppSink,
+    identity: &FrameIdentity,
+) -> Result<(Frame, Option<gst::ClockTime>), gst::FlowError> {
     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
     let captured = Instant::now();
     let (Some(buffer), Some(caps)) = (sample.buffer_owned(), sample.caps()) else {
@@ -188,15 +243,16 @@ fn take_frame(sink: &gst_app::AppSink, identity: &FrameIdentity) -> Result<Frame
     })?;
     // Running time, not the raw buffer PTS: segments (concat, seeks, a loop rewinding)
     // restart PTS while running time keeps increasing.
-    let pts = buffer.pts().map(|pts| {
-        let running = sample
+    let running = buffer.pts().map(|pts| {
+        sample
             .segment()
             .and_then(|s| s.downcast_ref::<gst::ClockTime>())
             .and_then(|s| s.to_running_time(pts))
-            .unwrap_or(pts);
-        identity.pts(running, buffer.duration())
+            .unwrap_or(pts)
     });
-    Ok(Frame {
+    let end = running.map(|r| r + buffer.duration().unwrap_or(gst::ClockTime::ZERO));
+    let pts = running.map(|running| identity.pts(running, buffer.duration()));
+    let frame = Frame {
         pipeline: identity.pipeline(),
         seq: identity.next_seq(),
         pts,
@@ -207,7 +263,8 @@ fn take_frame(sink: &gst_app::AppSink, identity: &FrameIdentity) -> Result<Frame
         fps: info.fps(),
         stride: info.stride()[0] as usize,
         buffer,
-    })
+    };
+    Ok((frame, end))
 }
 
 /// The gst-launch text of the decoding part (everything before the common RGB tail).

@@ -1,7 +1,7 @@
 //! How long to wait before trying again: doubling from an initial delay up to a maximum, spread
 //! by a random jitter. Sources use it to reconnect, outputs to rebuild.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::ReconnectConfig;
 
@@ -56,6 +56,49 @@ impl Backoff {
     }
 }
 
+/// Something that fails and is retried (an output, a recording). Its failures keep counting,
+/// and its delay keeps doubling, until it has run for `steady` without failing: an output that
+/// is rebuilt and fails a moment later (a disk still full) is not retried ever faster.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    backoff: Backoff,
+    steady: Duration,
+    up_since: Option<Instant>,
+}
+
+impl Retry {
+    /// Delays from `initial` doubling to `max`; running for `max` counts as steady.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            backoff: Backoff::new(initial, max, 0.0),
+            steady: max,
+            up_since: None,
+        }
+    }
+
+    /// It (re)started now.
+    pub fn up(&mut self) {
+        self.up_since = Some(Instant::now());
+    }
+
+    /// It failed: how long to wait before the next try.
+    pub fn fail(&mut self) -> Duration {
+        if self
+            .up_since
+            .take()
+            .is_some_and(|since| since.elapsed() >= self.steady)
+        {
+            self.backoff.reset();
+        }
+        self.backoff.fail()
+    }
+
+    /// Failures since it last ran steadily.
+    pub fn failures(&self) -> u32 {
+        self.backoff.failures()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +133,24 @@ mod tests {
             let ms = backoff.fail().as_secs_f64() * 1e3;
             assert!((79.0..=121.0).contains(&ms), "after a reset: {ms}");
         }
+    }
+
+    #[test]
+    fn a_retry_that_fails_at_once_keeps_doubling() {
+        let mut retry = Retry::new(Duration::from_millis(10), Duration::from_millis(80));
+        let mut delays = Vec::new();
+        for _ in 0..5 {
+            retry.up();
+            delays.push(retry.fail().as_millis());
+        }
+        assert_eq!(delays, [10, 20, 40, 80, 80]);
+        assert_eq!(retry.failures(), 5);
+        retry.up();
+        std::thread::sleep(Duration::from_millis(90));
+        assert_eq!(
+            retry.fail().as_millis(),
+            10,
+            "steady for max: counting starts again"
+        );
     }
 }

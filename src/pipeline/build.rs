@@ -107,6 +107,7 @@ pub fn build(
         targets,
         stats.clone(),
         drops.clone(),
+        plan.retry,
     )?;
     let supervisor = Supervisor {
         name: plan.name.clone(),

@@ -12,7 +12,10 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::build::{self, Pieces};
-use super::plan::{Changes, PipelineFailure, PipelinePlan, Tasks, batch_policy, models_in_use};
+use super::output_stage::RetryPolicy;
+use super::plan::{
+    Changes, PipelineFailure, PipelinePlan, Tasks, batch_policy, models_in_use, retry_policy,
+};
 use super::stats::PipelineState;
 use super::stop::{StopHandle, StopSignal};
 use super::view::{EngineView, PipelineHandle, PipelineReport, SharedView, WorkerHandle};
@@ -56,6 +59,7 @@ pub struct Engine {
     shutdown: ShutdownHandle,
     shutdown_signal: Receiver<()>,
     grace: Duration,
+    retry: RetryPolicy,
     next_id: usize,
 }
 
@@ -75,6 +79,7 @@ impl Engine {
             shutdown,
             shutdown_signal,
             grace: Duration::from_millis(config.daemon.shutdown.grace_ms),
+            retry: retry_policy(config),
             next_id: 0,
         };
         engine.apply(config, loader)?;
@@ -114,6 +119,7 @@ impl Engine {
             tracing::info!(model = %name, "model unloaded");
         }
         self.grace = Duration::from_millis(config.daemon.shutdown.grace_ms);
+        self.retry = retry_policy(config);
         let tasks = self.load_models(config, loader)?;
         self.ensure_rtsp(config)?;
         for name in changes.to_start() {
@@ -228,8 +234,8 @@ impl Engine {
         self.next_id += 1;
         let (stop, own) = StopHandle::new();
         let signal = StopSignal::new(self.shutdown_signal.clone(), own);
-        let started =
-            PipelinePlan::new(id, config, tasks).and_then(|plan| self.spawn(plan, signal));
+        let started = PipelinePlan::new(id, config, tasks, self.retry)
+            .and_then(|plan| self.spawn(plan, signal));
         let (handle, thread) = match started {
             Ok((handle, thread)) => (handle, Some(thread)),
             Err(failure) => {

@@ -6,17 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::backoff::Backoff;
+use super::backoff::Retry;
 use super::metadata::{self, Drops, JsonlTarget};
-use super::stats::PipelineStats;
+use super::stats::{OutputHealth, PipelineStats};
 use crate::frames::{DropCounter, Processed};
 use crate::media::MediaError;
 use crate::media::output::{OutputSettings, VideoOutput};
 use crate::media::rtsp_server::RtspMounts;
-
-/// The first wait before a failed output is rebuilt, and the longest.
-const REBUILD_FIRST: Duration = Duration::from_secs(1);
-const REBUILD_MAX: Duration = Duration::from_secs(60);
 
 /// A pipeline's drop counters, as its metadata lines and metrics report them.
 #[derive(Clone)]
@@ -28,6 +24,38 @@ pub struct HopDrops {
     pub output: Arc<DropCounter>,
 }
 
+/// The name of the encoded video output (encoder and network sinks) in health reports.
+const VIDEO: &str = "video";
+
+/// How a failed output or recording is retried: the first delay and the longest.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+/// One output (the video output, or one recording) as the stage keeps it: its retry count
+/// and, while it is down, when it is tried again.
+struct Life {
+    name: String,
+    retry: Retry,
+    down_until: Option<Instant>,
+}
+
+impl Life {
+    fn new(name: String, policy: RetryPolicy) -> Self {
+        Self {
+            name,
+            retry: Retry::new(policy.initial, policy.max),
+            down_until: None,
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.down_until.is_some_and(|at| Instant::now() >= at)
+    }
+}
+
 /// Everything needed to (re)build and feed one pipeline's outputs.
 pub struct OutputStage {
     settings: OutputSettings,
@@ -35,9 +63,9 @@ pub struct OutputStage {
     /// The model's name in metadata lines (`none` without one).
     model: String,
     video: Option<VideoOutput>,
-    /// While set, the video output is down and is rebuilt at this instant.
-    down_until: Option<Instant>,
-    backoff: Backoff,
+    life: Life,
+    /// One per `file` sink of the video output, in sink order.
+    recordings: Vec<Life>,
     targets: Vec<JsonlTarget>,
     stats: Arc<PipelineStats>,
     drops: HopDrops,
@@ -45,7 +73,8 @@ pub struct OutputStage {
 }
 
 impl OutputStage {
-    /// Builds and starts the video output (a failure here fails the pipeline's build).
+    /// Builds and starts the video output (a failure here fails the pipeline's build); a
+    /// recording that cannot start is only down, and retried.
     pub fn start(
         settings: OutputSettings,
         rtsp: Option<RtspMounts>,
@@ -53,24 +82,36 @@ impl OutputStage {
         targets: Vec<JsonlTarget>,
         stats: Arc<PipelineStats>,
         drops: HopDrops,
+        policy: RetryPolicy,
     ) -> Result<Self, MediaError> {
         let video = VideoOutput::start(&settings, rtsp.as_ref(), drops.output.clone())?;
-        Ok(Self {
+        let recordings = video.as_ref().map_or(Vec::new(), |video| {
+            (0..video.recording_count())
+                .map(|index| Life::new(video.recording_name(index), policy))
+                .collect()
+        });
+        let mut stage = Self {
             settings,
             rtsp,
             model,
             video,
-            down_until: None,
-            backoff: Backoff::new(REBUILD_FIRST, REBUILD_MAX, 0.0),
+            life: Life::new(VIDEO.to_string(), policy),
+            recordings,
             targets,
             stats,
             drops,
             reported: Drops::default(),
-        })
+        };
+        if stage.video.is_some() {
+            stage.life.retry.up();
+            stage.report(None);
+            stage.start_recordings(false);
+        }
+        Ok(stage)
     }
 
     /// Publishes everything `input` brings until it closes, then finishes the outputs within
-    /// `grace` (files get their index written).
+    /// `grace` (files get their index written; files without frames are removed).
     pub fn run(mut self, input: crossbeam_channel::Receiver<Processed>, grace: Duration) {
         for mut processed in input.iter() {
             self.publish(&mut processed);
@@ -112,12 +153,12 @@ impl OutputStage {
     }
 
     fn publish_video(&mut self, processed: &mut Processed) {
-        if let Some(until) = self.down_until {
-            if Instant::now() < until {
+        if self.life.down_until.is_some() {
+            if !self.life.due() {
                 self.drops.output.add();
                 return;
             }
-            self.down_until = None;
+            self.life.down_until = None;
             match VideoOutput::start(
                 &self.settings,
                 self.rtsp.as_ref(),
@@ -126,6 +167,9 @@ impl OutputStage {
                 Ok(video) => {
                     tracing::info!(pipeline = %self.settings.pipeline, "output rebuilt");
                     self.video = video;
+                    self.life.retry.up();
+                    self.report(None);
+                    self.start_recordings(false);
                 }
                 Err(error) => {
                     self.fail(error);
@@ -133,6 +177,7 @@ impl OutputStage {
                 }
             }
         }
+        self.tend_recordings();
         let Some(video) = self.video.as_mut() else {
             return;
         };
@@ -140,12 +185,9 @@ impl OutputStage {
             Some(error) => Err(error),
             None => video.push(processed),
         };
-        match result {
-            Ok(()) => self.backoff.reset(),
-            Err(error) => {
-                self.drops.output.add();
-                self.fail(error);
-            }
+        if let Err(error) = result {
+            self.drops.output.add();
+            self.fail(error);
         }
     }
 
@@ -155,13 +197,93 @@ impl OutputStage {
             video.abort();
         }
         self.stats.output_restarts.fetch_add(1, Ordering::Relaxed);
-        let delay = self.backoff.fail();
+        self.stats.count_output_failure(error.reason());
+        let delay = self.life.retry.fail();
         tracing::error!(
             pipeline = %self.settings.pipeline,
             %error,
-            retry_in_s = delay.as_secs(),
+            reason = error.reason(),
+            failures = self.life.retry.failures(),
+            retry_in_ms = delay.as_millis() as u64,
             "output failed; rebuilding it (frames meanwhile are counted as output drops)"
         );
-        self.down_until = Some(Instant::now() + delay);
+        self.life.down_until = Some(Instant::now() + delay);
+        self.report(Some(&error));
+        for index in 0..self.recordings.len() {
+            self.report_recording(index, Some(&error));
+        }
+    }
+
+    /// Takes down the recordings that failed and restarts those whose wait is over.
+    fn tend_recordings(&mut self) {
+        let Some(video) = self.video.as_mut() else {
+            return;
+        };
+        for (index, error) in video.poll_recordings() {
+            self.fail_recording(index, error);
+        }
+        self.start_recordings(true);
+    }
+
+    /// Starts every recording that is due (`only_due`), or all of them (a new video output).
+    fn start_recordings(&mut self, only_due: bool) {
+        for index in 0..self.recordings.len() {
+            let life = &mut self.recordings[index];
+            if only_due && !life.due() {
+                continue;
+            }
+            life.down_until = None;
+            let Some(video) = self.video.as_mut() else {
+                return;
+            };
+            match video.start_recording(index) {
+                Ok(()) => {
+                    self.recordings[index].retry.up();
+                    self.report_recording(index, None);
+                }
+                Err(error) => self.fail_recording(index, error),
+            }
+        }
+    }
+
+    fn fail_recording(&mut self, index: usize, error: MediaError) {
+        self.stats.output_restarts.fetch_add(1, Ordering::Relaxed);
+        self.stats.count_output_failure(error.reason());
+        let life = &mut self.recordings[index];
+        let delay = life.retry.fail();
+        life.down_until = Some(Instant::now() + delay);
+        tracing::error!(
+            pipeline = %self.settings.pipeline,
+            output = %life.name,
+            %error,
+            reason = error.reason(),
+            failures = life.retry.failures(),
+            retry_in_ms = delay.as_millis() as u64,
+            "recording failed; the other outputs and the metadata go on, and it is retried"
+        );
+        self.report_recording(index, Some(&error));
+    }
+
+    /// Publishes the video output's health (`error`: why it is down).
+    fn report(&self, error: Option<&MediaError>) {
+        self.stats
+            .set_output(health(&self.life, self.video.is_some(), error));
+    }
+
+    fn report_recording(&self, index: usize, error: Option<&MediaError>) {
+        let life = &self.recordings[index];
+        let up = self.video.is_some() && life.down_until.is_none();
+        self.stats.set_output(health(life, up, error));
+    }
+}
+
+fn health(life: &Life, up: bool, error: Option<&MediaError>) -> OutputHealth {
+    OutputHealth {
+        output: life.name.clone(),
+        up: up && error.is_none(),
+        reason: error.map(|e| e.reason().to_string()),
+        error: error.map(ToString::to_string),
+        failures: life.retry.failures(),
+        retry_at: life.down_until,
     }
 }

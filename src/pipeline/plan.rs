@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::PipelineError;
+use super::output_stage::RetryPolicy;
 use super::worker::BatchPolicy;
 use crate::config::{
     BatchConfig, Config, MetadataConfig, ModelConfig, ModelRef, PipelineConfig, SinkConfig,
@@ -42,6 +43,8 @@ pub struct PipelinePlan {
     /// How the model's results are drawn onto this pipeline's frames.
     pub annotation: Annotation,
     pub output: OutputSettings,
+    /// How a failed output or recording is retried.
+    pub retry: RetryPolicy,
     pub metadata: Vec<MetadataConfig>,
 }
 
@@ -55,8 +58,9 @@ impl PipelinePlan {
         id: usize,
         pipeline: &PipelineConfig,
         tasks: &Tasks,
+        retry: RetryPolicy,
     ) -> Result<Self, PipelineFailure> {
-        plan(id, pipeline, tasks).map_err(|error| PipelineFailure {
+        plan(id, pipeline, tasks, retry).map_err(|error| PipelineFailure {
             name: pipeline.name.clone(),
             model: pipeline.model.clone(),
             error: Box::new(error),
@@ -74,6 +78,7 @@ fn plan(
     id: usize,
     pipeline: &PipelineConfig,
     tasks: &Tasks,
+    retry: RetryPolicy,
 ) -> Result<PipelinePlan, PipelineError> {
     let model = match &pipeline.model {
         ModelRef::None => None,
@@ -119,8 +124,18 @@ fn plan(
             raw_depth,
         },
         output: OutputSettings::new(pipeline, live, when_full, draw_label),
+        retry,
         metadata: pipeline.metadata.clone(),
     })
+}
+
+/// How failed outputs are retried, from the daemon file's `outputs` section.
+pub fn retry_policy(config: &Config) -> RetryPolicy {
+    let outputs = config.daemon.outputs;
+    RetryPolicy {
+        initial: Duration::from_millis(outputs.retry_initial_ms),
+        max: Duration::from_millis(outputs.retry_max_ms),
+    }
 }
 
 /// A model's batching policy.

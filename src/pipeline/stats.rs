@@ -197,11 +197,58 @@ pub struct PipelineStats {
     pub frames_out: AtomicU64,
     /// Source appsink → output appsrc, per frame.
     pub latency: LatencyHistogram,
-    /// Times the supervisor went to `reconnecting` (each attempt counts).
+    /// Reconnect attempts: every time the supervisor went to `reconnecting`.
     pub reconnects: AtomicU64,
+    /// Outages: a source that had been playing (or starting) was lost; the attempts that
+    /// follow until it plays again are one outage.
+    pub outages: AtomicU64,
     /// Times the output pipeline failed and was rebuilt.
     pub output_restarts: AtomicU64,
     state: Mutex<Option<PipelineState>>,
+    /// Each output's health (the video output, each recording), in sink order.
+    outputs: Mutex<Vec<OutputHealth>>,
+    /// Output failures by reason (`disk full`, `write error`, ...).
+    output_failures: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Warnings about how the pipeline ended (a truncated input), for the summary.
+    notes: Mutex<Vec<String>>,
+}
+
+/// One output's health: the encoded video output as a whole (`video`), or one recording
+/// (`file <path>`), which fails and is retried on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputHealth {
+    pub output: String,
+    pub up: bool,
+    /// Why it is down, in a word or two (`disk full`), and the error itself.
+    pub reason: Option<String>,
+    pub error: Option<String>,
+    /// Failures since it last ran steadily (what the retry delay doubles on).
+    pub failures: u32,
+    /// When it is tried again, while down.
+    pub retry_at: Option<std::time::Instant>,
+}
+
+impl serde::Serialize for OutputHealth {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("output", &self.output)?;
+        map.serialize_entry("state", if self.up { "up" } else { "down" })?;
+        map.serialize_entry("failures", &self.failures)?;
+        if let Some(reason) = &self.reason {
+            map.serialize_entry("reason", reason)?;
+        }
+        if let Some(error) = &self.error {
+            map.serialize_entry("error", error)?;
+        }
+        if let Some(at) = self.retry_at {
+            let ms = at
+                .saturating_duration_since(std::time::Instant::now())
+                .as_millis();
+            map.serialize_entry("retry_in_ms", &(ms as u64))?;
+        }
+        map.end()
+    }
 }
 
 impl PipelineStats {
@@ -232,6 +279,51 @@ impl PipelineStats {
 
     pub fn output_restarts(&self) -> u64 {
         self.output_restarts.load(Ordering::Relaxed)
+    }
+
+    pub fn outages(&self) -> u64 {
+        self.outages.load(Ordering::Relaxed)
+    }
+
+    /// Every output's health, in sink order.
+    pub fn outputs(&self) -> Vec<OutputHealth> {
+        self.outputs.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    /// Sets the health of `health.output`, adding it the first time.
+    pub fn set_output(&self, health: OutputHealth) {
+        if let Ok(mut outputs) = self.outputs.lock() {
+            match outputs.iter_mut().find(|o| o.output == health.output) {
+                Some(slot) => *slot = health,
+                None => outputs.push(health),
+            }
+        }
+    }
+
+    /// Counts an output failure under `reason`.
+    pub fn count_output_failure(&self, reason: &str) {
+        if let Ok(mut failures) = self.output_failures.lock() {
+            *failures.entry(reason.to_string()).or_default() += 1;
+        }
+    }
+
+    /// Output failures so far, by reason.
+    pub fn output_failures(&self) -> std::collections::BTreeMap<String, u64> {
+        self.output_failures
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default()
+    }
+
+    /// Adds a warning about how the pipeline ended, for the summary.
+    pub fn add_note(&self, note: String) {
+        if let Ok(mut notes) = self.notes.lock() {
+            notes.push(note);
+        }
+    }
+
+    pub fn notes(&self) -> Vec<String> {
+        self.notes.lock().map(|n| n.clone()).unwrap_or_default()
     }
 }
 

@@ -4,6 +4,7 @@
 //! [`crate::media::source::SourceSession`]'s.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::backoff::Backoff;
@@ -46,26 +47,30 @@ impl Supervisor {
         let deliver = Arc::new(deliver);
         let live = self.source.is_live();
         let mut backoff = Backoff::reconnect(&self.source.reconnect);
+        let mut last_error: Option<String> = None;
         loop {
             let frames_before = self.stats.frames_in();
             let deliver = deliver.clone();
             let end = self.session(move |frame| deliver(frame));
             if self.is_shutting_down() {
-                return self.settle(PipelineState::Finished);
+                return self.settle(PipelineState::Finished, last_error);
             }
             let error = match end {
-                SessionEnd::Finished if !live => return self.settle(PipelineState::Finished),
+                SessionEnd::Finished if !live => {
+                    return self.settle(PipelineState::Finished, last_error);
+                }
                 SessionEnd::Finished => "the live source ended its stream".to_string(),
                 SessionEnd::Unbuildable(error) => {
                     tracing::error!(pipeline = %self.name, %error, "pipeline cannot be built");
-                    return self.settle(PipelineState::Failed { error });
+                    return self.settle(PipelineState::Failed { error }, None);
                 }
                 SessionEnd::Failed(error) if !live => {
                     tracing::error!(pipeline = %self.name, %error, "pipeline failed");
-                    return self.settle(PipelineState::Failed { error });
+                    return self.settle(PipelineState::Failed { error }, None);
                 }
                 SessionEnd::Failed(error) => error,
             };
+            last_error = Some(error.clone());
             // A session that delivered frames was a success: the next failure starts the
             // backoff from the beginning.
             if self.stats.frames_in() > frames_before {
@@ -78,7 +83,7 @@ impl Supervisor {
             {
                 let error = format!("gave up after {max} reconnect attempts: {error}");
                 tracing::error!(pipeline = %self.name, %error, "pipeline failed");
-                return self.settle(PipelineState::Failed { error });
+                return self.settle(PipelineState::Failed { error }, None);
             }
             tracing::warn!(
                 pipeline = %self.name,
@@ -88,24 +93,59 @@ impl Supervisor {
                 %error,
                 "source lost; reconnecting"
             );
-            self.stats
-                .reconnects
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // The first attempt after the source was up (or starting) opens an outage.
+            if !matches!(self.stats.state(), PipelineState::Reconnecting { .. }) {
+                self.stats.outages.fetch_add(1, Ordering::Relaxed);
+            }
+            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
             self.stats.set_state(PipelineState::Reconnecting {
                 attempt,
                 last_error: error,
             });
             if self.sleep_unless_shutdown(delay) {
-                return self.settle(PipelineState::Finished);
+                return self.settle(PipelineState::Finished, last_error);
             }
         }
     }
 
-    fn settle(&self, state: PipelineState) -> PipelineState {
-        if state == PipelineState::Finished {
-            tracing::info!(pipeline = %self.name, "source finished");
+    /// The state the pipeline ends in. One that never delivered a frame did not finish: it
+    /// failed, with the last error its source gave (a camera that never connected), or because
+    /// its finite source ended empty. A live source stopped while still starting cleanly is
+    /// only stopped.
+    fn settle(&self, state: PipelineState, last_error: Option<String>) -> PipelineState {
+        if state != PipelineState::Finished {
+            return state;
         }
+        if self.stats.frames_in() == 0 {
+            let error = match last_error {
+                Some(error) => Some(format!("no frame was ever received; last error: {error}")),
+                None if !self.source.is_live() => {
+                    Some("the source ended without a single frame".to_string())
+                }
+                None => None,
+            };
+            if let Some(error) = error {
+                tracing::error!(pipeline = %self.name, %error, "pipeline failed");
+                return PipelineState::Failed { error };
+            }
+        }
+        tracing::info!(pipeline = %self.name, "source finished");
         state
+    }
+
+    /// Warns when a finite source ended well before the length it announced.
+    fn check_complete(&self, session: &SourceSession) {
+        let Some(progress) = session.progress().filter(|p| p.is_truncated()) else {
+            return;
+        };
+        let note = format!(
+            "input truncated: it ended at {:.1} s of its {:.1} s; {} frames were read",
+            progress.reached.as_secs_f64(),
+            progress.length.as_secs_f64(),
+            self.stats.frames_in()
+        );
+        tracing::warn!(pipeline = %self.name, source = %self.source, "{note}");
+        self.stats.add_note(note);
     }
 
     fn is_shutting_down(&self) -> bool {
@@ -146,7 +186,12 @@ impl Supervisor {
                         ));
                     }
                 }
-                Some(SourceEvent::Ended) => return SessionEnd::Finished,
+                Some(SourceEvent::Ended) => {
+                    if !self.source.is_live() {
+                        self.check_complete(&session);
+                    }
+                    return SessionEnd::Finished;
+                }
                 Some(SourceEvent::Failed(error)) => return SessionEnd::Failed(error.to_string()),
             }
         }

@@ -114,6 +114,7 @@ impl PipelineHandle {
             },
             latency_p50_ms: ms(0.5),
             latency_p99_ms: ms(0.99),
+            notes: self.stats.notes(),
         }
     }
 }
@@ -206,6 +207,8 @@ pub struct PipelineReport {
     pub fps: f64,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
+    /// Warnings about how it ended (a truncated input).
+    pub notes: Vec<String>,
 }
 
 impl std::fmt::Display for PipelineReport {
@@ -222,6 +225,10 @@ impl std::fmt::Display for PipelineReport {
             self.fps,
             ms(self.latency_p50_ms),
             ms(self.latency_p99_ms)
-        )
+        )?;
+        for note in &self.notes {
+            write!(f, "; {note}")?;
+        }
+        Ok(())
     }
 }

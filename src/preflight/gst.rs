@@ -38,21 +38,53 @@ impl Registry {
             errors.push("encoder.element", failure.clone());
             return;
         }
+        // Metadata-only pipelines encode nothing.
+        if pipeline
+            .sinks
+            .iter()
+            .all(|s| matches!(s, SinkConfig::Depth16(_)))
+        {
+            return;
+        }
+        let Some(element) = registry::resolve_encoder(&encoder.element) else {
+            errors.push(
+                "encoder.element",
+                format!(
+                    "auto found no H.264 encoder on this machine (looked for {}); install gstreamer1.0-plugins-ugly for x264enc",
+                    registry::AUTO_ENCODERS.join(", ")
+                ),
+            );
+            return;
+        };
         let properties = encoder.properties.keys().map(String::as_str);
-        match registry::check_element(&encoder.element, properties) {
-            Ok(()) => {}
+        match registry::check_element(&element, properties) {
+            Ok(()) => {
+                if let Err(message) = registry::encoder_input(&element, encoder.format) {
+                    errors.push("encoder.format", message);
+                }
+                if let Some(profile) = encoder.profile
+                    && !registry::encoder_has_profile(&element, profile)
+                {
+                    errors.push(
+                        "encoder.profile",
+                        format!(
+                            "element '{element}' cannot produce profile {}",
+                            profile.caps_name()
+                        ),
+                    );
+                }
+            }
             Err(ElementProblem::Missing) => errors.push(
                 "encoder.element",
                 format!(
-                    "no GStreamer element '{}' on this machine (gst-inspect-1.0 {} tells which plugin provides it)",
-                    encoder.element, encoder.element
+                    "no GStreamer element '{element}' on this machine (gst-inspect-1.0 {element} tells which plugin provides it)"
                 ),
             ),
             Err(ElementProblem::NoSuchProperties(missing)) => {
                 for property in missing {
                     errors.push(
                         format!("encoder.properties.{property}"),
-                        format!("element '{}' has no property '{property}'", encoder.element),
+                        format!("element '{element}' has no property '{property}'"),
                     );
                 }
             }

@@ -8,6 +8,7 @@
 
 pub mod files;
 mod gst;
+pub mod limits;
 mod models;
 
 use std::path::Path;

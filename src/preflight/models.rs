@@ -48,7 +48,81 @@ fn check_files(path: &Path, task_declared: bool) -> Result<(), String> {
             "{} is a TorchScript model: set `task` (depth, segmentation or classification)",
             module.display()
         )),
-        _ => Ok(()),
+        CheckpointFormat::Safetensors { weights, .. } => weights
+            .files()
+            .iter()
+            .try_for_each(|file| check_safetensors(file)),
+        CheckpointFormat::TorchScript { .. } => Ok(()),
+    }
+}
+
+/// A safetensors file's header parses, its tensors' offsets follow one another with the sizes
+/// their shapes and dtypes give, and the file is exactly as long as they say: a truncated or
+/// corrupt download is caught here rather than when `run` loads it. Only the header is read.
+pub fn check_safetensors(file: &Path) -> Result<(), String> {
+    let fail = |what: String| format!("{}: {what}", file.display());
+    let handle = std::fs::File::open(file).map_err(|e| fail(format!("cannot open: {e}")))?;
+    let length = handle
+        .metadata()
+        .map_err(|e| fail(format!("cannot read: {e}")))?
+        .len();
+    if length < 8 {
+        return Err(fail(format!(
+            "{length} bytes is too short for a safetensors file"
+        )));
+    }
+    let length = usize::try_from(length).map_err(|_| fail("too large to map".into()))?;
+    let map = ReadOnlyMap::new(&handle, length).map_err(|e| fail(format!("cannot map: {e}")))?;
+    match safetensors::SafeTensors::read_metadata(map.bytes()) {
+        Ok(_) => Ok(()),
+        Err(safetensors::SafeTensorError::MetadataIncompleteBuffer) => Err(fail(format!(
+            "the file is {length} bytes but its header describes another size: truncated or damaged (download it again)"
+        ))),
+        Err(error) => Err(fail(format!(
+            "not a valid safetensors file ({error:?}); download it again"
+        ))),
+    }
+}
+
+/// A file mapped read-only: the header pages are read when touched, the tensors never.
+struct ReadOnlyMap {
+    address: *mut libc::c_void,
+    length: usize,
+}
+
+impl ReadOnlyMap {
+    fn new(file: &std::fs::File, length: usize) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a private read-only mapping of an open file of `length` (> 0) bytes; it is
+        // unmapped in Drop and only read through `bytes()` while `self` lives.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                length,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { address, length })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `length` readable bytes for as long as `self` lives.
+        unsafe { std::slice::from_raw_parts(self.address.cast::<u8>(), self.length) }
+    }
+}
+
+impl Drop for ReadOnlyMap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe {
+            libc::munmap(self.address, self.length);
+        }
     }
 }
 

@@ -219,12 +219,29 @@ impl Daemon {
     }
 
     /// SIGTERM, then waits (at most 15 s) for the exit; returns the exit code and the whole log.
-    pub fn terminate(mut self) -> (Option<i32>, String) {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+    pub fn terminate(self) -> (Option<i32>, String) {
+        self.signal_and_wait(1)
+    }
+
+    /// SIGKILL (a power cut, as far as files are concerned), and waits for the process.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// `count` SIGTERMs (100 ms apart), then waits (at most 15 s) for the exit; returns the
+    /// exit code and the whole log.
+    pub fn signal_and_wait(mut self, count: usize) -> (Option<i32>, String) {
+        for i in 0..count {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let status = std::process::Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
         let started = Instant::now();
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {

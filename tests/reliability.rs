@@ -1,0 +1,638 @@
+//! Reliability and compatibility, as a user and a hostile tester found them wanting: clients
+//! that are not GStreamer (ffmpeg, ffprobe) decode every frame; recordings survive SIGKILL and
+//! a full disk; failing outputs back off for real and report why; resource limits, signals,
+//! end states and bad input are handled with clear messages. Every test uses real GStreamer,
+//! real files, the built binary where the behaviour is the process's, and a real tmpfs.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use visiond::pipeline::engine::Engine;
+use visiond::pipeline::stats::PipelineState;
+
+use common::*;
+
+/// Runs a command and returns (exit code, stdout, stderr).
+fn output(command: &mut Command) -> (Option<i32>, String, String) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// ffprobe's view of a file's first video stream: `codec_name`, `profile`, `pix_fmt` and the
+/// frames it could read.
+fn probe(path: &Path) -> (String, String, String, usize) {
+    let (code, stdout, stderr) = output(Command::new("ffprobe").args([
+        "-v",
+        "error",
+        "-count_frames",
+        "-select_streams",
+        "v:0",
+        "-show_entries",
+        "stream=codec_name,profile,pix_fmt,nb_read_frames",
+        "-of",
+        "default=noprint_wrappers=1",
+        &path.display().to_string(),
+    ]));
+    assert!(
+        code.is_some(),
+        "ffprobe died on {}: {stderr}",
+        path.display()
+    );
+    let field = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let frames = field("nb_read_frames").parse().unwrap_or(0);
+    (
+        field("codec_name"),
+        field("profile"),
+        field("pix_fmt"),
+        frames,
+    )
+}
+
+fn visiond() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_visiond"))
+}
+
+#[test]
+fn ffmpeg_decodes_every_frame_of_the_rtsp_stream_over_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_tree(
+        dir.path(),
+        "",
+        &[Pipeline::new("cam")
+            .source(Source::test(320, 240).fps(30).pattern("ball"))
+            .model("none")
+            .encoder("{ keyframe_interval: 15 }")
+            .rtsp_sink("/cam")],
+    );
+    let mut daemon = Daemon::spawn(&file, &[]);
+    let port = daemon.field("RTSP server listening", "port", Duration::from_secs(20));
+    daemon.field("source playing", "pipeline", Duration::from_secs(20));
+    // libav's decoder over RTP/TCP, for 4 s: it reports every concealed or corrupt frame.
+    let (code, stdout, stderr) = output(Command::new("ffmpeg").args([
+        "-nostdin",
+        "-v",
+        "error",
+        "-rtsp_transport",
+        "tcp",
+        "-i",
+        &format!("rtsp://127.0.0.1:{port}/cam"),
+        "-t",
+        "4",
+        "-f",
+        "framecrc",
+        "-",
+    ]));
+    let (exit, log) = daemon.terminate();
+    assert_eq!(exit, Some(0), "{log}");
+    assert_eq!(code, Some(0), "ffmpeg failed: {stderr}");
+    let frames = stdout.lines().filter(|l| !l.starts_with('#')).count();
+    assert!(
+        frames >= 60,
+        "ffmpeg decoded only {frames} frames: {stderr}"
+    );
+    for symptom in ["concealing", "corrupt", "error while decoding", "Invalid"] {
+        assert!(
+            !stderr.contains(symptom),
+            "ffmpeg saw '{symptom}' in the stream:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn recordings_are_4_2_0_h264_that_every_decoder_plays() {
+    let dir = tempfile::tempdir().unwrap();
+    let default = dir.path().join("default.mp4");
+    let nv12 = dir.path().join("nv12.mkv");
+    let config = load_tree(
+        &dir.path().join("tree"),
+        "",
+        &[
+            Pipeline::new("default")
+                .source(Source::test(96, 64).fps(30).frames(20))
+                .model("none")
+                .file_sink(&default),
+            Pipeline::new("nv12")
+                .source(Source::test(96, 64).fps(30).frames(20))
+                .model("none")
+                .encoder("{ element: x264enc, profile: main, format: nv12 }")
+                .file_sink(&nv12),
+        ],
+    );
+    let reports = Engine::start(&config, &no_models).unwrap().wait();
+    assert!(
+        reports.iter().all(|r| r.state == PipelineState::Finished),
+        "{reports:?}"
+    );
+    for path in [&default, &nv12] {
+        let (codec, profile, pix_fmt, frames) = probe(path);
+        assert_eq!(
+            (codec.as_str(), pix_fmt.as_str()),
+            ("h264", "yuv420p"),
+            "{path:?}"
+        );
+        assert!(!profile.contains("4:4:4"), "{path:?}: profile {profile}");
+        assert_eq!(frames, 20, "{path:?}");
+    }
+}
+
+#[test]
+fn check_names_the_encoder_auto_picks_and_refuses_4_4_4_with_a_4_2_0_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_tree(
+        dir.path(),
+        "",
+        &[Pipeline::new("cam")
+            .source(Source::test(64, 48))
+            .model("none")
+            .rtsp_sink("/cam")],
+    );
+    let (code, stdout, stderr) = output(visiond().args(["check", "-c"]).arg(&file));
+    assert_eq!(code, Some(0), "{stderr}");
+    // No NVENC, VA-API or V4L2 encoder on this machine: auto falls back to x264.
+    assert!(stdout.contains("cam: encoder x264enc (auto)"), "{stdout}");
+    let config = visiond::preflight::load(&file).unwrap();
+    let settings = visiond::media::output::OutputSettings::new(
+        &config.pipelines[0].config,
+        true,
+        visiond::config::WhenFull::DropOldest,
+        false,
+    );
+    assert_eq!(settings.encoder.element, "x264enc");
+
+    std::fs::write(
+        dir.path().join("pipelines/cam.yaml"),
+        Pipeline::new("cam")
+            .source(Source::test(64, 48))
+            .model("none")
+            .encoder("{ profile: main, format: y444 }")
+            .rtsp_sink("/cam")
+            .yaml(),
+    )
+    .unwrap();
+    let (code, _, stderr) = output(visiond().args(["check", "-c"]).arg(&file));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("encoder.format: y444 needs profile high-4:4:4"),
+        "{stderr}"
+    );
+}
+
+/// The number of JSON lines in `path` (0 when it does not exist yet).
+fn lines_in(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|text| text.lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_recording_cut_by_sigkill_plays_up_to_its_last_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("cam.mp4");
+    let meta = dir.path().join("cam.jsonl");
+    let file = write_tree(
+        &dir.path().join("tree"),
+        "",
+        &[Pipeline::new("cam")
+            .source(Source::test(160, 120).fps(30))
+            .model("none")
+            .file_sink(&video)
+            .jsonl(&meta)],
+    );
+    let mut daemon = Daemon::spawn(&file, &[]);
+    daemon.field("source playing", "pipeline", Duration::from_secs(20));
+    wait_until("4 s of frames", Duration::from_secs(30), || {
+        lines_in(&meta) >= 120
+    });
+    let published = lines_in(&meta);
+    daemon.kill();
+    // Everything but the last fragment (1 s) and what was still queued plays.
+    // (Segments are finalized as each closes; the open one is not yet crash-safe.)
+    let (codec, _, pix_fmt, frames) = probe(&video);
+    assert_eq!((codec.as_str(), pix_fmt.as_str()), ("h264", "yuv420p"));
+    assert!(
+        frames + 60 >= published,
+        "{frames} frames play of {published} published before the kill"
+    );
+}
+
+/// A tmpfs of `size` mounted at `dir`, unmounted on drop; `None` (with the reason printed)
+/// where mounting is not allowed.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let (code, _, stderr) = output(Command::new("mount").args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size}"),
+            "tmpfs",
+            &dir.display().to_string(),
+        ]));
+        if code != Some(0) {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root): {stderr}");
+            return None;
+        }
+        Some(Self(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn get(url: &str) -> serde_json::Value {
+    let body = ureq::get(url).call().unwrap().into_string().unwrap();
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body}"))
+}
+
+fn recording_health(api: &serde_json::Value) -> serde_json::Value {
+    api[0]["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["output"].as_str().unwrap().starts_with("file "))
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_full_disk_fails_the_recording_alone_backs_off_and_recovers_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&dir.path().join("disk"), "2m") else {
+        return;
+    };
+    let video = disk.0.join("cam.mp4");
+    let meta = dir.path().join("cam.jsonl");
+    let file = write_tree(
+        &dir.path().join("tree"),
+        "outputs: { retry_initial_ms: 200, retry_max_ms: 1600 }\n",
+        &[Pipeline::new("cam")
+            .source(Source::test(320, 240).fps(30).pattern("snow"))
+            .model("none")
+            .encoder("{ bitrate_kbps: 4000 }")
+            .file_sink(&video)
+            .rtsp_sink("/cam")
+            .jsonl(&meta)],
+    );
+    let mut daemon = Daemon::spawn(&file, &[]);
+    let port = daemon.field("RTSP server listening", "port", Duration::from_secs(20));
+    let http = daemon.field(
+        "control plane listening",
+        "address",
+        Duration::from_secs(20),
+    );
+    let api = format!("http://{http}/api/pipelines");
+    wait_until("the disk to fill", Duration::from_secs(60), || {
+        recording_health(&get(&api))["reason"] == "disk full"
+    });
+    let full_at = Instant::now();
+    // While the recording is down, the stream and the metadata go on.
+    let before = lines_in(&meta);
+    let (code, stdout, stderr) = output(Command::new("ffmpeg").args([
+        "-nostdin",
+        "-v",
+        "error",
+        "-rtsp_transport",
+        "tcp",
+        "-i",
+        &format!("rtsp://127.0.0.1:{port}/cam"),
+        "-t",
+        "2",
+        "-f",
+        "framecrc",
+        "-",
+    ]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.lines().filter(|l| !l.starts_with('#')).count() >= 20);
+    assert!(
+        lines_in(&meta) > before + 30,
+        "metadata stopped with the disk"
+    );
+    // Retries back off (200 ms doubling to 1.6 s), they do not hammer the full disk.
+    let mut longest_wait = 0;
+    let failures = loop {
+        let recording = recording_health(&get(&api));
+        longest_wait = longest_wait.max(recording["retry_in_ms"].as_u64().unwrap_or(0));
+        if full_at.elapsed() > Duration::from_secs(6) {
+            break recording["failures"].as_u64().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!((3..=8).contains(&failures), "{failures} failures in 6 s");
+    assert!(
+        longest_wait >= 800,
+        "waits never grew past {longest_wait} ms"
+    );
+    let api_now = get(&api);
+    assert_eq!(recording_health(&api_now)["state"], "down", "{api_now}");
+    let video_health = &api_now[0]["outputs"][0];
+    assert_eq!(
+        (&video_health["output"], &video_health["state"]),
+        (&"video".into(), &"up".into())
+    );
+    let metrics = ureq::get(&format!("http://{http}/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains("visiond_output_failures_total{pipeline=\"cam\",reason=\"disk full\"}"),
+        "{metrics}"
+    );
+    let down = format!(
+        "visiond_output_up{{pipeline=\"cam\",output=\"file {}\"}} 0",
+        video.display()
+    );
+    assert!(metrics.contains(&down), "{metrics}");
+
+    // Space returns: the recording comes back by itself.
+    let full_files: Vec<PathBuf> = files_in(&disk.0);
+    assert!(!full_files.is_empty());
+    for path in &full_files {
+        std::fs::remove_file(path).unwrap();
+    }
+    wait_until(
+        "the recording to come back",
+        Duration::from_secs(20),
+        || recording_health(&get(&api))["state"] == "up",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let (exit, log) = daemon.terminate();
+    assert_eq!(exit, Some(0), "{log}");
+    // No empty files were left behind, and what is there plays.
+    let files = files_in(&disk.0);
+    assert!(!files.is_empty(), "{log}");
+    for path in files {
+        let (_, _, _, frames) = probe(&path);
+        assert!(frames > 0, "{path:?} holds no frame");
+    }
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn more_pipelines_than_file_descriptors_allow_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let pipelines: Vec<Pipeline> = (0..30)
+        .map(|i| {
+            Pipeline::new(&format!("p{i}"))
+                .source(Source::test(64, 48))
+                .model("none")
+                .file_sink(&out.join(format!("p{i}.mp4")))
+        })
+        .collect();
+    let file = write_tree(dir.path(), "", &pipelines);
+    let started = Instant::now();
+    let (code, _, stderr) = output(Command::new("bash").arg("-c").arg(format!(
+        "ulimit -n 256 && exec {} run -c {}",
+        env!("CARGO_BIN_EXE_visiond"),
+        file.display()
+    )));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("need about")
+            && stderr.contains("file descriptors")
+            && stderr.contains("256"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(files_in(&out).is_empty(), "nothing was started");
+}
+
+#[test]
+fn sigterm_ends_a_stuck_start_within_the_grace_period_and_a_second_signal_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // A launch sink writing into a FIFO nobody reads: its open blocks forever.
+    let fifo = dir.path().join("fifo");
+    assert_eq!(
+        Command::new("mkfifo").arg(&fifo).status().unwrap().code(),
+        Some(0)
+    );
+    let stuck = Pipeline::new("stuck")
+        .source(Source::test(64, 48))
+        .model("none")
+        .launch_sink(&format!("filesink location={}", fifo.display()));
+    for signals in [1, 2] {
+        let tree = dir.path().join(format!("tree{signals}"));
+        let file = write_tree(&tree, "", std::slice::from_ref(&stuck));
+        std::fs::write(
+            &file,
+            std::fs::read_to_string(&file)
+                .unwrap()
+                .replace("grace_ms: 5000", "grace_ms: 1000"),
+        )
+        .unwrap();
+        let mut daemon = Daemon::spawn(&file, &[]);
+        daemon.field("starting pipelines", "pipelines", Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(500));
+        let started = Instant::now();
+        let (code, log) = daemon.signal_and_wait(signals);
+        let took = started.elapsed();
+        if signals == 1 {
+            // 1 s of grace plus the 5 s margin, and some slack for a loaded machine.
+            assert_eq!(code, Some(1), "{log}");
+            assert!(took < Duration::from_secs(9), "took {took:?}:\n{log}");
+            assert!(log.contains("did not end within the grace period"), "{log}");
+        } else {
+            assert_eq!(code, Some(130), "{log}");
+            assert!(took < Duration::from_secs(3), "took {took:?}:\n{log}");
+        }
+    }
+}
+
+#[test]
+fn repeated_glib_criticals_are_logged_a_few_times_then_counted() {
+    visiond::media::registry::init().unwrap();
+    let before = visiond::media::glib_log::suppressed();
+    for _ in 0..10_000 {
+        gstreamer::glib::g_critical!(
+            "GStreamer",
+            "gst_poll_write_control: assertion 'set != NULL' failed"
+        );
+    }
+    let suppressed = visiond::media::glib_log::suppressed() - before;
+    // Logged 5 times in full, then at 10, 100, 1000 and 10000 occurrences.
+    assert_eq!(suppressed, 10_000 - 9);
+}
+
+#[test]
+fn a_camera_that_never_connects_fails_with_its_error_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let file = write_tree(
+        dir.path(),
+        "",
+        &[Pipeline::new("door")
+            .source(Source::uri("rtsp://127.0.0.1:1/nothing").reconnect(100, 200))
+            .model("none")
+            .file_sink(&out.join("door.mp4"))],
+    );
+    let mut daemon = Daemon::spawn(&file, &[]);
+    let http = daemon.field(
+        "control plane listening",
+        "address",
+        Duration::from_secs(20),
+    );
+    // One outage, several attempts: the metrics tell them apart.
+    let metric = |name: &str| -> f64 {
+        let text = ureq::get(&format!("http://{http}/metrics"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{pipeline=\"door\"}} ")))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    wait_until("three reconnect attempts", Duration::from_secs(20), || {
+        metric("visiond_reconnect_attempts_total") >= 3.0
+    });
+    assert_eq!(metric("visiond_source_outages_total"), 1.0);
+    assert!(
+        metric("visiond_reconnects_total") >= 3.0,
+        "the earlier name still works"
+    );
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("door: failed: no frame was ever received; last error:"),
+        "{log}"
+    );
+    assert!(files_in(&out).is_empty(), "{:?}", files_in(&out));
+}
+
+#[test]
+fn random_bytes_are_not_a_video_file_and_leave_no_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let noise = dir.path().join("noise.mp4");
+    let bytes: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&noise, bytes).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let config = load_tree(
+        &dir.path().join("tree"),
+        "",
+        &[Pipeline::new("replay")
+            .source(Source::file(&noise))
+            .model("none")
+            .file_sink(&out.join("replay.mp4"))],
+    );
+    let reports = Engine::start(&config, &no_models).unwrap().wait();
+    match &reports[0].state {
+        PipelineState::Failed { error } => {
+            assert!(error.contains("not a video file ("), "{error}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(files_in(&out).is_empty(), "{:?}", files_in(&out));
+}
+
+#[test]
+fn a_truncated_file_is_reported_with_the_frames_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole.mp4");
+    // An mp4 with its index first (as streamed files have it), 300 frames, then cut short.
+    let status = Command::new("gst-launch-1.0")
+        .args(["-q", "videotestsrc", "num-buffers=300", "!"])
+        .args([
+            "video/x-raw,width=96,height=64,framerate=30/1",
+            "!",
+            "x264enc",
+            "!",
+        ])
+        .args(["mp4mux", "faststart=true", "!", "filesink"])
+        .arg(format!("location={}", whole.display()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bytes = std::fs::read(&whole).unwrap();
+    let cut = dir.path().join("cut.mp4");
+    let mut cut_file = std::fs::File::create(&cut).unwrap();
+    cut_file
+        .write_all(&bytes[..bytes.len() * 45 / 100])
+        .unwrap();
+    drop(cut_file);
+    let config = load_tree(
+        &dir.path().join("tree"),
+        "",
+        &[Pipeline::new("replay")
+            .source(Source::file(&cut))
+            .model("none")
+            .jsonl(&dir.path().join("replay.jsonl"))],
+    );
+    let reports = Engine::start(&config, &no_models).unwrap().wait();
+    let report = &reports[0];
+    assert_eq!(report.state, PipelineState::Finished, "{report:?}");
+    assert!(report.frames_in > 0 && report.frames_in < 300, "{report:?}");
+    let expected = format!("{} frames were read", report.frames_in);
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("input truncated") && n.contains(&expected)),
+        "{report:?}"
+    );
+    assert!(report.to_string().contains("input truncated"), "{report}");
+}
+
+#[test]
+fn a_taken_rtsp_port_is_reported_as_address_in_use() {
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_tree(
+        dir.path(),
+        "",
+        &[Pipeline::new("cam")
+            .source(Source::test(64, 48))
+            .model("none")
+            .rtsp_sink("/cam")],
+    );
+    std::fs::write(
+        &file,
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("rtsp: { port: 0 }", &format!("rtsp: {{ port: {port} }}")),
+    )
+    .unwrap();
+    let (code, _, stderr) = output(visiond().args(["run", "-c"]).arg(&file));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{port}: address in use")),
+        "{stderr}"
+    );
+}
