@@ -6,6 +6,8 @@
 //! | `GET /healthz` | 200 `ok` while the process runs |
 //! | `GET /readyz` | 200 when every pipeline is `playing` or `finished`, else 503; JSON either way |
 //! | `GET /api/pipelines` | JSON array, one object per pipeline ([`reads::PipelineStatus`]) |
+//! | `GET /api/pipelines/<name>` | one pipeline; `PUT` and `DELETE` manage it ([`super::writes`]) |
+//! | `GET /api/pipelines/<name>/snapshot.jpg` | its latest published frame, as a JPEG |
 //! | `GET /metrics` | Prometheus text format 0.0.4 ([`super::metrics`]) |
 //!
 //! Other paths are 404 and other methods 405. Handlers only read the shared
@@ -71,6 +73,7 @@ pub fn router(api: Api) -> Router {
                 .put(writes::put_pipeline)
                 .delete(writes::delete_pipeline),
         )
+        .route("/api/pipelines/{name}/snapshot.jpg", get(reads::snapshot))
         .route("/metrics", get(reads::metrics))
         .fallback(reads::not_found)
         .layer(DefaultBodyLimit::max(writes::BODY_LIMIT))

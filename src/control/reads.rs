@@ -2,7 +2,9 @@
 //! and the Prometheus metrics. They only read the shared view; they never block on the frame
 //! path.
 
-use axum::extract::State;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -86,6 +88,8 @@ pub struct PipelineStatus<'a> {
     /// (`up`/`down`), `failures`, and `reason`, `error`, `retry_in_ms` while down.
     pub outputs: Vec<crate::pipeline::stats::OutputHealth>,
     pub uptime_s: f64,
+    /// Whether `snapshot.jpg` can show its latest frame (it publishes video).
+    pub snapshot: bool,
 }
 
 /// Frames dropped at each hop.
@@ -138,6 +142,7 @@ impl<'a> PipelineStatus<'a> {
             outages: pipeline.stats.outages(),
             outputs: pipeline.stats.outputs(),
             uptime_s: (pipeline.uptime().as_secs_f64() * 1e3).round() / 1e3,
+            snapshot: pipeline.video,
         }
     }
 }
@@ -158,4 +163,46 @@ pub async fn metrics(State(view): State<SharedView>) -> Response {
         super::metrics::render(&view.current()),
     )
         .into_response()
+}
+
+/// How long a snapshot request waits for a frame when nobody was looking before.
+const FIRST_FRAME_WAIT: Duration = Duration::from_secs(2);
+
+/// `GET /api/pipelines/<name>/snapshot.jpg`: the latest frame the pipeline published.
+pub async fn snapshot(State(view): State<SharedView>, Path(name): Path<String>) -> Response {
+    let Some(pipeline) = view.current().pipeline(&name).cloned() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            &format!("no pipeline named '{name}'"),
+        );
+    };
+    if !pipeline.video {
+        return problem(
+            StatusCode::NOT_FOUND,
+            &format!("pipeline '{name}' publishes no video, so it has no snapshot"),
+        );
+    }
+    let latest = pipeline.stats.latest_frame.clone();
+    // Encoding is GStreamer work: off the control plane's runtime threads.
+    let jpeg = tokio::task::spawn_blocking(move || latest.jpeg(FIRST_FRAME_WAIT)).await;
+    match jpeg {
+        Ok(Ok(Some(jpeg))) => (
+            [
+                (header::CONTENT_TYPE, "image/jpeg"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            jpeg,
+        )
+            .into_response(),
+        Ok(Ok(None)) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("pipeline '{name}' has published no frame yet"),
+        ),
+        Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+        Err(error) => problem(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+    }
+}
+
+fn problem(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }

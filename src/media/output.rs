@@ -10,6 +10,7 @@ use gstreamer_video as gst_video;
 
 use super::recorder::{self, Recorder, RecorderInlet};
 use super::rtsp_server::{RtspFeed, RtspMounts};
+use super::snapshot::LatestFrame;
 use super::{MediaError, bus, quote, registry};
 use crate::config::{EncoderConfig, FileSink, PipelineConfig, SinkConfig, WhenFull};
 use crate::frames::{DropCounter, Processed};
@@ -478,6 +479,17 @@ impl VideoOutput {
         }
         if let Some(depth) = &self.depth {
             recorder::remove_if_empty(&self.pipeline_name, &depth.path, depth.frames);
+        }
+    }
+
+    /// Lets `latest` capture the frames the encoder takes (while someone looks at them).
+    pub fn watch_snapshot(&self, latest: &Arc<LatestFrame>) {
+        if let Some(pad) = self
+            .pipeline
+            .by_name(ENCODER)
+            .and_then(|encoder| encoder.static_pad("sink"))
+        {
+            latest.watch_pad(&pad);
         }
     }
 

@@ -124,6 +124,7 @@ pub fn build(
         &drops,
         queue,
         plan.capacity,
+        plan.output.has_video(),
     );
     Ok(Pieces {
         name: plan.name,

@@ -102,7 +102,8 @@ impl OutputStage {
             drops,
             reported: Drops::default(),
         };
-        if stage.video.is_some() {
+        if let Some(video) = &stage.video {
+            video.watch_snapshot(&stage.stats.latest_frame);
             stage.life.retry.up();
             stage.report(None);
             stage.start_recordings(false);
@@ -166,6 +167,9 @@ impl OutputStage {
             ) {
                 Ok(video) => {
                     tracing::info!(pipeline = %self.settings.pipeline, "output rebuilt");
+                    if let Some(video) = &video {
+                        video.watch_snapshot(&self.stats.latest_frame);
+                    }
                     self.video = video;
                     self.life.retry.up();
                     self.report(None);

@@ -2,6 +2,8 @@
 //! frame-path threads (writers) and the control plane and summaries (readers).
 
 use std::sync::Mutex;
+
+use crate::media::snapshot::LatestFrame;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -211,6 +213,8 @@ pub struct PipelineStats {
     output_failures: Mutex<std::collections::BTreeMap<String, u64>>,
     /// Warnings about how the pipeline ended (a truncated input), for the summary.
     notes: Mutex<Vec<String>>,
+    /// The latest published frame, captured while the status page looks at it.
+    pub latest_frame: std::sync::Arc<LatestFrame>,
 }
 
 /// One output's health: the encoded video output as a whole (`video`), or one recording

@@ -42,6 +42,8 @@ pub struct PipelineHandle {
     queue: QueueProbe,
     /// The first hop's capacity; 0 for a pipeline that could not be built (it has no hop).
     capacity: usize,
+    /// Whether it publishes video (so it has frames to show as snapshots).
+    pub video: bool,
     started: Instant,
 }
 
@@ -53,6 +55,7 @@ impl PipelineHandle {
         drops: &HopDrops,
         queue: QueueProbe,
         capacity: usize,
+        video: bool,
     ) -> Self {
         Self {
             name,
@@ -62,6 +65,7 @@ impl PipelineHandle {
             output_drops: drops.output.clone(),
             queue,
             capacity,
+            video,
             started: Instant::now(),
         }
     }
@@ -74,7 +78,7 @@ impl PipelineHandle {
             input: Arc::new(DropCounter::default()),
             output: Arc::new(DropCounter::default()),
         };
-        Self::new(name, model, stats, &drops, QueueProbe::None, 0)
+        Self::new(name, model, stats, &drops, QueueProbe::None, 0, false)
     }
 
     /// The first hop's current depth and its capacity.
