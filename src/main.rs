@@ -163,6 +163,9 @@ fn check(file: &std::path::Path) -> ExitCode {
                     format!(" ({})", names.join(", "))
                 }
             );
+            for line in preflight::model_summaries(&config) {
+                println!("{line}");
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {
