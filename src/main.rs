@@ -28,6 +28,8 @@ enum Command {
     /// Run a model once on an image or a preprocessed tensor, print a summary of its output,
     /// optionally write the annotated frame (--overlay) and the tensors (--save).
     Infer(Box<visiond::infer::InferArgs>),
+    /// Time a model's forward per dtype and batch size (ms per batch, images/s, GFLOP/s).
+    Bench(Box<visiond::bench::BenchArgs>),
     /// Validate the daemon file and every pipeline file; print all errors at once.
     Check {
         /// The daemon file.
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Infer(args) => infer(&args),
+        Command::Bench(args) => bench(&args),
         Command::Run { config } => run(&config),
     }
 }
@@ -58,6 +61,21 @@ fn infer(args: &visiond::infer::InferArgs) -> ExitCode {
     });
     let mut stdout = std::io::stdout().lock();
     match visiond::infer::run(args, &mut stdout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+fn bench(args: &visiond::bench::BenchArgs) -> ExitCode {
+    visiond::logging::init(&LogConfig {
+        level: visiond::config::LogLevel::Warn,
+        ..LogConfig::default()
+    });
+    let mut stdout = std::io::stdout().lock();
+    match visiond::bench::run(args, &mut stdout) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
