@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test lint setup
+.PHONY: demo test lint setup bench
 
 setup:
 	@scripts/setup
@@ -19,3 +19,8 @@ test: setup
 lint: setup
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --quiet -- -D warnings
+
+# visiond against transformers eager on this CPU (fixture checkpoints): out/bench.json and
+# out/bench.png, and the table with the ratio. See scripts/bench.
+bench: setup
+	scripts/bench

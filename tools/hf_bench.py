@@ -3,7 +3,7 @@
 and dtypes through transformers eager (PyTorch ops one by one, transformers' default attention,
 which is SDPA where the architecture has it; no torch.compile), timed the same way, printed as the same JSON lines.
 
-    ~/.cache/visiond/fixtures-venv/bin/python tools/hf_bench.py --model DIR [--device cpu|cuda]
+    ~/.cache/visiond/fixtures-venv/bin/python tools/hf_bench.py --model DIR [DIR ...] [--device cpu|cuda]
         [--dtype f32,f16,bf16] [--batch 1,8,32] [--size HxW] [--iters N] [--warmup N]
         [--threads N] [--attn default|sdpa|eager] [--json]
 
@@ -124,7 +124,8 @@ def time_batches(model, pixels, device, warmup, iters):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="checkpoint folder (config.json + weights)")
+    parser.add_argument("--model", required=True, nargs="+",
+                        help="checkpoint folder(s) (config.json + weights), timed one after the other")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", type=parse_list(str), default=["f32"])
     parser.add_argument("--batch", type=parse_list(int), default=[1, 8, 32])
@@ -141,13 +142,18 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    height, width = args.size or default_size(args.model)
-    name = Path(args.model).resolve().name
     if not args.json:
         print(f"{'model':<28} {'device':<7} {'dtype':<5} {'batch':>5} {'input':>9} {'ms p50':>9} "
               f"{'ms p90':>9} {'img/s':>10} {'GFLOP/s':>9}")
+    for model_dir in args.model:
+        bench_model(model_dir, args, device)
+
+
+def bench_model(model_dir, args, device):
+    height, width = args.size or default_size(model_dir)
+    name = Path(model_dir).resolve().name
     for dtype in args.dtype:
-        model, architecture = load(args.model, DTYPES[dtype], device, args.attn)
+        model, architecture = load(model_dir, DTYPES[dtype], device, args.attn)
         generator = torch.Generator().manual_seed(0)
         one = torch.randn(1, 3, height, width, generator=generator).to(device, DTYPES[dtype])
         flops = count_flops(model, one)
@@ -179,7 +185,8 @@ def main():
                 print(f"{name:<28} {result['device']:<7} {dtype:<5} {batch:>5} {f'{height}x{width}':>9} "
                       f"{p50:>9.2f} {p90:>9.2f} {result['img_per_s']:>10.1f} {gflops:>9}", flush=True)
         del model
-
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 if __name__ == "__main__":
     main()
