@@ -5,7 +5,7 @@ which is SDPA where the architecture has it; no torch.compile), timed the same w
 
     ~/.cache/visiond/fixtures-venv/bin/python tools/hf_bench.py --model DIR [DIR ...] [--device cpu|cuda]
         [--dtype f32,f16,bf16] [--batch 1,8,32] [--size HxW] [--iters N] [--warmup N]
-        [--threads N] [--attn default|sdpa|eager] [--json]
+        [--threads N] [--attn default|sdpa|eager] [--json] [--trace FILE]
 
 Per (dtype, batch): random normal pixel_values on the device, --warmup untimed forwards, then
 --iters forwards each timed from the call until the device is idle (torch.cuda.synchronize),
@@ -122,6 +122,16 @@ def time_batches(model, pixels, device, warmup, iters):
     return percentile(times, 50), percentile(times, 90)
 
 
+def write_trace(model, pixels, device, path):
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.inference_mode(), profile(activities=activities, record_shapes=True) as prof:
+        model(pixel_values=pixels)
+        synchronize(device)
+    prof.export_chrome_trace(path)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, nargs="+",
@@ -136,6 +146,9 @@ def main():
     parser.add_argument("--attn", default="default", choices=["default", "sdpa", "eager"],
                         help="attention implementation (default: transformers' choice, SDPA where supported)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--trace", help="Chrome trace of one timed batch of the first dtype and largest "
+                        "batch (torch.profiler: operators, and on CUDA the kernels); {model} is replaced "
+                        "by the model's folder name")
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -160,6 +173,8 @@ def bench_model(model_dir, args, device):
         for batch in sorted(set(args.batch)):
             pixels = torch.randn(batch, 3, height, width, generator=generator).to(device, DTYPES[dtype])
             p50, p90 = time_batches(model, pixels, device, args.warmup, args.iters)
+            if args.trace and dtype == args.dtype[0] and batch == max(args.batch):
+                write_trace(model, pixels, device, args.trace.replace("{model}", name))
             result = {
                 "tool": "transformers",
                 "model": name,
