@@ -7,8 +7,8 @@
 //!   channels-last tensors, the TF32 switches, the profiler. It always builds against
 //!   libtorch's headers; its CUDA graph part only where libtorch has CUDA and the CUDA runtime
 //!   headers are found (the torch venv's `nvidia/cu13/include`, completed with `crt/` by the
-//!   `nvidia-cuda-crt` package that scripts/setup installs). Elsewhere the graph functions
-//!   report that graphs are unavailable and models run eagerly.
+//!   `nvidia-cuda-crt` package that scripts/setup installs), unless `VISIOND_CUDA_GRAPHS=off`.
+//!   Elsewhere the graph functions report that graphs are unavailable and models run eagerly.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +18,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-env-changed=VISIOND_CUDA_INCLUDE");
+    println!("cargo:rerun-if-env-changed=VISIOND_CUDA_GRAPHS");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={SHIM}");
     let Some(libtorch) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
@@ -40,7 +41,9 @@ fn main() {
 
 fn compile_shim(libtorch: &Path, has_cuda: bool) {
     let include = libtorch.join("include");
-    let cuda_include = if has_cuda {
+    // VISIOND_CUDA_GRAPHS=off builds without them, as a box without the headers would.
+    let wanted = std::env::var("VISIOND_CUDA_GRAPHS").map_or(true, |v| v != "off");
+    let cuda_include = if has_cuda && wanted {
         cuda_headers(libtorch)
     } else {
         None
@@ -71,7 +74,7 @@ fn compile_shim(libtorch: &Path, has_cuda: bool) {
             // A directory: cargo rescans it, so headers installed later (crt/) are noticed.
             println!("cargo:rerun-if-changed={}", dir.display());
         }
-        None if has_cuda => println!(
+        None if has_cuda && wanted => println!(
             "cargo:warning=CUDA graphs left out: libtorch has CUDA but no CUDA runtime headers with crt/ were found (run scripts/setup, or set VISIOND_CUDA_INCLUDE)"
         ),
         None => {}
