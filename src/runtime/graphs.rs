@@ -220,7 +220,9 @@ impl ModelRunner {
             };
             self.captures.insert(key, capture);
         }
-        let capture = self.captures.get_mut(&key).expect("inserted above");
+        let Some(capture) = self.captures.get_mut(&key) else {
+            return self.model.forward(x);
+        };
         capture.input.f_narrow(0, 0, batch)?.f_copy_(x)?;
         let output = match (&mut capture.graph, &capture.output) {
             (Some(graph), Some(output)) => {
