@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test lint setup install soak
+.PHONY: demo test lint setup install soak bench
 
 # Soak length in minutes (`make soak SOAK_MINUTES=5` for a quick one).
 SOAK_MINUTES ?= 30
@@ -35,3 +35,8 @@ BIN ?=
 install:
 	@if [ -z "$(BIN)" ]; then scripts/setup && $(CARGO) build --release --quiet; fi
 	PREFIX="$(PREFIX)" DESTDIR="$(DESTDIR)" scripts/install "$(if $(BIN),$(BIN),target/release/visiond)"
+
+# visiond against transformers eager on this CPU (fixture checkpoints): out/bench.json and
+# out/bench.png, and the table with the ratio. See scripts/bench.
+bench: setup
+	scripts/bench

@@ -3,12 +3,24 @@
 //! - An rpath to libtorch's real directory, so binaries and tests run without LD_LIBRARY_PATH.
 //! - `libtorch_cuda.so` kept as a DT_NEEDED entry: nothing references its symbols directly, so
 //!   `--as-needed` would drop it and CUDA would silently be unavailable on a GPU box.
+//! - The C++ shim (`src/runtime/native/shim.cpp`) for what tch does not expose: CUDA graphs,
+//!   channels-last tensors, the TF32 switches, the profiler. It always builds against
+//!   libtorch's headers; its CUDA graph part only where libtorch has CUDA and the CUDA runtime
+//!   headers are found (the torch venv's `nvidia/cu13/include`, completed with `crt/` by the
+//!   `nvidia-cuda-crt` package that scripts/setup installs), unless `VISIOND_CUDA_GRAPHS=off`.
+//!   Elsewhere the graph functions report that graphs are unavailable and models run eagerly.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+const SHIM: &str = "src/runtime/native/shim.cpp";
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    println!("cargo:rerun-if-env-changed=VISIOND_CUDA_INCLUDE");
+    println!("cargo:rerun-if-env-changed=VISIOND_CUDA_GRAPHS");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed={SHIM}");
     let Some(libtorch) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
         // torch-sys itself reports the missing libtorch with instructions.
         return;
@@ -17,10 +29,79 @@ fn main() {
     let libtorch = libtorch.canonicalize().unwrap_or(libtorch);
     let lib = libtorch.join("lib");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    if lib.join("libtorch_cuda.so").exists() {
+    let has_cuda = lib.join("libtorch_cuda.so").exists();
+    if has_cuda {
         println!("cargo:rustc-link-arg=-L{}", lib.display());
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+    compile_shim(&libtorch, has_cuda);
+}
+
+fn compile_shim(libtorch: &Path, has_cuda: bool) {
+    let include = libtorch.join("include");
+    // VISIOND_CUDA_GRAPHS=off builds without them, as a box without the headers would.
+    let wanted = std::env::var("VISIOND_CUDA_GRAPHS").map_or(true, |v| v != "off");
+    let cuda_include = if has_cuda && wanted {
+        cuda_headers(libtorch)
+    } else {
+        None
+    };
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .pic(true)
+        .std("c++17")
+        .warnings(false)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        // The same ABI torch-sys builds its own glue with (the PyPI wheels use the new one).
+        .define(
+            "_GLIBCXX_USE_CXX11_ABI",
+            std::env::var("LIBTORCH_CXX11_ABI")
+                .unwrap_or_else(|_| "1".to_owned())
+                .as_str(),
+        )
+        .define("GLOG_USE_GLOG_EXPORT", None)
+        // libtorch is a release build: some of its headers' classes (RecordFunction) have
+        // debug-only members, so the shim must see the same layout.
+        .define("NDEBUG", None)
+        .file(SHIM);
+    match &cuda_include {
+        Some(dir) => {
+            build.define("VISIOND_CUDA_GRAPHS", None).include(dir);
+            // A directory: cargo rescans it, so headers installed later (crt/) are noticed.
+            println!("cargo:rerun-if-changed={}", dir.display());
+        }
+        None if has_cuda && wanted => println!(
+            "cargo:warning=CUDA graphs left out: libtorch has CUDA but no CUDA runtime headers with crt/ were found (run scripts/setup, or set VISIOND_CUDA_INCLUDE)"
+        ),
+        None => {}
+    }
+    build.compile("visiond_shim");
+    if cuda_include.is_some() {
+        // CUDAStream and the stream pool live in c10_cuda, which torch-sys does not link.
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
+    }
+}
+
+/// A CUDA include directory holding the runtime API and the `crt/` headers it includes:
+/// `VISIOND_CUDA_INCLUDE`, the torch venv's `nvidia/cu13/include`, or a system toolkit.
+fn cuda_headers(libtorch: &Path) -> Option<PathBuf> {
+    let complete = |dir: &Path| {
+        dir.join("cuda_runtime_api.h").is_file() && dir.join("crt/host_config.h").is_file()
+    };
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = std::env::var_os("VISIOND_CUDA_INCLUDE") {
+        candidates.push(dir.into());
+    }
+    if let Some(site) = libtorch.parent() {
+        candidates.push(site.join("nvidia/cu13/include"));
+    }
+    if let Some(home) = std::env::var_os("CUDA_HOME") {
+        candidates.push(PathBuf::from(home).join("include"));
+    }
+    candidates.push("/usr/local/cuda/include".into());
+    candidates.into_iter().find(|dir| complete(dir))
 }

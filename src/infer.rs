@@ -15,11 +15,12 @@ use tch::{Kind, Tensor};
 use crate::config::{Colormap, DType, DepthRange, DeviceSpec, OverlayConfig, OverlayMode, Task};
 use crate::frames::RgbImage;
 use crate::media::still::{self, StillError};
+use crate::models::ModelError;
 use crate::models::checkpoint::{self, LoadOptions, LoadedModel, ModelInfo};
 use crate::models::device::torch_kind;
-use crate::models::{ModelError, VisionModel};
 use crate::processing::{Annotator, ProcessingError};
 use crate::runtime::tensors::{self, ForwardError};
+use crate::runtime::{Execution, ModelRunner, apply_tf32};
 
 /// The tensor `--pixel-values` must hold (and `--save` writes back).
 pub const PIXEL_VALUES: &str = "pixel_values";
@@ -49,6 +50,12 @@ pub struct InferArgs {
     /// f32, f16 or bf16.
     #[arg(long, default_value = "f32", value_name = "DTYPE")]
     pub dtype: DType,
+    /// Run the forward eagerly; by default a CUDA device replays it from a CUDA graph.
+    #[arg(long)]
+    pub eager: bool,
+    /// f32 on CUDA: let matrix products and convolutions use TF32 (the config's `allow_tf32`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub allow_tf32: bool,
     /// How many classes to list (classification: top scores; segmentation: largest areas).
     #[arg(long, default_value_t = 5, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
     pub top_k: u32,
@@ -228,9 +235,16 @@ pub fn run(args: &InferArgs, out: &mut dyn Write) -> Result<(), InferError> {
         labels: args.labels.clone(),
     };
     let LoadedModel { model, info } = checkpoint::open(&source, &options)?;
+    apply_tf32(&info.name, info.device, info.dtype, args.allow_tf32);
+    let execution = if args.eager {
+        Execution::Eager
+    } else {
+        Execution::for_device(&info.name, info.device, true)
+    };
+    let mut runner = ModelRunner::for_model(model, &info, execution);
     let ran = match &input {
-        Input::PixelValues { tensor, .. } => run_pixel_values(model.as_ref(), &info, tensor)?,
-        Input::Image { file, image } => run_image(model.as_ref(), &info, file, image)?,
+        Input::PixelValues { tensor, .. } => run_pixel_values(&mut runner, &info, tensor)?,
+        Input::Image { file, image } => run_image(&mut runner, &info, file, image)?,
     };
     // Summaries and files are f32 on the CPU whatever the model ran in.
     let output = ran
@@ -276,14 +290,15 @@ pub fn run(args: &InferArgs, out: &mut dyn Write) -> Result<(), InferError> {
 
 /// `--pixel-values`: the tensor as it is, on the model's device and dtype.
 fn run_pixel_values(
-    model: &dyn VisionModel,
+    model: &mut ModelRunner,
     info: &ModelInfo,
     pixel_values: &Tensor,
 ) -> Result<Ran, InferError> {
     let input = pixel_values
         .to_device(info.device)
         .to_kind(torch_kind(info.dtype));
-    let output = tch::no_grad(|| model.forward(&input))?
+    let output = model
+        .forward(&input)?
         .f_to_kind(Kind::Float)
         .map_err(ModelError::from)?;
     Ok(Ran {
@@ -297,7 +312,7 @@ fn run_pixel_values(
 /// `--image`: the daemon's path for one frame: upload, the checkpoint's processor on the
 /// device, forward.
 fn run_image(
-    model: &dyn VisionModel,
+    model: &mut ModelRunner,
     info: &ModelInfo,
     file: &Path,
     image: &RgbImage,

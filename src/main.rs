@@ -21,6 +21,8 @@ enum Command {
     /// Run a model once on an image or a preprocessed tensor, print a summary of its output,
     /// optionally write the annotated frame (--overlay) and the tensors (--save).
     Infer(Box<visiond::infer::InferArgs>),
+    /// Time a model's forward per dtype and batch size (ms per batch, images/s, GFLOP/s).
+    Bench(Box<visiond::bench::BenchArgs>),
     /// Validate the daemon file and every pipeline file; print all errors at once.
     Check {
         /// The daemon file.
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Infer(args) => infer(&args),
+        Command::Bench(args) => bench(&args),
         Command::Run { config } => run(&config),
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -88,6 +91,21 @@ fn infer(args: &visiond::infer::InferArgs) -> ExitCode {
     });
     let mut stdout = std::io::stdout().lock();
     match visiond::infer::run(args, &mut stdout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+fn bench(args: &visiond::bench::BenchArgs) -> ExitCode {
+    visiond::logging::init(&LogConfig {
+        level: visiond::config::LogLevel::Warn,
+        ..LogConfig::default()
+    });
+    let mut stdout = std::io::stdout().lock();
+    match visiond::bench::run(args, &mut stdout) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
@@ -153,6 +171,9 @@ fn check(file: &std::path::Path) -> ExitCode {
                     format!(" ({})", names.join(", "))
                 }
             );
+            for line in preflight::model_summaries(&config) {
+                println!("{line}");
+            }
             for pipeline in &config.pipelines {
                 let encoder = &pipeline.config.encoder.element;
                 let chosen = visiond::media::registry::resolve_encoder(encoder)

@@ -673,3 +673,49 @@ fn a_truncated_or_damaged_safetensors_file_fails_check() {
         "{errors:#?}"
     );
 }
+
+#[test]
+fn check_states_each_models_device_dtype_tf32_and_graphs() {
+    let tree = Tree::new(
+        "pipelines_dir: pipelines\nmodels:\n  \
+         depth: { path: model, device: cpu }\n  \
+         half: { path: model, device: cpu, dtype: f16, cuda_graphs: false }\n  \
+         strict: { path: model, device: cpu, allow_tf32: false }\n",
+    );
+    tree.pipeline("door.yaml", GOOD_PIPELINE);
+    let output = visiond()
+        .args(["check", "-c"])
+        .arg(tree.path("visiond.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("  model "))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "  model depth: cpu, f32, TF32 on (applies on CUDA only), CUDA graphs on (applies on CUDA only)",
+            "  model half: cpu, f16, TF32 n/a (f16 weights and activations), CUDA graphs off",
+            "  model strict: cpu, f32, TF32 off (applies on CUDA only), CUDA graphs on (applies on CUDA only)",
+        ],
+        "{stdout}"
+    );
+}
+
+#[test]
+fn precision_keys_take_booleans_only() {
+    let tree = Tree::new(
+        "pipelines_dir: pipelines\nmodels:\n  depth: { path: model, allow_tf32: maybe }\n",
+    );
+    tree.pipeline("door.yaml", GOOD_PIPELINE);
+    let errors = tree.errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("models.depth.allow_tf32") && errors[0].contains("boolean"),
+        "{}",
+        errors[0]
+    );
+}

@@ -14,7 +14,7 @@ use visiond::models::{ModelError, VisionModel};
 use visiond::pipeline::engine::Engine;
 use visiond::pipeline::stats::PipelineState;
 use visiond::processing::Preprocessor;
-use visiond::runtime::{self, LoadError, ModelRuntime, TorchInference};
+use visiond::runtime::{self, Execution, LoadError, ModelRunner, ModelRuntime, TorchInference};
 
 use common::*;
 
@@ -66,7 +66,11 @@ fn slow_factory(
             delay,
         });
         Ok(ModelRuntime {
-            inference: Box::new(TorchInference::new(slow, loaded.info, preprocessor)),
+            inference: Box::new(TorchInference::new(
+                ModelRunner::for_model(slow, &loaded.info, Execution::Eager),
+                loaded.info,
+                preprocessor,
+            )),
             task,
         })
     }

@@ -213,6 +213,11 @@ pub struct ModelConfig {
     pub labels: Option<PathBuf>,
     /// Overrides the processor's input size, `[height, width]` (e.g. run DPT at 512).
     pub input_size: Option<[u32; 2]>,
+    /// f32 on CUDA: let matrix products and convolutions use TF32 tensor cores (PyTorch's
+    /// `allow_tf32`). libtorch's switch is process-wide.
+    pub allow_tf32: bool,
+    /// On CUDA: capture the forward as CUDA graphs (per batch and input size) and replay them.
+    pub cuda_graphs: bool,
 }
 
 /// A `models.<name>` entry as written; [`ModelSection::parse`] makes the [`ModelConfig`].
@@ -240,6 +245,14 @@ pub struct ModelSection {
     pub labels: Option<PathBuf>,
     #[serde(default)]
     pub input_size: Option<[u32; 2]>,
+    #[serde(default = "enabled")]
+    pub allow_tf32: bool,
+    #[serde(default = "enabled")]
+    pub cuda_graphs: bool,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 impl ModelSection {
@@ -307,6 +320,8 @@ impl ModelSection {
             task: self.task,
             labels: self.labels,
             input_size: self.input_size,
+            allow_tf32: self.allow_tf32,
+            cuda_graphs: self.cuda_graphs,
         })
     }
 }

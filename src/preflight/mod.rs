@@ -15,6 +15,17 @@ use std::path::Path;
 
 use crate::config::{Config, ConfigError, ConfigErrors, FileErrors, Overlay, paths};
 
+/// One line per model for `visiond check`: device, dtype, TF32 and CUDA graphs as they will be
+/// on this machine.
+pub fn model_summaries(config: &Config) -> Vec<String> {
+    config
+        .daemon
+        .models
+        .iter()
+        .map(|(name, model)| models::summary(name, model))
+        .collect()
+}
+
 /// Reads `file`, checks its shape and what it needs of this machine; every error at once.
 pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
     load_with(file, &Overlay::new())
@@ -43,6 +54,19 @@ pub fn check(config: &Config, errors: &mut Vec<ConfigError>, warnings: &mut Vec<
         && let Err(message) = files::read_token(token_file)
     {
         daemon_errors.push("http.token_file", message);
+    }
+    let listed: Vec<(&str, &crate::config::ModelConfig)> = config
+        .daemon
+        .models
+        .iter()
+        .map(|(name, model)| (name.as_str(), model))
+        .collect();
+    if let Some(message) = models::tf32_conflict(&listed) {
+        warnings.push(ConfigError {
+            file: daemon_file.clone(),
+            key: "models".to_owned(),
+            message,
+        });
     }
     let gst = gst::Registry::open();
     for pipeline in &config.pipelines {

@@ -4,9 +4,12 @@
 
 use std::path::Path;
 
-use crate::config::{ConfigError, FileErrors, ModelConfig, ModelSource};
+use tch::Device;
+
+use crate::config::{ConfigError, DType, FileErrors, ModelConfig, ModelSource};
 use crate::models::checkpoint::{self, CheckpointFormat, hub};
 use crate::models::device;
+use crate::runtime::native;
 
 pub fn check(
     name: &str,
@@ -154,4 +157,64 @@ fn check_hub(
             ),
         }),
     }
+}
+
+/// One line for `visiond check`: where and how the model will run on this machine, with the
+/// precision choices stated (dtype, TF32) and whether its forwards replay CUDA graphs.
+pub fn summary(name: &str, model: &ModelConfig) -> String {
+    let resolved = device::torch_device(model.device);
+    let device = match (&model.device, &resolved) {
+        (crate::config::DeviceSpec::Auto, Ok(Device::Cpu)) => "auto (cpu here)".to_owned(),
+        (crate::config::DeviceSpec::Auto, Ok(Device::Cuda(i))) => format!("auto (cuda:{i} here)"),
+        (spec, _) => spec.to_string(),
+    };
+    let on_cuda = matches!(resolved, Ok(Device::Cuda(_)));
+    let tf32 = match (model.dtype, model.allow_tf32, on_cuda) {
+        (DType::F32, true, true) => "TF32 on (f32 matrix products and convolutions)".to_owned(),
+        (DType::F32, false, true) => "TF32 off (allow_tf32: false): full f32".to_owned(),
+        (DType::F32, allow, false) => format!(
+            "TF32 {} (applies on CUDA only)",
+            if allow { "on" } else { "off" }
+        ),
+        (dtype, _, _) => format!("TF32 n/a ({dtype} weights and activations)"),
+    };
+    let graphs = match (model.cuda_graphs, resolved) {
+        (false, _) => "CUDA graphs off".to_owned(),
+        (true, Ok(Device::Cuda(index))) => match native::cuda_graphs_available(index) {
+            Ok(()) => "CUDA graphs on".to_owned(),
+            Err(why) => format!("CUDA graphs unavailable ({why}): eager"),
+        },
+        (true, _) => "CUDA graphs on (applies on CUDA only)".to_owned(),
+    };
+    format!(
+        "  model {name}: {device}, {}, {tf32}, {graphs}",
+        model.dtype
+    )
+}
+
+/// libtorch's TF32 switches are process-wide: f32 CUDA models that disagree all get IEEE f32.
+pub fn tf32_conflict(models: &[(&str, &ModelConfig)]) -> Option<String> {
+    let f32_cuda: Vec<&(&str, &ModelConfig)> = models
+        .iter()
+        .filter(|(_, m)| {
+            m.dtype == DType::F32 && matches!(device::torch_device(m.device), Ok(Device::Cuda(_)))
+        })
+        .collect();
+    let off: Vec<&str> = f32_cuda
+        .iter()
+        .filter(|(_, m)| !m.allow_tf32)
+        .map(|(n, _)| *n)
+        .collect();
+    let on: Vec<&str> = f32_cuda
+        .iter()
+        .filter(|(_, m)| m.allow_tf32)
+        .map(|(n, _)| *n)
+        .collect();
+    (!off.is_empty() && !on.is_empty()).then(|| {
+        format!(
+            "allow_tf32 is false for {} but true for {}: libtorch's TF32 switch is process-wide, so all of them run full f32",
+            off.join(", "),
+            on.join(", ")
+        )
+    })
 }

@@ -10,17 +10,17 @@ use std::sync::Arc;
 use tch::Tensor;
 
 use super::contract::{Annotation, BatchInference, FrameFailure, InferenceError};
+use super::graphs::ModelRunner;
 use super::tensors::{self, ForwardError};
 use crate::config::Task;
 use crate::frames::{Frame, Processed, pack_rgb_rows};
-use crate::models::VisionModel;
 use crate::models::checkpoint::ModelInfo;
 use crate::models::device::torch_kind;
 use crate::processing::{Annotator, Preprocessor, depth16_to_vec};
 
 /// A model with its image processor and one annotator per pipeline using it.
 pub struct TorchInference {
-    model: Box<dyn VisionModel>,
+    model: ModelRunner,
     info: ModelInfo,
     preprocessor: Preprocessor,
     annotators: HashMap<usize, Annotator>,
@@ -34,7 +34,7 @@ struct Uploaded {
 }
 
 impl TorchInference {
-    pub fn new(model: Box<dyn VisionModel>, info: ModelInfo, preprocessor: Preprocessor) -> Self {
+    pub fn new(model: ModelRunner, info: ModelInfo, preprocessor: Preprocessor) -> Self {
         Self {
             model,
             info,
@@ -80,7 +80,7 @@ impl TorchInference {
     ) -> Result<Vec<Result<Processed, InferenceError>>, InferenceError> {
         let inputs: Vec<Tensor> = frames.iter().map(|f| f.pixels.shallow_clone()).collect();
         let (_, output) = tensors::preprocess_and_forward(
-            self.model.as_ref(),
+            &mut self.model,
             &self.preprocessor,
             torch_kind(self.info.dtype),
             &inputs,

@@ -5,16 +5,23 @@
 //! - [`load`]: a configured model with its image processor, ready for a worker;
 //! - [`TorchInference`]: that contract on libtorch (upload, preprocess, forward, annotate);
 //! - [`tensors`]: the one-frame helpers `visiond infer` shares with it, so a still image takes
-//!   exactly the daemon's path.
+//!   exactly the daemon's path;
+//! - [`graphs`]: how a forward runs: eagerly, or padded to fixed batch sizes and replayed from
+//!   CUDA graphs ([`ModelRunner`]);
+//! - [`native`]: the C++ shim for what tch does not bind (CUDA graphs, channels-last tensors,
+//!   TF32 switches, the profiler).
 
 mod batch;
 mod contract;
+pub mod graphs;
 mod load;
+pub mod native;
 pub mod tensors;
 
 pub use batch::TorchInference;
 pub use contract::{Annotation, BatchInference, FrameFailure, InferenceError, ModelRuntime};
-pub use load::{LoadError, ModelLoader, load, loader};
+pub use graphs::{Execution, ModelRunner};
+pub use load::{LoadError, ModelLoader, apply_tf32, load, loader};
 
 /// The libtorch this build binds: the PyPI wheel `scripts/setup` installs, pinned by tch.
 pub const LIBTORCH_VERSION: &str = "2.11.0";

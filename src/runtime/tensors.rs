@@ -6,9 +6,10 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
+use super::graphs::ModelRunner;
 use crate::frames::RgbImage;
+use crate::models::ModelError;
 use crate::models::checkpoint::ModelInfo;
-use crate::models::{ModelError, VisionModel};
 use crate::processing::{Preprocessor, ProcessingError};
 
 /// Packed RGB as uint8 [H, W, 3] on `device`: the one host→device copy of a frame.
@@ -42,7 +43,7 @@ pub enum ForwardError {
 /// `kind`) and the model output in f32 (post-processing works in f32 whatever the model ran
 /// in), both on the model's device.
 pub fn preprocess_and_forward(
-    model: &dyn VisionModel,
+    model: &mut ModelRunner,
     preprocessor: &Preprocessor,
     kind: Kind,
     frames: &[Tensor],

@@ -10,8 +10,8 @@ use crate::config::Task;
 use crate::models::nn::hf_config::{Size2, config_error, num_labels, parse};
 use crate::models::nn::layers::{
     Activation, Block, GridInterp, LayerNorm, Linear, Mlp, PatchEmbed, Placement, QkvBias,
-    SelfAttention, TResult, image_input, require_patch_multiple, resize_bilinear,
-    resize_position_grid,
+    SelfAttention, SizeCache, TResult, aligned_attention_bias, image_input, require_patch_multiple,
+    resize_bilinear, resize_position_grid,
 };
 use crate::models::nn::weights::{Weights, WeightsPath};
 use crate::models::{ModelError, VisionModel};
@@ -66,22 +66,17 @@ struct RelativePositionBias {
     /// Pre-training window (rows, columns) of patches.
     window: (i64, i64),
     heads: i64,
-    /// The bias for the pre-training window, computed once at load.
-    native: Tensor,
 }
 
 impl RelativePositionBias {
-    fn load(p: &WeightsPath, window: (i64, i64), heads: i64) -> TResult<Self> {
+    fn load(p: &WeightsPath, window: (i64, i64), heads: i64) -> Self {
         let distances = (2 * window.0 - 1) * (2 * window.1 - 1) + 3;
         let table = p.get("relative_position_bias_table", &[distances, heads]);
-        let mut bias = Self {
+        Self {
             table,
             window,
             heads,
-            native: Tensor::new(),
-        };
-        bias.native = bias.compute(window)?;
-        Ok(bias)
+        }
     }
 
     /// transformers' `generate_relative_position_index` for an h×w window, CLS first.
@@ -108,7 +103,8 @@ impl RelativePositionBias {
 
     /// The [1, heads, N, N] bias for an h×w patch grid. Other windows than the pre-training
     /// one resize the offset table bilinearly first, reading it as transformers 5.17 does
-    /// (stored rows × columns, viewed as (2·Ww−1, 2·Wh−1)).
+    /// (stored rows × columns, viewed as (2·Ww−1, 2·Wh−1)). Uploads the gather index: called
+    /// once per window through the model's cache, never inside a steady-state forward.
     fn compute(&self, window: (i64, i64)) -> TResult {
         let (h, w) = window;
         let (old_h, old_w) = (2 * self.window.0 - 1, 2 * self.window.1 - 1);
@@ -135,14 +131,6 @@ impl RelativePositionBias {
             .f_permute([2, 0, 1])?
             .f_unsqueeze(0)
     }
-
-    fn for_window(&self, window: (i64, i64)) -> TResult {
-        if window == self.window {
-            Ok(self.native.shallow_clone())
-        } else {
-            self.compute(window)
-        }
-    }
 }
 
 pub struct BeitForImageClassification {
@@ -160,6 +148,11 @@ pub struct BeitForImageClassification {
     patch: i64,
     channels: i64,
     info: Placement,
+    /// Per patch grid: each layer's whole score bias (its own plus the shared one), as the
+    /// additive mask SDPA takes.
+    biases: SizeCache<Vec<Option<Tensor>>>,
+    /// Per patch grid: the position embeddings resized to it.
+    positions: SizeCache<Tensor>,
 }
 
 impl BeitForImageClassification {
@@ -208,7 +201,7 @@ impl BeitForImageClassification {
                 &encoder.pp("relative_position_bias"),
                 window,
                 heads,
-            )?)
+            ))
         } else {
             None
         };
@@ -242,7 +235,7 @@ impl BeitForImageClassification {
                         .pp("relative_position_bias"),
                     window,
                     heads,
-                )?)
+                ))
             } else {
                 None
             };
@@ -265,7 +258,29 @@ impl BeitForImageClassification {
             patch,
             channels: cfg.num_channels,
             info: Placement::of(&root),
+            biases: SizeCache::default(),
+            positions: SizeCache::default(),
         })
+    }
+
+    /// Each layer's score bias for an h×w grid: its own relative bias plus the shared one.
+    fn layer_biases(&self, window: (i64, i64)) -> TResult<Vec<Option<Tensor>>> {
+        let shared = match &self.shared_bias {
+            Some(bias) => Some(bias.compute(window)?),
+            None => None,
+        };
+        self.layers
+            .iter()
+            .map(|(_, own)| {
+                let total = match (own, &shared) {
+                    (Some(own), Some(shared)) => Some(own.compute(window)?.f_add(shared)?),
+                    (Some(own), None) => Some(own.compute(window)?),
+                    (None, Some(shared)) => Some(shared.shallow_clone()),
+                    (None, None) => None,
+                };
+                total.as_ref().map(aligned_attention_bias).transpose()
+            })
+            .collect()
     }
 
     fn logits(&self, x: &Tensor, h: i64, w: i64) -> TResult {
@@ -278,26 +293,16 @@ impl BeitForImageClassification {
             tokens = if h * w == grid * grid && h == w {
                 tokens.f_add(position)?
             } else {
-                tokens.f_add(&resize_position_grid(
-                    position,
-                    *grid,
-                    h,
-                    w,
-                    GridInterp::Bicubic,
-                )?)?
+                let resized = self.positions.get_or_try((h, w), || {
+                    resize_position_grid(position, *grid, h, w, GridInterp::Bicubic)
+                })?;
+                tokens.f_add(&resized)?
             };
         }
-        let shared = match &self.shared_bias {
-            Some(bias) => Some(bias.for_window((h, w))?),
-            None => None,
-        };
-        for (block, own) in &self.layers {
-            let bias = match (own, &shared) {
-                (Some(own), Some(shared)) => Some(own.for_window((h, w))?.f_add(shared)?),
-                (Some(own), None) => Some(own.for_window((h, w))?),
-                (None, Some(shared)) => Some(shared.shallow_clone()),
-                (None, None) => None,
-            };
+        let biases = self
+            .biases
+            .get_or_try((h, w), || self.layer_biases((h, w)))?;
+        for ((block, _), bias) in self.layers.iter().zip(biases.iter()) {
             tokens = block.forward(&tokens, bias.as_ref())?;
         }
         let pooled = if self.mean_pooling {

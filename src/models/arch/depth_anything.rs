@@ -187,6 +187,7 @@ impl DepthAnythingForDepthEstimation {
             .map(|(i, &ch)| {
                 Conv2d::load(&neck.pp("convs").pp(i), ch, f, 3, false)
                     .with_padding(Padding::Fixed(1))
+                    .channels_last_on_cuda()
             })
             .collect();
         let fusion = (0..n)
@@ -216,10 +217,12 @@ impl DepthAnythingForDepthEstimation {
                 )
             })?,
             conv1: Conv2d::load(&head.pp("conv1"), f, f / 2, 3, true)
-                .with_padding(Padding::Fixed(1)),
+                .with_padding(Padding::Fixed(1))
+                .channels_last_on_cuda(),
             conv2: Conv2d::load(&head.pp("conv2"), f / 2, hh, 3, true)
-                .with_padding(Padding::Fixed(1)),
-            conv3: Conv2d::load(&head.pp("conv3"), hh, 1, 1, true),
+                .with_padding(Padding::Fixed(1))
+                .channels_last_on_cuda(),
+            conv3: Conv2d::load(&head.pp("conv3"), hh, 1, 1, true).channels_last_on_cuda(),
             output,
             // transformers: `max_depth if max_depth else 1`.
             max_depth: cfg.max_depth.filter(|&d| d != 0.0).unwrap_or(1.0),

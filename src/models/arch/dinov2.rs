@@ -9,7 +9,7 @@ use crate::config::Task;
 use crate::models::nn::hf_config::{Size2, backbone_out_indices, config_error, num_labels, parse};
 use crate::models::nn::layers::{
     Activation, Block, GridInterp, LayerNorm, Linear, Mlp, PatchEmbed, Placement, QkvBias,
-    SelfAttention, TResult, image_input, require_patch_multiple, resize_position_grid,
+    SelfAttention, SizeCache, TResult, image_input, require_patch_multiple, resize_position_grid,
 };
 use crate::models::nn::weights::{Weights, WeightsPath};
 use crate::models::{ModelError, VisionModel};
@@ -78,6 +78,8 @@ pub struct Dinov2Encoder {
     patch: i64,
     layers: Vec<Block>,
     layernorm: LayerNorm,
+    /// Per patch grid: the position embeddings resized to it.
+    positions: SizeCache<Tensor>,
 }
 
 impl Dinov2Encoder {
@@ -151,6 +153,7 @@ impl Dinov2Encoder {
             patch,
             layers,
             layernorm: LayerNorm::load(&p.pp("layernorm"), d, eps),
+            positions: SizeCache::default(),
         })
     }
 
@@ -173,13 +176,10 @@ impl Dinov2Encoder {
         if h * w == self.grid * self.grid && h == w {
             tokens.f_add(&self.position)
         } else {
-            tokens.f_add(&resize_position_grid(
-                &self.position,
-                self.grid,
-                h,
-                w,
-                GridInterp::Bicubic,
-            )?)
+            let resized = self.positions.get_or_try((h, w), || {
+                resize_position_grid(&self.position, self.grid, h, w, GridInterp::Bicubic)
+            })?;
+            tokens.f_add(&resized)
         }
     }
 

@@ -3,6 +3,12 @@
 //!
 //! The neck pieces are shared with Depth-Anything, which differs only in how it reads the
 //! backbone and how far its fusion layers upsample.
+//!
+//! On CUDA the neck and head convolutions keep their weights channels-last: the token grids
+//! the neck reads are already NHWC views (see [`tokens_to_map`]), and every op between the
+//! convolutions (ReLU, adds, BatchNorm, bilinear resizes) keeps NHWC, so cuDNN runs NHWC
+//! throughout with no layout conversions. The BiT backbone stays NCHW: CUDA's GroupNorm only
+//! takes contiguous NCHW input and would convert every map back.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -114,7 +120,10 @@ impl ReassembleLayer {
                     format!("reassemble factor {factor} must be a whole number above 1"),
                 ));
             }
-            Resize::Up(ConvTranspose2d::load(&p.pp("resize"), out_ch, out_ch, k, k))
+            Resize::Up(
+                ConvTranspose2d::load(&p.pp("resize"), out_ch, out_ch, k, k)
+                    .channels_last_on_cuda(),
+            )
         } else if factor == 1.0 {
             Resize::Identity
         } else if factor > 0.0 {
@@ -123,7 +132,8 @@ impl ReassembleLayer {
             Resize::Down(
                 Conv2d::load(&p.pp("resize"), out_ch, out_ch, 3, true)
                     .with_stride(stride)
-                    .with_padding(Padding::Fixed(1)),
+                    .with_padding(Padding::Fixed(1))
+                    .channels_last_on_cuda(),
             )
         } else {
             return Err(config_error(
@@ -132,7 +142,8 @@ impl ReassembleLayer {
             ));
         };
         Ok(Self {
-            projection: Conv2d::load(&p.pp("projection"), in_ch, out_ch, 1, true),
+            projection: Conv2d::load(&p.pp("projection"), in_ch, out_ch, 1, true)
+                .channels_last_on_cuda(),
             resize,
         })
     }
@@ -157,8 +168,11 @@ struct ResidualUnit {
 
 impl ResidualUnit {
     fn load(p: &WeightsPath, ch: i64, batch_norm: bool, bias: bool) -> Self {
-        let conv =
-            |name: &str| Conv2d::load(&p.pp(name), ch, ch, 3, bias).with_padding(Padding::Fixed(1));
+        let conv = |name: &str| {
+            Conv2d::load(&p.pp(name), ch, ch, 3, bias)
+                .with_padding(Padding::Fixed(1))
+                .channels_last_on_cuda()
+        };
         // nn.BatchNorm2d default eps; DPTConfig has no key for it.
         let bn = |name: &str| batch_norm.then(|| BatchNorm::load(&p.pp(name), ch, 1e-5));
         Self {
@@ -202,7 +216,7 @@ impl FusionLayer {
             residual1: (!deepest)
                 .then(|| ResidualUnit::load(&p.pp("residual_layer1"), ch, batch_norm, bias)),
             residual2: ResidualUnit::load(&p.pp("residual_layer2"), ch, batch_norm, bias),
-            projection: Conv2d::load(&p.pp("projection"), ch, ch, 1, true),
+            projection: Conv2d::load(&p.pp("projection"), ch, ch, 1, true).channels_last_on_cuda(),
         }
     }
 
@@ -248,7 +262,8 @@ enum NeckStage {
     },
 }
 
-/// Tokens [B, 1 + h·w, C] to a map [B, C, h, w], handling the CLS token per `readout`.
+/// Tokens [B, 1 + h·w, C] to a map [B, C, h, w], handling the CLS token per `readout`. The map
+/// is a view of the tokens, channels-last in memory (no copy).
 pub(crate) fn tokens_to_map(tokens: &Tensor, readout: &Readout, h: i64, w: i64) -> TResult {
     let (b, n, c) = tokens.size3()?;
     let cls = tokens.f_select(1, 0)?.f_unsqueeze(1)?;
@@ -338,7 +353,9 @@ impl DptNeck {
             .iter()
             .enumerate()
             .map(|(i, &ch)| {
-                Conv2d::load(&p.pp("convs").pp(i), ch, f, 3, false).with_padding(Padding::Fixed(1))
+                Conv2d::load(&p.pp("convs").pp(i), ch, f, 3, false)
+                    .with_padding(Padding::Fixed(1))
+                    .channels_last_on_cuda()
             })
             .collect();
         let batch_norm = cfg.use_batch_norm_in_fusion_residual.unwrap_or(false);
@@ -719,7 +736,8 @@ impl DptForDepthEstimation {
             }
             Some(
                 Conv2d::load(&hp.pp("projection"), 256, 256, 3, true)
-                    .with_padding(Padding::Fixed(1)),
+                    .with_padding(Padding::Fixed(1))
+                    .channels_last_on_cuda(),
             )
         } else {
             None
@@ -727,9 +745,13 @@ impl DptForDepthEstimation {
         let hh = hp.pp("head");
         let head = DepthHead {
             projection,
-            conv0: Conv2d::load(&hh.pp(0), f, f / 2, 3, true).with_padding(Padding::Fixed(1)),
-            conv2: Conv2d::load(&hh.pp(2), f / 2, 32, 3, true).with_padding(Padding::Fixed(1)),
-            conv4: Conv2d::load(&hh.pp(4), 32, 1, 1, true),
+            conv0: Conv2d::load(&hh.pp(0), f, f / 2, 3, true)
+                .with_padding(Padding::Fixed(1))
+                .channels_last_on_cuda(),
+            conv2: Conv2d::load(&hh.pp(2), f / 2, 32, 3, true)
+                .with_padding(Padding::Fixed(1))
+                .channels_last_on_cuda(),
+            conv4: Conv2d::load(&hh.pp(4), 32, 1, 1, true).channels_last_on_cuda(),
         };
         Ok(Self { body, head })
     }
@@ -772,9 +794,11 @@ impl DptForSemanticSegmentation {
         }
         let hh = root.pp("head").pp("head");
         let head = SegmentationHead {
-            conv0: Conv2d::load(&hh.pp(0), f, f, 3, false).with_padding(Padding::Fixed(1)),
+            conv0: Conv2d::load(&hh.pp(0), f, f, 3, false)
+                .with_padding(Padding::Fixed(1))
+                .channels_last_on_cuda(),
             bn1: BatchNorm::load(&hh.pp(1), f, 1e-5),
-            conv4: Conv2d::load(&hh.pp(4), f, labels, 1, true),
+            conv4: Conv2d::load(&hh.pp(4), f, labels, 1, true).channels_last_on_cuda(),
         };
         Ok(Self { body, head })
     }

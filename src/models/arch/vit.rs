@@ -10,7 +10,7 @@ use crate::models::ModelError;
 use crate::models::nn::hf_config::{Size2, config_error};
 use crate::models::nn::layers::{
     Activation, Block, Conv2d, GridInterp, LayerNorm, Linear, Mlp, PatchEmbed, QkvBias,
-    SelfAttention, TResult, resize_position_grid,
+    SelfAttention, SizeCache, TResult, resize_position_grid,
 };
 use crate::models::nn::weights::{Weights, WeightsPath};
 
@@ -145,6 +145,8 @@ pub struct VitEmbeddings {
     cls_token: Tensor,
     position: Tensor,
     grid: i64,
+    /// Per patch grid: the position embeddings resized to it.
+    positions: SizeCache<Tensor>,
 }
 
 impl VitEmbeddings {
@@ -160,6 +162,7 @@ impl VitEmbeddings {
             cls_token: p.get("cls_token", &[1, 1, d]),
             position: p.get("position_embeddings", &[1, 1 + gh * gw, d]),
             grid: gh,
+            positions: SizeCache::default(),
         })
     }
 
@@ -173,13 +176,10 @@ impl VitEmbeddings {
         if h == self.grid && w == self.grid {
             tokens.f_add(&self.position)
         } else {
-            tokens.f_add(&resize_position_grid(
-                &self.position,
-                self.grid,
-                h,
-                w,
-                GridInterp::Bilinear,
-            )?)
+            let resized = self.positions.get_or_try((h, w), || {
+                resize_position_grid(&self.position, self.grid, h, w, GridInterp::Bilinear)
+            })?;
+            tokens.f_add(&resized)
         }
     }
 }

@@ -4,6 +4,9 @@
 //! Forward functions use tch's fallible `f_*` calls so that a shape libtorch rejects becomes a
 //! [`ModelError::Torch`] instead of a panic inside a pipeline thread.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use tch::{Kind, TchError, Tensor};
 
 use super::weights::WeightsPath;
@@ -163,6 +166,16 @@ impl Conv2d {
         self
     }
 
+    /// On CUDA, keeps the weight in channels-last (NHWC) memory order: cuDNN then runs the
+    /// convolution in NHWC, which its tensor-core kernels prefer, without converting the
+    /// weight on every call. Used where the inputs are already NHWC (the DPT neck reads token
+    /// grids, which are NHWC views) and the ops between convolutions keep it. A no-op on the
+    /// CPU.
+    pub fn channels_last_on_cuda(mut self) -> Self {
+        self.weight = channels_last_on_cuda(self.weight);
+        self
+    }
+
     /// Weight standardization (BiT): each output filter becomes (w − mean) / √(var + eps) over
     /// in·k·k with the biased variance. The weights are frozen, so it is done once here, in f32.
     pub fn standardized(mut self, eps: f64) -> Self {
@@ -211,6 +224,12 @@ impl ConvTranspose2d {
             bias: Some(p.get("bias", &[out_ch])),
             stride,
         }
+    }
+
+    /// See [`Conv2d::channels_last_on_cuda`].
+    pub fn channels_last_on_cuda(mut self) -> Self {
+        self.weight = channels_last_on_cuda(self.weight);
+        self
     }
 
     pub fn forward(&self, x: &Tensor) -> TResult {
@@ -298,9 +317,16 @@ pub enum QkvBias {
 }
 
 /// Multi-head self-attention under the ViT names (`attention.{query,key,value}`,
-/// `output.dense`), with q/k/v fused into one matmul at load.
+/// `output.dense`), with q/k/v computed by one batched matrix product at run time.
+///
+/// The three projections are stacked at load into one [3, D, D] weight (transposed) and a
+/// [3, 1, D] bias, so a forward is one `baddbmm` over the same input (broadcast, not copied)
+/// whose output [3, B·N, D] holds q, k and v each contiguous. Heads are then views of the
+/// layout transformers' own attention passes to SDPA ([B, N, H, d] seen as [B, H, N, d]), so
+/// SDPA picks the same fused kernel (cuDNN's on Hopper, flash elsewhere) for both.
 pub struct SelfAttention {
-    qkv: Linear,
+    qkv_weight: Tensor,
+    qkv_bias: Tensor,
     out: Linear,
     heads: i64,
     head_dim: i64,
@@ -313,32 +339,29 @@ impl SelfAttention {
         let q = a.pp("query");
         let k = a.pp("key");
         let v = a.pp("value");
-        let weight = Tensor::cat(
+        // x @ Wᵀ for each projection: the transposed weights, stacked.
+        let qkv_weight = Tensor::stack(
             &[
-                q.get("weight", &[dim, dim]),
-                k.get("weight", &[dim, dim]),
-                v.get("weight", &[dim, dim]),
+                q.get("weight", &[dim, dim]).tr(),
+                k.get("weight", &[dim, dim]).tr(),
+                v.get("weight", &[dim, dim]).tr(),
             ],
             0,
-        );
+        )
+        .contiguous();
         let zeros = || Tensor::zeros([dim], (p.kind(), p.device()));
-        let bias = match bias {
-            QkvBias::None => None,
-            QkvBias::All => Some(Tensor::cat(
-                &[
-                    q.get("bias", &[dim]),
-                    k.get("bias", &[dim]),
-                    v.get("bias", &[dim]),
-                ],
-                0,
-            )),
-            QkvBias::NoKey => Some(Tensor::cat(
-                &[q.get("bias", &[dim]), zeros(), v.get("bias", &[dim])],
-                0,
-            )),
+        let [bq, bk, bv] = match bias {
+            QkvBias::None => [zeros(), zeros(), zeros()],
+            QkvBias::All => [
+                q.get("bias", &[dim]),
+                k.get("bias", &[dim]),
+                v.get("bias", &[dim]),
+            ],
+            QkvBias::NoKey => [q.get("bias", &[dim]), zeros(), v.get("bias", &[dim])],
         };
         Self {
-            qkv: Linear::from_parts(weight, bias),
+            qkv_weight,
+            qkv_bias: Tensor::stack(&[bq, bk, bv], 0).unsqueeze(1),
             out: Linear::load(&p.pp("output").pp("dense"), dim, dim, true),
             heads,
             head_dim: dim / heads,
@@ -348,14 +371,23 @@ impl SelfAttention {
     /// `x` [B, N, D]; `bias` an additive score bias broadcastable to [B, heads, N, N].
     pub fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> TResult {
         let (b, n, d) = x.size3()?;
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .f_reshape([b, n, 3, self.heads, self.head_dim])?
-            .f_permute([2, 0, 3, 1, 4])?;
-        let (q, k, v) = (qkv.f_get(0)?, qkv.f_get(1)?, qkv.f_get(2)?);
-        let context =
-            Tensor::f_scaled_dot_product_attention(&q, &k, &v, bias, 0.0, false, None, false)?;
+        let rows = x.f_reshape([1, b * n, d])?.f_expand([3, b * n, d], false)?;
+        let qkv = self.qkv_bias.f_baddbmm(&rows, &self.qkv_weight, 1.0, 1.0)?;
+        let heads = |i: i64| {
+            qkv.f_select(0, i)?
+                .f_view([b, n, self.heads, self.head_dim])?
+                .f_transpose(1, 2)
+        };
+        let context = Tensor::f_scaled_dot_product_attention(
+            &heads(0)?,
+            &heads(1)?,
+            &heads(2)?,
+            bias,
+            0.0,
+            false,
+            None,
+            false,
+        )?;
         let context = context.f_transpose(1, 2)?.f_reshape([b, n, d])?;
         self.out.forward(&context)
     }
@@ -543,4 +575,188 @@ pub fn py_index(index: i64, len: usize) -> Option<usize> {
     let len = len as i64;
     let i = if index < 0 { len + index } else { index };
     (0..len).contains(&i).then_some(i as usize)
+}
+
+/// The same values in channels-last (NHWC) memory order, shape unchanged [N, C, H, W].
+pub fn to_channels_last(x: &Tensor) -> TResult {
+    x.f_permute([0, 2, 3, 1])?
+        .f_contiguous()?
+        .f_permute([0, 3, 1, 2])
+}
+
+/// A weight moved to channels-last order on CUDA, unchanged elsewhere (and on failure, which
+/// only costs speed).
+fn channels_last_on_cuda(weight: Tensor) -> Tensor {
+    if weight.device().is_cuda() && weight.dim() == 4 {
+        to_channels_last(&weight).unwrap_or(weight)
+    } else {
+        weight
+    }
+}
+
+/// An additive attention bias [.., N, N] stored with its rows padded to a multiple of 8
+/// elements and seen through a narrowed view: SDPA's memory-efficient kernel needs 16-byte
+/// aligned rows and would otherwise pad (copy) the bias on every call.
+pub fn aligned_attention_bias(bias: &Tensor) -> TResult {
+    let mut size = bias.size();
+    let n = size.last().copied().unwrap_or(0);
+    let padded = (n + 7) / 8 * 8;
+    if padded == n {
+        return bias.f_contiguous();
+    }
+    if let Some(last) = size.last_mut() {
+        *last = padded;
+    }
+    let storage = Tensor::f_zeros(size.as_slice(), (bias.kind(), bias.device()))?;
+    let last = storage.dim() as i64 - 1;
+    storage.f_narrow(last, 0, n)?.f_copy_(bias)?;
+    storage.f_narrow(last, 0, n)
+}
+
+/// Tensors a model derives from its weights for one input size (resized position grids,
+/// attention biases): computed on first use, then kept. They are constants of the model at
+/// that size, so later forwards skip that work, and a forward at a size seen before does no
+/// host work at all (which CUDA graph capture requires). At most [`SizeCache::LIMIT`] sizes
+/// are kept; beyond, values are computed per call.
+pub struct SizeCache<T> {
+    entries: Mutex<HashMap<(i64, i64), T>>,
+}
+
+/// A value handed out of a [`SizeCache`]: tensors sharing the cached storage.
+pub trait Shared {
+    fn share(&self) -> Self;
+}
+
+impl Shared for Tensor {
+    fn share(&self) -> Self {
+        self.shallow_clone()
+    }
+}
+
+impl Shared for Vec<Option<Tensor>> {
+    fn share(&self) -> Self {
+        self.iter()
+            .map(|t| t.as_ref().map(Tensor::shallow_clone))
+            .collect()
+    }
+}
+
+impl<T> Default for SizeCache<T> {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T: Shared> SizeCache<T> {
+    pub const LIMIT: usize = 16;
+
+    pub fn get_or_try(&self, key: (i64, i64), make: impl FnOnce() -> TResult<T>) -> TResult<T> {
+        if let Some(found) = self.lock().get(&key) {
+            return Ok(found.share());
+        }
+        let value = make()?;
+        let mut entries = self.lock();
+        if entries.len() < Self::LIMIT {
+            entries.insert(key, value.share());
+        }
+        Ok(value)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i64, i64), T>> {
+        // A panic while holding the lock cannot leave a half-written entry behind.
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use tch::Device;
+
+    #[test]
+    fn aligned_bias_keeps_values_with_rows_padded_to_eight() {
+        let bias = Tensor::randn([1, 3, 5, 5], (Kind::Float, Device::Cpu));
+        let aligned = aligned_attention_bias(&bias).unwrap();
+        assert_eq!(aligned.size(), [1, 3, 5, 5]);
+        assert_eq!(aligned.stride(), [120, 40, 8, 1]);
+        assert_eq!((&aligned - &bias).abs().max().double_value(&[]), 0.0);
+        // Already aligned: left as it is (contiguous).
+        let wide = Tensor::randn([2, 8, 8], (Kind::Float, Device::Cpu));
+        assert_eq!(aligned_attention_bias(&wide).unwrap().stride(), [64, 8, 1]);
+    }
+
+    #[test]
+    fn channels_last_is_nhwc_in_memory() {
+        let x = Tensor::arange(24, (Kind::Float, Device::Cpu)).reshape([1, 2, 3, 4]);
+        let y = to_channels_last(&x).unwrap();
+        assert_eq!(y.size(), [1, 2, 3, 4]);
+        assert_eq!(y.stride(), [24, 1, 8, 2]);
+        assert_eq!((&y - &x).abs().max().double_value(&[]), 0.0);
+        // Weights stay as they are off CUDA.
+        let w = Tensor::zeros([4, 2, 3, 3], (Kind::Float, Device::Cpu));
+        assert_eq!(channels_last_on_cuda(w).stride(), [18, 9, 3, 1]);
+    }
+
+    #[test]
+    fn a_size_cache_computes_once_per_size_and_shares_storage() {
+        let cache: SizeCache<Tensor> = SizeCache::default();
+        let calls = Cell::new(0);
+        let make = || {
+            calls.set(calls.get() + 1);
+            Ok(Tensor::ones([2], (Kind::Float, Device::Cpu)))
+        };
+        let first = cache.get_or_try((4, 4), make).unwrap();
+        let again = cache.get_or_try((4, 4), make).unwrap();
+        assert_eq!(calls.get(), 1);
+        assert_eq!(first.data_ptr(), again.data_ptr());
+        drop(cache.get_or_try((4, 5), make).unwrap());
+        assert_eq!(calls.get(), 2);
+        // A failure is returned and not kept.
+        let failed = cache.get_or_try((9, 9), || Err(TchError::Kind("no".into())));
+        assert!(failed.is_err());
+        drop(cache.get_or_try((9, 9), make).unwrap());
+        assert_eq!(calls.get(), 3);
+    }
+
+    #[test]
+    fn attention_matches_separate_projections() {
+        // The stacked q/k/v product gives what three Linear layers and SDPA give.
+        let _guard = tch::no_grad_guard();
+        let (b, n, d, h) = (2, 5, 8, 2);
+        let x = Tensor::randn([b, n, d], (Kind::Float, Device::Cpu));
+        let w: Vec<Tensor> = (0..4)
+            .map(|_| Tensor::randn([d, d], (Kind::Float, Device::Cpu)))
+            .collect();
+        let bias = Tensor::randn([d], (Kind::Float, Device::Cpu));
+        let mut named = std::collections::HashMap::new();
+        for (i, name) in ["query", "key", "value"].iter().enumerate() {
+            named.insert(format!("a.attention.{name}.weight"), w[i].shallow_clone());
+        }
+        named.insert("a.attention.query.bias".into(), bias.shallow_clone());
+        named.insert("a.attention.value.bias".into(), bias.shallow_clone());
+        named.insert("a.output.dense.weight".into(), w[3].shallow_clone());
+        named.insert("a.output.dense.bias".into(), bias.shallow_clone());
+        let weights =
+            crate::models::nn::weights::Weights::new(named, Device::Cpu, Kind::Float, "test");
+        let attention = SelfAttention::load(&weights.root().pp("a"), d, h, QkvBias::NoKey);
+        let mask = Tensor::randn([1, h, n, n], (Kind::Float, Device::Cpu));
+        let got = attention.forward(&x, Some(&mask)).unwrap();
+        let split = |t: Tensor| t.view([b, n, h, d / h]).transpose(1, 2);
+        let q = split(x.linear(&w[0], Some(&bias)));
+        let k = split(x.linear(&w[1], None::<Tensor>));
+        let v = split(x.linear(&w[2], Some(&bias)));
+        let scores = q.matmul(&k.transpose(-1, -2)) / ((d / h) as f64).sqrt() + &mask;
+        let context = scores.softmax(-1, Kind::Float).matmul(&v);
+        let expected = context
+            .transpose(1, 2)
+            .reshape([b, n, d])
+            .linear(&w[3], Some(&bias));
+        let error = (&got - &expected).abs().max().double_value(&[]);
+        assert!(error < 1e-4, "{error}");
+    }
 }

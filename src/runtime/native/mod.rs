@@ -1,0 +1,260 @@
+//! libtorch features tch 0.24 does not bind, through the C++ shim next to this file that
+//! `build.rs` compiles: CUDA graphs captured on a side stream, channels-last tensors, the
+//! process-wide TF32 switches, a FLOP counter, and the profiler's Chrome traces.
+//!
+//! Tensors cross the boundary as tch passes them to its own C glue: a pointer to a C++
+//! `at::Tensor`; a tensor the shim returns is a new one that a [`Tensor`] then owns.
+
+use std::ffi::{CString, c_char, c_int, c_void};
+use std::path::Path;
+
+use tch::Tensor;
+
+unsafe extern "C" {
+    fn visiond_cuda_graphs_compiled() -> c_int;
+    fn visiond_set_tf32(allow: c_int, err: *mut c_char, len: usize) -> c_int;
+    fn visiond_tf32_state() -> c_int;
+    fn visiond_channels_last(
+        input: *const c_void,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
+    fn visiond_is_channels_last(input: *const c_void) -> c_int;
+    fn visiond_flops_start(err: *mut c_char, len: usize) -> c_int;
+    fn visiond_flops_stop(flops: *mut f64, err: *mut c_char, len: usize) -> c_int;
+    fn visiond_trace_start(cuda: c_int, err: *mut c_char, len: usize) -> c_int;
+    fn visiond_trace_stop(path: *const c_char, err: *mut c_char, len: usize) -> c_int;
+    fn visiond_cuda_graphs_available(device: c_int, why: *mut c_char, len: usize) -> c_int;
+    fn visiond_graph_context_new(device: c_int, err: *mut c_char, len: usize) -> *mut c_void;
+    fn visiond_graph_context_free(context: *mut c_void);
+    fn visiond_graph_context_enter(context: *mut c_void, err: *mut c_char, len: usize) -> c_int;
+    fn visiond_graph_context_exit(context: *mut c_void, err: *mut c_char, len: usize) -> c_int;
+    fn visiond_graph_capture_begin(
+        context: *mut c_void,
+        err: *mut c_char,
+        len: usize,
+    ) -> *mut c_void;
+    fn visiond_graph_capture_end(graph: *mut c_void, err: *mut c_char, len: usize) -> c_int;
+    fn visiond_graph_replay(graph: *mut c_void, err: *mut c_char, len: usize) -> c_int;
+    fn visiond_graph_free(graph: *mut c_void);
+}
+
+/// A message buffer the shim writes its errors into.
+struct ErrorText([u8; 1024]);
+
+impl ErrorText {
+    fn new() -> Self {
+        Self([0; 1024])
+    }
+
+    fn ptr(&mut self) -> *mut c_char {
+        self.0.as_mut_ptr().cast()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn text(&self) -> String {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        String::from_utf8_lossy(&self.0[..end]).into_owned()
+    }
+}
+
+/// Runs a shim call that returns nonzero on failure, with its message as the error.
+fn call(f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), String> {
+    let mut err = ErrorText::new();
+    let len = err.len();
+    if f(err.ptr(), len) == 0 {
+        Ok(())
+    } else {
+        Err(err.text())
+    }
+}
+
+/// Whether this build carries CUDA graph support (whatever the machine has).
+pub fn cuda_graphs_compiled() -> bool {
+    unsafe { visiond_cuda_graphs_compiled() != 0 }
+}
+
+/// `Ok` when graphs can be captured on CUDA device `index` here, else why not.
+pub fn cuda_graphs_available(index: usize) -> Result<(), String> {
+    let mut why = ErrorText::new();
+    let len = why.len();
+    let available = unsafe { visiond_cuda_graphs_available(index as c_int, why.ptr(), len) != 0 };
+    if available { Ok(()) } else { Err(why.text()) }
+}
+
+/// Sets libtorch's process-wide TF32 switches for f32 matrix products and convolutions on
+/// CUDA (PyTorch's `allow_tf32` for cuBLAS and cuDNN).
+pub fn set_tf32(allow: bool) -> Result<(), String> {
+    call(|err, len| unsafe { visiond_set_tf32(c_int::from(allow), err, len) })
+}
+
+/// Both TF32 switches on (`Some(true)`), both off (`Some(false)`), or mixed (`None`).
+pub fn tf32_allowed() -> Option<bool> {
+    match unsafe { visiond_tf32_state() } {
+        1 => Some(true),
+        0 => Some(false),
+        _ => None,
+    }
+}
+
+/// The same values in channels-last (NHWC) memory order; the shape stays [N, C, H, W].
+pub fn to_channels_last(tensor: &Tensor) -> Result<Tensor, String> {
+    let mut out: *mut c_void = std::ptr::null_mut();
+    call(|err, len| unsafe { visiond_channels_last(tensor.as_ptr().cast(), &mut out, err, len) })?;
+    // SAFETY: on success the shim returned a new heap tensor that nothing else owns.
+    Ok(unsafe { Tensor::from_ptr(out.cast()) })
+}
+
+pub fn is_channels_last(tensor: &Tensor) -> bool {
+    unsafe { visiond_is_channels_last(tensor.as_ptr().cast()) != 0 }
+}
+
+/// Counts the floating-point operations of the matrix products, convolutions and attention
+/// the calling thread runs from [`FlopCounter::start`] to [`FlopCounter::stop`] (2 per
+/// multiply-add, the number FLOP counters report).
+pub struct FlopCounter {
+    stopped: bool,
+}
+
+impl FlopCounter {
+    pub fn start() -> Result<Self, String> {
+        call(|err, len| unsafe { visiond_flops_start(err, len) })?;
+        Ok(Self { stopped: false })
+    }
+
+    pub fn stop(mut self) -> Result<f64, String> {
+        self.stopped = true;
+        let mut flops = 0.0;
+        call(|err, len| unsafe { visiond_flops_stop(&mut flops, err, len) })?;
+        Ok(flops)
+    }
+}
+
+impl Drop for FlopCounter {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let mut flops = 0.0;
+            let _ = call(|err, len| unsafe { visiond_flops_stop(&mut flops, err, len) });
+        }
+    }
+}
+
+/// The Kineto profiler on the calling thread (operators, and with `cuda` the GPU's kernels),
+/// written as a Chrome trace when stopped.
+pub struct Trace {
+    stopped: bool,
+}
+
+impl Trace {
+    pub fn start(cuda: bool) -> Result<Self, String> {
+        call(|err, len| unsafe { visiond_trace_start(c_int::from(cuda), err, len) })?;
+        Ok(Self { stopped: false })
+    }
+
+    pub fn stop(mut self, path: &Path) -> Result<(), String> {
+        self.stopped = true;
+        let path = CString::new(path.to_string_lossy().as_bytes())
+            .map_err(|_| format!("{}: a path with a NUL byte", path.display()))?;
+        call(|err, len| unsafe { visiond_trace_stop(path.as_ptr(), err, len) })
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = call(|err, len| unsafe { visiond_trace_stop(std::ptr::null(), err, len) });
+        }
+    }
+}
+
+/// One model's CUDA graphs: a side stream to capture on and a memory pool they share.
+pub struct GraphContext {
+    raw: *mut c_void,
+    entered: bool,
+}
+
+// SAFETY: the context is a plain C++ object with no thread affinity; the side stream is made
+// current only between `enter` and `exit` on one thread, which `&mut self` guarantees.
+unsafe impl Send for GraphContext {}
+
+impl GraphContext {
+    pub fn new(device: usize) -> Result<Self, String> {
+        cuda_graphs_available(device)?;
+        let mut err = ErrorText::new();
+        let len = err.len();
+        let raw = unsafe { visiond_graph_context_new(device as c_int, err.ptr(), len) };
+        if raw.is_null() {
+            Err(err.text())
+        } else {
+            Ok(Self {
+                raw,
+                entered: false,
+            })
+        }
+    }
+
+    /// Runs `work` with the side stream current on this thread (after the work already queued
+    /// on the caller's stream), then orders the caller's stream after it.
+    pub fn on_side_stream<T>(&mut self, work: impl FnOnce(&mut Self) -> T) -> Result<T, String> {
+        call(|err, len| unsafe { visiond_graph_context_enter(self.raw, err, len) })?;
+        self.entered = true;
+        let result = work(self);
+        self.entered = false;
+        call(|err, len| unsafe { visiond_graph_context_exit(self.raw, err, len) })?;
+        Ok(result)
+    }
+
+    /// Captures what `work` queues (on the side stream: call inside [`Self::on_side_stream`])
+    /// into a graph. A failure of `work` or of the capture ends the capture and is returned.
+    pub fn capture<T, E: ToString>(
+        &mut self,
+        work: impl FnOnce() -> Result<T, E>,
+    ) -> Result<(CudaGraph, T), String> {
+        if !self.entered {
+            return Err("a capture must run on the side stream".to_owned());
+        }
+        let mut err = ErrorText::new();
+        let len = err.len();
+        let raw = unsafe { visiond_graph_capture_begin(self.raw, err.ptr(), len) };
+        if raw.is_null() {
+            return Err(err.text());
+        }
+        let graph = CudaGraph { raw };
+        let result = work();
+        // Always end the capture, so the stream leaves capture mode even after a failure.
+        let ended = call(|err, len| unsafe { visiond_graph_capture_end(graph.raw, err, len) });
+        let value = result.map_err(|e| e.to_string())?;
+        ended?;
+        Ok((graph, value))
+    }
+}
+
+impl Drop for GraphContext {
+    fn drop(&mut self) {
+        unsafe { visiond_graph_context_free(self.raw) }
+    }
+}
+
+/// A captured graph, replayed on the caller's current stream.
+pub struct CudaGraph {
+    raw: *mut c_void,
+}
+
+// SAFETY: as for GraphContext: replayed by one thread at a time (`&mut self`).
+unsafe impl Send for CudaGraph {}
+
+impl CudaGraph {
+    pub fn replay(&mut self) -> Result<(), String> {
+        call(|err, len| unsafe { visiond_graph_replay(self.raw, err, len) })
+    }
+}
+
+impl Drop for CudaGraph {
+    fn drop(&mut self) {
+        unsafe { visiond_graph_free(self.raw) }
+    }
+}
