@@ -3,6 +3,7 @@
 //! # Layout
 //! Each module owns one step; arrows only point down this list (a module uses those below it).
 //!
+//! - [`bench`]: `visiond bench`: the whole frame path measured on synthetic streams.
 //! - [`control`]: the control plane on tokio: HTTP (`/healthz`, `/readyz`, `/api/pipelines`,
 //!   Prometheus `/metrics`) reading the engine's shared view, and signals.
 //! - [`infer`]: `visiond infer`, one model on one image or tensor, through the runtime's path.
@@ -25,6 +26,7 @@
 //!
 //! `docs/architecture.md` draws the data flow and names the module that owns each step.
 
+pub mod bench;
 pub mod config;
 pub mod control;
 pub mod frames;

@@ -34,6 +34,9 @@ enum Command {
         #[arg(short, long, default_value = "/etc/visiond/visiond.yaml")]
         config: PathBuf,
     },
+    /// Measure the frame path: N synthetic streams through a model (or none) to a null sink or
+    /// an encoder; per-stream and total frames/s, drops, latency, CPU and memory.
+    Bench(Box<visiond::bench::streams::StreamsArgs>),
     /// Run every pipeline until finite sources end or SIGINT/SIGTERM drains them.
     Run {
         /// The daemon file.
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Infer(args) => infer(&args),
+        Command::Bench(args) => bench(&args),
         Command::Run { config } => run(&config),
     }
 }
@@ -62,6 +66,33 @@ fn infer(args: &visiond::infer::InferArgs) -> ExitCode {
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+fn bench(args: &visiond::bench::streams::StreamsArgs) -> ExitCode {
+    visiond::logging::init(&LogConfig {
+        level: visiond::config::LogLevel::Warn,
+        ..LogConfig::default()
+    });
+    match visiond::bench::streams::run(args) {
+        Ok(report) if args.json => match serde_json::to_string_pretty(&report) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(1)
+            }
+        },
+        Ok(report) => {
+            print!("{}", visiond::bench::streams::render(args, &report));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(1)
         }
     }
 }
