@@ -17,7 +17,7 @@ use visiond::frames::{Frame, Processed};
 use visiond::pipeline::engine::Engine;
 use visiond::pipeline::stats::PipelineState;
 use visiond::pipeline::view::EngineView;
-use visiond::runtime::{BatchInference, FrameFailure, LoadError, ModelRuntime};
+use visiond::runtime::{BatchInference, FrameFailure, HostFrames, LoadError, ModelRuntime};
 
 use common::*;
 
@@ -36,6 +36,7 @@ impl BatchInference for Echo {
 fn echo_factory(_: &str) -> Result<ModelRuntime, LoadError> {
     Ok(ModelRuntime {
         inference: Box::new(Echo),
+        stager: std::sync::Arc::new(HostFrames),
         task: Task::Depth,
     })
 }

@@ -60,15 +60,11 @@ fn slow_factory(
         let loaded = checkpoint::open(&model.source, &LoadOptions::default())?;
         let preprocessor =
             Preprocessor::from_model_dir(&loaded.info.path, &loaded.info.architecture, None)?;
-        let task = loaded.info.task;
         let slow = Box::new(Slow {
             inner: loaded.model,
             delay,
         });
-        Ok(ModelRuntime {
-            inference: Box::new(TorchInference::new(slow, loaded.info, preprocessor)),
-            task,
-        })
+        Ok(TorchInference::new(slow, loaded.info, preprocessor).into_runtime())
     }
 }
 

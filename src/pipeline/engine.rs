@@ -196,8 +196,20 @@ impl Spawner<'_> {
         };
         let index = plan.index;
         let annotation = plan.annotation.clone();
-        let pieces = build::build(plan, self.rtsp.clone(), self.shutdown.clone(), self.grace)
-            .map_err(failure)?;
+        let stager = plan
+            .model
+            .as_ref()
+            .and_then(|(model, _)| self.runtimes.get(model))
+            .and_then(|runtime| runtime.as_ref().ok())
+            .map(|runtime| runtime.stager.clone());
+        let pieces = build::build(
+            plan,
+            stager,
+            self.rtsp.clone(),
+            self.shutdown.clone(),
+            self.grace,
+        )
+        .map_err(failure)?;
         let (handle, thread, lane) = spawn_pipeline(pieces, self.grace).map_err(failure)?;
         if let Some((model, lane)) = lane {
             if let Some(Ok(runtime)) = self.runtimes.get_mut(&model) {

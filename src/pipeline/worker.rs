@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select};
+use crossbeam_channel::{Receiver, Select, TryRecvError};
 
 use crate::frames::{Frame, HopSender, Processed};
 use crate::runtime::{BatchInference, FrameFailure};
@@ -36,125 +36,154 @@ pub struct BatchPolicy {
     pub max_wait: Duration,
 }
 
+/// A lane and whether its input has closed (removed before the next batch is gathered, so
+/// the results of its last frames still find their way home).
+struct Queue {
+    lane: Lane,
+    closed: bool,
+}
+
 /// Runs until every lane's input is closed and drained; each lane's output hop is dropped
 /// as soon as its input is done, so that pipeline's output stage can finish.
+///
+/// Batches are gathered round robin, one frame per lane per turn, each batch starting at the
+/// lane after the last one visited: under overload every pipeline gets the same share of the
+/// model, whatever its position, and drops (at each pipeline's own queue) are spread likewise.
 pub fn run(
     model: &str,
-    mut lanes: Vec<Lane>,
+    lanes: Vec<Lane>,
     policy: BatchPolicy,
     mut inference: Box<dyn BatchInference>,
     stats: Arc<WorkerStats>,
 ) {
     let max_size = policy.max_size.max(1);
-    // Where the next round-robin pass starts, so no lane is always served first.
+    let mut queues: Vec<Queue> = lanes
+        .into_iter()
+        .map(|lane| Queue {
+            lane,
+            closed: false,
+        })
+        .collect();
+    // The lane the next turn starts at.
     let mut next_lane = 0;
-    while !lanes.is_empty() {
-        let Some(first) = wait_for_frame(&mut lanes) else {
+    loop {
+        queues.retain(|queue| {
+            if queue.closed {
+                tracing::debug!(pipeline = %queue.lane.name, "input closed; worker lane done");
+            }
+            !queue.closed
+        });
+        if queues.is_empty() {
+            return;
+        }
+        let mut batch = Vec::new();
+        gather_round_robin(&mut queues, &mut next_lane, &mut batch, max_size);
+        if batch.is_empty() {
+            // Nothing queued: sleep until some lane has a frame (or closes).
+            wait_any(&queues, None);
             continue;
-        };
-        let mut batch = vec![first];
+        }
         let deadline = Instant::now() + policy.max_wait;
-        let mut waited = false;
-        loop {
+        while batch.len() < max_size && wait_any(&queues, Some(deadline)) {
             let before = batch.len();
-            gather_round_robin(&lanes, &mut next_lane, &mut batch, max_size);
-            if batch.len() >= max_size || Instant::now() >= deadline {
-                break;
-            }
+            gather_round_robin(&mut queues, &mut next_lane, &mut batch, max_size);
             // Woken without a frame to take: a lane closed. Run what we have, don't spin.
-            if waited && batch.len() == before {
+            if batch.len() == before {
                 break;
             }
-            // Wait a little for more frames, but never past the deadline.
-            if !wait_any(&lanes, deadline) {
-                break;
-            }
-            waited = true;
         }
-        let size = batch.len() as u64;
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.frames.fetch_add(size, Ordering::Relaxed);
-        stats.largest_batch.fetch_max(size, Ordering::Relaxed);
-        if size > 1 {
-            stats.multi_frame_batches.fetch_add(1, Ordering::Relaxed);
-        }
-        for result in inference.process(batch) {
-            let processed = match result {
-                Ok(processed) => processed,
-                Err(FrameFailure { frame, error }) => {
-                    stats.failed_frames.fetch_add(1, Ordering::Relaxed);
-                    let lane = lanes.iter().find(|l| l.pipeline == frame.pipeline);
-                    tracing::error!(
-                        model,
-                        pipeline = lane.map(|l| l.name.as_str()).unwrap_or("?"),
-                        seq = frame.seq,
-                        %error,
-                        "inference failed for a frame"
-                    );
-                    continue;
+        run_batch(model, &queues, batch, inference.as_mut(), &stats);
+    }
+}
+
+/// Runs one batch and routes each result to its pipeline's output hop.
+fn run_batch(
+    model: &str,
+    queues: &[Queue],
+    batch: Vec<Frame>,
+    inference: &mut dyn BatchInference,
+    stats: &WorkerStats,
+) {
+    let size = batch.len() as u64;
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    stats.frames.fetch_add(size, Ordering::Relaxed);
+    stats.largest_batch.fetch_max(size, Ordering::Relaxed);
+    if size > 1 {
+        stats.multi_frame_batches.fetch_add(1, Ordering::Relaxed);
+    }
+    let lane_of = |pipeline: usize| {
+        queues
+            .iter()
+            .map(|q| &q.lane)
+            .find(|lane| lane.pipeline == pipeline)
+    };
+    for result in inference.process(batch) {
+        match result {
+            Ok(processed) => {
+                if let Some(lane) = lane_of(processed.frame.pipeline) {
+                    lane.output.send(processed);
                 }
-            };
-            if let Some(lane) = lanes
-                .iter()
-                .find(|l| l.pipeline == processed.frame.pipeline)
-            {
-                lane.output.send(processed);
+            }
+            Err(FrameFailure { frame, error }) => {
+                stats.failed_frames.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    model,
+                    pipeline = lane_of(frame.pipeline).map(|l| l.name.as_str()).unwrap_or("?"),
+                    seq = frame.seq,
+                    %error,
+                    "inference failed for a frame"
+                );
             }
         }
     }
 }
 
-/// Blocks until some lane has a frame; removes lanes whose input closed and is empty.
-fn wait_for_frame(lanes: &mut Vec<Lane>) -> Option<Frame> {
-    let mut select = Select::new();
-    for lane in lanes.iter() {
-        select.recv(&lane.input);
-    }
-    let operation = select.select();
-    let index = operation.index();
-    match operation.recv(&lanes[index].input) {
-        Ok(frame) => Some(frame),
-        Err(_) => {
-            let lane = lanes.remove(index);
-            tracing::debug!(pipeline = %lane.name, "input closed; worker lane done");
-            None
-        }
-    }
-}
-
-/// Takes at most one frame per lane per pass until the batch is full or the lanes are empty.
+/// Takes one frame per lane per turn, starting at `next_lane`, until the batch is full or a
+/// whole turn finds nothing; `next_lane` moves past every lane visited. Marks closed lanes.
 fn gather_round_robin(
-    lanes: &[Lane],
+    queues: &mut [Queue],
     next_lane: &mut usize,
     batch: &mut Vec<Frame>,
     max_size: usize,
 ) {
+    let count = queues.len();
     loop {
         let mut took_any = false;
-        for offset in 0..lanes.len() {
+        for _ in 0..count {
             if batch.len() >= max_size {
                 return;
             }
-            let index = (*next_lane + offset) % lanes.len();
-            if let Ok(frame) = lanes[index].input.try_recv() {
-                batch.push(frame);
-                took_any = true;
+            let index = *next_lane % count;
+            *next_lane = (index + 1) % count;
+            let queue = &mut queues[index];
+            match queue.lane.input.try_recv() {
+                Ok(frame) => {
+                    batch.push(frame);
+                    took_any = true;
+                }
+                Err(TryRecvError::Disconnected) => queue.closed = true,
+                Err(TryRecvError::Empty) => {}
             }
         }
-        *next_lane = (*next_lane + 1) % lanes.len().max(1);
         if !took_any {
             return;
         }
     }
 }
 
-/// Waits until any lane has something (or closed) or the deadline passes; false on timeout.
-fn wait_any(lanes: &[Lane], deadline: Instant) -> bool {
+/// Waits until any lane has something (or closed), at most until `deadline`; false on timeout.
+fn wait_any(queues: &[Queue], deadline: Option<Instant>) -> bool {
     let mut select = Select::new();
-    for lane in lanes {
-        select.recv(&lane.input);
+    for queue in queues {
+        select.recv(&queue.lane.input);
     }
-    select.ready_deadline(deadline).is_ok()
+    match deadline {
+        Some(deadline) => select.ready_deadline(deadline).is_ok(),
+        None => {
+            select.ready();
+            true
+        }
+    }
 }
 
 #[cfg(test)]
@@ -166,9 +195,10 @@ mod tests {
 
     use super::*;
     use crate::config::WhenFull;
-    use crate::frames::hop;
+    use crate::frames::{FrameLayout, PixelFormat, Pixels, hop};
 
     fn frame(pipeline: usize, seq: u64) -> Frame {
+        let fps = gst::Fraction::new(0, 1);
         Frame {
             pipeline,
             seq,
@@ -177,9 +207,9 @@ mod tests {
             captured: Instant::now(),
             width: 2,
             height: 2,
-            fps: gst::Fraction::new(0, 1),
-            buffer: gst::Buffer::with_size(12).unwrap(),
-            stride: 6,
+            fps,
+            layout: FrameLayout::standard(PixelFormat::Rgb, 2, 2, fps).unwrap(),
+            pixels: Pixels::Host(gst::Buffer::with_size(16).unwrap()),
         }
     }
 
@@ -263,5 +293,57 @@ mod tests {
             seqs(&quiet_results),
             (0..3).map(|s| (1, s)).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn every_lane_gets_its_turn_whatever_the_batch_size() {
+        gst::init().unwrap();
+        // Eight busy pipelines, batches of three: with the turn kept across batches, no lane
+        // is ever more than one frame ahead of another.
+        let lanes = 8;
+        let mut inputs = Vec::new();
+        let mut outputs = Vec::new();
+        let mut queues = Vec::new();
+        for pipeline in 0..lanes {
+            let (tx, rx, _) = hop(64, WhenFull::Block);
+            for seq in 0..30 {
+                tx.send(frame(pipeline, seq));
+            }
+            let (out, results, _) = hop(64, WhenFull::Block);
+            inputs.push(tx);
+            outputs.push(results);
+            queues.push(Lane {
+                pipeline,
+                name: format!("p{pipeline}"),
+                input: rx,
+                output: out,
+            });
+        }
+        drop(inputs);
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        run(
+            "test",
+            queues,
+            BatchPolicy {
+                max_size: 3,
+                max_wait: Duration::from_millis(1),
+            },
+            Box::new(Recorder(batches.clone())),
+            Arc::new(WorkerStats::default()),
+        );
+        let batches = batches.lock().unwrap();
+        let mut served = vec![0i64; lanes];
+        for batch in batches.iter() {
+            assert!(batch.len() <= 3);
+            for &pipeline in batch {
+                served[pipeline] += 1;
+            }
+            let (lo, hi) = (served.iter().min().unwrap(), served.iter().max().unwrap());
+            assert!(hi - lo <= 1, "unfair after {batch:?}: {served:?}");
+        }
+        assert_eq!(served, vec![30; lanes]);
+        for results in &outputs {
+            assert_eq!(results.try_iter().count(), 30);
+        }
     }
 }

@@ -41,11 +41,7 @@ pub fn load(name: &str, model: &ModelConfig) -> Result<ModelRuntime, LoadError> 
         dtype = %loaded.info.dtype,
         "model loaded"
     );
-    let task = loaded.info.task;
-    Ok(ModelRuntime {
-        inference: Box::new(TorchInference::new(loaded.model, loaded.info, preprocessor)),
-        task,
-    })
+    Ok(TorchInference::new(loaded.model, loaded.info, preprocessor).into_runtime())
 }
 
 /// The loader for the models of `config`.
