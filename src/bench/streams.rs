@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -20,7 +20,7 @@ use crate::frames::DropCounter;
 use crate::pipeline::engine::Engine;
 use crate::pipeline::stats::{HistogramSnapshot, LatencyHistogram, PipelineState, PipelineStats};
 use crate::preflight;
-use crate::runtime;
+use crate::runtime::{self, FrameFormats, FrameStager, LoadError, ModelRuntime};
 
 /// The arguments of `visiond bench --streams`.
 #[derive(Debug, Clone, clap::Args)]
@@ -74,6 +74,11 @@ pub struct StreamsArgs {
     /// How long the worker waits to fill a batch.
     #[arg(long, default_value_t = 10, value_name = "MS")]
     pub batch_wait_ms: u64,
+    /// Where decoded frames become RGB for the model: `device` (NV12/I420 uploaded and
+    /// converted by the model's runtime), `gstreamer` (videoconvert in the source), or `auto`
+    /// (the daemon's choice for the device).
+    #[arg(long, default_value = "auto", value_name = "WHERE")]
+    pub convert: Conversion,
     /// Capacity of each pipeline's queues.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub queue: u32,
@@ -126,6 +131,33 @@ impl FromStr for StreamFormat {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         <Self as clap::ValueEnum>::from_str(text, true)
             .map_err(|_| format!("unknown format '{text}': expected nv12, i420 or rgb"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Conversion {
+    Auto,
+    Device,
+    Gstreamer,
+}
+
+impl Conversion {
+    fn formats(self) -> FrameFormats {
+        match self {
+            Self::Auto => FrameFormats::Auto,
+            Self::Device => FrameFormats::Native,
+            Self::Gstreamer => FrameFormats::Rgb,
+        }
+    }
+}
+
+impl FromStr for Conversion {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        <Self as clap::ValueEnum>::from_str(text, true)
+            .map_err(|_| format!("unknown conversion '{text}': expected auto, device or gstreamer"))
     }
 }
 
@@ -190,6 +222,9 @@ pub struct BenchReport {
     pub peak_rss_mb: f64,
     /// This process's GPU memory as `nvidia-smi` reports it (peak seen), when there is one.
     pub gpu_memory_mb: Option<f64>,
+    /// Host-side copies of a frame's bytes on its way to the model's device, per frame staged
+    /// (0 on the CPU, 1 on CUDA: into page-locked memory); `None` without a model.
+    pub host_copies_per_frame: Option<f64>,
 }
 
 /// Runs the benchmark and returns its figures.
@@ -328,7 +363,19 @@ fn read(streams: &[Counters]) -> Reading {
 
 fn measure(file: &Path, args: &StreamsArgs) -> Result<BenchReport, BenchError> {
     let config = preflight::load(file).map_err(|e| BenchError::Config(e.to_string()))?;
-    let loader = runtime::loader(&config);
+    let stagers: Mutex<Vec<Arc<dyn FrameStager>>> = Mutex::new(Vec::new());
+    let loader = |name: &str| -> Result<ModelRuntime, LoadError> {
+        let model = config
+            .daemon
+            .models
+            .get(name)
+            .ok_or_else(|| LoadError::Undefined(name.to_string()))?;
+        let runtime = runtime::load_with(name, model, args.convert.formats())?;
+        if let Ok(mut stagers) = stagers.lock() {
+            stagers.push(runtime.stager.clone());
+        }
+        Ok(runtime)
+    };
     let engine = Engine::start(&config, &loader).map_err(|e| BenchError::Start(e.to_string()))?;
     let names: Vec<String> = engine.pipelines().iter().map(|p| p.name.clone()).collect();
     let stats: Vec<Counters> = engine
@@ -376,7 +423,17 @@ fn measure(file: &Path, args: &StreamsArgs) -> Result<BenchReport, BenchError> {
             });
         }
     }
-    Ok(figures(&names, &first, &last, &gpu))
+    let staged = stagers
+        .lock()
+        .map(|s| s.iter().map(|s| s.counters()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let mut report = figures(&names, &first, &last, &gpu);
+    if !staged.is_empty() {
+        let frames: u64 = staged.iter().map(|c| c.frames).sum();
+        let copies: u64 = staged.iter().map(|c| c.host_copies).sum();
+        report.host_copies_per_frame = Some(copies as f64 / frames.max(1) as f64);
+    }
+    Ok(report)
 }
 
 fn empty_histogram() -> HistogramSnapshot {
@@ -435,6 +492,7 @@ fn figures(names: &[String], first: &Reading, last: &Reading, gpu: &GpuMemory) -
         rss_mb,
         peak_rss_mb,
         gpu_memory_mb: gpu.peak_mb,
+        host_copies_per_frame: None,
     }
 }
 
@@ -534,12 +592,13 @@ pub fn render(args: &StreamsArgs, report: &BenchReport) -> String {
     };
     let _ = writeln!(
         out,
-        "{} stream(s) of {}x{} {} ({mode}); model {}; sink {}",
+        "{} stream(s) of {}x{} {} ({mode}); model {} (conversion: {:?}); sink {}",
         args.streams,
         args.size.width,
         args.size.height,
         args.format.caps_name(),
         args.model,
+        args.convert,
         match args.sink {
             SinkKind::Null => "null",
             SinkKind::Encode => "encode",
@@ -586,6 +645,12 @@ pub fn render(args: &StreamsArgs, report: &BenchReport) -> String {
             .gpu_memory_mb
             .map_or("n/a".to_string(), |mb| format!("{mb:.0} MB"))
     );
+    if let Some(copies) = report.host_copies_per_frame {
+        let _ = writeln!(
+            out,
+            "host copies per frame on the way to the model: {copies:.2}"
+        );
+    }
     out
 }
 

@@ -1,8 +1,9 @@
 //! Colour conversion as tensor ops on the frames' device: 4:2:0 YUV (NV12, I420) to RGB for the
 //! model and the overlay, and RGB to I420 for the encoder.
 //!
-//! YUV to RGB is GStreamer's `videoconvert` (1.22) to the bit, so that a frame decoded to NV12 or
-//! I420 and converted here is the frame the daemon would have had from GStreamer as RGB:
+//! Both ways are GStreamer's `videoconvert` (1.22) to the bit, so that a frame decoded to NV12 or
+//! I420 and converted here is the frame the daemon would have had from GStreamer as RGB, and
+//! the encoder gets the I420 GStreamer would have made. YUV to RGB:
 //! - the matrix: GStreamer's 16-bit coefficients (`orc` `convert_I420_ARGB`), applied to each
 //!   component minus 128 "splatted" to 16 bits, keeping the high half of each product, saturated
 //!   to a signed byte, plus 128;
@@ -157,14 +158,105 @@ pub fn yuv420_to_rgb(frame: Yuv420<'_>, colour: &YuvColour) -> Result<Tensor, Pr
     Ok(Tensor::f_stack(&[r, g, b], 2)?.f_to_kind(Kind::Uint8)?)
 }
 
+/// GStreamer's integer coefficients for RGB -> YUV: rows Y, U, V; columns R, G, B and the
+/// offset, in 1/256 (its single-precision 1/255 included).
+fn rgb_coefficients(colour: &YuvColour) -> [[i64; 4]; 3] {
+    let (kr, kb) = (colour.kr, colour.kb);
+    let kg = 1.0 - kr - kb;
+    let (x_u, x_v) = (1.0 / (2.0 * (1.0 - kb)), 1.0 / (2.0 * (1.0 - kr)));
+    let rows = [
+        [kr, kg, kb],
+        [-x_u * kr, -x_u * kg, x_u * (1.0 - kb)],
+        [x_v * (1.0 - kr), -x_v * kg, -x_v * kb],
+    ];
+    let (scales, offsets) = if colour.full_range {
+        ([255.0, 255.0, 255.0], [0.0, 128.0, 128.0])
+    } else {
+        ([219.0, 224.0, 224.0], [16.0, 128.0, 128.0])
+    };
+    let inverse = f64::from(1.0f32 / 255.0f32);
+    let mut coefficients = [[0i64; 4]; 3];
+    for (i, row) in rows.iter().enumerate() {
+        for (j, weight) in row.iter().enumerate() {
+            coefficients[i][j] =
+                (256.0 * (scales[i] * (weight * inverse))).round_ties_even() as i64;
+        }
+        coefficients[i][3] = (256.0 * offsets[i]) as i64;
+    }
+    coefficients
+}
+
+/// The last column (or row) of `x` repeated once more when `dim` has an odd size.
+fn even(x: &Tensor, dim: i64) -> Result<Tensor, ProcessingError> {
+    let n = x.size()[dim as usize];
+    if n % 2 == 0 {
+        return Ok(x.shallow_clone());
+    }
+    Ok(Tensor::f_cat(&[x, &x.f_narrow(dim, n - 1, 1)?], dim)?)
+}
+
+/// A full-resolution chroma plane (int32 [H, W]) at 4:2:0, as GStreamer's generic path makes
+/// it: rows first (the mean of each pair, or the even row where chroma is co-sited
+/// vertically), then columns (the mean of each pair; 1:2:1 on the even columns where co-sited,
+/// 3:1 at the left edge and 1:3 on the last, as its loop leaves them).
+fn subsample(full: &Tensor, colour: &YuvColour) -> Result<Tensor, ProcessingError> {
+    let rows = even(full, 0)?;
+    let top = rows.f_slice(0, 0, None, 2)?;
+    let q = if colour.chroma_v_cosited {
+        top
+    } else {
+        shift(
+            top.f_add(&rows.f_slice(0, 1, None, 2)?)?.f_add_scalar(1)?,
+            1,
+        )?
+    };
+    let width = q.size()[1];
+    let columns = if !colour.chroma_h_cosited {
+        let q = even(&q, 1)?;
+        shift(
+            q.f_slice(1, 0, None, 2)?
+                .f_add(&q.f_slice(1, 1, None, 2)?)?
+                .f_add_scalar(1)?,
+            1,
+        )?
+    } else if width < 2 {
+        q
+    } else {
+        let chroma = (width + 1) / 2;
+        let centre = q.f_slice(1, 0, None, 2)?;
+        let left = Tensor::f_cat(
+            &[q.f_narrow(1, 0, 1)?, q.f_slice(1, 1, 2 * chroma - 1, 2)?],
+            1,
+        )?;
+        let right = if chroma == 1 {
+            q.f_narrow(1, 1, 1)?
+        } else {
+            Tensor::f_cat(
+                &[
+                    q.f_slice(1, 1, 2 * chroma - 2, 2)?,
+                    centre.f_narrow(1, chroma - 1, 1)?,
+                ],
+                1,
+            )?
+        };
+        shift(
+            left.f_add(&centre.f_mul_scalar(2)?)?
+                .f_add(&right)?
+                .f_add_scalar(2)?,
+            2,
+        )?
+    };
+    Ok(columns.f_to_kind(Kind::Uint8)?)
+}
+
 /// uint8 RGB [H, W, 3] to I420 planes (uint8 Y [H, W], U and V [(H+1)/2, (W+1)/2]) in
-/// `colour`, on the frame's device: what the encoder takes. GStreamer's integer matrix; the
-/// chroma averaged over each 2x2 block (1:2:1 across co-sited columns).
+/// `colour`, on the frame's device: what the encoder takes, exactly as GStreamer's
+/// `videoconvert` would make it from the same RGB (limited range, where it never clips).
 pub fn rgb_to_i420(
     rgb: &Tensor,
     colour: &YuvColour,
 ) -> Result<(Tensor, Tensor, Tensor), ProcessingError> {
-    let (height, width, channels) = rgb.size3()?;
+    let (_, _, channels) = rgb.size3()?;
     if channels != 3 || rgb.kind() != Kind::Uint8 {
         return Err(ProcessingError::Frame {
             index: 0,
@@ -175,71 +267,22 @@ pub fn rgb_to_i420(
             ),
         });
     }
-    let (kr, kb) = (colour.kr, colour.kb);
-    let kg = 1.0 - kr - kb;
-    let (luma, chroma, offset) = if colour.full_range {
-        (255.0, 255.0, 0.0)
-    } else {
-        (219.0, 224.0, 16.0)
-    };
-    // Rows: Y, U, V as weights of R, G, B, in 1/256, and the offset (rounding included).
-    let rows: [[f64; 3]; 3] = [
-        [kr, kg, kb].map(|k| k * luma / 255.0),
-        [-kr, -kg, 1.0 - kb].map(|k| k / (2.0 * (1.0 - kb)) * chroma / 255.0),
-        [1.0 - kr, -kg, -kb].map(|k| k / (2.0 * (1.0 - kr)) * chroma / 255.0),
-    ];
-    let offsets = [offset, 128.0, 128.0];
     let channels: Vec<Tensor> = (0..3)
         .map(|c| rgb.f_select(2, c).and_then(|t| t.f_to_kind(Kind::Int)))
         .collect::<Result<_, _>>()?;
+    let coefficients = rgb_coefficients(colour);
     let component = |row: usize| -> Result<Tensor, ProcessingError> {
-        let weights = rows[row].map(|w| (w * 256.0).round() as i64);
+        let [r, g, b, offset] = coefficients[row];
         let sum = channels[0]
-            .f_mul_scalar(weights[0])?
-            .f_add(&channels[1].f_mul_scalar(weights[1])?)?
-            .f_add(&channels[2].f_mul_scalar(weights[2])?)?
-            .f_add_scalar((offsets[row] * 256.0) as i64 + 128)?;
+            .f_mul_scalar(r)?
+            .f_add(&channels[1].f_mul_scalar(g)?)?
+            .f_add(&channels[2].f_mul_scalar(b)?)?
+            .f_add_scalar(offset)?;
         Ok(shift(sum, 8)?.f_clamp(0, 255)?)
     };
     let y = component(0)?.f_to_kind(Kind::Uint8)?;
-    let (cw, ch) = ((width + 1) / 2, (height + 1) / 2);
-    let subsample = |full: Tensor| -> Result<Tensor, ProcessingError> {
-        // Odd sizes: the last column / row stands in for its missing neighbour.
-        let padded = full
-            .f_unsqueeze(0)?
-            .f_unsqueeze(0)?
-            .f_to_kind(Kind::Float)?
-            .f_replication_pad2d([1, 2 * cw - width + 1, 0, 2 * ch - height])?
-            .f_squeeze_dim(0)?
-            .f_squeeze_dim(0)?
-            .f_to_kind(Kind::Int)?;
-        let columns = if colour.chroma_h_cosited {
-            // 1:2:1 centred on the even columns.
-            let left = padded.f_slice(1, 0, 2 * cw, 2)?;
-            let centre = padded.f_slice(1, 1, 2 * cw + 1, 2)?;
-            let right = padded.f_slice(1, 2, 2 * cw + 2, 2)?;
-            shift(
-                left.f_add(&centre.f_mul_scalar(2)?)?
-                    .f_add(&right)?
-                    .f_add_scalar(2)?,
-                2,
-            )?
-        } else {
-            let left = padded.f_slice(1, 1, 2 * cw + 1, 2)?;
-            let right = padded.f_slice(1, 2, 2 * cw + 2, 2)?;
-            shift(left.f_add(&right)?.f_add_scalar(1)?, 1)?
-        };
-        let top = columns.f_slice(0, 0, 2 * ch, 2)?;
-        let bottom = columns.f_slice(0, 1, 2 * ch, 2)?;
-        let rows = if colour.chroma_v_cosited {
-            top
-        } else {
-            shift(top.f_add(&bottom)?.f_add_scalar(1)?, 1)?
-        };
-        Ok(rows.f_to_kind(Kind::Uint8)?)
-    };
-    let u = subsample(component(1)?)?;
-    let v = subsample(component(2)?)?;
+    let u = subsample(&component(1)?, colour)?;
+    let v = subsample(&component(2)?, colour)?;
     Ok((y, u, v))
 }
 
@@ -285,16 +328,26 @@ mod tests {
     }
 
     #[test]
+    fn gstreamers_rgb_coefficients() {
+        // GStreamer 1.22, BT.709 limited range (GST_DEBUG=video-converter:6).
+        assert_eq!(
+            rgb_coefficients(&colour(0.2126, 0.0722, false)),
+            [
+                [47, 157, 16, 4096],
+                [-26, -87, 112, 32768],
+                [112, -102, -10, 32768]
+            ]
+        );
+    }
+
+    #[test]
     fn rgb_grey_goes_to_neutral_chroma_and_back() {
         let rgb = Tensor::full([4, 6, 3], 100, (Kind::Uint8, tch::Device::Cpu));
         let c = colour(0.2126, 0.0722, false);
         let (y, u, v) = rgb_to_i420(&rgb, &c).unwrap();
         assert_eq!(u.size(), [2, 3]);
-        assert_eq!(
-            Vec::<u8>::try_from(u.flatten(0, -1)).unwrap(),
-            vec![128; 6],
-            "grey has no colour"
-        );
+        // Grey has no colour (GStreamer's coefficients, truncated, land one below neutral).
+        assert_eq!(Vec::<u8>::try_from(u.flatten(0, -1)).unwrap(), vec![127; 6]);
         let back = yuv420_to_rgb(
             Yuv420::I420 {
                 y: &y,
@@ -304,7 +357,8 @@ mod tests {
             &c,
         )
         .unwrap();
+        // GStreamer's own round trip is this lossy (its fast path ignores the luma offset).
         let diff = (back.to_kind(Kind::Int) - 100).abs().max().int64_value(&[]);
-        assert!(diff <= 3, "{diff}");
+        assert!(diff <= 4, "{diff}");
     }
 }

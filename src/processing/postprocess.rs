@@ -278,9 +278,13 @@ impl Annotator {
         let (height, width, _) = frame.size3()?;
         let classes = logits.size()[0];
         let labels = segmentation_labels(logits, height, width)?;
-        let counts = labels
-            .f_flatten(0, -1)?
-            .f_bincount::<Tensor>(None, classes)?;
+        // scatter_add rather than bincount, whose output size is read back from the device.
+        let flat = labels.f_flatten(0, -1)?;
+        let counts = Tensor::f_zeros([classes], (Kind::Int64, flat.device()))?.f_scatter_add(
+            0,
+            &flat,
+            &flat.f_ones_like()?,
+        )?;
         let table = self.table(frame.device(), classes, || palette(classes as usize))?;
         let map = lookup(&table, &labels, height, width)?;
         Ok(AnnotatedOnDevice {
@@ -419,9 +423,14 @@ fn group_by<K: PartialEq>(indices: &[usize], key: impl Fn(usize) -> K) -> Vec<(K
     groups
 }
 
-fn index_tensor(indices: &[usize], device: Device) -> Result<Tensor, ProcessingError> {
-    let indices: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
-    Ok(Tensor::f_from_slice(&indices)?.f_to_device(device)?)
+/// The rows `indices` of `x`, gathered on its device (an index tensor would have to be copied
+/// there from the host, which waits for everything queued on the device first).
+fn rows(x: &Tensor, indices: &[usize]) -> Result<Tensor, ProcessingError> {
+    let picked: Vec<Tensor> = indices
+        .iter()
+        .map(|&i| x.f_get(i as i64))
+        .collect::<Result<_, _>>()?;
+    Ok(Tensor::f_stack(&picked, 0)?)
 }
 
 fn depth_batch(
@@ -462,7 +471,7 @@ fn depth_group(
     width: i64,
 ) -> Result<Done, ProcessingError> {
     let device = outputs.device();
-    let chosen = outputs.f_index_select(0, &index_tensor(members, device)?)?;
+    let chosen = rows(outputs, members)?;
     // A non-finite value (an f16 overflow) must not reach the stats or the table index.
     let depth = resize_depth_batch(&chosen, height, width)?.f_nan_to_num(0.0, 0.0, 0.0)?;
     let stats = Tensor::f_stack(
@@ -486,9 +495,8 @@ fn depth_group(
     });
     let mut done = Done::new();
     for ((mode, colormap, alpha, invert, raw), group) in styles {
-        let rows = index_tensor(&group, device)?;
         let lo_hi = Tensor::f_stack(&group.iter().map(|&j| &ranges[j]).collect::<Vec<_>>(), 0)?;
-        let unit = unit_depth(&depth.f_index_select(0, &rows)?, &lo_hi)?;
+        let unit = unit_depth(&rows(&depth, &group)?, &lo_hi)?;
         let raw_depth = if raw { Some(depth16(&unit)?) } else { None };
         let shown = if invert {
             unit.f_neg()?.f_add_scalar(1.0)?

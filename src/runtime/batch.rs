@@ -138,11 +138,6 @@ impl TorchInference {
             }
         };
         let annotated = self.annotate(&group, &output);
-        let format = if self.stager.plan().i420_out {
-            PixelFormat::I420
-        } else {
-            PixelFormat::Rgb
-        };
         group
             .into_iter()
             .zip(annotated)
@@ -151,7 +146,8 @@ impl TorchInference {
                     Ok(annotated) => {
                         let pending = TorchResult {
                             annotated,
-                            format,
+                            // What encoders take, made on the device.
+                            format: PixelFormat::I420,
                             fps: s.frame.fps,
                             _mapping: s.pixels.mapping,
                         };

@@ -75,18 +75,17 @@ pub struct StageError {
     pub reason: String,
 }
 
-/// The pixel format a model takes frames in from its sources.
+/// The pixel format a model takes frames in from its sources (the encoder always gets I420
+/// made on the device). Both give the same RGB, to the bit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FrameFormats {
     /// The faster of the two on the model's device: `Native` on CUDA; on the CPU, as measured
     /// with `visiond bench --streams` (see README, "The frame path").
     #[default]
     Auto,
-    /// What the decoder makes (NV12, I420), converted to RGB on the device, and I420 made on
-    /// the device for the encoder.
+    /// What the decoder makes (NV12, I420), converted to RGB on the device.
     Native,
-    /// RGB converted by GStreamer (`videoconvert`) in the source, and RGB handed to the
-    /// encoder's `videoconvert`.
+    /// RGB converted by GStreamer (`videoconvert`) in the source.
     Rgb,
 }
 

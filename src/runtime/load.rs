@@ -1,7 +1,7 @@
 //! A configured model (`models.<name>` in the daemon file) loaded with its image processor.
 
 use super::batch::TorchInference;
-use super::contract::ModelRuntime;
+use super::contract::{FrameFormats, ModelRuntime};
 use super::tensors;
 use crate::config::{Config, ModelConfig};
 use crate::models::ModelError;
@@ -25,6 +25,15 @@ pub type ModelLoader<'a> = dyn Fn(&str) -> Result<ModelRuntime, LoadError> + 'a;
 
 /// Loads a configured model with its image processor: what `visiond run` gives the engine.
 pub fn load(name: &str, model: &ModelConfig) -> Result<ModelRuntime, LoadError> {
+    load_with(name, model, FrameFormats::Auto)
+}
+
+/// [`load`], with sources delivering frames in `formats`.
+pub fn load_with(
+    name: &str,
+    model: &ModelConfig,
+    formats: FrameFormats,
+) -> Result<ModelRuntime, LoadError> {
     let options = LoadOptions {
         device: model.device,
         dtype: model.dtype,
@@ -41,7 +50,9 @@ pub fn load(name: &str, model: &ModelConfig) -> Result<ModelRuntime, LoadError> 
         dtype = %loaded.info.dtype,
         "model loaded"
     );
-    Ok(TorchInference::new(loaded.model, loaded.info, preprocessor).into_runtime())
+    Ok(TorchInference::new(loaded.model, loaded.info, preprocessor)
+        .with_frames(formats)
+        .into_runtime())
 }
 
 /// The loader for the models of `config`.

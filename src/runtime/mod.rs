@@ -23,5 +23,5 @@ pub use contract::{
     InferenceError, ModelRuntime, StageCounters, StageError,
 };
 pub use download::download_picture;
-pub use load::{LoadError, ModelLoader, load, loader};
+pub use load::{LoadError, ModelLoader, load, load_with, loader};
 pub use stage::{TorchStager, staged_tensors};

@@ -53,12 +53,10 @@ impl DevicePixels for StagedFrame {
     }
 }
 
-/// The formats sources deliver and whether the device makes the encoder's I420.
+/// The formats sources deliver to a model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct FramePlan {
     pub inputs: Vec<PixelFormat>,
-    /// Publish I420 made on the device (else RGB, converted by GStreamer).
-    pub i420_out: bool,
 }
 
 impl FramePlan {
@@ -67,20 +65,15 @@ impl FramePlan {
             FrameFormats::Native => true,
             FrameFormats::Rgb => false,
             // Measured (README, "The frame path"): on CUDA the device converts at no cost to
-            // the host; on a CPU GStreamer's SIMD conversions beat libtorch's integer ops.
+            // the host; on a CPU GStreamer's SIMD conversion beats libtorch's integer ops.
             FrameFormats::Auto => device != Device::Cpu,
         };
-        if native {
-            Self {
-                inputs: vec![PixelFormat::I420, PixelFormat::Nv12, PixelFormat::Rgb],
-                i420_out: true,
-            }
+        let inputs = if native {
+            vec![PixelFormat::I420, PixelFormat::Nv12, PixelFormat::Rgb]
         } else {
-            Self {
-                inputs: vec![PixelFormat::Rgb],
-                i420_out: false,
-            }
-        }
+            vec![PixelFormat::Rgb]
+        };
+        Self { inputs }
     }
 }
 
@@ -111,10 +104,6 @@ impl TorchStager {
             host_copies: AtomicU64::new(0),
             host_bytes: AtomicU64::new(0),
         }
-    }
-
-    pub(super) fn plan(&self) -> &FramePlan {
-        &self.plan
     }
 
     pub(super) fn preprocessor(&self) -> Arc<Preprocessor> {
