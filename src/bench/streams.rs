@@ -15,8 +15,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::{DType, DeviceSpec};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::{DType, DeviceSpec, ModelSource};
 use crate::frames::DropCounter;
+use crate::models::checkpoint::{self, LoadOptions};
+use crate::models::device::torch_kind;
 use crate::pipeline::engine::Engine;
 use crate::pipeline::stats::{HistogramSnapshot, LatencyHistogram, PipelineState, PipelineStats};
 use crate::preflight;
@@ -82,6 +86,10 @@ pub struct StreamsArgs {
     /// Capacity of each pipeline's queues.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub queue: u32,
+    /// Also time the model alone at --batch on frames of this size (its forward, nothing
+    /// else), to see what share of it the streams get.
+    #[arg(long)]
+    pub model_baseline: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -225,14 +233,67 @@ pub struct BenchReport {
     /// Host-side copies of a frame's bytes on its way to the model's device, per frame staged
     /// (0 on the CPU, 1 on CUDA: into page-locked memory); `None` without a model.
     pub host_copies_per_frame: Option<f64>,
+    /// With `--model-baseline`: the model's forward alone at the batch size, images/s.
+    pub model_only_fps: Option<f64>,
 }
 
 /// Runs the benchmark and returns its figures.
 pub fn run(args: &StreamsArgs) -> Result<BenchReport, BenchError> {
+    let baseline = if args.model_baseline && uses_model(args) {
+        Some(model_only(args)?)
+    } else {
+        None
+    };
     let dir = std::env::temp_dir().join(format!("visiond-bench-{}", std::process::id()));
     let result = write_tree(&dir, args).and_then(|file| measure(&file, args));
     let _ = std::fs::remove_dir_all(&dir);
-    result
+    result.map(|report| BenchReport {
+        model_only_fps: baseline,
+        ..report
+    })
+}
+
+/// The model's forward alone: images/s at --batch on the input size the streams' frames
+/// process to, after a warm-up, waiting for the device after each batch.
+fn model_only(args: &StreamsArgs) -> Result<f64, BenchError> {
+    let fail = |e: String| BenchError::Start(format!("model baseline: {e}"));
+    let options = LoadOptions {
+        device: args.device,
+        dtype: args.dtype,
+        ..LoadOptions::default()
+    };
+    let loaded = checkpoint::open(&ModelSource::Path(PathBuf::from(&args.model)), &options)
+        .map_err(|e| fail(e.to_string()))?;
+    let preprocessor =
+        runtime::tensors::preprocessor_for(&loaded.info, None).map_err(|e| fail(e.to_string()))?;
+    let (height, width) =
+        preprocessor.output_size(i64::from(args.size.height), i64::from(args.size.width));
+    let device = loaded.info.device;
+    let batch = i64::from(args.batch.max(1));
+    let pixels = Tensor::randn([batch, 3, height, width], (Kind::Float, device))
+        .to_kind(torch_kind(args.dtype));
+    let wait = || {
+        if let Device::Cuda(index) = device {
+            tch::Cuda::synchronize(index as i64);
+        }
+    };
+    let _no_grad = tch::no_grad_guard();
+    let run = |times: usize| -> Result<Duration, BenchError> {
+        let start = Instant::now();
+        for _ in 0..times {
+            let output = loaded
+                .model
+                .forward(&pixels)
+                .map_err(|e| fail(e.to_string()))?;
+            wait();
+            drop(output);
+        }
+        Ok(start.elapsed())
+    };
+    run(3)?;
+    let iterations = 20;
+    let elapsed = run(iterations)?;
+    Ok((iterations as i64 * batch) as f64 / elapsed.as_secs_f64())
 }
 
 fn write_tree(dir: &Path, args: &StreamsArgs) -> Result<PathBuf, BenchError> {
@@ -493,6 +554,7 @@ fn figures(names: &[String], first: &Reading, last: &Reading, gpu: &GpuMemory) -
         peak_rss_mb,
         gpu_memory_mb: gpu.peak_mb,
         host_copies_per_frame: None,
+        model_only_fps: None,
     }
 }
 
@@ -645,6 +707,14 @@ pub fn render(args: &StreamsArgs, report: &BenchReport) -> String {
             .gpu_memory_mb
             .map_or("n/a".to_string(), |mb| format!("{mb:.0} MB"))
     );
+    if let Some(model) = report.model_only_fps {
+        let _ = writeln!(
+            out,
+            "model alone at batch {}: {model:.1} frames/s; the streams got {:.0}% of it",
+            args.batch,
+            report.total_fps / model * 100.0
+        );
+    }
     if let Some(copies) = report.host_copies_per_frame {
         let _ = writeln!(
             out,
