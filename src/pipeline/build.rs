@@ -63,8 +63,13 @@ impl Feed {
         }
     }
 
-    /// The function the source calls for every frame; it counts the frame in.
-    pub fn deliver(self, stats: Arc<PipelineStats>) -> impl Fn(Frame) + Send + Sync + 'static {
+    /// The function the source calls for every frame; it counts the frame in and, for a model,
+    /// stages it on the model's device (here, in the source's streaming thread).
+    pub fn deliver(
+        self,
+        pipeline: String,
+        stats: Arc<PipelineStats>,
+    ) -> impl Fn(Frame) + Send + Sync + 'static {
         move |mut frame| {
             stats.frames_in.fetch_add(1, Ordering::Relaxed);
             match &self {
@@ -74,7 +79,7 @@ impl Feed {
                     }
                     Err(error) => {
                         drops.add();
-                        tracing::error!(%error, "frame dropped");
+                        tracing::error!(pipeline = %pipeline, %error, "frame dropped");
                     }
                 },
                 Feed::ToOutput(hop) => {

@@ -251,7 +251,7 @@ fn spawn_pipeline(
     let output = spawn(format!("out-{name}"), move || {
         output.run(output_input, grace)
     })?;
-    let deliver = feed.deliver(stats.clone());
+    let deliver = feed.deliver(name.clone(), stats.clone());
     let source = spawn(format!("src-{name}"), move || {
         let state = supervisor.run(deliver);
         if output.join().is_err() {
