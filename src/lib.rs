@@ -7,8 +7,8 @@
 //!   loop that applies reloads and pipeline writes one at a time.
 //! - [`control`]: the control plane on tokio: HTTP (`/healthz`, `/readyz`, `/api/pipelines`,
 //!   Prometheus `/metrics`) reading the engine's shared view, and signals.
-//! - [`bench`]: `visiond bench`, timing a model's forward (and later the whole frame path)
-//!   through the runtime's path.
+//! - [`bench`]: `visiond bench`: a model's forward alone (`--model`), or the whole frame path
+//!   on synthetic streams (`--streams`).
 //! - [`infer`]: `visiond infer`, one model on one image or tensor, through the runtime's path.
 //! - [`pipeline`]: the frame path on OS threads: plan → build → spawn, the source's
 //!   supervision, the batching worker, the output stage, counters. No tensors.

@@ -21,7 +21,9 @@ enum Command {
     /// Run a model once on an image or a preprocessed tensor, print a summary of its output,
     /// optionally write the annotated frame (--overlay) and the tensors (--save).
     Infer(Box<visiond::infer::InferArgs>),
-    /// Time a model's forward per dtype and batch size (ms per batch, images/s, GFLOP/s).
+    /// Time a model's forward per dtype and batch size (--model: ms per batch, images/s,
+    /// GFLOP/s), or the whole frame path on N synthetic streams (--streams: frames/s per
+    /// stream and in total, drops, latency, CPU, memory).
     Bench(Box<visiond::bench::BenchArgs>),
     /// Validate the daemon file and every pipeline file; print all errors at once.
     Check {

@@ -16,7 +16,7 @@ use visiond::frames::{Frame, Processed};
 use visiond::pipeline::engine::Engine;
 use visiond::pipeline::stats::PipelineState;
 use visiond::pipeline::view::SharedView;
-use visiond::runtime::{BatchInference, FrameFailure, LoadError, ModelRuntime};
+use visiond::runtime::{BatchInference, FrameFailure, HostFrames, LoadError, ModelRuntime};
 
 use common::*;
 
@@ -35,6 +35,7 @@ impl BatchInference for Echo {
 fn echo_factory(_: &str) -> Result<ModelRuntime, LoadError> {
     Ok(ModelRuntime {
         inference: Box::new(Echo),
+        stager: std::sync::Arc::new(HostFrames),
         task: Task::Depth,
     })
 }

@@ -60,19 +60,12 @@ fn slow_factory(
         let loaded = checkpoint::open(&model.source, &LoadOptions::default())?;
         let preprocessor =
             Preprocessor::from_model_dir(&loaded.info.path, &loaded.info.architecture, None)?;
-        let task = loaded.info.task;
         let slow = Box::new(Slow {
             inner: loaded.model,
             delay,
         });
-        Ok(ModelRuntime {
-            inference: Box::new(TorchInference::new(
-                ModelRunner::for_model(slow, &loaded.info, Execution::Eager),
-                loaded.info,
-                preprocessor,
-            )),
-            task,
-        })
+        let runner = ModelRunner::for_model(slow, &loaded.info, Execution::Eager);
+        Ok(TorchInference::new(runner, loaded.info, preprocessor).into_runtime())
     }
 }
 
@@ -365,4 +358,71 @@ fn frames_with_padded_rows_reach_the_model_intact() {
         (decoded.frames, decoded.width, decoded.height),
         (6, 162, 60)
     );
+}
+
+#[test]
+fn under_overload_every_live_stream_gets_its_share() {
+    let _serial = serial();
+    // Eight cameras at 30 fps into a model that takes at most about 80 frames a second: most
+    // frames must go, and every camera must keep the same share of what the model does.
+    let out = tempfile::tempdir().unwrap();
+    let models = model_yaml(
+        "depth",
+        "dpt-vit",
+        "device: cpu, batch: { max_size: 4, max_wait_ms: 5 }",
+    );
+    let pipelines: Vec<Pipeline> = (0..8)
+        .map(|i| {
+            let name = format!("cam{i}");
+            Pipeline::new(&name)
+                .source(Source::test(64, 48).fps(30))
+                .model("depth")
+                .queue("{ capacity: 2, when_full: drop_oldest }")
+                .jsonl(&out.path().join(format!("{name}.jsonl")))
+        })
+        .collect();
+    let (_dir, config) = tree(&models, &pipelines);
+    let factory = slow_factory(&config, Duration::from_millis(50));
+    let engine = Engine::start(&config, &factory).unwrap();
+    let handles: Vec<_> = engine.pipelines().iter().map(|p| p.stats.clone()).collect();
+    let drops: Vec<_> = engine
+        .pipelines()
+        .iter()
+        .map(|p| p.input_drops.clone())
+        .collect();
+    // Warm-up: every camera playing and through the model once, then a second more.
+    wait_until(
+        "every camera's first result",
+        Duration::from_secs(60),
+        || handles.iter().all(|s| s.frames_out() > 0),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let counts = || -> Vec<u64> { handles.iter().map(|s| s.frames_out()).collect() };
+    let dropped = || -> Vec<u64> { drops.iter().map(|d| d.get()).collect() };
+    let (start, start_drops) = (counts(), dropped());
+    std::thread::sleep(Duration::from_secs(8));
+    let (end, end_drops) = (counts(), dropped());
+    engine.shutdown_handle().trigger();
+    engine.wait();
+    let shares: Vec<f64> = end
+        .iter()
+        .zip(&start)
+        .map(|(e, s)| (e - s) as f64)
+        .collect();
+    let mean = shares.iter().sum::<f64>() / shares.len() as f64;
+    println!("frames per camera in 8 s: {shares:?}");
+    assert!(mean >= 10.0, "the model barely ran: {shares:?}");
+    for (i, share) in shares.iter().enumerate() {
+        assert!(
+            (share - mean).abs() <= 0.2 * mean && *share >= 0.5 * mean,
+            "camera {i} got {share} frames against a mean of {mean:.1}: {shares:?}"
+        );
+    }
+    // Overloaded: every camera lost frames at its own queue, none was spared at the others' cost.
+    for (i, (e, s)) in end_drops.iter().zip(&start_drops).enumerate() {
+        assert!(
+            e > s,
+            "camera {i} dropped nothing: {start_drops:?} -> {end_drops:?}"
+        );
+    }
 }

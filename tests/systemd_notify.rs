@@ -13,7 +13,7 @@ use visiond::config::Task;
 use visiond::control::systemd::{self, Notifier};
 use visiond::frames::{Frame, Processed};
 use visiond::pipeline::engine::Engine;
-use visiond::runtime::{BatchInference, FrameFailure, LoadError, ModelRuntime};
+use visiond::runtime::{BatchInference, FrameFailure, HostFrames, LoadError, ModelRuntime};
 
 use common::*;
 
@@ -147,6 +147,7 @@ fn the_watchdog_stops_while_a_worker_is_wedged_and_resumes_after() {
                 inference: Box::new(Wedge {
                     wedged: wedged.clone(),
                 }),
+                stager: Arc::new(HostFrames),
                 task: Task::Depth,
             })
         }

@@ -6,10 +6,14 @@
 //! - `--model DIR|HUB_ID` ([`model`]): the model's forward alone, per dtype and batch size,
 //!   warm-up first, then timed with device synchronisation (ms per batch p50/p90, images/s,
 //!   GFLOP/s). `tools/hf_bench.py` prints the same lines for transformers eager.
+//! - `--streams N` ([`streams`]): N synthetic streams through the whole frame path (source,
+//!   model or `none`, output): per-stream and total frames/s, drops, latency, CPU, memory.
 //!
-//! With `--json` every result is one JSON object per line; otherwise a table for people.
+//! With `--json` every result is JSON (one object per line for `--model`, one object for
+//! `--streams`); otherwise a table for people.
 
 pub mod model;
+pub mod streams;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,19 +22,25 @@ use crate::config::{DType, DeviceSpec};
 use crate::models::ModelError;
 
 #[derive(Debug, Clone, clap::Args)]
-#[command(group(clap::ArgGroup::new("mode").required(true).args(["model"])))]
+#[command(group(clap::ArgGroup::new("mode").required(true).multiple(true).args(["model", "streams"])))]
 pub struct BenchArgs {
     /// Time this model's forward: a folder (config.json + model.safetensors, or model.pt) or a
-    /// Hugging Face hub id.
+    /// Hugging Face hub id. With --streams: the streams' model, a folder or `none` (the frame
+    /// path's own cost) [default: none].
     #[arg(long, value_name = "DIR|HUB_ID")]
     pub model: Option<String>,
+    /// Run N synthetic streams through the whole frame path instead of timing the model alone.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub streams: Option<u32>,
+    #[command(flatten)]
+    pub stream: streams::StreamOptions,
     /// Hub revision: branch, tag, refs/pr/N or commit hash [default: main].
     #[arg(long, value_name = "REVISION", requires = "model")]
     pub revision: Option<String>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: DeviceSpec,
-    /// Precisions to time, comma-separated: f32, f16, bf16.
+    /// Precisions to time, comma-separated: f32, f16, bf16 (--streams: one).
     #[arg(
         long,
         value_delimiter = ',',
@@ -38,35 +48,42 @@ pub struct BenchArgs {
         value_name = "DTYPE,..."
     )]
     pub dtype: Vec<DType>,
-    /// Batch sizes to time, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,8,32", value_name = "N,...",
+    /// Batch sizes to time, comma-separated [default: 1,8,32]; --streams: the largest batch the
+    /// model's worker gathers [default: 8].
+    #[arg(long, value_delimiter = ',', value_name = "N,...",
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch: Vec<u32>,
     /// Input size HxW [default: what the model's image processor makes of a square frame].
-    #[arg(long, value_name = "HxW", value_parser = parse_size)]
+    #[arg(long, value_name = "HxW", value_parser = parse_size, conflicts_with = "streams")]
     pub size: Option<[i64; 2]>,
     /// Timed batches per batch size (after the warm-up).
-    #[arg(long, default_value_t = 20, value_name = "N",
+    #[arg(long, default_value_t = 20, value_name = "N", conflicts_with = "streams",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub iters: u32,
     /// Untimed batches first (on CUDA these include capturing the graph).
-    #[arg(long, default_value_t = 3, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 3,
+        value_name = "N",
+        conflicts_with = "streams"
+    )]
     pub warmup: u32,
     /// Run forwards eagerly; by default a CUDA device replays them from CUDA graphs.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "streams")]
     pub eager: bool,
     /// f32 on CUDA: let matrix products and convolutions use TF32 (the config's `allow_tf32`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub allow_tf32: bool,
     /// CPU threads for libtorch's operators [default: libtorch's, one per core].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, value_name = "N", conflicts_with = "streams",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
     /// One JSON object per result line.
     #[arg(long)]
     pub json: bool,
     /// Write a Chrome trace (chrome://tracing, Perfetto) of one timed batch of the first dtype
     /// and the largest batch size: operators, and on CUDA the GPU's kernels.
-    #[arg(long, value_name = "FILE.json")]
+    #[arg(long, value_name = "FILE.json", conflicts_with = "streams")]
     pub trace: Option<PathBuf>,
 }
 
@@ -107,12 +124,24 @@ impl BenchError {
 
 /// Runs the mode the arguments name, writing results to `out`.
 pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<(), BenchError> {
+    if let Some(count) = args.streams {
+        return streams::run_from(count, args, out);
+    }
     match &args.model {
         Some(model) => model::run(model, args, out),
         // clap's ArgGroup makes one mode required; this is for library callers.
         None => Err(BenchError::Input(
-            "say what to time: --model DIR|HUB_ID".to_owned(),
+            "say what to time: --model DIR|HUB_ID, or --streams N".to_owned(),
         )),
+    }
+}
+
+/// The batch sizes asked for, or `default` when none was.
+pub fn batches_or(args: &BenchArgs, default: &[u32]) -> Vec<u32> {
+    if args.batch.is_empty() {
+        default.to_vec()
+    } else {
+        args.batch.clone()
     }
 }
 

@@ -55,7 +55,7 @@ pub fn run(spec: &str, args: &BenchArgs, out: &mut dyn Write) -> Result<(), Benc
             )));
         }
     }
-    let mut batches = args.batch.clone();
+    let mut batches = super::batches_or(args, &[1, 8, 32]);
     batches.sort_unstable();
     batches.dedup();
     let write_err = |e: std::io::Error| BenchError::Runtime(format!("writing results: {e}"));

@@ -6,10 +6,11 @@ use std::time::Instant;
 
 use gstreamer as gst;
 
+use super::pixels::{FrameLayout, Pixels, VideoImage};
 use super::results::FrameResults;
 
-/// One decoded RGB frame with the identity it keeps end to end.
-#[derive(Debug, Clone)]
+/// One decoded frame with the identity it keeps end to end.
+#[derive(Debug)]
 pub struct Frame {
     /// Index of the pipeline in the running config.
     pub pipeline: usize,
@@ -24,9 +25,9 @@ pub struct Frame {
     /// The source's frame rate (0/1 when variable): encoders and muxers need it to give the
     /// last frame its duration.
     pub fps: gst::Fraction,
-    /// Packed RGB rows of `stride` bytes (GStreamer pads rows to 4 bytes).
-    pub buffer: gst::Buffer,
-    pub stride: usize,
+    /// Format, planes and colour of the pixels as the source made them.
+    pub layout: FrameLayout,
+    pub pixels: Pixels,
 }
 
 /// A frame buffer that cannot hold the picture its caps announce.
@@ -81,12 +82,31 @@ pub struct RgbImage {
 pub struct Processed {
     pub frame: Frame,
     /// The picture to publish; `None` publishes the source frame unchanged (`model: none`).
-    pub annotated: Option<RgbImage>,
+    pub annotated: Option<VideoImage>,
     /// Per-frame model results for the metadata line (depth stats, top-k, histogram).
     pub results: Option<FrameResults>,
     /// Text drawn onto the video (classification label and score).
     pub label: Option<String>,
     /// The depth map as 16-bit samples at frame size, for `depth16` sinks.
+    pub raw_depth: Option<Vec<u16>>,
+    /// The model's result, still on its device: [`Processed::resolve`] copies it back.
+    pub pending: Option<Box<dyn PendingResult>>,
+}
+
+/// A model's result for one frame, left on the model's device by the worker so that the copy
+/// back to the host happens in the pipeline's output thread, not on the model's.
+pub trait PendingResult: Send + std::fmt::Debug {
+    /// Copies the result to the host (waiting for the device to finish it); the picture only
+    /// when asked (a pipeline without video sinks has no use for it).
+    fn download(self: Box<Self>, picture: bool) -> Result<Downloaded, String>;
+}
+
+/// A result copied back to the host.
+#[derive(Debug)]
+pub struct Downloaded {
+    /// The picture to publish (annotated, or the frame itself for classification).
+    pub picture: Option<VideoImage>,
+    pub results: FrameResults,
     pub raw_depth: Option<Vec<u16>>,
 }
 
@@ -98,7 +118,30 @@ impl Processed {
             results: None,
             label: None,
             raw_depth: None,
+            pending: None,
         }
+    }
+
+    /// A frame whose result is still on the model's device.
+    pub fn pending(frame: Frame, pending: Box<dyn PendingResult>) -> Self {
+        Self {
+            pending: Some(pending),
+            ..Self::passthrough(frame)
+        }
+    }
+
+    /// Copies a pending result back to the host, in the calling thread (the output's); its
+    /// picture only when `picture`.
+    pub fn resolve(&mut self, picture: bool) -> Result<(), String> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(());
+        };
+        let downloaded = pending.download(picture)?;
+        self.annotated = downloaded.picture;
+        self.label = downloaded.results.label();
+        self.results = Some(downloaded.results);
+        self.raw_depth = downloaded.raw_depth;
+        Ok(())
     }
 }
 

@@ -13,7 +13,7 @@ use super::rtsp_server::{RtspFeed, RtspMounts};
 use super::snapshot::LatestFrame;
 use super::{MediaError, bus, quote, registry};
 use crate::config::{EncoderConfig, FileSink, PipelineConfig, SinkConfig, WhenFull};
-use crate::frames::{DropCounter, Processed};
+use crate::frames::{DropCounter, Pixels, Processed};
 
 const APPSRC: &str = "visiond_appsrc";
 const OUT_SIZE: &str = "visiond_outsize";
@@ -97,8 +97,8 @@ struct VideoChain {
     queue: AppsrcQueue,
     out_size: gst::Element,
     label: Option<gst::Element>,
-    /// Size and rate of the frames the appsrc currently announces.
-    input_format: Option<(u32, u32, gst::Fraction)>,
+    /// The frames the appsrc currently announces (format, size, rate, colour).
+    input_format: Option<gst_video::VideoInfo>,
     /// Fixed at the first frame: later size changes are scaled to it, so recordings and
     /// clients never see a resolution change.
     output_size: Option<(u32, u32)>,
@@ -106,7 +106,7 @@ struct VideoChain {
 
 struct DepthChain {
     queue: AppsrcQueue,
-    input_format: Option<(u32, u32, gst::Fraction)>,
+    input_format: Option<gst_video::VideoInfo>,
     /// Frames pushed, so that a file without any is removed.
     frames: u64,
     path: std::path::PathBuf,
@@ -618,51 +618,50 @@ fn stamp(buffer: &mut gst::Buffer, processed: &Processed) {
     buffer.set_duration(processed.frame.duration);
 }
 
-/// Announces new caps on `appsrc` when the frame format changed; true when it did.
+/// Announces new caps on `appsrc` when the frames' format changed; true when it did.
 fn announce(
     appsrc: &gst_app::AppSrc,
-    current: &mut Option<(u32, u32, gst::Fraction)>,
-    format: gst_video::VideoFormat,
-    (width, height, fps): (u32, u32, gst::Fraction),
+    current: &mut Option<gst_video::VideoInfo>,
+    info: &gst_video::VideoInfo,
 ) -> Result<bool, MediaError> {
-    if *current == Some((width, height, fps)) {
+    if current.as_ref() == Some(info) {
         return Ok(false);
     }
-    let caps = gst_video::VideoInfo::builder(format, width, height)
-        .fps(fps)
-        .build()
-        .and_then(|info| info.to_caps())
-        .map_err(|e| {
-            MediaError::Frame(format!(
-                "cannot describe a {width}x{height} {format:?} frame: {e}"
-            ))
-        })?;
+    let caps = info.to_caps().map_err(|e| {
+        MediaError::Frame(format!(
+            "cannot describe a {}x{} {:?} frame: {e}",
+            info.width(),
+            info.height(),
+            info.format()
+        ))
+    })?;
     appsrc.set_caps(Some(&caps));
-    *current = Some((width, height, fps));
+    *current = Some(info.clone());
     Ok(true)
 }
 
 impl VideoChain {
+    /// Publishes the frame's picture in the format it comes in (I420 made on the model's
+    /// device, or the source's own frame without a model): the encoder's `videoconvert` has
+    /// nothing to do for the 4:2:0 formats encoders take.
     fn push(&mut self, processed: &mut Processed) -> Result<(), MediaError> {
-        let frame = &processed.frame;
-        let (mut buffer, width, height) = match processed.annotated.take() {
-            None => (frame.buffer.copy(), frame.width, frame.height),
-            Some(image) => (
-                rgb_buffer(image.data, image.width, image.height),
-                image.width,
-                image.height,
-            ),
+        let (mut buffer, info) = match processed.annotated.take() {
+            Some(image) => (image.bytes.into_buffer(), image.layout.info),
+            None => match std::mem::replace(&mut processed.frame.pixels, Pixels::Taken) {
+                Pixels::Host(buffer) => (buffer, processed.frame.layout.info.clone()),
+                _ => {
+                    return Err(MediaError::Frame(
+                        "the frame has no picture to publish".into(),
+                    ));
+                }
+            },
         };
-        let format = (width, height, frame.fps);
-        if announce(
-            &self.queue.appsrc,
-            &mut self.input_format,
-            gst_video::VideoFormat::Rgb,
-            format,
-        )? && self.output_size.is_none()
+        let info = with_fps(info, processed.frame.fps)?;
+        if announce(&self.queue.appsrc, &mut self.input_format, &info)?
+            && self.output_size.is_none()
         {
             // 4:2:0 encoders need even sizes.
-            let size = (width & !1, height & !1);
+            let size = (info.width() & !1, info.height() & !1);
             self.out_size.set_property(
                 "caps",
                 gst::Caps::builder("video/x-raw")
@@ -680,6 +679,22 @@ impl VideoChain {
     }
 }
 
+/// `info` at the frame's rate (a picture made on the device knows no rate).
+fn with_fps(
+    info: gst_video::VideoInfo,
+    fps: gst::Fraction,
+) -> Result<gst_video::VideoInfo, MediaError> {
+    if info.fps() == fps {
+        return Ok(info);
+    }
+    let mut caps = info
+        .to_caps()
+        .map_err(|e| MediaError::Frame(format!("cannot describe the frame: {e}")))?;
+    caps.make_mut().set("framerate", fps);
+    gst_video::VideoInfo::from_caps(&caps)
+        .map_err(|e| MediaError::Frame(format!("cannot describe the frame: {e}")))
+}
+
 impl DepthChain {
     fn push(&mut self, processed: &Processed) -> Result<(), MediaError> {
         let frame = &processed.frame;
@@ -695,12 +710,13 @@ impl DepthChain {
                 samples.len()
             )));
         }
-        announce(
-            &self.queue.appsrc,
-            &mut self.input_format,
-            gst_video::VideoFormat::Gray16Le,
-            (width, height, frame.fps),
-        )?;
+        let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Gray16Le, width, height)
+            .fps(frame.fps)
+            .build()
+            .map_err(|e| {
+                MediaError::Frame(format!("cannot describe a {width}x{height} depth map: {e}"))
+            })?;
+        announce(&self.queue.appsrc, &mut self.input_format, &info)?;
         let row = width as usize * 2;
         let stride = (row + 3) & !3;
         let mut bytes = vec![0u8; stride * height as usize];

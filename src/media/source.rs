@@ -1,5 +1,11 @@
 //! A pipeline's source session: one life of the GStreamer pipeline that decodes whatever the
-//! config names into RGB frames, from build to `Null`.
+//! config names into frames, from build to `Null`.
+//!
+//! Frames come in the format the decoder made when the consumer takes it (NV12 or I420 for a
+//! model whose runtime converts on its device: half the bytes of RGB, no CPU conversion), else
+//! converted by `videoconvert`. Where GStreamer's `nvcodec` plugin is present its NVDEC decoders
+//! (`nvh264dec`, `nvh265dec`, primary rank) are used, their CUDA memory downloaded
+//! (`cudadownload`) for the appsink.
 //!
 //! The settings (the pipeline's [`SourceConfig`], what the user asked for) stay with the
 //! caller; a [`SourceSession`] is the running state built from them. It plays, rewinds and
@@ -19,7 +25,7 @@ use super::bus;
 use super::error::BusError;
 use super::{MediaError, quote, registry, secret};
 use crate::config::{SourceConfig, SourceKind, V4l2Format};
-use crate::frames::{Frame, FrameIdentity};
+use crate::frames::{Frame, FrameIdentity, FrameLayout, PixelFormat, Pixels};
 
 /// Name of the appsink every source description ends in.
 const APPSINK: &str = "visiond_appsink";
@@ -65,17 +71,20 @@ impl Progress {
 }
 
 impl SourceSession {
-    /// Builds the pipeline `source` describes; every frame goes to `deliver` on GStreamer's
-    /// streaming thread (blocking there is how a `block` queue slows a finite source down).
-    /// An error here means the description cannot be built at all: retrying cannot help.
+    /// Builds the pipeline `source` describes, delivering frames in one of `formats`
+    /// (preferred first); every frame goes to `deliver` on GStreamer's streaming thread
+    /// (blocking there is how a `block` queue slows a finite source down). An error here means
+    /// the description cannot be built at all: retrying cannot help.
     pub fn open(
         source: &SourceConfig,
+        formats: &[PixelFormat],
         identity: Arc<FrameIdentity>,
         deliver: impl Fn(Frame) + Send + Sync + 'static,
     ) -> Result<Self, MediaError> {
         registry::init()?;
         let what = format!("source {source}");
-        let text = description(source)?;
+        let decoders = Decoders::of_this_machine();
+        let text = description(source, formats, decoders)?;
         let pipeline = gst::parse::launch(&text)
             .map_err(|error| MediaError::Build {
                 what: what.clone(),
@@ -241,6 +250,17 @@ fn take_frame(
         );
         gst::FlowError::NotNegotiated
     })?;
+    // A decoder may lay its planes out its own way (video meta) rather than as the caps say.
+    let meta = buffer.meta::<gst_video::VideoMeta>();
+    let layout = FrameLayout::from_info(&info, meta.as_ref().map(|m| (m.offset(), m.stride())))
+        .ok_or_else(|| {
+            gst::element_error!(
+                sink,
+                gst::StreamError::Format,
+                ("appsink received frames in a format the frame path does not carry: {caps}")
+            );
+            gst::FlowError::NotNegotiated
+        })?;
     // Running time, not the raw buffer PTS: segments (concat, seeks, a loop rewinding)
     // restart PTS while running time keeps increasing.
     let running = buffer.pts().map(|pts| {
@@ -261,14 +281,46 @@ fn take_frame(
         width: info.width(),
         height: info.height(),
         fps: info.fps(),
-        stride: info.stride()[0] as usize,
-        buffer,
+        layout,
+        pixels: Pixels::Host(buffer),
     };
     Ok((frame, end))
 }
 
-/// The gst-launch text of the decoding part (everything before the common RGB tail).
-fn head(source: &SourceConfig) -> Result<String, MediaError> {
+/// Which hardware decoders GStreamer will pick on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Decoders {
+    /// GStreamer's `nvcodec` plugin registered its elements (an NVIDIA GPU and driver are
+    /// present): its NVDEC decoders win `decodebin`'s choice and output CUDA memory.
+    pub nvdec: bool,
+}
+
+impl Decoders {
+    pub fn of_this_machine() -> Self {
+        Self {
+            nvdec: gst::ElementFactory::find("cudadownload").is_some(),
+        }
+    }
+
+    /// What follows `decodebin` / `uridecodebin`: NVDEC's CUDA memory copied to system memory
+    /// (a software decoder's frames pass `cudadownload` untouched).
+    fn after_decodebin(self) -> &'static str {
+        if self.nvdec { " ! cudadownload" } else { "" }
+    }
+
+    /// `uridecodebin`'s caps: what counts as decoded. With NVDEC, its CUDA memory too (else
+    /// `uridecodebin` finds no element for it and fails with "missing a plug-in").
+    fn raw_caps(self) -> &'static str {
+        if self.nvdec {
+            "\"video/x-raw;video/x-raw(memory:CUDAMemory)\""
+        } else {
+            "video/x-raw"
+        }
+    }
+}
+
+/// The gst-launch text of the decoding part (everything before the common tail).
+fn head(source: &SourceConfig, decoders: Decoders) -> Result<String, MediaError> {
     Ok(match &source.kind {
         SourceKind::Test(test) => {
             let live = test.frames.is_none();
@@ -302,10 +354,14 @@ fn head(source: &SourceConfig) -> Result<String, MediaError> {
                     format!("v4l2src device={device} ! image/jpeg{fields} ! jpegdec")
                 }
                 Some(V4l2Format::Raw) => format!("v4l2src device={device} ! video/x-raw{fields}"),
-                None if fields.is_empty() => format!("v4l2src device={device} ! decodebin"),
-                None => {
-                    format!("v4l2src device={device} ! capsfilter caps=\"ANY{fields}\" ! decodebin")
-                }
+                None if fields.is_empty() => format!(
+                    "v4l2src device={device} ! decodebin{}",
+                    decoders.after_decodebin()
+                ),
+                None => format!(
+                    "v4l2src device={device} ! capsfilter caps=\"ANY{fields}\" ! decodebin{}",
+                    decoders.after_decodebin()
+                ),
             }
         }
         SourceKind::Launch(launch) => launch.clone(),
@@ -326,16 +382,27 @@ fn head(source: &SourceConfig) -> Result<String, MediaError> {
                 ));
             }
             text.push_str(" visiond_rtspsrc. ! application/x-rtp,media=video ! decodebin");
+            text.push_str(decoders.after_decodebin());
             text
         }
-        SourceKind::Uri(uri) => format!("uridecodebin uri={} caps=video/x-raw", quote(uri)),
+        SourceKind::Uri(uri) => format!(
+            "uridecodebin uri={} caps={}{}",
+            quote(uri),
+            decoders.raw_caps(),
+            decoders.after_decodebin()
+        ),
     })
 }
 
-/// The full gst-launch description: decode, optional rate cap and downscale, RGB appsink.
+/// The full gst-launch description: decode, optional rate cap and downscale, an appsink taking
+/// `formats` (a decoder's own format passes `videoconvert` untouched when it is one of them).
 /// Holds credentials when the source has them: never log it.
-pub fn description(source: &SourceConfig) -> Result<String, MediaError> {
-    let mut text = head(source)?;
+pub fn description(
+    source: &SourceConfig,
+    formats: &[PixelFormat],
+    decoders: Decoders,
+) -> Result<String, MediaError> {
+    let mut text = head(source, decoders)?;
     text.push_str(" ! videoconvert");
     if let Some(fps) = source.fps {
         let rate = gst::Fraction::approximate_f64(fps).ok_or_else(|| MediaError::Build {
@@ -354,8 +421,19 @@ pub fn description(source: &SourceConfig) -> Result<String, MediaError> {
             " ! videoscale name={MAX_SIZE_SCALER} ! capsfilter name={MAX_SIZE_FILTER}"
         ));
     }
+    let formats = match formats {
+        [] => "RGB".to_string(),
+        [one] => one.caps_name().to_string(),
+        many => format!(
+            "{{{}}}",
+            many.iter()
+                .map(|f| f.caps_name())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    };
     text.push_str(&format!(
-        " ! videoconvert ! video/x-raw,format=RGB ! appsink name={APPSINK} sync=false max-buffers=2 drop=false enable-last-sample=false"
+        " ! videoconvert ! capsfilter caps=\"video/x-raw,format={formats}\" ! appsink name={APPSINK} sync=false max-buffers=2 drop=false enable-last-sample=false"
     ));
     Ok(text)
 }
@@ -409,6 +487,76 @@ pub fn fit(width: u32, height: u32, max_size: u32) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn file_source() -> SourceConfig {
+        SourceConfig {
+            kind: SourceKind::Uri("file:///clips/door.mp4".into()),
+            ..SourceConfig::placeholder()
+        }
+    }
+
+    #[test]
+    fn nvdec_output_is_accepted_and_downloaded_where_nvcodec_is_present() {
+        let formats = [PixelFormat::I420, PixelFormat::Nv12, PixelFormat::Rgb];
+        let plain = description(&file_source(), &formats, Decoders { nvdec: false }).unwrap();
+        assert!(
+            plain.starts_with(
+                "uridecodebin uri=\"file:///clips/door.mp4\" caps=video/x-raw ! videoconvert"
+            ),
+            "{plain}"
+        );
+        assert!(!plain.contains("cuda"), "{plain}");
+        let nvdec = description(&file_source(), &formats, Decoders { nvdec: true }).unwrap();
+        assert!(
+            nvdec.contains(
+                "caps=\"video/x-raw;video/x-raw(memory:CUDAMemory)\" ! cudadownload ! videoconvert"
+            ),
+            "{nvdec}"
+        );
+        let rtsp = SourceConfig {
+            kind: SourceKind::Uri("rtsp://camera/stream".into()),
+            ..SourceConfig::placeholder()
+        };
+        let text = description(&rtsp, &formats, Decoders { nvdec: true }).unwrap();
+        assert!(
+            text.contains("! decodebin ! cudadownload ! videoconvert"),
+            "{text}"
+        );
+        // Test patterns never meet a decoder.
+        let test = description(
+            &SourceConfig::placeholder(),
+            &formats,
+            Decoders { nvdec: true },
+        )
+        .unwrap();
+        assert!(!test.contains("cuda"), "{test}");
+    }
+
+    #[test]
+    fn the_appsink_takes_the_consumers_formats() {
+        let text = description(
+            &file_source(),
+            &[PixelFormat::I420, PixelFormat::Nv12],
+            Decoders::default(),
+        )
+        .unwrap();
+        assert!(
+            text.contains("capsfilter caps=\"video/x-raw,format={I420,NV12}\" ! appsink"),
+            "{text}"
+        );
+        let text = description(&file_source(), &[PixelFormat::Rgb], Decoders::default()).unwrap();
+        assert!(
+            text.contains("caps=\"video/x-raw,format=RGB\" ! appsink"),
+            "{text}"
+        );
+        // Every such description parses.
+        gst::init().unwrap();
+        gst::parse::launch(&text.replace(
+            "uridecodebin uri=\"file:///clips/door.mp4\" caps=video/x-raw",
+            "videotestsrc",
+        ))
+        .unwrap();
+    }
 
     #[test]
     fn fit_keeps_aspect_and_even_sizes() {

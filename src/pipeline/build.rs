@@ -19,8 +19,9 @@ use super::supervisor::Supervisor;
 use super::view::{PipelineHandle, QueueProbe};
 use super::worker::Lane;
 use crate::config::MetadataConfig;
-use crate::frames::{DropCounter, Frame, FrameIdentity, HopSender, Processed, hop};
+use crate::frames::{DropCounter, Frame, FrameIdentity, HopSender, PixelFormat, Processed, hop};
 use crate::media::rtsp_server::RtspMounts;
+use crate::runtime::FrameStager;
 
 /// One pipeline, built and ready to spawn.
 pub struct Pieces {
@@ -38,19 +39,53 @@ pub struct Pieces {
 
 /// The first hop after the source.
 pub enum Feed {
-    ToModel(Arc<HopSender<Frame>>),
+    /// Frames are staged on the model's device in the source's own thread, then queued.
+    ToModel {
+        hop: Arc<HopSender<Frame>>,
+        stager: Arc<dyn FrameStager>,
+        /// Frames that could not be staged count as dropped here.
+        drops: Arc<DropCounter>,
+    },
     /// Without a model the source feeds the output hop directly: one hop, one policy.
     ToOutput(Arc<HopSender<Processed>>),
 }
 
+/// What a source delivers when no model converts its frames: the 4:2:0 formats encoders take,
+/// as decoders make them, or RGB as it came.
+const PASSTHROUGH_FORMATS: [PixelFormat; 3] =
+    [PixelFormat::I420, PixelFormat::Nv12, PixelFormat::Rgb];
+
 impl Feed {
-    /// The function the source calls for every frame; it counts the frame in.
-    pub fn deliver(self, stats: Arc<PipelineStats>) -> impl Fn(Frame) + Send + Sync + 'static {
-        move |frame| {
+    /// The formats the source should deliver.
+    pub fn formats(&self) -> Vec<PixelFormat> {
+        match self {
+            Feed::ToModel { stager, .. } => stager.formats(),
+            Feed::ToOutput(_) => PASSTHROUGH_FORMATS.to_vec(),
+        }
+    }
+
+    /// The function the source calls for every frame; it counts the frame in and, for a model,
+    /// stages it on the model's device (here, in the source's streaming thread).
+    pub fn deliver(
+        self,
+        pipeline: String,
+        stats: Arc<PipelineStats>,
+    ) -> impl Fn(Frame) + Send + Sync + 'static {
+        move |mut frame| {
             stats.frames_in.fetch_add(1, Ordering::Relaxed);
             match &self {
-                Feed::ToModel(hop) => hop.send(frame),
-                Feed::ToOutput(hop) => hop.send(Processed::passthrough(frame)),
+                Feed::ToModel { hop, stager, drops } => match stager.stage(&mut frame) {
+                    Ok(()) => {
+                        hop.send(frame);
+                    }
+                    Err(error) => {
+                        drops.add();
+                        tracing::error!(pipeline = %pipeline, %error, "frame dropped");
+                    }
+                },
+                Feed::ToOutput(hop) => {
+                    hop.send(Processed::passthrough(frame));
+                }
             };
         }
     }
@@ -60,45 +95,14 @@ impl Feed {
 /// now), everything else waits for [`super::engine`] to spawn it.
 pub fn build(
     plan: PipelinePlan,
+    stager: Option<Arc<dyn FrameStager>>,
     rtsp: Option<RtspMounts>,
     stop: StopSignal,
     grace: Duration,
 ) -> Result<Pieces, PipelineError> {
     let stats = Arc::new(PipelineStats::default());
     let (out_tx, output_input, output_drops) = hop::<Processed>(plan.capacity, plan.when_full);
-    let (feed, lane, drops, queue) = match &plan.model {
-        Some((model, _)) => {
-            let (in_tx, in_rx, input_drops) = hop::<Frame>(plan.capacity, plan.when_full);
-            let in_tx = Arc::new(in_tx);
-            let lane = Lane {
-                pipeline: plan.id,
-                name: plan.name.clone(),
-                input: in_rx,
-                output: out_tx,
-            };
-            let drops = HopDrops {
-                input: input_drops,
-                output: output_drops,
-            };
-            // Weak: the handle must not keep the hop open after the source is done.
-            let queue = QueueProbe::Frames(Arc::downgrade(&in_tx));
-            (
-                Feed::ToModel(in_tx),
-                Some((model.clone(), lane)),
-                drops,
-                queue,
-            )
-        }
-        None => {
-            let out_tx = Arc::new(out_tx);
-            let drops = HopDrops {
-                input: output_drops,
-                output: Arc::new(DropCounter::default()),
-            };
-            let queue = QueueProbe::Processed(Arc::downgrade(&out_tx));
-            (Feed::ToOutput(out_tx), None, drops, queue)
-        }
-    };
+    let (feed, lane, drops, queue) = first_hop(&plan, stager, out_tx, output_drops)?;
     let targets = open_metadata(&plan.metadata)?;
     let output = OutputStage::start(
         plan.output.clone(),
@@ -112,6 +116,7 @@ pub fn build(
     let supervisor = Supervisor {
         name: plan.name.clone(),
         source: plan.source.clone(),
+        formats: feed.formats(),
         identity: Arc::new(FrameIdentity::new(plan.id)),
         stats: stats.clone(),
         stop,
@@ -135,6 +140,51 @@ pub fn build(
         output_input,
         lane,
         handle,
+    })
+}
+
+/// The pipeline's first hop and what it feeds: the model's worker (through the stager), or the
+/// output directly without a model.
+#[allow(clippy::type_complexity)]
+fn first_hop(
+    plan: &PipelinePlan,
+    stager: Option<Arc<dyn FrameStager>>,
+    out_tx: HopSender<Processed>,
+    output_drops: Arc<DropCounter>,
+) -> Result<(Feed, Option<(String, Lane)>, HopDrops, QueueProbe), PipelineError> {
+    Ok(match (&plan.model, stager) {
+        (Some((model, _)), Some(stager)) => {
+            let (in_tx, in_rx, input_drops) = hop::<Frame>(plan.capacity, plan.when_full);
+            let in_tx = Arc::new(in_tx);
+            let lane = Lane {
+                pipeline: plan.id,
+                name: plan.name.clone(),
+                input: in_rx,
+                output: out_tx,
+            };
+            let drops = HopDrops {
+                input: input_drops,
+                output: output_drops,
+            };
+            // Weak: the handle must not keep the hop open after the source is done.
+            let queue = QueueProbe::Frames(Arc::downgrade(&in_tx));
+            let feed = Feed::ToModel {
+                hop: in_tx,
+                stager,
+                drops: drops.input.clone(),
+            };
+            (feed, Some((model.clone(), lane)), drops, queue)
+        }
+        (Some((model, _)), None) => return Err(PipelineError::ModelNotLoaded(model.clone())),
+        (None, _) => {
+            let out_tx = Arc::new(out_tx);
+            let drops = HopDrops {
+                input: output_drops,
+                output: Arc::new(DropCounter::default()),
+            };
+            let queue = QueueProbe::Processed(Arc::downgrade(&out_tx));
+            (Feed::ToOutput(out_tx), None, drops, queue)
+        }
     })
 }
 

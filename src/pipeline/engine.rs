@@ -24,7 +24,7 @@ use super::{EngineError, PipelineError};
 use crate::config::{Config, ModelConfig, PipelineConfig, SinkConfig, Task};
 use crate::media::registry;
 use crate::media::rtsp_server::RtspServer;
-use crate::runtime::{LoadError, ModelLoader};
+use crate::runtime::{FrameStager, LoadError, ModelLoader};
 
 /// The daemon-wide shutdown, shared with signal handlers and tests.
 pub type ShutdownHandle = StopHandle;
@@ -45,6 +45,8 @@ struct Worker {
     task: Task,
     /// Where pipelines join; dropped to let the worker end once its lanes are done.
     joins: Sender<Join>,
+    /// What the model's pipelines' source threads call to stage frames on its device.
+    stager: Arc<dyn FrameStager>,
     thread: JoinHandle<()>,
     handle: Arc<WorkerHandle>,
 }
@@ -204,6 +206,7 @@ impl Engine {
             let worker = Worker {
                 config: model_config.clone(),
                 task: runtime.task,
+                stager: runtime.stager.clone(),
                 joins,
                 thread,
                 handle,
@@ -268,8 +271,13 @@ impl Engine {
             error: Box::new(error),
         };
         let annotation = plan.annotation.clone();
+        let stager = plan
+            .model
+            .as_ref()
+            .and_then(|(model, _)| self.workers.get(model))
+            .map(|worker| worker.stager.clone());
         let rtsp = self.rtsp.as_ref().map(RtspServer::mounts);
-        let pieces = build::build(plan, rtsp, stop, self.grace).map_err(failure)?;
+        let pieces = build::build(plan, stager, rtsp, stop, self.grace).map_err(failure)?;
         let (handle, thread, lane) = spawn_pipeline(pieces, self.grace).map_err(failure)?;
         if let Some((model, lane)) = lane
             && let Some(worker) = self.workers.get(&model)
@@ -393,7 +401,7 @@ fn spawn_pipeline(
     let output = spawn(format!("out-{name}"), move || {
         output.run(output_input, grace)
     })?;
-    let deliver = feed.deliver(stats.clone());
+    let deliver = feed.deliver(name.clone(), stats.clone());
     let source = spawn(format!("src-{name}"), move || {
         let state = supervisor.run(deliver);
         if output.join().is_err() {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::backoff::Retry;
 use super::metadata::{self, Drops, JsonlTarget};
 use super::stats::{OutputHealth, PipelineStats};
+use crate::config::SinkConfig;
 use crate::frames::{DropCounter, Processed};
 use crate::media::MediaError;
 use crate::media::output::{OutputSettings, VideoOutput};
@@ -70,6 +71,8 @@ pub struct OutputStage {
     stats: Arc<PipelineStats>,
     drops: HopDrops,
     reported: Drops,
+    /// Some sink shows the picture (`depth16` sinks take only the raw depth).
+    publishes_pictures: bool,
 }
 
 impl OutputStage {
@@ -90,7 +93,12 @@ impl OutputStage {
                 .map(|index| Life::new(video.recording_name(index), policy))
                 .collect()
         });
+        let publishes_pictures = settings
+            .sinks
+            .iter()
+            .any(|sink| !matches!(sink, SinkConfig::Depth16(_)));
         let mut stage = Self {
+            publishes_pictures,
             settings,
             rtsp,
             model,
@@ -125,6 +133,12 @@ impl OutputStage {
     }
 
     fn publish(&mut self, processed: &mut Processed) {
+        // The model's result comes back from its device here, in this pipeline's thread.
+        if let Err(error) = processed.resolve(self.publishes_pictures) {
+            self.drops.output.add();
+            tracing::error!(pipeline = %self.settings.pipeline, seq = processed.frame.seq, %error, "frame dropped");
+            return;
+        }
         self.publish_video(processed);
         self.stats
             .latency

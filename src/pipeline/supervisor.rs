@@ -11,7 +11,7 @@ use super::backoff::Backoff;
 use super::stats::{PipelineState, PipelineStats};
 use super::stop::StopSignal;
 use crate::config::SourceConfig;
-use crate::frames::{Frame, FrameIdentity};
+use crate::frames::{Frame, FrameIdentity, PixelFormat};
 use crate::media::source::{SourceEvent, SourceSession};
 
 /// How often a playing source looks for shutdown between bus messages.
@@ -32,6 +32,8 @@ enum SessionEnd {
 pub struct Supervisor {
     pub name: String,
     pub source: SourceConfig,
+    /// The formats the frames' consumer takes (the model's runtime, or the output).
+    pub formats: Vec<PixelFormat>,
     pub identity: Arc<FrameIdentity>,
     pub stats: Arc<PipelineStats>,
     /// Set when the daemon shuts down or a reload stops this pipeline.
@@ -159,7 +161,9 @@ impl Supervisor {
 
     /// One life of the source, from build to `Null` (when the session is dropped).
     fn session(&self, deliver: impl Fn(Frame) + Send + Sync + 'static) -> SessionEnd {
-        let mut session = match SourceSession::open(&self.source, self.identity.clone(), deliver) {
+        let opened =
+            SourceSession::open(&self.source, &self.formats, self.identity.clone(), deliver);
+        let mut session = match opened {
             Ok(session) => session,
             Err(error) => return SessionEnd::Unbuildable(error.to_string()),
         };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select};
+use crossbeam_channel::{Receiver, Select, TryRecvError};
 
 use crate::frames::{Frame, HopSender, Processed};
 use crate::runtime::{Annotation, BatchInference, FrameFailure};
@@ -98,9 +98,20 @@ pub struct Join {
     pub annotation: Annotation,
 }
 
+/// A lane and whether its input has closed (removed before the next batch is gathered, so
+/// the results of its last frames still find their way home).
+struct Queue {
+    lane: Lane,
+    closed: bool,
+}
+
 /// Pipelines join through `joins` at any time (a reload adds them); each lane leaves once its
 /// input is closed and drained, and its output hop is dropped then, so that pipeline's output
 /// stage can finish. Runs until no lane is left and `joins` is closed.
+///
+/// Batches are gathered round robin, one frame per lane per turn, each batch starting at the
+/// lane after the last one visited: under overload every pipeline gets the same share of the
+/// model, whatever its position, and drops (at each pipeline's own queue) are spread likewise.
 pub fn run(
     model: &str,
     joins: Receiver<Join>,
@@ -109,161 +120,158 @@ pub fn run(
     stats: Arc<WorkerStats>,
 ) {
     let max_size = policy.max_size.max(1);
-    let mut lanes: Vec<Lane> = Vec::new();
+    let mut queues: Vec<Queue> = Vec::new();
     let mut joins = Some(joins);
-    // Where the next round-robin pass starts, so no lane is always served first.
+    // The lane the next turn starts at.
     let mut next_lane = 0;
     loop {
-        let Some(first) = (match wait_for_frame(&mut lanes, &mut joins) {
-            Wait::Frame(frame) => Some(frame),
-            Wait::Joined(join) => {
-                inference.attach(join.lane.pipeline, &join.annotation);
-                lanes.push(join.lane);
-                None
+        queues.retain(|queue| {
+            if queue.closed {
+                tracing::debug!(pipeline = %queue.lane.name, "input closed; worker lane done");
             }
-            Wait::LaneClosed => None,
-            Wait::Done => return,
-        }) else {
-            continue;
-        };
-        let mut batch = vec![first];
-        let deadline = Instant::now() + policy.max_wait;
-        let mut waited = false;
-        loop {
-            let before = batch.len();
-            gather_round_robin(&lanes, &mut next_lane, &mut batch, max_size);
-            if batch.len() >= max_size || Instant::now() >= deadline {
-                break;
-            }
-            // Woken without a frame to take: a lane closed. Run what we have, don't spin.
-            if waited && batch.len() == before {
-                break;
-            }
-            // Wait a little for more frames, but never past the deadline.
-            if !wait_any(&lanes, deadline) {
-                break;
-            }
-            waited = true;
+            !queue.closed
+        });
+        if !admit(&mut joins, &mut queues, inference.as_mut()) {
+            return;
         }
-        stats.begin_batch(batch.len() as u64);
-        let results = inference.process(batch);
-        stats.end_batch();
-        route(model, &lanes, results, &stats);
+        let mut batch = Vec::new();
+        gather_round_robin(&mut queues, &mut next_lane, &mut batch, max_size);
+        if batch.is_empty() {
+            // Nothing queued: sleep until some lane has a frame (or closes), or one joins.
+            wait_any(&queues, joins.as_ref(), None);
+            continue;
+        }
+        let deadline = Instant::now() + policy.max_wait;
+        while batch.len() < max_size && wait_any(&queues, None, Some(deadline)) {
+            let before = batch.len();
+            gather_round_robin(&mut queues, &mut next_lane, &mut batch, max_size);
+            // Woken without a frame to take: a lane closed. Run what we have, don't spin.
+            if batch.len() == before {
+                break;
+            }
+        }
+        run_batch(model, &queues, batch, inference.as_mut(), &stats);
     }
 }
 
-/// Sends each result to its pipeline's output hop; a frame that failed is logged and counted.
-fn route(
+/// Takes the pipelines waiting to join (blocking for one when there is no lane at all);
+/// false when there is no lane and none can join any more.
+fn admit(
+    joins: &mut Option<Receiver<Join>>,
+    queues: &mut Vec<Queue>,
+    inference: &mut dyn BatchInference,
+) -> bool {
+    loop {
+        let Some(receiver) = joins.as_ref() else {
+            return !queues.is_empty();
+        };
+        let joined = if queues.is_empty() {
+            receiver.recv().map_err(|_| TryRecvError::Disconnected)
+        } else {
+            receiver.try_recv()
+        };
+        match joined {
+            Ok(join) => {
+                inference.attach(join.lane.pipeline, &join.annotation);
+                queues.push(Queue {
+                    lane: join.lane,
+                    closed: false,
+                });
+            }
+            Err(TryRecvError::Empty) => return true,
+            Err(TryRecvError::Disconnected) => *joins = None,
+        }
+    }
+}
+
+/// Runs one batch and routes each result to its pipeline's output hop.
+fn run_batch(
     model: &str,
-    lanes: &[Lane],
-    results: Vec<Result<Processed, FrameFailure>>,
+    queues: &[Queue],
+    batch: Vec<Frame>,
+    inference: &mut dyn BatchInference,
     stats: &WorkerStats,
 ) {
+    let lane_of = |pipeline: usize| {
+        queues
+            .iter()
+            .map(|q| &q.lane)
+            .find(|lane| lane.pipeline == pipeline)
+    };
+    stats.begin_batch(batch.len() as u64);
+    let results = inference.process(batch);
+    stats.end_batch();
     for result in results {
-        let processed = match result {
-            Ok(processed) => processed,
+        match result {
+            Ok(processed) => {
+                if let Some(lane) = lane_of(processed.frame.pipeline) {
+                    lane.output.send(processed);
+                }
+            }
             Err(FrameFailure { frame, error }) => {
                 stats.failed_frames.fetch_add(1, Ordering::Relaxed);
-                let lane = lanes.iter().find(|l| l.pipeline == frame.pipeline);
                 tracing::error!(
                     model,
-                    pipeline = lane.map(|l| l.name.as_str()).unwrap_or("?"),
+                    pipeline = lane_of(frame.pipeline).map(|l| l.name.as_str()).unwrap_or("?"),
                     seq = frame.seq,
                     %error,
                     "inference failed for a frame"
                 );
-                continue;
             }
-        };
-        if let Some(lane) = lanes
-            .iter()
-            .find(|l| l.pipeline == processed.frame.pipeline)
-        {
-            lane.output.send(processed);
         }
     }
 }
 
-/// What waiting for work brought.
-enum Wait {
-    Frame(Frame),
-    Joined(Join),
-    /// A lane's input closed and was drained; it was removed.
-    LaneClosed,
-    /// No lane is left and no pipeline can join any more.
-    Done,
-}
-
-/// Blocks until some lane has a frame or a pipeline joins; removes lanes whose input closed
-/// and is empty, and forgets `joins` once it is closed.
-fn wait_for_frame(lanes: &mut Vec<Lane>, joins: &mut Option<Receiver<Join>>) -> Wait {
-    if lanes.is_empty() && joins.is_none() {
-        return Wait::Done;
-    }
-    // A pipeline waiting to join comes before more frames of the others.
-    if let Some(Ok(join)) = joins.as_ref().map(Receiver::try_recv) {
-        return Wait::Joined(join);
-    }
-    let mut select = Select::new();
-    for lane in lanes.iter() {
-        select.recv(&lane.input);
-    }
-    let join_index = joins.as_ref().map(|joins| select.recv(joins));
-    let operation = select.select();
-    let index = operation.index();
-    if Some(index) == join_index {
-        let received = joins.as_ref().map(|joins| operation.recv(joins));
-        return match received {
-            Some(Ok(join)) => Wait::Joined(join),
-            _ => {
-                *joins = None;
-                Wait::LaneClosed
-            }
-        };
-    }
-    match operation.recv(&lanes[index].input) {
-        Ok(frame) => Wait::Frame(frame),
-        Err(_) => {
-            let lane = lanes.remove(index);
-            tracing::debug!(pipeline = %lane.name, "input closed; worker lane done");
-            Wait::LaneClosed
-        }
-    }
-}
-
-/// Takes at most one frame per lane per pass until the batch is full or the lanes are empty.
+/// Takes one frame per lane per turn, starting at `next_lane`, until the batch is full or a
+/// whole turn finds nothing; `next_lane` moves past every lane visited. Marks closed lanes.
 fn gather_round_robin(
-    lanes: &[Lane],
+    queues: &mut [Queue],
     next_lane: &mut usize,
     batch: &mut Vec<Frame>,
     max_size: usize,
 ) {
+    let count = queues.len();
     loop {
         let mut took_any = false;
-        for offset in 0..lanes.len() {
+        for _ in 0..count {
             if batch.len() >= max_size {
                 return;
             }
-            let index = (*next_lane + offset) % lanes.len();
-            if let Ok(frame) = lanes[index].input.try_recv() {
-                batch.push(frame);
-                took_any = true;
+            let index = *next_lane % count;
+            *next_lane = (index + 1) % count;
+            let queue = &mut queues[index];
+            match queue.lane.input.try_recv() {
+                Ok(frame) => {
+                    batch.push(frame);
+                    took_any = true;
+                }
+                Err(TryRecvError::Disconnected) => queue.closed = true,
+                Err(TryRecvError::Empty) => {}
             }
         }
-        *next_lane = (*next_lane + 1) % lanes.len().max(1);
         if !took_any {
             return;
         }
     }
 }
 
-/// Waits until any lane has something (or closed) or the deadline passes; false on timeout.
-fn wait_any(lanes: &[Lane], deadline: Instant) -> bool {
+/// Waits until any lane has something (or closed), or a pipeline joins, at most until
+/// `deadline`; false on timeout.
+fn wait_any(queues: &[Queue], joins: Option<&Receiver<Join>>, deadline: Option<Instant>) -> bool {
     let mut select = Select::new();
-    for lane in lanes {
-        select.recv(&lane.input);
+    for queue in queues {
+        select.recv(&queue.lane.input);
     }
-    select.ready_deadline(deadline).is_ok()
+    if let Some(joins) = joins {
+        select.recv(joins);
+    }
+    match deadline {
+        Some(deadline) => select.ready_deadline(deadline).is_ok(),
+        None => {
+            select.ready();
+            true
+        }
+    }
 }
 
 #[cfg(test)]
@@ -275,9 +283,10 @@ mod tests {
 
     use super::*;
     use crate::config::WhenFull;
-    use crate::frames::hop;
+    use crate::frames::{FrameLayout, PixelFormat, Pixels, hop};
 
     fn frame(pipeline: usize, seq: u64) -> Frame {
+        let fps = gst::Fraction::new(0, 1);
         Frame {
             pipeline,
             seq,
@@ -286,10 +295,23 @@ mod tests {
             captured: Instant::now(),
             width: 2,
             height: 2,
-            fps: gst::Fraction::new(0, 1),
-            buffer: gst::Buffer::with_size(12).unwrap(),
-            stride: 6,
+            fps,
+            layout: FrameLayout::standard(PixelFormat::Rgb, 2, 2, fps).unwrap(),
+            pixels: Pixels::Host(gst::Buffer::with_size(16).unwrap()),
         }
+    }
+
+    /// The lanes, already waiting to join a worker that is then told no more will come.
+    fn joined(lanes: Vec<Lane>) -> Receiver<Join> {
+        let (join, joins) = crossbeam_channel::unbounded();
+        for lane in lanes {
+            let annotation = Annotation {
+                overlay: Default::default(),
+                raw_depth: false,
+            };
+            join.send(Join { lane, annotation }).unwrap();
+        }
+        joins
     }
 
     /// Records which pipelines each batch held; passes frames through.
@@ -324,27 +346,22 @@ mod tests {
         let (quiet_out, quiet_results, _) = hop(64, WhenFull::Block);
         let batches = Arc::new(Mutex::new(Vec::new()));
         let stats = Arc::new(WorkerStats::default());
-        let (join, joins) = crossbeam_channel::bounded(2);
-        for (pipeline, name, input, output) in [
-            (0, "busy", busy_rx, busy_out),
-            (1, "quiet", quiet_rx, quiet_out),
-        ] {
-            let lane = Lane {
-                pipeline,
-                name: name.into(),
-                input,
-                output,
-            };
-            let annotation = Annotation {
-                overlay: Default::default(),
-                raw_depth: false,
-            };
-            join.send(Join { lane, annotation }).unwrap();
-        }
-        drop(join);
         run(
             "test",
-            joins,
+            joined(vec![
+                Lane {
+                    pipeline: 0,
+                    name: "busy".into(),
+                    input: busy_rx,
+                    output: busy_out,
+                },
+                Lane {
+                    pipeline: 1,
+                    name: "quiet".into(),
+                    input: quiet_rx,
+                    output: quiet_out,
+                },
+            ]),
             BatchPolicy {
                 max_size: 4,
                 max_wait: Duration::from_millis(1),
@@ -377,5 +394,57 @@ mod tests {
             seqs(&quiet_results),
             (0..3).map(|s| (1, s)).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn every_lane_gets_its_turn_whatever_the_batch_size() {
+        gst::init().unwrap();
+        // Eight busy pipelines, batches of three: with the turn kept across batches, no lane
+        // is ever more than one frame ahead of another.
+        let lanes = 8;
+        let mut inputs = Vec::new();
+        let mut outputs = Vec::new();
+        let mut queues = Vec::new();
+        for pipeline in 0..lanes {
+            let (tx, rx, _) = hop(64, WhenFull::Block);
+            for seq in 0..30 {
+                tx.send(frame(pipeline, seq));
+            }
+            let (out, results, _) = hop(64, WhenFull::Block);
+            inputs.push(tx);
+            outputs.push(results);
+            queues.push(Lane {
+                pipeline,
+                name: format!("p{pipeline}"),
+                input: rx,
+                output: out,
+            });
+        }
+        drop(inputs);
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        run(
+            "test",
+            joined(queues),
+            BatchPolicy {
+                max_size: 3,
+                max_wait: Duration::from_millis(1),
+            },
+            Box::new(Recorder(batches.clone())),
+            Arc::new(WorkerStats::default()),
+        );
+        let batches = batches.lock().unwrap();
+        let mut served = vec![0i64; lanes];
+        for batch in batches.iter() {
+            assert!(batch.len() <= 3);
+            for &pipeline in batch {
+                served[pipeline] += 1;
+            }
+            let (lo, hi) = (served.iter().min().unwrap(), served.iter().max().unwrap());
+            assert!(hi - lo <= 1, "unfair after {batch:?}: {served:?}");
+        }
+        assert_eq!(served, vec![30; lanes]);
+        for results in &outputs {
+            assert_eq!(results.try_iter().count(), 30);
+        }
     }
 }

@@ -1,138 +1,198 @@
 //! [`BatchInference`] on libtorch.
 //!
-//! Per batch: one host→device copy per frame (uint8), preprocessing as tensor ops on the
-//! device, one forward per group of frames whose processed sizes agree, post-processing on
-//! the device, and one device→host copy per annotated frame.
+//! The frames come staged ([`super::stage`]): on the device, converted, through the image
+//! processor. Per batch the worker only launches work: one forward per group of frames whose
+//! processed sizes agree, post-processing for the whole group at once, and the results left on
+//! the device ([`super::download`]) for each pipeline's output thread to copy back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use tch::Tensor;
 
-use super::contract::{Annotation, BatchInference, FrameFailure, InferenceError};
+use super::contract::{
+    Annotation, BatchInference, FrameFailure, FrameFormats, FrameStager, InferenceError,
+    ModelRuntime,
+};
+use super::download::TorchResult;
 use super::graphs::ModelRunner;
+use super::stage::{FramePlan, StagedFrame, TorchStager};
 use super::tensors::{self, ForwardError};
-use crate::config::Task;
-use crate::frames::{Frame, Processed, pack_rgb_rows};
+use crate::frames::{Frame, PixelFormat, Pixels, Processed};
 use crate::models::checkpoint::ModelInfo;
 use crate::models::device::torch_kind;
-use crate::processing::{Annotator, Preprocessor, depth16_to_vec};
+use crate::processing::{AnnotatedOnDevice, Annotator, BatchItem, Preprocessor, annotate_batch};
 
-/// A model with its image processor and one annotator per pipeline using it.
+/// A model with its image processor, its stager and one annotator per pipeline using it.
 pub struct TorchInference {
+    /// The model, run eagerly or replayed from CUDA graphs.
     model: ModelRunner,
     info: ModelInfo,
-    preprocessor: Preprocessor,
-    annotators: HashMap<usize, Annotator>,
+    stager: Arc<TorchStager>,
+    annotators: Vec<Annotator>,
+    /// Pipeline index -> its annotator in `annotators`.
+    slots: HashMap<usize, usize>,
 }
 
-/// A frame on the device, with its position in the batch it came in.
-struct Uploaded {
+/// A staged frame and where it sits in the batch it came in.
+struct Staged {
     position: usize,
     frame: Frame,
-    pixels: Tensor,
+    pixels: StagedFrame,
 }
 
 impl TorchInference {
     pub fn new(model: ModelRunner, info: ModelInfo, preprocessor: Preprocessor) -> Self {
+        let plan = FramePlan::new(FrameFormats::Auto, info.device);
+        let stager = TorchStager::new(
+            info.device,
+            torch_kind(info.dtype),
+            Arc::new(preprocessor),
+            plan,
+        );
         Self {
             model,
             info,
-            preprocessor,
-            annotators: HashMap::new(),
+            stager: Arc::new(stager),
+            annotators: Vec::new(),
+            slots: HashMap::new(),
         }
     }
 
-    /// Uploads one frame as uint8 [H, W, 3] on the model's device.
-    fn upload(&self, frame: &Frame) -> Result<Tensor, InferenceError> {
-        let map = frame
-            .buffer
-            .map_readable()
-            .map_err(|_| InferenceError::Unmappable)?;
-        let packed_len = frame.width as usize * 3 * frame.height as usize;
-        let device = self.info.device;
-        let upload = |pixels: &[u8]| {
-            tensors::upload_rgb(pixels, frame.height, frame.width, device).map_err(|reason| {
-                InferenceError::Upload {
-                    device: format!("{device:?}"),
-                    reason,
-                }
-            })
-        };
-        // Unpadded rows (the usual case) go straight from GStreamer's memory into the tensor;
-        // only padded ones need packing first.
-        if frame.stride == frame.width as usize * 3 && map.len() >= packed_len {
-            upload(&map[..packed_len])
-        } else {
-            upload(&pack_rgb_rows(
-                &map,
-                frame.width,
-                frame.height,
-                frame.stride,
-            )?)
-        }
-    }
-
-    /// Preprocess, forward and annotate frames that share a processed size.
-    fn run_group(
-        &mut self,
-        frames: &[Uploaded],
-    ) -> Result<Vec<Result<Processed, InferenceError>>, InferenceError> {
-        let inputs: Vec<Tensor> = frames.iter().map(|f| f.pixels.shallow_clone()).collect();
-        let (_, output) = tensors::preprocess_and_forward(
-            &mut self.model,
-            &self.preprocessor,
+    /// Takes frames from sources in `formats` instead of the device's default.
+    pub fn with_frames(mut self, formats: FrameFormats) -> Self {
+        let old = &self.stager;
+        let stager = TorchStager::new(
+            self.info.device,
             torch_kind(self.info.dtype),
-            &inputs,
-        )
-        .map_err(|e| match e {
-            ForwardError::Preprocessing(e) => InferenceError::Preprocessing(e),
-            ForwardError::Model(error) => InferenceError::Model {
-                model: self.info.name.clone(),
-                error: Box::new(error),
-            },
-        })?;
-        let mut results = Vec::with_capacity(frames.len());
-        for (i, uploaded) in frames.iter().enumerate() {
-            results.push(tch::no_grad(|| self.annotate(uploaded, &output, i as i64)));
-        }
-        Ok(results)
+            old.preprocessor(),
+            FramePlan::new(formats, self.info.device),
+        );
+        self.stager = Arc::new(stager);
+        self
     }
 
+    /// What the model's pipelines' sources call to stage their frames.
+    pub fn stager(&self) -> Arc<dyn FrameStager> {
+        self.stager.clone()
+    }
+
+    /// The model ready for a worker, with its stager.
+    pub fn into_runtime(self) -> ModelRuntime {
+        let task = self.info.task;
+        ModelRuntime {
+            stager: self.stager(),
+            inference: Box::new(self),
+            task,
+        }
+    }
+
+    /// The frame's staged pixels; a frame that reaches the worker unstaged is staged here.
+    fn take_staged(&self, frame: &mut Frame) -> Result<StagedFrame, InferenceError> {
+        match std::mem::replace(&mut frame.pixels, Pixels::Taken) {
+            Pixels::Device(pixels) => pixels
+                .into_any()
+                .downcast::<StagedFrame>()
+                .map(|b| *b)
+                .map_err(|_| InferenceError::NotStaged),
+            Pixels::Host(buffer) => {
+                self.stager
+                    .stage_pixels(buffer, &frame.layout)
+                    .map_err(|reason| InferenceError::Upload {
+                        device: format!("{:?}", self.info.device),
+                        reason,
+                    })
+            }
+            Pixels::Taken => Err(InferenceError::NotStaged),
+        }
+    }
+
+    /// Forward and post-processing of frames that share a processed size; every result stays
+    /// on the device.
+    fn run_group(&mut self, group: Vec<Staged>) -> Vec<(usize, Result<Processed, FrameFailure>)> {
+        let inputs: Vec<&Tensor> = group.iter().map(|s| &s.pixels.pixel_values).collect();
+        let forward = Tensor::f_cat(&inputs, 0)
+            .map_err(|e| InferenceError::Preprocessing(e.into()))
+            .and_then(|batch| {
+                tensors::forward(&mut self.model, &batch).map_err(|e| match e {
+                    ForwardError::Preprocessing(e) => InferenceError::Preprocessing(e),
+                    ForwardError::Model(error) => InferenceError::Model {
+                        model: self.info.name.clone(),
+                        error: Box::new(error),
+                    },
+                })
+            });
+        let output = match forward {
+            Ok(output) => output,
+            Err(error) => {
+                let error = Arc::new(error);
+                return group
+                    .into_iter()
+                    .map(|s| {
+                        let failure = FrameFailure {
+                            frame: Box::new(s.frame),
+                            error: error.clone(),
+                        };
+                        (s.position, Err(failure))
+                    })
+                    .collect();
+            }
+        };
+        let annotated = self.annotate(&group, &output);
+        group
+            .into_iter()
+            .zip(annotated)
+            .map(|(s, annotated)| {
+                let outcome = match annotated {
+                    Ok(annotated) => {
+                        let pending = TorchResult {
+                            annotated,
+                            // What encoders take, made on the device.
+                            format: PixelFormat::I420,
+                            fps: s.frame.fps,
+                            _mapping: s.pixels.mapping,
+                        };
+                        Ok(Processed::pending(s.frame, Box::new(pending)))
+                    }
+                    Err(error) => Err(FrameFailure {
+                        frame: Box::new(s.frame),
+                        error: Arc::new(error),
+                    }),
+                };
+                (s.position, outcome)
+            })
+            .collect()
+    }
+
+    /// The group's post-processing, one result per frame in order.
     fn annotate(
         &mut self,
-        uploaded: &Uploaded,
+        group: &[Staged],
         output: &Tensor,
-        i: i64,
-    ) -> Result<Processed, InferenceError> {
-        let frame = &uploaded.frame;
-        let annotator = self
-            .annotators
-            .get_mut(&frame.pipeline)
-            .ok_or(InferenceError::NotAttached(frame.pipeline))?;
-        let one = output
-            .f_get(i)
-            .map_err(|e| InferenceError::Postprocessing(e.into()))?;
-        let annotated = annotator
-            .annotate(&uploaded.pixels, &one)
-            .map_err(InferenceError::Postprocessing)?;
-        // Classification frames are published unchanged (the label is drawn by the output).
-        let image = if self.info.task == Task::Classification {
-            None
-        } else {
-            Some(tensors::download(&annotated.frame).map_err(InferenceError::Download)?)
-        };
-        let raw_depth = match &annotated.raw_depth {
-            Some(raw) => Some(depth16_to_vec(raw).map_err(InferenceError::Postprocessing)?),
-            None => None,
-        };
-        Ok(Processed {
-            frame: frame.clone(),
-            annotated: image,
-            label: annotated.results.label(),
-            results: Some(annotated.results),
-            raw_depth,
-        })
+    ) -> Vec<Result<AnnotatedOnDevice, InferenceError>> {
+        let slots: Vec<Option<usize>> = group
+            .iter()
+            .map(|s| self.slots.get(&s.frame.pipeline).copied())
+            .collect();
+        if slots.iter().any(Option::is_none) {
+            // A pipeline never attached: a defect, reported for each of its frames.
+            return group
+                .iter()
+                .map(|s| Err(InferenceError::NotAttached(s.frame.pipeline)))
+                .collect();
+        }
+        let items: Vec<BatchItem<'_>> = group
+            .iter()
+            .zip(slots.into_iter().flatten())
+            .map(|(s, annotator)| BatchItem {
+                annotator,
+                frame: &s.pixels.rgb,
+            })
+            .collect();
+        tch::no_grad(|| annotate_batch(&mut self.annotators, &items, output))
+            .into_iter()
+            .map(|r| r.map_err(InferenceError::Postprocessing))
+            .collect()
     }
 }
 
@@ -144,51 +204,37 @@ impl BatchInference for TorchInference {
             self.info.id2label.clone(),
         )
         .with_raw_depth(annotation.raw_depth);
-        self.annotators.insert(pipeline, annotator);
+        self.slots.insert(pipeline, self.annotators.len());
+        self.annotators.push(annotator);
     }
 
     fn process(&mut self, frames: Vec<Frame>) -> Vec<Result<Processed, FrameFailure>> {
         let count = frames.len();
         let mut results: Vec<Option<Result<Processed, FrameFailure>>> =
             (0..count).map(|_| None).collect();
-        let fail = |frame: Frame, error: InferenceError| FrameFailure {
-            frame,
-            error: Arc::new(error),
-        };
         // Frames whose processed sizes agree share one forward; the others get their own.
-        let mut groups: BTreeMap<(i64, i64), Vec<Uploaded>> = BTreeMap::new();
-        for (position, frame) in frames.into_iter().enumerate() {
-            match self.upload(&frame) {
-                Ok(pixels) => {
-                    let size = self
-                        .preprocessor
-                        .output_size(i64::from(frame.height), i64::from(frame.width));
-                    groups.entry(size).or_default().push(Uploaded {
+        let mut groups: BTreeMap<Vec<i64>, Vec<Staged>> = BTreeMap::new();
+        for (position, mut frame) in frames.into_iter().enumerate() {
+            match self.take_staged(&mut frame) {
+                Ok(pixels) => groups
+                    .entry(pixels.pixel_values.size())
+                    .or_default()
+                    .push(Staged {
                         position,
                         frame,
                         pixels,
-                    });
+                    }),
+                Err(error) => {
+                    results[position] = Some(Err(FrameFailure {
+                        frame: Box::new(frame),
+                        error: Arc::new(error),
+                    }))
                 }
-                Err(error) => results[position] = Some(Err(fail(frame, error))),
             }
         }
         for (_, group) in groups {
-            match self.run_group(&group) {
-                Ok(outcomes) => {
-                    for (uploaded, outcome) in group.into_iter().zip(outcomes) {
-                        results[uploaded.position] =
-                            Some(outcome.map_err(|error| fail(uploaded.frame, error)));
-                    }
-                }
-                Err(error) => {
-                    let error = Arc::new(error);
-                    for uploaded in group {
-                        results[uploaded.position] = Some(Err(FrameFailure {
-                            frame: uploaded.frame,
-                            error: error.clone(),
-                        }));
-                    }
-                }
+            for (position, outcome) in self.run_group(group) {
+                results[position] = Some(outcome);
             }
         }
         results.into_iter().flatten().collect()

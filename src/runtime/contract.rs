@@ -1,10 +1,12 @@
-//! The contract between the pipelines' inference worker and a model: frames in, annotated
-//! frames and typed results out. No tensor crosses it.
+//! The contract between the pipelines and a model: what the source threads call to stage
+//! frames on the model's device ([`FrameStager`]), what the inference worker calls on a batch
+//! ([`BatchInference`]: staged frames in, results left on the device out), and what the output
+//! threads call to copy a result back ([`crate::frames::PendingResult`]). No tensor crosses it.
 
 use std::sync::Arc;
 
 use crate::config::{OverlayConfig, Task};
-use crate::frames::{Frame, Processed};
+use crate::frames::{Frame, PixelFormat, Processed};
 use crate::models::ModelError;
 use crate::processing::ProcessingError;
 
@@ -15,14 +17,83 @@ pub trait BatchInference: Send {
     fn attach(&mut self, _pipeline: usize, _annotation: &Annotation) {}
 
     /// Processes frames (possibly from several pipelines) and returns one result per frame, in
-    /// order. A failure of one frame must not lose the others.
+    /// order. A failure of one frame must not lose the others. Frames come staged by the
+    /// model's [`FrameStager`]; results may be left on the device ([`Processed::pending`]) for
+    /// the output thread to copy back.
     fn process(&mut self, frames: Vec<Frame>) -> Vec<Result<Processed, FrameFailure>>;
+}
+
+/// What a pipeline's own threads call before a frame enters the model's queue: the copy to the
+/// model's device (and what can be prepared there) happens in each source's streaming thread,
+/// so many streams share that work and the model's thread only launches batches.
+pub trait FrameStager: Send + Sync {
+    /// The pixel formats the source should deliver, preferred first (its appsink's caps).
+    fn formats(&self) -> Vec<PixelFormat>;
+
+    /// Moves the frame's pixels to the model's device ([`crate::frames::Pixels::Device`]).
+    fn stage(&self, frame: &mut Frame) -> Result<(), StageError>;
+
+    /// What staging has done so far.
+    fn counters(&self) -> StageCounters;
+}
+
+/// A stager that leaves frames in GStreamer's buffers, in the formats decoders make: for
+/// inference that reads host memory (stand-ins, models outside libtorch).
+pub struct HostFrames;
+
+impl FrameStager for HostFrames {
+    fn formats(&self) -> Vec<PixelFormat> {
+        vec![PixelFormat::I420, PixelFormat::Nv12, PixelFormat::Rgb]
+    }
+
+    fn stage(&self, _frame: &mut Frame) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    fn counters(&self) -> StageCounters {
+        StageCounters::default()
+    }
+}
+
+/// What a [`FrameStager`] did: frames staged and every host-side copy of their bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StageCounters {
+    pub frames: u64,
+    /// Copies of a frame's bytes made on the host (into page-locked memory for the device);
+    /// 0 where the device reads GStreamer's own memory (the CPU).
+    pub host_copies: u64,
+    pub host_bytes_copied: u64,
+}
+
+/// Why a frame could not be staged.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot stage frame {seq} of pipeline {pipeline} on {device}: {reason}")]
+pub struct StageError {
+    pub pipeline: usize,
+    pub seq: u64,
+    pub device: String,
+    pub reason: String,
+}
+
+/// The pixel format a model takes frames in from its sources (the encoder always gets I420
+/// made on the device). Both give the same RGB, to the bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FrameFormats {
+    /// The faster of the two on the model's device: `Native` on CUDA; on the CPU, as measured
+    /// with `visiond bench --streams` (see README, "The frame path").
+    #[default]
+    Auto,
+    /// What the decoder makes (NV12, I420), converted to RGB on the device.
+    Native,
+    /// RGB converted by GStreamer (`videoconvert`) in the source.
+    Rgb,
 }
 
 /// A frame the model could not process, and why.
 #[derive(Debug)]
 pub struct FrameFailure {
-    pub frame: Frame,
+    /// Boxed: a frame is large next to the results that usually come back.
+    pub frame: Box<Frame>,
     /// Shared: a failed forward fails every frame of its batch with the same error.
     pub error: Arc<InferenceError>,
 }
@@ -35,9 +106,10 @@ pub struct Annotation {
     pub raw_depth: bool,
 }
 
-/// A model made ready for a worker.
+/// A model made ready for a worker, with the stager its pipelines' sources call.
 pub struct ModelRuntime {
     pub inference: Box<dyn BatchInference>,
+    pub stager: Arc<dyn FrameStager>,
     pub task: Task,
 }
 
@@ -63,4 +135,8 @@ pub enum InferenceError {
     Download(String),
     #[error("no annotation was attached for pipeline {0}")]
     NotAttached(usize),
+    #[error("{0}")]
+    Stage(#[from] StageError),
+    #[error("the frame was not staged on the model's device")]
+    NotStaged,
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tch::Device;
 
 use super::batch::TorchInference;
-use super::contract::ModelRuntime;
+use super::contract::{FrameFormats, ModelRuntime};
 use super::graphs::{Execution, ModelRunner};
 use super::{native, tensors};
 use crate::config::{Config, DType, ModelConfig};
@@ -30,6 +30,15 @@ pub type ModelLoader<'a> = dyn Fn(&str) -> Result<ModelRuntime, LoadError> + 'a;
 
 /// Loads a configured model with its image processor: what `visiond run` gives the engine.
 pub fn load(name: &str, model: &ModelConfig) -> Result<ModelRuntime, LoadError> {
+    load_with(name, model, FrameFormats::Auto)
+}
+
+/// [`load`], with sources delivering frames in `formats`.
+pub fn load_with(
+    name: &str,
+    model: &ModelConfig,
+    formats: FrameFormats,
+) -> Result<ModelRuntime, LoadError> {
     let options = LoadOptions {
         device: model.device,
         dtype: model.dtype,
@@ -50,12 +59,10 @@ pub fn load(name: &str, model: &ModelConfig) -> Result<ModelRuntime, LoadError> 
         cuda_graphs = execution.uses_graphs(),
         "model loaded"
     );
-    let task = loaded.info.task;
     let runner = ModelRunner::for_model(loaded.model, &loaded.info, execution);
-    Ok(ModelRuntime {
-        inference: Box::new(TorchInference::new(runner, loaded.info, preprocessor)),
-        task,
-    })
+    Ok(TorchInference::new(runner, loaded.info, preprocessor)
+        .with_frames(formats)
+        .into_runtime())
 }
 
 /// Set once a model asked for IEEE f32: libtorch's TF32 switches are process-wide, so from

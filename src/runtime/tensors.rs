@@ -56,6 +56,14 @@ pub fn preprocess_and_forward(
     })
 }
 
+/// `pixel_values` through the model without autograd; the output in f32 on the model's device.
+pub fn forward(model: &mut ModelRunner, pixel_values: &Tensor) -> Result<Tensor, ForwardError> {
+    tch::no_grad(|| {
+        let output = model.forward(pixel_values)?;
+        Ok(output.f_to_kind(Kind::Float).map_err(ModelError::from)?)
+    })
+}
+
 /// Copies an annotated uint8 [H, W, 3] frame to the host.
 pub fn download(frame: &Tensor) -> Result<RgbImage, String> {
     let size = frame.size();

@@ -1,0 +1,129 @@
+//! The way back: a result the worker left on the device, copied to the host by the pipeline's
+//! output thread into memory that becomes the GStreamer buffer itself.
+//!
+//! The picture is laid out on the device exactly as GStreamer lays out its format (rows padded
+//! to 4 bytes; I420 made from RGB there, so the encoder needs no conversion), then copied back
+//! in one piece; the host tensor's memory is handed to GStreamer as it is.
+
+use tch::{Device, Kind, Tensor};
+
+use super::stage::Mapping;
+use crate::frames::{Downloaded, FrameLayout, HostBytes, PendingResult, PixelFormat, VideoImage};
+use crate::processing::{AnnotatedOnDevice, ProcessingError, depth16_to_vec, rgb_to_i420};
+
+/// One frame's result on the device.
+pub(super) struct TorchResult {
+    pub annotated: AnnotatedOnDevice,
+    /// The picture's format for the encoder: I420 made on the device, or RGB.
+    pub format: PixelFormat,
+    pub fps: gstreamer::Fraction,
+    /// The source's memory while a picture may still read it (CPU, declared last).
+    pub _mapping: Option<Mapping>,
+}
+
+impl std::fmt::Debug for TorchResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TorchResult")
+            .field("picture", &self.annotated.frame.size())
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+impl PendingResult for TorchResult {
+    fn download(self: Box<Self>, picture: bool) -> Result<Downloaded, String> {
+        tch::no_grad(|| {
+            let picture = picture
+                .then(|| download_picture(&self.annotated.frame, self.format, self.fps))
+                .transpose()
+                .map_err(|e| format!("cannot copy the annotated frame to the host: {e}"))?;
+            let annotated = self.annotated;
+            let raw_depth = annotated
+                .raw_depth
+                .as_ref()
+                .map(depth16_to_vec)
+                .transpose()
+                .map_err(|e| format!("cannot copy the raw depth to the host: {e}"))?;
+            let results = annotated
+                .results
+                .to_host()
+                .map_err(|e| format!("cannot copy the results to the host: {e}"))?;
+            Ok(Downloaded {
+                picture,
+                results,
+                raw_depth,
+            })
+        })
+    }
+}
+
+/// Host memory owned by a CPU tensor.
+struct TensorBytes(Tensor);
+
+impl AsRef<[u8]> for TensorBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: a contiguous uint8 CPU tensor (checked when made) owns `numel` bytes at
+        // `data_ptr`, and this struct owns the tensor for as long as the slice is borrowed.
+        unsafe { std::slice::from_raw_parts(self.0.data_ptr() as *const u8, self.0.numel()) }
+    }
+}
+
+/// uint8 RGB [H, W, 3] on the device, laid out as GStreamer lays out `format` and copied to the
+/// host: the one copy back.
+pub fn download_picture(
+    rgb: &Tensor,
+    format: PixelFormat,
+    fps: gstreamer::Fraction,
+) -> Result<VideoImage, ProcessingError> {
+    let (height, width, _) = rgb.size3()?;
+    let layout =
+        FrameLayout::standard(format, width as u32, height as u32, fps).ok_or_else(|| {
+            ProcessingError::Output(format!("no {format:?} layout for a {width}x{height} frame"))
+        })?;
+    let size = layout.info.size() as i64;
+    let padded =
+        (0..layout.planes.len()).any(|p| layout.planes[p].stride != layout.plane_extent(p).1);
+    let options = (Kind::Uint8, rgb.device());
+    let bytes = if padded {
+        Tensor::f_zeros([size], options)?
+    } else {
+        Tensor::f_empty([size], options)?
+    };
+    let put = |index: usize, plane: &Tensor, channels: i64| -> Result<(), ProcessingError> {
+        let (rows, row_bytes) = layout.plane_extent(index);
+        let place = layout.planes[index];
+        let mut view = bytes.f_as_strided(
+            [rows as i64, row_bytes as i64 / channels, channels],
+            [place.stride as i64, channels, 1],
+            place.offset as i64,
+        )?;
+        view.f_copy_(&plane.f_view([rows as i64, row_bytes as i64 / channels, channels])?)?;
+        Ok(())
+    };
+    match format {
+        PixelFormat::Rgb => put(0, rgb, 3)?,
+        PixelFormat::I420 | PixelFormat::Nv12 => {
+            let colour = layout
+                .colour
+                .ok_or_else(|| ProcessingError::Output("YUV layout without colour".into()))?;
+            let (y, u, v) = rgb_to_i420(rgb, &colour)?;
+            put(0, &y, 1)?;
+            if format == PixelFormat::I420 {
+                put(1, &u, 1)?;
+                put(2, &v, 1)?;
+            } else {
+                put(1, &Tensor::f_stack(&[u, v], 2)?, 2)?;
+            }
+        }
+    }
+    let host = if bytes.device() == Device::Cpu {
+        bytes
+    } else {
+        bytes.f_to_device(Device::Cpu)?
+    };
+    let host = host.f_contiguous()?;
+    Ok(VideoImage {
+        layout,
+        bytes: HostBytes::new(TensorBytes(host)),
+    })
+}
