@@ -37,6 +37,7 @@ fn echo_factory(_: &str) -> Result<ModelRuntime, LoadError> {
         inference: Box::new(Echo),
         stager: std::sync::Arc::new(HostFrames),
         task: Task::Depth,
+        cuda_device: None,
     })
 }
 
@@ -252,6 +253,7 @@ fn every_endpoint_reports_the_running_engine() {
         "visiond_inference_frames_total",
         "visiond_inference_failed_frames_total",
         "visiond_batch_size_max",
+        "visiond_gpu_memory_bytes",
     ] {
         assert!(first.docs.contains_key(family), "no HELP for {family}");
     }

@@ -207,3 +207,20 @@ fn a_padded_runner_reports_the_models_own_input_errors() {
         "BeitForImageClassification: input 64x64 not accepted: expected pixel_values [B, 3, H, W], got [3, 1, 64, 64]"
     );
 }
+
+#[test]
+fn gpu_memory_is_read_where_cuda_is_and_refused_clearly_where_not() {
+    match visiond::runtime::native::cuda_memory(0) {
+        Ok((allocated, reserved)) => {
+            assert!(tch::Cuda::is_available());
+            assert!(reserved >= allocated, "{allocated} > {reserved}");
+        }
+        Err(reason) => {
+            assert!(!tch::Cuda::is_available(), "{reason}");
+            assert!(
+                reason.contains("no CUDA") || reason.contains("no CUDA support"),
+                "{reason}"
+            );
+        }
+    }
+}

@@ -149,6 +149,7 @@ fn the_watchdog_stops_while_a_worker_is_wedged_and_resumes_after() {
                 }),
                 stager: Arc::new(HostFrames),
                 task: Task::Depth,
+                cuda_device: None,
             })
         }
     };

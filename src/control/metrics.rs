@@ -10,7 +10,8 @@
 //! `visiond_frame_latency_seconds`. Per inference worker (label `model`):
 //! `visiond_inference_batches_total`, `visiond_inference_frames_total`,
 //! `visiond_inference_failed_frames_total`, `visiond_batch_size_max` and the histogram
-//! `visiond_inference_batch_size`. For the process: `visiond_build_info` (labels `version`,
+//! `visiond_inference_batch_size`. Per CUDA device a model runs on: `visiond_gpu_memory_bytes`
+//! (`device`, `kind` allocated or reserved). For the process: `visiond_build_info` (labels `version`,
 //! `libtorch`, `gstreamer`) and the standard `process_resident_memory_bytes`,
 //! `process_cpu_seconds_total`, `process_open_fds`, `process_threads`,
 //! `process_start_time_seconds`.
@@ -269,6 +270,7 @@ pub fn render(view: &EngineView) -> String {
         }
     }
     render_batch_sizes(&mut out, view);
+    render_gpu_memory(&mut out, view);
     render_process(&mut out);
     out.text
 }
@@ -305,6 +307,37 @@ fn render_batch_sizes(out: &mut Exposition, view: &EngineView) {
             worker.stats.frames.load(Ordering::Relaxed),
         );
         out.sample(&format!("{name}_count"), &model, cumulative);
+    }
+}
+
+/// GPU memory libtorch holds on each CUDA device a model runs on.
+fn render_gpu_memory(out: &mut Exposition, view: &EngineView) {
+    let name = "visiond_gpu_memory_bytes";
+    out.family(
+        name,
+        "gauge",
+        "GPU memory libtorch holds per CUDA device in use: kind allocated (tensors) or reserved (cached from the driver).",
+    );
+    let mut devices: Vec<usize> = view
+        .workers()
+        .iter()
+        .filter_map(|w| w.cuda_device)
+        .collect();
+    devices.sort_unstable();
+    devices.dedup();
+    for index in devices {
+        match crate::runtime::native::cuda_memory(index) {
+            Ok((allocated, reserved)) => {
+                let device = format!("cuda:{index}");
+                out.sample(
+                    name,
+                    &[("device", &device), ("kind", "allocated")],
+                    allocated,
+                );
+                out.sample(name, &[("device", &device), ("kind", "reserved")], reserved);
+            }
+            Err(error) => tracing::debug!(index, %error, "no GPU memory figures"),
+        }
     }
 }
 

@@ -202,6 +202,7 @@ impl Engine {
             let handle = Arc::new(WorkerHandle {
                 model: model.clone(),
                 stats,
+                cuda_device: runtime.cuda_device,
             });
             let worker = Worker {
                 config: model_config.clone(),

@@ -127,6 +127,8 @@ impl PipelineHandle {
 pub struct WorkerHandle {
     pub model: String,
     pub stats: Arc<WorkerStats>,
+    /// The CUDA device the model runs on; `None` on the CPU.
+    pub cuda_device: Option<usize>,
 }
 
 /// Everything the control plane reads of a running engine, at one moment: a reload makes a

@@ -80,10 +80,15 @@ impl TorchInference {
     /// The model ready for a worker, with its stager.
     pub fn into_runtime(self) -> ModelRuntime {
         let task = self.info.task;
+        let cuda_device = match self.info.device {
+            tch::Device::Cuda(index) => Some(index),
+            _ => None,
+        };
         ModelRuntime {
             stager: self.stager(),
             inference: Box::new(self),
             task,
+            cuda_device,
         }
     }
 

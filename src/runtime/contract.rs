@@ -111,6 +111,8 @@ pub struct ModelRuntime {
     pub inference: Box<dyn BatchInference>,
     pub stager: Arc<dyn FrameStager>,
     pub task: Task,
+    /// The CUDA device it runs on (`None` on the CPU), for the GPU memory metric.
+    pub cuda_device: Option<usize>,
 }
 
 /// Why a frame or a batch could not be processed.

@@ -38,6 +38,13 @@ unsafe extern "C" {
     fn visiond_graph_capture_end(graph: *mut c_void, err: *mut c_char, len: usize) -> c_int;
     fn visiond_graph_replay(graph: *mut c_void, err: *mut c_char, len: usize) -> c_int;
     fn visiond_graph_free(graph: *mut c_void);
+    fn visiond_cuda_memory(
+        device: c_int,
+        allocated: *mut u64,
+        reserved: *mut u64,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
 }
 
 /// A message buffer the shim writes its errors into.
@@ -71,6 +78,17 @@ fn call(f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), String> {
     } else {
         Err(err.text())
     }
+}
+
+/// Bytes libtorch's caching allocator holds on CUDA device `index`: (allocated to tensors,
+/// reserved from the driver).
+pub fn cuda_memory(index: usize) -> Result<(u64, u64), String> {
+    let (mut allocated, mut reserved) = (0u64, 0u64);
+    // SAFETY: the out-pointers are valid for the call; `err` is the callee's to fill.
+    call(|err, len| unsafe {
+        visiond_cuda_memory(index as c_int, &mut allocated, &mut reserved, err, len)
+    })?;
+    Ok((allocated, reserved))
 }
 
 /// Whether this build carries CUDA graph support (whatever the machine has).

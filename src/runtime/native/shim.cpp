@@ -24,11 +24,13 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #ifdef VISIOND_CUDA_GRAPHS
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -426,6 +428,33 @@ void visiond_graph_free(void* graph) {
   delete static_cast<Graph*>(graph);
 #else
   (void)graph;
+#endif
+}
+
+// --- memory --------------------------------------------------------------------------------
+
+// Bytes libtorch's caching allocator holds for tensors on `device` (`allocated`) and has
+// reserved from the driver (`reserved`). Nonzero, with the reason, where that cannot be known.
+// Only asks a device that is already initialised: reading stats must not create a CUDA context.
+int visiond_cuda_memory(int device, uint64_t* allocated, uint64_t* reserved, char* err,
+                        size_t len) {
+#ifdef VISIOND_CUDA_GRAPHS
+  return guarded(err, len, [&] {
+    if (!at::globalContext().hasCUDA()) {
+      throw std::runtime_error("libtorch sees no CUDA device");
+    }
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(
+        static_cast<c10::DeviceIndex>(device));
+    auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    *allocated = static_cast<uint64_t>(stats.allocated_bytes[all].current);
+    *reserved = static_cast<uint64_t>(stats.reserved_bytes[all].current);
+  });
+#else
+  (void)device;
+  (void)allocated;
+  (void)reserved;
+  write_error(err, len, "this build has no CUDA support in its shim");
+  return 1;
 #endif
 }
 
