@@ -222,9 +222,53 @@ fn a_recording_cut_by_sigkill_plays_up_to_its_last_second() {
     let published = lines_in(&meta);
     daemon.kill();
     // Everything but the last fragment (1 s) and what was still queued plays.
-    // (Segments are finalized as each closes; the open one is not yet crash-safe.)
     let (codec, _, pix_fmt, frames) = probe(&video);
     assert_eq!((codec.as_str(), pix_fmt.as_str()), ("h264", "yuv420p"));
+    assert!(
+        frames + 60 >= published,
+        "{frames} frames play of {published} published before the kill"
+    );
+}
+
+#[test]
+fn a_segmented_recording_cut_by_sigkill_plays_up_to_its_last_second_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = dir.path().join("cam.jsonl");
+    let file = write_tree(
+        &dir.path().join("tree"),
+        "",
+        &[Pipeline::new("cam")
+            .source(Source::test(160, 120).fps(30))
+            .model("none")
+            .encoder("{ keyframe_interval: 15 }")
+            .file_sink_with(&dir.path().join("cam.mp4"), "segment_s: 2")
+            .jsonl(&meta)],
+    );
+    let mut daemon = Daemon::spawn(&file, &[]);
+    daemon.field("source playing", "pipeline", Duration::from_secs(20));
+    // Well into the third segment (past its first 1 s fragment), which is open when the
+    // daemon dies.
+    wait_until("5.8 s of frames", Duration::from_secs(30), || {
+        lines_in(&meta) >= 175
+    });
+    let published = lines_in(&meta);
+    daemon.kill();
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "mp4"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 3, "{segments:?}");
+    let mut frames = 0;
+    for segment in &segments {
+        let (codec, _, _, count) = probe(segment);
+        assert_eq!(codec, "h264", "{}", segment.display());
+        frames += count;
+    }
+    // Every segment plays, the open one too: at most its last fragment and the queue lost.
+    let last = probe(segments.last().unwrap()).3;
+    assert!(last > 0, "the open segment does not play");
     assert!(
         frames + 60 >= published,
         "{frames} frames play of {published} published before the kill"

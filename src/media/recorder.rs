@@ -37,6 +37,20 @@ fn unbuffered_filesink() -> Result<gst::Element, String> {
         .map_err(|e| e.to_string())
 }
 
+/// `filesink` properties for splitmuxsink's `sink-properties`: unbuffered, not synced to the
+/// clock. The buffer mode is an enum, which a structure carries only as a value of the enum's
+/// own type; that type exists once a filesink has been made, so make one first and then parse.
+fn unbuffered_sink_properties() -> Result<gst::Structure, String> {
+    let sink = unbuffered_filesink()?;
+    let mode_type = sink.property_value("buffer-mode").type_();
+    format!(
+        "properties, sync=(boolean)false, buffer-mode=({})unbuffered",
+        mode_type.name()
+    )
+    .parse::<gst::Structure>()
+    .map_err(|e| format!("filesink properties: {e}"))
+}
+
 /// Encoded frames a recording's appsrc holds before its muxer takes them.
 const RECORDER_QUEUE: u64 = 120;
 
@@ -279,7 +293,10 @@ impl Recorder {
                 let index = next_segment_index(&pattern);
                 let first = segment_name(&pattern, index).map_or(sink.path.clone(), PathBuf::from);
                 let tail = format!(
-                    "splitmuxsink name={SPLITMUX} location={} max-size-time={} muxer-factory={} start-index={index}",
+                    // async-finalize: each segment gets its own muxer made from the factory
+                    // and the properties below (fragmented mp4), which splitmuxsink applies
+                    // only in that mode; it also closes a segment without holding up the next.
+                    "splitmuxsink name={SPLITMUX} async-finalize=true location={} max-size-time={} muxer-factory={} start-index={index}",
                     quote(&pattern),
                     seconds * 1_000_000_000,
                     match container {
@@ -313,8 +330,13 @@ impl Recorder {
             .downcast::<gst::Pipeline>()
             .map_err(|_| build_error("the description did not make a pipeline".into()))?;
         if let Some(splitmux) = pipeline.by_name(SPLITMUX) {
-            // Set as instances: splitmuxsink's `*-properties` strings cannot carry an enum.
-            splitmux.set_property("sink", unbuffered_filesink().map_err(build_error)?);
+            // With async-finalize every segment gets a new muxer and file sink made from these
+            // properties: fragmented mp4, and a sink that writes each fragment out at once (a
+            // buffered one would hold seconds of a small stream in memory, lost on a crash).
+            splitmux.set_property(
+                "sink-properties",
+                unbuffered_sink_properties().map_err(build_error)?,
+            );
             if container == Container::Mp4 {
                 let properties = gst::Structure::builder("properties")
                     .field("fragment-duration", FRAGMENT_MS as u32)
