@@ -28,6 +28,25 @@ fn output(command: &mut Command) -> (Option<i32>, String, String) {
     )
 }
 
+/// libav's decoder reading `mount` over RTP/TCP for `seconds`: (exit code, one CRC line per
+/// decoded frame, the decoder's complaints).
+fn decode_rtsp(port: &str, mount: &str, seconds: u32) -> (Option<i32>, String, String) {
+    output(Command::new("ffmpeg").args([
+        "-nostdin",
+        "-v",
+        "error",
+        "-rtsp_transport",
+        "tcp",
+        "-i",
+        &format!("rtsp://127.0.0.1:{port}{mount}"),
+        "-t",
+        &seconds.to_string(),
+        "-f",
+        "framecrc",
+        "-",
+    ]))
+}
+
 /// ffprobe's view of a file's first video stream: `codec_name`, `profile`, `pix_fmt` and the
 /// frames it could read.
 fn probe(path: &Path) -> (String, String, String, usize) {
@@ -84,20 +103,7 @@ fn ffmpeg_decodes_every_frame_of_the_rtsp_stream_over_tcp() {
     let port = daemon.field("RTSP server listening", "port", Duration::from_secs(20));
     daemon.field("source playing", "pipeline", Duration::from_secs(20));
     // libav's decoder over RTP/TCP, for 4 s: it reports every concealed or corrupt frame.
-    let (code, stdout, stderr) = output(Command::new("ffmpeg").args([
-        "-nostdin",
-        "-v",
-        "error",
-        "-rtsp_transport",
-        "tcp",
-        "-i",
-        &format!("rtsp://127.0.0.1:{port}/cam"),
-        "-t",
-        "4",
-        "-f",
-        "framecrc",
-        "-",
-    ]));
+    let (code, stdout, stderr) = decode_rtsp(&port, "/cam", 4);
     let (exit, log) = daemon.terminate();
     assert_eq!(exit, Some(0), "{log}");
     assert_eq!(code, Some(0), "ffmpeg failed: {stderr}");
@@ -352,20 +358,7 @@ fn a_full_disk_fails_the_recording_alone_backs_off_and_recovers_when_space_retur
     let full_at = Instant::now();
     // While the recording is down, the stream and the metadata go on.
     let before = lines_in(&meta);
-    let (code, stdout, stderr) = output(Command::new("ffmpeg").args([
-        "-nostdin",
-        "-v",
-        "error",
-        "-rtsp_transport",
-        "tcp",
-        "-i",
-        &format!("rtsp://127.0.0.1:{port}/cam"),
-        "-t",
-        "2",
-        "-f",
-        "framecrc",
-        "-",
-    ]));
+    let (code, stdout, stderr) = decode_rtsp(&port, "/cam", 2);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.lines().filter(|l| !l.starts_with('#')).count() >= 20);
     assert!(

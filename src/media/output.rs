@@ -304,24 +304,9 @@ impl VideoOutput {
             return Ok(None);
         };
         let what = settings.what();
-        let build_error = |reason: String| MediaError::Build {
-            what: what.clone(),
-            reason,
-        };
-        let pipeline = gst::parse::launch(&text)
-            .map_err(|e| build_error(e.to_string()))?
-            .downcast::<gst::Pipeline>()
-            .map_err(|_| build_error("the description did not make a pipeline".into()))?;
-        let missing = |name: &str| MediaError::Element {
-            what: what.clone(),
-            element: name.to_string(),
-        };
-        let by_name = |name: &str| pipeline.by_name(name).ok_or_else(|| missing(name));
-        let appsrc_named = |name: &str| {
-            by_name(name)?
-                .downcast::<gst_app::AppSrc>()
-                .map_err(|_| missing(name))
-        };
+        let pipeline = registry::launch(&text, &what)?;
+        let by_name = |name: &str| registry::named::<gst::Element>(&pipeline, name, &what);
+        let appsrc_named = |name: &str| registry::named::<gst_app::AppSrc>(&pipeline, name, &what);
         let policy = settings.when_full;
         let video = match pipeline.by_name(APPSRC) {
             None => None,
@@ -361,8 +346,8 @@ impl VideoOutput {
                     .unwrap_or_default(),
             }),
         };
-        let feeds = connect_rtsp(settings, rtsp, &by_name)?;
-        let recordings = connect_recordings(settings, &by_name)?;
+        let feeds = connect_rtsp(settings, rtsp, &pipeline)?;
+        let recordings = connect_recordings(settings, &pipeline)?;
         Ok(Some(Self {
             pipeline,
             video,
@@ -502,20 +487,18 @@ impl VideoOutput {
 /// Connects each `file` sink's appsink to the inlet its recordings are fed through.
 fn connect_recordings(
     settings: &OutputSettings,
-    by_name: &dyn Fn(&str) -> Result<gst::Element, MediaError>,
+    pipeline: &gst::Pipeline,
 ) -> Result<Vec<Recording>, MediaError> {
     let mut recordings = Vec::new();
     for (index, sink) in settings.sinks.iter().enumerate() {
         let SinkConfig::File(file) = sink else {
             continue;
         };
-        let name = format!("{RECORDING}{index}");
-        let appsink = by_name(&name)?
-            .downcast::<gst_app::AppSink>()
-            .map_err(|_| MediaError::Element {
-                what: settings.what(),
-                element: name.clone(),
-            })?;
+        let appsink = registry::named::<gst_app::AppSink>(
+            pipeline,
+            &format!("{RECORDING}{index}"),
+            &settings.what(),
+        )?;
         let inlet = RecorderInlet::default();
         let feed = inlet.clone();
         appsink.set_callbacks(
@@ -540,7 +523,7 @@ fn connect_recordings(
 fn connect_rtsp(
     settings: &OutputSettings,
     rtsp: Option<&RtspMounts>,
-    by_name: &dyn Fn(&str) -> Result<gst::Element, MediaError>,
+    pipeline: &gst::Pipeline,
 ) -> Result<Vec<RtspFeed>, MediaError> {
     let mut feeds = Vec::new();
     for (index, sink) in settings.sinks.iter().enumerate() {
@@ -551,13 +534,11 @@ fn connect_rtsp(
             MediaError::Rtsp("an rtsp sink needs the RTSP server, which is not running".into())
         })?;
         let feed = mounts.mount(&mount.mount)?;
-        let name = format!("visiond_rtsp_{index}");
-        let appsink = by_name(&name)?
-            .downcast::<gst_app::AppSink>()
-            .map_err(|_| MediaError::Element {
-                what: settings.what(),
-                element: name.clone(),
-            })?;
+        let appsink = registry::named::<gst_app::AppSink>(
+            pipeline,
+            &format!("visiond_rtsp_{index}"),
+            &settings.what(),
+        )?;
         let publish = feed.clone();
         appsink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()

@@ -16,7 +16,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
-use super::{MediaError, bus, quote};
+use super::{MediaError, bus, quote, registry};
 use crate::config::{Container, FileSink};
 
 /// Length of an mp4 fragment: at most this much of a cut recording is lost (plus what the
@@ -325,10 +325,7 @@ impl Recorder {
             what: what.clone(),
             reason,
         };
-        let pipeline = gst::parse::launch(&text)
-            .map_err(|e| build_error(e.to_string()))?
-            .downcast::<gst::Pipeline>()
-            .map_err(|_| build_error("the description did not make a pipeline".into()))?;
+        let pipeline = registry::launch(&text, &what)?;
         if let Some(splitmux) = pipeline.by_name(SPLITMUX) {
             // With async-finalize every segment gets a new muxer and file sink made from these
             // properties: fragmented mp4, and a sink that writes each fragment out at once (a
@@ -344,13 +341,7 @@ impl Recorder {
                 splitmux.set_property("muxer-properties", properties);
             }
         }
-        let appsrc = pipeline
-            .by_name("visiond_recording")
-            .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
-            .ok_or_else(|| MediaError::Element {
-                what: what.clone(),
-                element: "visiond_recording".into(),
-            })?;
+        let appsrc = registry::named::<gst_app::AppSrc>(&pipeline, "visiond_recording", &what)?;
         let failed = Arc::new(AtomicBool::new(false));
         if let Some(bus) = pipeline.bus() {
             let failed = failed.clone();

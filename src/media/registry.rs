@@ -12,6 +12,35 @@ pub fn init() -> Result<(), MediaError> {
     gst::init().map_err(|error| MediaError::Init(error.to_string()))
 }
 
+/// The pipeline `text` describes, for `what` (named in the error when GStreamer cannot build
+/// it).
+pub fn launch(text: &str, what: &str) -> Result<gst::Pipeline, MediaError> {
+    let build_error = |reason: String| MediaError::Build {
+        what: what.to_string(),
+        reason,
+    };
+    gst::parse::launch(text)
+        .map_err(|e| build_error(e.to_string()))?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| build_error("the description did not make a pipeline".into()))
+}
+
+/// The element called `name` in `pipeline`, as a `T`; an error naming `what` and the element
+/// when it is missing or of another type (a defect in our own description).
+pub fn named<T: IsA<gst::Element>>(
+    pipeline: &gst::Pipeline,
+    name: &str,
+    what: &str,
+) -> Result<T, MediaError> {
+    pipeline
+        .by_name(name)
+        .and_then(|element| element.downcast::<T>().ok())
+        .ok_or_else(|| MediaError::Element {
+            what: what.to_string(),
+            element: name.to_string(),
+        })
+}
+
 /// Why `element` cannot be made here, or which of `properties` it lacks.
 pub fn check_element<'a>(
     element: &str,

@@ -113,28 +113,12 @@ impl LatestFrame {
 fn encode_jpeg(sample: &gst::Sample) -> Result<Vec<u8>, MediaError> {
     registry::init()?;
     let what = "a snapshot".to_string();
-    let build = |reason: String| MediaError::Build {
-        what: what.clone(),
-        reason,
-    };
-    let pipeline = gst::parse::launch(
+    let pipeline = registry::launch(
         "appsrc name=src format=time ! videoconvert ! jpegenc quality=85 ! appsink name=sink sync=false",
-    )
-    .map_err(|e| build(e.to_string()))?
-    .downcast::<gst::Pipeline>()
-    .map_err(|_| build("the description did not make a pipeline".into()))?;
-    let element = |name: &str| {
-        pipeline.by_name(name).ok_or_else(|| MediaError::Element {
-            what: what.clone(),
-            element: name.to_string(),
-        })
-    };
-    let source = element("src")?
-        .downcast::<gst_app::AppSrc>()
-        .map_err(|_| build("src is not an appsrc".into()))?;
-    let sink = element("sink")?
-        .downcast::<gst_app::AppSink>()
-        .map_err(|_| build("sink is not an appsink".into()))?;
+        &what,
+    )?;
+    let source = registry::named::<gst_app::AppSrc>(&pipeline, "src", &what)?;
+    let sink = registry::named::<gst_app::AppSink>(&pipeline, "sink", &what)?;
     source.set_caps(sample.caps_owned().as_ref());
     pipeline
         .set_state(gst::State::Playing)

@@ -85,26 +85,11 @@ impl SourceSession {
         let what = format!("source {source}");
         let decoders = Decoders::of_this_machine();
         let text = description(source, formats, decoders)?;
-        let pipeline = gst::parse::launch(&text)
-            .map_err(|error| MediaError::Build {
-                what: what.clone(),
-                reason: error.to_string(),
-            })?
-            .downcast::<gst::Pipeline>()
-            .map_err(|_| MediaError::Build {
-                what: what.clone(),
-                reason: "the description did not make a pipeline".into(),
-            })?;
+        let pipeline = registry::launch(&text, &what)?;
         if let Some(max_size) = source.max_size {
             limit_size(&pipeline, max_size, &what)?;
         }
-        let appsink = pipeline
-            .by_name(APPSINK)
-            .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-            .ok_or_else(|| MediaError::Element {
-                what: what.clone(),
-                element: APPSINK.into(),
-            })?;
+        let appsink = registry::named::<gst_app::AppSink>(&pipeline, APPSINK, &what)?;
         let reached_ns = Arc::new(AtomicU64::new(0));
         let reached = reached_ns.clone();
         appsink.set_callbacks(
@@ -441,14 +426,8 @@ pub fn description(
 /// Keeps the longest side at most `max_size`, following the source's size as it changes:
 /// the caps filter is rewritten whenever new caps reach the scaler.
 fn limit_size(pipeline: &gst::Pipeline, max_size: u32, what: &str) -> Result<(), MediaError> {
-    let element = |name: &str| {
-        pipeline.by_name(name).ok_or_else(|| MediaError::Element {
-            what: what.to_string(),
-            element: name.to_string(),
-        })
-    };
-    let filter = element(MAX_SIZE_FILTER)?;
-    let pad = element(MAX_SIZE_SCALER)?
+    let filter = registry::named::<gst::Element>(pipeline, MAX_SIZE_FILTER, what)?;
+    let pad = registry::named::<gst::Element>(pipeline, MAX_SIZE_SCALER, what)?
         .static_pad("sink")
         .ok_or_else(|| MediaError::Element {
             what: what.to_string(),

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tch::Tensor;
 
 use super::dinov2::{Dinov2Config, Dinov2Encoder};
-use super::dpt::{FusionLayer, Readout, ReassembleLayer, tokens_to_map};
+use super::dpt::{FusionLayer, Readout, ReassembleLayer, neck_convs, tokens_to_map};
 use crate::config::Task;
 use crate::models::nn::hf_config::{Size2, config_error, parse};
 use crate::models::nn::layers::{
@@ -180,16 +180,7 @@ impl DepthAnythingForDepthEstimation {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let f = cfg.fusion_hidden_size;
-        let convs = cfg
-            .neck_hidden_sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &ch)| {
-                Conv2d::load(&neck.pp("convs").pp(i), ch, f, 3, false)
-                    .with_padding(Padding::Fixed(1))
-                    .channels_last_on_cuda()
-            })
-            .collect();
+        let convs = neck_convs(&neck.pp("convs"), &cfg.neck_hidden_sizes, f);
         let fusion = (0..n)
             .map(|j| {
                 FusionLayer::load(

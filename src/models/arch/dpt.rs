@@ -262,6 +262,20 @@ enum NeckStage {
     },
 }
 
+/// The neck's 3×3 convolutions from each reassembled width to the fusion width (DPT and
+/// Depth-Anything alike): `convs.{i}`, no bias.
+pub(crate) fn neck_convs(p: &WeightsPath, widths: &[i64], fusion: i64) -> Vec<Conv2d> {
+    widths
+        .iter()
+        .enumerate()
+        .map(|(i, &ch)| {
+            Conv2d::load(&p.pp(i), ch, fusion, 3, false)
+                .with_padding(Padding::Fixed(1))
+                .channels_last_on_cuda()
+        })
+        .collect()
+}
+
 /// Tokens [B, 1 + h·w, C] to a map [B, C, h, w], handling the CLS token per `readout`. The map
 /// is a view of the tokens, channels-last in memory (no copy).
 pub(crate) fn tokens_to_map(tokens: &Tensor, readout: &Readout, h: i64, w: i64) -> TResult {
@@ -348,16 +362,7 @@ impl DptNeck {
             stages.push(NeckStage::Tokens { readout, layer });
         }
         let f = cfg.fusion_hidden_size;
-        let convs = cfg
-            .neck_hidden_sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &ch)| {
-                Conv2d::load(&p.pp("convs").pp(i), ch, f, 3, false)
-                    .with_padding(Padding::Fixed(1))
-                    .channels_last_on_cuda()
-            })
-            .collect();
+        let convs = neck_convs(&p.pp("convs"), &cfg.neck_hidden_sizes, f);
         let batch_norm = cfg.use_batch_norm_in_fusion_residual.unwrap_or(false);
         let bias = cfg.use_bias_in_fusion_residual.unwrap_or(!batch_norm);
         let fusion = (0..n)
