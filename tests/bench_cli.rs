@@ -203,3 +203,77 @@ fn bad_flags_are_refused_with_what_to_write() {
         "{stderr}"
     );
 }
+
+#[test]
+fn streams_through_a_model_report_the_workers_share_and_the_steady_rate() {
+    let model = fixture("dpt-hybrid");
+    let output = bench(&[
+        "--streams",
+        "2",
+        "--frames",
+        "20",
+        "--resolution",
+        "320x240",
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--batch",
+        "2",
+        "--json",
+    ]);
+    let report = &json_report(&output);
+    assert_eq!(report["total_frames_out"], 40, "{report}");
+    assert_eq!(report["streams"].as_array().unwrap().len(), 2);
+    // Two streams, batches of at most two: every batch holds one or two frames.
+    let batch = report["mean_batch"].as_f64().unwrap();
+    assert!((1.0..=2.0).contains(&batch), "{report}");
+    // The model is the slow part on this CPU: its worker is busy most of the window, never
+    // more than all of it.
+    let busy = report["worker_busy_percent"].as_f64().unwrap();
+    assert!(busy > 10.0 && busy <= 100.5, "{report}");
+    assert!(report["steady_fps"].as_f64().unwrap() > 0.0, "{report}");
+    // On the CPU the tensors read GStreamer's memory in place: no copy on the way in.
+    assert_eq!(report["host_copies_per_frame"], 0.0, "{report}");
+    assert!(
+        report["gpu_busy_percent"].is_null() == !has_nvidia_smi(),
+        "{report}"
+    );
+}
+
+/// `bench --streams --json` prints one (indented) object.
+fn json_report(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("one JSON object")
+}
+
+fn has_nvidia_smi() -> bool {
+    Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn streams_without_a_model_have_no_worker_figures() {
+    let output = bench(&[
+        "--streams",
+        "2",
+        "--frames",
+        "10",
+        "--resolution",
+        "320x240",
+        "--model",
+        "none",
+        "--json",
+    ]);
+    let report = &json_report(&output);
+    assert_eq!(report["total_frames_out"], 20, "{report}");
+    assert!(report["mean_batch"].is_null(), "{report}");
+    assert!(report["worker_busy_percent"].is_null(), "{report}");
+    assert!(report["host_copies_per_frame"].is_null(), "{report}");
+}

@@ -224,3 +224,20 @@ fn gpu_memory_is_read_where_cuda_is_and_refused_clearly_where_not() {
         }
     }
 }
+
+#[test]
+fn pinned_copies_keep_the_bytes_where_cuda_is_and_fail_as_errors_where_not() {
+    let host = Tensor::from_slice(&[1u8, 2, 3, 250]);
+    match native::pin_memory(&host) {
+        Ok(pinned) => {
+            assert!(tch::Cuda::is_available());
+            assert_eq!(Vec::<u8>::try_from(&pinned).unwrap(), vec![1, 2, 3, 250]);
+        }
+        // Without a device to pin for libtorch refuses; the stager reports it per frame.
+        Err(reason) => {
+            assert!(!tch::Cuda::is_available(), "{reason}");
+            assert!(!reason.is_empty());
+            eprintln!("pin_memory without CUDA: {reason}");
+        }
+    }
+}

@@ -10,6 +10,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use crate::models::checkpoint::{self, LoadOptions};
 use crate::models::device::torch_kind;
 use crate::pipeline::engine::Engine;
 use crate::pipeline::stats::{HistogramSnapshot, LatencyHistogram, PipelineState, PipelineStats};
+use crate::pipeline::worker::WorkerStats;
 use crate::preflight;
 use crate::runtime::{self, FrameFormats, FrameStager, LoadError, ModelRuntime};
 
@@ -346,6 +348,22 @@ pub struct BenchReport {
     pub host_copies_per_frame: Option<f64>,
     /// With `--model-baseline`: the model's forward alone at the batch size, images/s.
     pub model_only_fps: Option<f64>,
+    /// As fast as possible: frames/s from the moment every stream delivered its first
+    /// [`steady_after`] frames to the end, leaving out the start (CUDA graphs captured per batch
+    /// size met, queues filling).
+    pub steady_fps: Option<f64>,
+    /// Frames per batch the model's worker ran, on average over the window.
+    pub mean_batch: Option<f64>,
+    /// Share of the window the model's worker thread spent running batches (launching work,
+    /// and waiting for the device where it must): near 100 %, that thread is the limit.
+    pub worker_busy_percent: Option<f64>,
+    /// The GPU's own utilisation (`nvidia-smi`: time a kernel ran), mean of 1 s samples.
+    pub gpu_busy_percent: Option<f64>,
+}
+
+/// Frames each stream delivers before a finite run's steady rate is measured.
+pub fn steady_after(frames: u64) -> u64 {
+    (frames / 4).min(30)
 }
 
 /// Runs the benchmark and returns its figures.
@@ -431,6 +449,9 @@ fn quoted(text: &str) -> String {
     serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into())
 }
 
+/// The model's name in the benchmark's configuration.
+const MODEL: &str = "bench";
+
 fn uses_model(args: &StreamsArgs) -> bool {
     args.model != "none"
 }
@@ -444,7 +465,7 @@ fn daemon_yaml(args: &StreamsArgs) -> String {
             std::fs::canonicalize(&args.model).unwrap_or_else(|_| PathBuf::from(&args.model));
         let _ = write!(
             text,
-            "models:\n  bench: {{ path: {}, device: {}, dtype: {}, batch: {{ max_size: {}, max_wait_ms: {} }} }}\n",
+            "models:\n  {MODEL}: {{ path: {}, device: {}, dtype: {}, batch: {{ max_size: {}, max_wait_ms: {} }} }}\n",
             quoted(&path.display().to_string()),
             args.device,
             args.dtype,
@@ -481,7 +502,7 @@ fn pipeline_yaml(dir: &Path, name: &str, args: &StreamsArgs) -> String {
     let mut text = format!(
         "name: {name}\nsource: {{ launch: {}{reconnect} }}\nmodel: {}\nqueue: {{ capacity: {}, when_full: {policy} }}\n",
         quoted(&source),
-        if uses_model(args) { "bench" } else { "none" },
+        if uses_model(args) { MODEL } else { "none" },
         args.queue
     );
     match args.sink {
@@ -505,6 +526,8 @@ fn pipeline_yaml(dir: &Path, name: &str, args: &StreamsArgs) -> String {
 struct Reading {
     at: Instant,
     cpu: Duration,
+    /// The model's worker: (batches, frames, busy time) so far.
+    worker: Option<(u64, u64, Duration)>,
     frames_out: Vec<u64>,
     dropped: Vec<u64>,
     latency: Vec<HistogramSnapshot>,
@@ -523,10 +546,17 @@ impl Counters {
     }
 }
 
-fn read(streams: &[Counters]) -> Reading {
+fn read(streams: &[Counters], worker: Option<&WorkerStats>) -> Reading {
     Reading {
         at: Instant::now(),
         cpu: process_cpu(),
+        worker: worker.map(|w| {
+            (
+                w.batches.load(Ordering::Relaxed),
+                w.frames.load(Ordering::Relaxed),
+                w.busy_total(),
+            )
+        }),
         frames_out: streams.iter().map(|c| c.stats.frames_out()).collect(),
         dropped: streams.iter().map(Counters::dropped).collect(),
         latency: streams.iter().map(|c| c.stats.latency.snapshot()).collect(),
@@ -559,17 +589,25 @@ fn measure(file: &Path, args: &StreamsArgs) -> Result<BenchReport, BenchError> {
             output_drops: p.output_drops.clone(),
         })
         .collect();
-    let mut gpu = GpuMemory::default();
+    let worker = engine.worker_stats(MODEL);
+    let worker = worker.as_deref();
+    let mut gpu = GpuSampler::default();
+    let mut steady = None;
     let (first, last) = if args.live {
         sleep_sampling(Duration::from_secs(args.warmup), &mut gpu);
-        let first = read(&stats);
+        gpu.restart();
+        let first = read(&stats, worker);
         sleep_sampling(Duration::from_secs(args.seconds), &mut gpu);
-        (first, read(&stats))
+        (first, read(&stats, worker))
     } else {
         // As fast as possible: from the engine's start (models loaded) until every stream has
         // delivered its frames (or one failed before it could).
-        let first = read(&stats);
+        let first = read(&stats, worker);
+        let skip = steady_after(args.frames);
         loop {
+            if steady.is_none() && stats.iter().all(|c| c.stats.frames_out() >= skip) {
+                steady = Some(read(&stats, worker));
+            }
             let done = stats.iter().all(|c| {
                 c.stats.frames_out() + c.dropped() >= args.frames
                     || matches!(c.stats.state(), PipelineState::Failed { .. })
@@ -579,7 +617,7 @@ fn measure(file: &Path, args: &StreamsArgs) -> Result<BenchReport, BenchError> {
             }
             sleep_sampling(Duration::from_millis(50), &mut gpu);
         }
-        (first, read(&stats))
+        (first, read(&stats, worker))
     };
     engine.shutdown_handle().trigger();
     let reports = engine.wait();
@@ -600,6 +638,11 @@ fn measure(file: &Path, args: &StreamsArgs) -> Result<BenchReport, BenchError> {
         .map(|s| s.iter().map(|s| s.counters()).collect::<Vec<_>>())
         .unwrap_or_default();
     let mut report = figures(&names, &first, &last, &gpu);
+    if let Some(steady) = steady.filter(|s| last.at > s.at) {
+        let out = |r: &Reading| r.frames_out.iter().sum::<u64>();
+        let seconds = last.at.duration_since(steady.at).as_secs_f64();
+        report.steady_fps = Some((out(&last) - out(&steady)) as f64 / seconds);
+    }
     if !staged.is_empty() {
         let frames: u64 = staged.iter().map(|c| c.frames).sum();
         let copies: u64 = staged.iter().map(|c| c.host_copies).sum();
@@ -627,7 +670,7 @@ fn difference(a: &HistogramSnapshot, b: &HistogramSnapshot) -> HistogramSnapshot
     }
 }
 
-fn figures(names: &[String], first: &Reading, last: &Reading, gpu: &GpuMemory) -> BenchReport {
+fn figures(names: &[String], first: &Reading, last: &Reading, gpu: &GpuSampler) -> BenchReport {
     let seconds = last.at.duration_since(first.at).as_secs_f64().max(1e-9);
     let ms = |h: &HistogramSnapshot, q: f64| h.quantile(q).map(|d| d.as_secs_f64() * 1e3);
     let mut all = empty_histogram();
@@ -649,6 +692,13 @@ fn figures(names: &[String], first: &Reading, last: &Reading, gpu: &GpuMemory) -
         });
     }
     let total_frames_out: u64 = streams.iter().map(|s| s.frames_out).sum();
+    let worker = first.worker.zip(last.worker).map(|(a, b)| {
+        (
+            b.0.saturating_sub(a.0),
+            b.1.saturating_sub(a.1),
+            b.2.saturating_sub(a.2),
+        )
+    });
     let cpu = last.cpu.saturating_sub(first.cpu).as_secs_f64();
     let (rss_mb, peak_rss_mb) = resident_memory();
     BenchReport {
@@ -666,6 +716,10 @@ fn figures(names: &[String], first: &Reading, last: &Reading, gpu: &GpuMemory) -
         gpu_memory_mb: gpu.peak_mb,
         host_copies_per_frame: None,
         model_only_fps: None,
+        steady_fps: None,
+        mean_batch: worker.map(|(batches, frames, _)| frames as f64 / batches.max(1) as f64),
+        worker_busy_percent: worker.map(|(_, _, busy)| busy.as_secs_f64() / seconds * 100.0),
+        gpu_busy_percent: gpu.mean_busy(),
     }
 }
 
@@ -703,15 +757,27 @@ fn resident_memory() -> (f64, f64) {
     (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
 }
 
-/// The peak GPU memory `nvidia-smi` reports for this process, sampled while the run goes.
+/// What `nvidia-smi` reports while the run goes, sampled once a second: this process's peak
+/// GPU memory and the GPU's utilisation.
 #[derive(Default)]
-struct GpuMemory {
+struct GpuSampler {
     peak_mb: Option<f64>,
+    busy_samples: Vec<f64>,
     unavailable: bool,
     sampled: Option<Instant>,
 }
 
-impl GpuMemory {
+impl GpuSampler {
+    /// Forgets the utilisation seen so far (the warm-up's).
+    fn restart(&mut self) {
+        self.busy_samples.clear();
+    }
+
+    fn mean_busy(&self) -> Option<f64> {
+        (!self.busy_samples.is_empty())
+            .then(|| self.busy_samples.iter().sum::<f64>() / self.busy_samples.len() as f64)
+    }
+
     fn sample(&mut self) {
         if self.unavailable
             || self
@@ -732,6 +798,21 @@ impl GpuMemory {
             return;
         };
         let pid = std::process::id().to_string();
+        // Every GPU's utilisation; the one this process uses is the busiest while it runs.
+        let busy = std::process::Command::new("nvidia-smi")
+            .args([
+                "--query-gpu=utilization.gpu",
+                "--format=csv,noheader,nounits",
+            ])
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter_map(|l| l.trim().parse::<f64>().ok())
+                    .reduce(f64::max)
+            });
+        self.busy_samples.extend(busy);
         for line in String::from_utf8_lossy(&output.stdout).lines() {
             let mut fields = line.split(',').map(str::trim);
             if fields.next() == Some(pid.as_str())
@@ -743,7 +824,7 @@ impl GpuMemory {
     }
 }
 
-fn sleep_sampling(duration: Duration, gpu: &mut GpuMemory) {
+fn sleep_sampling(duration: Duration, gpu: &mut GpuSampler) {
     let end = Instant::now() + duration;
     loop {
         gpu.sample();
@@ -824,6 +905,22 @@ pub fn render(args: &StreamsArgs, report: &BenchReport) -> String {
             "model alone at batch {}: {model:.1} frames/s; the streams got {:.0}% of it",
             args.batch,
             report.total_fps / model * 100.0
+        );
+    }
+    if let Some(steady) = report.steady_fps {
+        let _ = writeln!(
+            out,
+            "steady: {steady:.1} frames/s once every stream delivered {} frames",
+            steady_after(args.frames)
+        );
+    }
+    if let (Some(batch), Some(busy)) = (report.mean_batch, report.worker_busy_percent) {
+        let _ = writeln!(
+            out,
+            "model worker: {batch:.1} frames per batch, busy {busy:.0}% of the time; gpu busy {}",
+            report
+                .gpu_busy_percent
+                .map_or("n/a".to_string(), |b| format!("{b:.0}%"))
         );
     }
     if let Some(copies) = report.host_copies_per_frame {

@@ -26,6 +26,9 @@ pub struct WorkerStats {
     /// When the batch now running started, in microseconds since [`epoch`] plus one; 0 while
     /// the worker waits for frames. A batch that never ends is a wedged worker.
     busy_since_us: AtomicU64,
+    /// Microseconds spent in batches that ended: with the wall time, how busy the worker's
+    /// thread is (near 100 %, the thread itself is what limits the model's pipelines).
+    busy_total_us: AtomicU64,
 }
 
 /// Upper edges of the batch-size histogram.
@@ -55,7 +58,17 @@ impl WorkerStats {
     }
 
     fn end_batch(&self) {
-        self.busy_since_us.store(0, Ordering::Relaxed);
+        let since = self.busy_since_us.swap(0, Ordering::Relaxed);
+        if since > 0 {
+            let now = epoch().elapsed().as_micros() as u64 + 1;
+            self.busy_total_us
+                .fetch_add(now.saturating_sub(since), Ordering::Relaxed);
+        }
+    }
+
+    /// Time spent in batches so far (the one running not included).
+    pub fn busy_total(&self) -> Duration {
+        Duration::from_micros(self.busy_total_us.load(Ordering::Relaxed))
     }
 
     /// How long the batch now running has taken; `None` while the worker waits for frames.
@@ -394,6 +407,55 @@ mod tests {
             seqs(&quiet_results),
             (0..3).map(|s| (1, s)).collect::<Vec<_>>()
         );
+    }
+
+    /// Takes `delay` per batch; passes frames through.
+    struct Slow(Duration);
+
+    impl BatchInference for Slow {
+        fn process(&mut self, frames: Vec<Frame>) -> Vec<Result<Processed, FrameFailure>> {
+            std::thread::sleep(self.0);
+            frames
+                .into_iter()
+                .map(|f| Ok(Processed::passthrough(f)))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn the_worker_counts_the_time_its_batches_take() {
+        gst::init().unwrap();
+        let (tx, rx, _) = hop(64, WhenFull::Block);
+        for seq in 0..6 {
+            tx.send(frame(0, seq));
+        }
+        drop(tx);
+        let (out, _results, _) = hop(64, WhenFull::Block);
+        let stats = Arc::new(WorkerStats::default());
+        let lane = Lane {
+            pipeline: 0,
+            name: "p".into(),
+            input: rx,
+            output: out,
+        };
+        let policy = BatchPolicy {
+            max_size: 2,
+            max_wait: Duration::from_millis(1),
+        };
+        run(
+            "test",
+            joined(vec![lane]),
+            policy,
+            Box::new(Slow(Duration::from_millis(20))),
+            stats.clone(),
+        );
+        let batches = stats.batches.load(Ordering::Relaxed);
+        assert!(batches >= 3, "{batches} batches");
+        // Each batch slept 20 ms: the busy time is at least that for each, and no batch is
+        // left open.
+        let busy = stats.busy_total();
+        assert!(busy >= Duration::from_millis(20 * batches), "{busy:?}");
+        assert!(stats.busy_for().is_none());
     }
 
     #[test]

@@ -132,7 +132,7 @@ impl TorchStager {
             return Ok((host, Some(Arc::new(mapping))));
         }
         // One host copy, into page-locked memory; GStreamer's buffer goes back to its pool.
-        let pinned = host.f_pin_memory(self.device).map_err(|e| e.to_string())?;
+        let pinned = super::native::pin_memory(&host)?;
         drop(host);
         drop(mapping);
         self.host_copies.fetch_add(1, Ordering::Relaxed);

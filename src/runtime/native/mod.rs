@@ -21,6 +21,12 @@ unsafe extern "C" {
         len: usize,
     ) -> c_int;
     fn visiond_is_channels_last(input: *const c_void) -> c_int;
+    fn visiond_pin_memory(
+        input: *const c_void,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
     fn visiond_flops_start(err: *mut c_char, len: usize) -> c_int;
     fn visiond_flops_stop(flops: *mut f64, err: *mut c_char, len: usize) -> c_int;
     fn visiond_trace_start(cuda: c_int, err: *mut c_char, len: usize) -> c_int;
@@ -123,6 +129,15 @@ pub fn tf32_allowed() -> Option<bool> {
 pub fn to_channels_last(tensor: &Tensor) -> Result<Tensor, String> {
     let mut out: *mut c_void = std::ptr::null_mut();
     call(|err, len| unsafe { visiond_channels_last(tensor.as_ptr().cast(), &mut out, err, len) })?;
+    // SAFETY: on success the shim returned a new heap tensor that nothing else owns.
+    Ok(unsafe { Tensor::from_ptr(out.cast()) })
+}
+
+/// A copy of a CPU tensor in page-locked memory, which the device copies from without blocking
+/// the host. Fails where libtorch has no CUDA device to pin memory for.
+pub fn pin_memory(tensor: &Tensor) -> Result<Tensor, String> {
+    let mut out: *mut c_void = std::ptr::null_mut();
+    call(|err, len| unsafe { visiond_pin_memory(tensor.as_ptr().cast(), &mut out, err, len) })?;
     // SAFETY: on success the shim returned a new heap tensor that nothing else owns.
     Ok(unsafe { Tensor::from_ptr(out.cast()) })
 }

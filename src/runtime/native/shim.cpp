@@ -130,6 +130,13 @@ int visiond_is_channels_last(const at::Tensor* input) {
   return input->dim() == 4 && input->is_contiguous(c10::MemoryFormat::ChannelsLast) ? 1 : 0;
 }
 
+// A copy of a CPU tensor in page-locked memory (libtorch's caching host allocator). tch's
+// `pin_memory` always passes a device, which libtorch 2.11 deprecates with a warning on
+// every call: two lines on stderr per frame.
+int visiond_pin_memory(const at::Tensor* input, at::Tensor** out, char* err, size_t len) {
+  return guarded(err, len, [&] { *out = new at::Tensor(input->pin_memory()); });
+}
+
 // --- FLOP counting ------------------------------------------------------------------------
 // A thread-local RecordFunction observer that adds up the floating-point operations of the
 // matrix products, convolutions and attention this thread runs: 2 per multiply-add, the
