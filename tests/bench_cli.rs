@@ -279,3 +279,33 @@ fn streams_without_a_model_have_no_worker_figures() {
     assert!(report["worker_busy_percent"].is_null(), "{report}");
     assert!(report["host_copies_per_frame"].is_null(), "{report}");
 }
+
+#[test]
+fn streams_write_a_trace_of_their_window_or_say_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("streams.json");
+    let streams = [
+        "--streams",
+        "2",
+        "--frames",
+        "40",
+        "--resolution",
+        "160x120",
+        "--model",
+        "none",
+        "--json",
+    ];
+    let output = bench(&[&streams[..], &["--trace", trace.to_str().unwrap()]].concat());
+    assert_eq!(json_report(&output)["total_frames_out"], 80);
+    // A Chrome trace (on CUDA it holds every kernel of the process; here the profiler's own
+    // records).
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    assert!(json["traceEvents"].is_array(), "{json}");
+    // A folder that does not exist is refused before anything runs.
+    let missing = dir.path().join("no/such/folder/t.json");
+    let output = bench(&[&streams[..], &["--trace", missing.to_str().unwrap()]].concat());
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("folder does not exist"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}

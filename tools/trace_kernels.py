@@ -19,7 +19,9 @@ def load(path, ops):
     for e in events:
         if e.get("ph") != "X":
             continue
-        wanted = e.get("name", "").startswith("aten::") if ops else e.get("cat") == "kernel"
+        # Copies and fills take the device's time too (a frame's upload, a result's download).
+        gpu = e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")
+        wanted = e.get("name", "").startswith("aten::") if ops else gpu
         if wanted:
             totals[e["name"]] += float(e.get("dur", 0.0))
             counts[e["name"]] += 1

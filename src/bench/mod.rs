@@ -82,8 +82,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Write a Chrome trace (chrome://tracing, Perfetto) of one timed batch of the first dtype
-    /// and the largest batch size: operators, and on CUDA the GPU's kernels.
-    #[arg(long, value_name = "FILE.json", conflicts_with = "streams")]
+    /// and the largest batch size: operators, and on CUDA the GPU's kernels. With --streams:
+    /// one second of the measured window, on CUDA every kernel and copy of the whole process
+    /// (where the GPU's time goes between the model and the frame path).
+    #[arg(long, value_name = "FILE.json")]
     pub trace: Option<PathBuf>,
 }
 
@@ -124,6 +126,15 @@ impl BenchError {
 
 /// Runs the mode the arguments name, writing results to `out`.
 pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<(), BenchError> {
+    if let Some(trace) = &args.trace {
+        let parent = trace.parent().filter(|p| !p.as_os_str().is_empty());
+        if parent.is_some_and(|p| !p.is_dir()) {
+            return Err(BenchError::Input(format!(
+                "--trace {}: folder does not exist",
+                trace.display()
+            )));
+        }
+    }
     if let Some(count) = args.streams {
         return streams::run_from(count, args, out);
     }

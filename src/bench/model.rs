@@ -46,15 +46,6 @@ pub struct BenchResult {
 pub fn run(spec: &str, args: &BenchArgs, out: &mut dyn Write) -> Result<(), BenchError> {
     let source = checkpoint::source_from_spec(spec, args.revision.as_deref())
         .map_err(|e| BenchError::Input(format!("--model {e}")))?;
-    if let Some(trace) = &args.trace {
-        let parent = trace.parent().filter(|p| !p.as_os_str().is_empty());
-        if parent.is_some_and(|p| !p.is_dir()) {
-            return Err(BenchError::Input(format!(
-                "--trace {}: folder does not exist",
-                trace.display()
-            )));
-        }
-    }
     let mut batches = super::batches_or(args, &[1, 8, 32]);
     batches.sort_unstable();
     batches.dedup();

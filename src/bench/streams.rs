@@ -26,6 +26,7 @@ use crate::pipeline::engine::Engine;
 use crate::pipeline::stats::{HistogramSnapshot, LatencyHistogram, PipelineState, PipelineStats};
 use crate::pipeline::worker::WorkerStats;
 use crate::preflight;
+use crate::runtime::native::Trace;
 use crate::runtime::{self, FrameFormats, FrameStager, LoadError, ModelRuntime};
 
 /// The flags only `--streams` takes (`visiond bench`'s other flags are shared with `--model`).
@@ -146,6 +147,7 @@ pub fn run_from(
         queue: options.queue,
         model_baseline: options.model_baseline,
         json: args.json,
+        trace: args.trace.clone(),
     };
     let write = |e: std::io::Error| BenchError::Runtime(format!("writing results: {e}"));
     let report = run(&streams).map_err(|e| BenchError::Runtime(e.to_string()))?;
@@ -161,6 +163,8 @@ pub fn run_from(
 /// The arguments of `visiond bench --streams`.
 #[derive(Debug, Clone)]
 pub struct StreamsArgs {
+    /// A Chrome trace of one second of the measured window.
+    pub trace: Option<PathBuf>,
     /// How many synthetic streams run at once.
     pub streams: u32,
     /// A checkpoint folder (as `models.<name>.path`), or `none` for no model: then the numbers
@@ -309,6 +313,8 @@ pub enum BenchError {
     Start(String),
     #[error("stream {name} failed: {error}")]
     Stream { name: String, error: String },
+    #[error("--trace: {0}")]
+    Trace(String),
 }
 
 /// One stream's figures.
@@ -593,11 +599,16 @@ fn measure(file: &Path, args: &StreamsArgs) -> Result<BenchReport, BenchError> {
     let worker = worker.as_deref();
     let mut gpu = GpuSampler::default();
     let mut steady = None;
+    let mut trace = TraceWindow::new(args);
     let (first, last) = if args.live {
         sleep_sampling(Duration::from_secs(args.warmup), &mut gpu);
         gpu.restart();
         let first = read(&stats, worker);
-        sleep_sampling(Duration::from_secs(args.seconds), &mut gpu);
+        let window = Duration::from_secs(args.seconds);
+        trace.open();
+        sleep_sampling(window.min(TraceWindow::LENGTH), &mut gpu);
+        trace.close();
+        sleep_sampling(window.saturating_sub(TraceWindow::LENGTH), &mut gpu);
         (first, read(&stats, worker))
     } else {
         // As fast as possible: from the engine's start (models loaded) until every stream has
@@ -607,7 +618,9 @@ fn measure(file: &Path, args: &StreamsArgs) -> Result<BenchReport, BenchError> {
         loop {
             if steady.is_none() && stats.iter().all(|c| c.stats.frames_out() >= skip) {
                 steady = Some(read(&stats, worker));
+                trace.open();
             }
+            trace.close_after_length();
             let done = stats.iter().all(|c| {
                 c.stats.frames_out() + c.dropped() >= args.frames
                     || matches!(c.stats.state(), PipelineState::Failed { .. })
@@ -619,6 +632,7 @@ fn measure(file: &Path, args: &StreamsArgs) -> Result<BenchReport, BenchError> {
         }
         (first, read(&stats, worker))
     };
+    trace.close();
     engine.shutdown_handle().trigger();
     let reports = engine.wait();
     for (report, frames_out) in reports.iter().zip(&last.frames_out) {
@@ -637,6 +651,7 @@ fn measure(file: &Path, args: &StreamsArgs) -> Result<BenchReport, BenchError> {
         .lock()
         .map(|s| s.iter().map(|s| s.counters()).collect::<Vec<_>>())
         .unwrap_or_default();
+    trace.result()?;
     let mut report = figures(&names, &first, &last, &gpu);
     if let Some(steady) = steady.filter(|s| last.at > s.at) {
         let out = |r: &Reading| r.frames_out.iter().sum::<u64>();
@@ -755,6 +770,68 @@ fn resident_memory() -> (f64, f64) {
             .unwrap_or(0.0)
     };
     (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+}
+
+/// `--trace`: the profiler over [`TraceWindow::LENGTH`] of the measured window.
+struct TraceWindow {
+    path: Option<PathBuf>,
+    cuda: bool,
+    running: Option<(Trace, Instant)>,
+    error: Option<String>,
+}
+
+impl TraceWindow {
+    const LENGTH: Duration = Duration::from_secs(1);
+
+    fn new(args: &StreamsArgs) -> Self {
+        Self {
+            path: args.trace.clone(),
+            cuda: !matches!(args.device, DeviceSpec::Cpu) && tch::Cuda::is_available(),
+            running: None,
+            error: None,
+        }
+    }
+
+    /// Starts the trace (once).
+    fn open(&mut self) {
+        if self.path.is_some() && self.running.is_none() && self.error.is_none() {
+            match Trace::start(self.cuda) {
+                Ok(trace) => self.running = Some((trace, Instant::now())),
+                Err(e) => self.error = Some(format!("cannot start the profiler: {e}")),
+            }
+        }
+    }
+
+    fn close_after_length(&mut self) {
+        if self
+            .running
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() >= Self::LENGTH)
+        {
+            self.close();
+        }
+    }
+
+    /// Stops the trace and writes it; later calls do nothing.
+    fn close(&mut self) {
+        if let (Some((trace, _)), Some(path)) = (self.running.take(), self.path.take())
+            && let Err(e) = trace.stop(&path)
+        {
+            self.error = Some(e);
+        }
+    }
+
+    fn result(&self) -> Result<(), BenchError> {
+        match (&self.error, &self.path) {
+            (Some(e), _) => Err(BenchError::Trace(e.clone())),
+            // Asked for, never started: the run ended before its window opened.
+            (None, Some(path)) => Err(BenchError::Trace(format!(
+                "{}: the run ended before the traced window opened",
+                path.display()
+            ))),
+            (None, None) => Ok(()),
+        }
+    }
 }
 
 /// What `nvidia-smi` reports while the run goes, sampled once a second: this process's peak
