@@ -51,6 +51,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread (libtorch's, GStreamer's, tokio's) exists.
+    visiond::control::process::bound_malloc_arenas();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),

@@ -5,7 +5,7 @@
 //! - [`metrics`]: the Prometheus text exposition of that view.
 //! - [`signals`]: SIGINT/SIGTERM start a drain; a second one exits at once.
 //! - [`systemd`]: `Type=notify` readiness, status, watchdog and stopping notifications.
-//! - [`process`]: the process's own resources, for `/metrics`.
+//! - [`process`]: the process's own resources, for `/metrics`, and the bound on malloc's arenas.
 //!
 //! Nothing here touches frames or tensors: every number it serves is an atomic the frame path
 //! already keeps, read without locking anything the frame path takes.
