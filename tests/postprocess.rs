@@ -455,3 +455,47 @@ fn classification_top_k_threshold_and_smoothing() {
         "{json}"
     );
 }
+
+#[test]
+fn without_a_picture_the_results_are_the_same_and_nothing_is_drawn() {
+    let (h, w) = (12, 20);
+    let input = frame(h, w);
+    let depth = ramp(6, 10, 0.5, 9.0);
+    let config = overlay(OverlayMode::Blend, DepthRange::PerFrame);
+    let drawn = Annotator::new(&config, Task::Depth, vec![])
+        .with_raw_depth(true)
+        .annotate(&input, &depth)
+        .unwrap();
+    let bare = Annotator::new(&config, Task::Depth, vec![])
+        .with_raw_depth(true)
+        .with_picture(false)
+        .annotate(&input, &depth)
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&bare.results).unwrap(),
+        serde_json::to_value(&drawn.results).unwrap()
+    );
+    // The raw depth is not a picture: made either way, the same.
+    assert_eq!(
+        depth16_to_vec(&bare.raw_depth.unwrap()).unwrap(),
+        depth16_to_vec(&drawn.raw_depth.unwrap()).unwrap()
+    );
+    assert!(bare.frame.equal(&input), "the frame as it came");
+    assert!(!drawn.frame.equal(&input), "the blend changed it");
+
+    // Segmentation: the same class histogram, no palette drawn.
+    let logits = Tensor::randn([5, 6, 10], (Kind::Float, Device::Cpu));
+    let seg = |picture: bool| {
+        Annotator::new(&OverlayConfig::default(), Task::Segmentation, vec![])
+            .with_picture(picture)
+            .annotate(&input, &logits)
+            .unwrap()
+    };
+    let (drawn, bare) = (seg(true), seg(false));
+    assert_eq!(
+        serde_json::to_value(&bare.results).unwrap(),
+        serde_json::to_value(&drawn.results).unwrap()
+    );
+    assert!(bare.frame.equal(&input));
+    assert!(!drawn.frame.equal(&input));
+}

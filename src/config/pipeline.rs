@@ -315,6 +315,12 @@ pub enum SinkConfig {
 }
 
 impl SinkConfig {
+    /// Whether any of `sinks` shows the annotated picture (`depth16` takes only the raw depth;
+    /// without sinks a pipeline is metadata only).
+    pub fn any_shows_pictures(sinks: &[SinkConfig]) -> bool {
+        sinks.iter().any(|sink| !matches!(sink, Self::Depth16(_)))
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Rtsp(_) => "rtsp",

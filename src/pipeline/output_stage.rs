@@ -93,10 +93,7 @@ impl OutputStage {
                 .map(|index| Life::new(video.recording_name(index), policy))
                 .collect()
         });
-        let publishes_pictures = settings
-            .sinks
-            .iter()
-            .any(|sink| !matches!(sink, SinkConfig::Depth16(_)));
+        let publishes_pictures = SinkConfig::any_shows_pictures(&settings.sinks);
         let mut stage = Self {
             publishes_pictures,
             settings,

@@ -122,6 +122,7 @@ fn plan(
         annotation: Annotation {
             overlay: pipeline.overlay.clone(),
             raw_depth,
+            picture: SinkConfig::any_shows_pictures(&pipeline.sinks),
         },
         output: OutputSettings::new(pipeline, live, when_full, draw_label),
         retry,

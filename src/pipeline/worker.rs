@@ -321,6 +321,7 @@ mod tests {
             let annotation = Annotation {
                 overlay: Default::default(),
                 raw_depth: false,
+                picture: true,
             };
             join.send(Join { lane, annotation }).unwrap();
         }

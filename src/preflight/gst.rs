@@ -39,11 +39,7 @@ impl Registry {
             return;
         }
         // Metadata-only pipelines encode nothing.
-        if pipeline
-            .sinks
-            .iter()
-            .all(|s| matches!(s, SinkConfig::Depth16(_)))
-        {
+        if !SinkConfig::any_shows_pictures(&pipeline.sinks) {
             return;
         }
         let Some(element) = registry::resolve_encoder(&encoder.element) else {

@@ -143,6 +143,8 @@ pub struct Annotator {
     overlay: OverlayConfig,
     /// Also make the raw 16-bit depth (for `depth16` sinks).
     raw_depth: bool,
+    /// Draw the overlay; without it the annotated frame is the frame itself.
+    picture: bool,
     task: Task,
     labels: Arc<Vec<String>>,
     /// f64 [2] on the device: the `ema` depth range so far.
@@ -165,6 +167,7 @@ impl Annotator {
         Self {
             overlay: overlay.clone(),
             raw_depth: false,
+            picture: true,
             task,
             labels: Arc::new(labels),
             ema: None,
@@ -176,6 +179,13 @@ impl Annotator {
     /// Also produce [`Annotated::raw_depth`] for depth models.
     pub fn with_raw_depth(mut self, raw_depth: bool) -> Self {
         self.raw_depth = raw_depth;
+        self
+    }
+
+    /// Draw the overlay (the default); `false` when nothing shows the picture: the results are
+    /// the same, and the annotated frame is the frame as it came.
+    pub fn with_picture(mut self, picture: bool) -> Self {
+        self.picture = picture;
         self
     }
 
@@ -285,10 +295,15 @@ impl Annotator {
             &flat,
             &flat.f_ones_like()?,
         )?;
-        let table = self.table(frame.device(), classes, || palette(classes as usize))?;
-        let map = lookup(&table, &labels, height, width)?;
+        let frame = if self.picture {
+            let table = self.table(frame.device(), classes, || palette(classes as usize))?;
+            let map = lookup(&table, &labels, height, width)?;
+            compose(frame, &map, self.overlay.mode, self.overlay.alpha)?
+        } else {
+            frame.shallow_clone()
+        };
         Ok(AnnotatedOnDevice {
-            frame: compose(frame, &map, self.overlay.mode, self.overlay.alpha)?,
+            frame,
             results: DeviceResults::Segmentation {
                 counts,
                 pixels: height * width,
@@ -491,45 +506,70 @@ fn depth_group(
     let styles = group_by(&positions, |j| {
         let a = &annotators[items[members[j]].annotator];
         let o = &a.overlay;
-        (o.mode, o.colormap, o.alpha.to_bits(), o.invert, a.raw_depth)
+        (
+            o.mode,
+            o.colormap,
+            o.alpha.to_bits(),
+            o.invert,
+            a.raw_depth,
+            a.picture,
+        )
     });
     let mut done = Done::new();
-    for ((mode, colormap, alpha, invert, raw), group) in styles {
-        let lo_hi = Tensor::f_stack(&group.iter().map(|&j| &ranges[j]).collect::<Vec<_>>(), 0)?;
-        let unit = unit_depth(&rows(&depth, &group)?, &lo_hi)?;
-        let raw_depth = if raw { Some(depth16(&unit)?) } else { None };
-        let shown = if invert {
-            unit.f_neg()?.f_add_scalar(1.0)?
-        } else {
-            unit
-        };
-        let index = shown
-            .f_mul_scalar(255.0)?
-            .f_round()?
-            .f_to_kind(Kind::Int64)?;
-        let first = items[members[group[0]]].annotator;
-        let table = annotators[first].table(device, 256, || colormap_table(colormap))?;
-        let count = group.len() as i64;
-        let map = table
-            .f_index_select(0, &index.f_flatten(0, -1)?)?
-            .f_view([count, height, width, 3])?;
+    for ((mode, colormap, alpha, invert, raw, picture), group) in styles {
         let frames: Vec<&Tensor> = group.iter().map(|&j| items[members[j]].frame).collect();
-        let composed = compose(
-            &Tensor::f_stack(&frames, 0)?,
-            &map,
-            mode,
-            f64::from_bits(alpha),
-        )?;
+        // The range only shapes what is drawn: metadata alone needs the stats above.
+        let unit = if raw || picture {
+            let lo_hi = Tensor::f_stack(&group.iter().map(|&j| &ranges[j]).collect::<Vec<_>>(), 0)?;
+            Some(unit_depth(&rows(&depth, &group)?, &lo_hi)?)
+        } else {
+            None
+        };
+        let raw_depth = match (&unit, raw) {
+            (Some(unit), true) => Some(depth16(unit)?),
+            _ => None,
+        };
+        let composed = match unit {
+            Some(unit) if picture => {
+                let shown = if invert {
+                    unit.f_neg()?.f_add_scalar(1.0)?
+                } else {
+                    unit
+                };
+                let index = shown
+                    .f_mul_scalar(255.0)?
+                    .f_round()?
+                    .f_to_kind(Kind::Int64)?;
+                let first = items[members[group[0]]].annotator;
+                let table = annotators[first].table(device, 256, || colormap_table(colormap))?;
+                let map = table.f_index_select(0, &index.f_flatten(0, -1)?)?.f_view([
+                    group.len() as i64,
+                    height,
+                    width,
+                    3,
+                ])?;
+                Some(compose(
+                    &Tensor::f_stack(&frames, 0)?,
+                    &map,
+                    mode,
+                    f64::from_bits(alpha),
+                )?)
+            }
+            _ => None,
+        };
         for (k, &j) in group.iter().enumerate() {
-            let k = k as i64;
+            let frame = match &composed {
+                Some(composed) => composed.f_get(k as i64)?,
+                None => frames[k].shallow_clone(),
+            };
             done.push((
                 members[j],
                 Ok(AnnotatedOnDevice {
-                    frame: composed.f_get(k)?,
+                    frame,
                     results: DeviceResults::Depth {
                         stats: stats.f_get(j as i64)?,
                     },
-                    raw_depth: raw_depth.as_ref().map(|r| r.f_get(k)).transpose()?,
+                    raw_depth: raw_depth.as_ref().map(|r| r.f_get(k as i64)).transpose()?,
                 }),
             ));
         }

@@ -208,7 +208,8 @@ impl BatchInference for TorchInference {
             self.info.task,
             self.info.id2label.clone(),
         )
-        .with_raw_depth(annotation.raw_depth);
+        .with_raw_depth(annotation.raw_depth)
+        .with_picture(annotation.picture);
         self.slots.insert(pipeline, self.annotators.len());
         self.annotators.push(annotator);
     }

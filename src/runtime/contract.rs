@@ -104,6 +104,9 @@ pub struct Annotation {
     pub overlay: OverlayConfig,
     /// Also make the raw 16-bit depth map (the pipeline has a `depth16` sink).
     pub raw_depth: bool,
+    /// Some sink shows the annotated picture: without one the overlay is not drawn at all
+    /// (a metadata-only pipeline needs the numbers, not a full-size blend per frame).
+    pub picture: bool,
 }
 
 /// A model made ready for a worker, with the stager its pipelines' sources call.
