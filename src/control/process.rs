@@ -47,30 +47,6 @@ impl ProcessStats {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_this_process() {
-        let before = ProcessStats::read().expect("procfs");
-        assert!(before.resident_bytes > 1 << 20, "{before:?}");
-        assert!(before.threads >= 1);
-        // Other tests open and close files meanwhile; twenty held here are a floor.
-        let files: Vec<_> = (0..20)
-            .map(|_| std::fs::File::open("/proc/self/stat").unwrap())
-            .collect();
-        let after = ProcessStats::read().unwrap();
-        assert!(after.open_fds >= 20, "{after:?}");
-        drop(files);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64();
-        assert!(before.start_time_s <= now && before.start_time_s > now - 3600.0);
-    }
-}
-
 /// glibc's malloc arenas a months-long daemon keeps (see [`bound_malloc_arenas`]).
 pub const MALLOC_ARENAS: i32 = 2;
 
@@ -93,4 +69,28 @@ pub fn bound_malloc_arenas() -> Option<i32> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let before = ProcessStats::read().expect("procfs");
+        assert!(before.resident_bytes > 1 << 20, "{before:?}");
+        assert!(before.threads >= 1);
+        // Other tests open and close files meanwhile; twenty held here are a floor.
+        let files: Vec<_> = (0..20)
+            .map(|_| std::fs::File::open("/proc/self/stat").unwrap())
+            .collect();
+        let after = ProcessStats::read().unwrap();
+        assert!(after.open_fds >= 20, "{after:?}");
+        drop(files);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(before.start_time_s <= now && before.start_time_s > now - 3600.0);
+    }
 }
