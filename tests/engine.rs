@@ -341,3 +341,46 @@ fn a_shutdown_while_sources_are_still_starting_drains_promptly() {
         assert_eq!(reports[0].state, PipelineState::Finished, "round {round}");
     }
 }
+
+#[test]
+fn a_finished_pipelines_rate_is_over_its_own_life_not_the_daemons() {
+    let out = tempfile::tempdir().unwrap();
+    let (_dir, config) = temp_tree(
+        "",
+        &[
+            Pipeline::new("short")
+                .source(Source::test(160, 120).fps(30).frames(10))
+                .model("none")
+                .queue("{ capacity: 2 }")
+                .jsonl(&out.path().join("short.jsonl")),
+            Pipeline::new("camera")
+                .source(Source::test(160, 120).fps(30))
+                .model("none")
+                .jsonl(&out.path().join("camera.jsonl")),
+        ],
+    );
+    let engine = Engine::start(&config, &no_models).unwrap();
+    let short = engine.pipeline("short").unwrap();
+    let started = Instant::now();
+    while short.stats.state() != PipelineState::Finished {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "short never finished"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The camera runs on for a while after the short stream ended.
+    std::thread::sleep(Duration::from_millis(1500));
+    engine.shutdown_handle().trigger();
+    let reports = engine.wait();
+    let report = |name: &str| reports.iter().find(|r| r.name == name).unwrap().clone();
+    let (short, camera) = (report("short"), report("camera"));
+    assert_eq!(short.frames_out, 10);
+    assert!(
+        short.seconds + 1.2 < camera.seconds,
+        "short ran {:.2} s, the camera {:.2} s",
+        short.seconds,
+        camera.seconds
+    );
+    assert!((short.fps * short.seconds - 10.0).abs() < 1e-6, "{short:?}");
+}

@@ -207,6 +207,9 @@ pub struct PipelineStats {
     /// Times the output pipeline failed and was rebuilt.
     pub output_restarts: AtomicU64,
     state: Mutex<Option<PipelineState>>,
+    /// When it reached an end state (finished or failed): a finished pipeline's rate is over
+    /// its own life, not the daemon's.
+    ended: Mutex<Option<std::time::Instant>>,
     /// Each output's health (the video output, each recording), in sink order.
     outputs: Mutex<Vec<OutputHealth>>,
     /// Output failures by reason (`disk full`, `write error`, ...).
@@ -264,9 +267,25 @@ impl PipelineStats {
     }
 
     pub fn set_state(&self, state: PipelineState) {
+        let ended = matches!(
+            state,
+            PipelineState::Finished | PipelineState::Failed { .. }
+        );
+        if let Ok(mut at) = self.ended.lock() {
+            *at = if ended {
+                Some(at.unwrap_or_else(std::time::Instant::now))
+            } else {
+                None
+            };
+        }
         if let Ok(mut current) = self.state.lock() {
             *current = Some(state);
         }
+    }
+
+    /// When the pipeline finished or failed, if it has.
+    pub fn ended_at(&self) -> Option<std::time::Instant> {
+        self.ended.lock().ok().and_then(|at| *at)
     }
 
     pub fn frames_in(&self) -> u64 {

@@ -96,7 +96,12 @@ impl PipelineHandle {
     }
 
     pub fn report(&self) -> PipelineReport {
-        let seconds = self.started.elapsed().as_secs_f64();
+        // A pipeline that ended is measured over its own life.
+        let seconds = match self.stats.ended_at() {
+            Some(ended) => ended.saturating_duration_since(self.started),
+            None => self.started.elapsed(),
+        }
+        .as_secs_f64();
         let frames_out = self.stats.frames_out();
         let ms = |q: f64| {
             self.stats
