@@ -1,6 +1,7 @@
 //! The frame path's formats and copies, with real GStreamer and a real (tiny) model: frames
 //! decoded to NV12 or I420 are converted on the model's device exactly as GStreamer would
-//! convert them, the encoder gets the I420 GStreamer would make, NV12 and I420 sources are
+//! convert them, the encoder gets the I420 GStreamer would make (made on CUDA; on a CPU the
+//! encoder's own `videoconvert` makes it from RGB), NV12 and I420 sources are
 //! annotated as their RGB versions are, and a frame's memory is not copied twice on its way in.
 
 mod common;
@@ -19,8 +20,8 @@ use visiond::models::checkpoint::{self, LoadOptions};
 use visiond::pipeline::engine::Engine;
 use visiond::processing::Preprocessor;
 use visiond::runtime::{
-    Execution, FrameFormats, FrameStager, LoadError, ModelRunner, ModelRuntime, TorchInference,
-    download_picture, staged_tensors,
+    Annotation, BatchInference, Execution, FrameFormats, FrameStager, LoadError, ModelRunner,
+    ModelRuntime, TorchInference, download_picture, staged_tensors,
 };
 
 use common::*;
@@ -223,6 +224,30 @@ fn on_the_cpu_the_model_reads_gstreamers_own_memory() {
     }
     let counters = stager.counters();
     assert_eq!((counters.frames, counters.host_copies), (3, 0));
+}
+
+#[test]
+fn on_the_cpu_pictures_go_out_as_rgb_for_the_encoders_videoconvert() {
+    // GStreamer's SIMD conversion to I420 beats libtorch's integer ops on a CPU; on CUDA the
+    // device makes the I420 (the test above checks those bytes against videoconvert's).
+    let mut inference = inference(FrameFormats::Auto);
+    let annotation = Annotation {
+        overlay: Default::default(),
+        raw_depth: false,
+        picture: true,
+    };
+    inference.attach(0, &annotation);
+    let (info, buffer) = random_frame(
+        "video/x-raw,framerate=30/1,format=RGB,width=64,height=48",
+        9,
+    );
+    let mut frame = frame(&info, buffer);
+    inference.stager().stage(&mut frame).unwrap();
+    let mut processed = inference.process(vec![frame]).pop().unwrap().unwrap();
+    processed.resolve(true).unwrap();
+    let picture = processed.annotated.expect("a picture");
+    assert_eq!(picture.layout.format, PixelFormat::Rgb);
+    assert_eq!((picture.layout.width, picture.layout.height), (64, 48));
 }
 
 /// Runs `pipelines` on the tiny DPT taking frames in `formats`; returns the stager's counters.

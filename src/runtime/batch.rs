@@ -18,7 +18,7 @@ use super::download::TorchResult;
 use super::graphs::ModelRunner;
 use super::stage::{FramePlan, StagedFrame, TorchStager};
 use super::tensors::{self, ForwardError};
-use crate::frames::{Frame, PixelFormat, Pixels, Processed};
+use crate::frames::{Frame, Pixels, Processed};
 use crate::models::checkpoint::ModelInfo;
 use crate::models::device::torch_kind;
 use crate::processing::{AnnotatedOnDevice, Annotator, BatchItem, Preprocessor, annotate_batch};
@@ -152,8 +152,7 @@ impl TorchInference {
                     Ok(annotated) => {
                         let pending = TorchResult {
                             annotated,
-                            // What encoders take, made on the device.
-                            format: PixelFormat::I420,
+                            format: self.stager.picture_format(),
                             fps: s.frame.fps,
                             _mapping: s.pixels.mapping,
                         };

@@ -2,8 +2,9 @@
 //! output thread into memory that becomes the GStreamer buffer itself.
 //!
 //! The picture is laid out on the device exactly as GStreamer lays out its format (rows padded
-//! to 4 bytes; I420 made from RGB there, so the encoder needs no conversion), then copied back
-//! in one piece; the host tensor's memory is handed to GStreamer as it is.
+//! to 4 bytes; on CUDA I420 made from RGB there, so the encoder needs no conversion; on a CPU
+//! RGB, which the encoder chain's `videoconvert` turns into the same I420 faster), then copied
+//! back in one piece; the host tensor's memory is handed to GStreamer as it is.
 
 use tch::{Device, Kind, Tensor};
 
