@@ -13,6 +13,8 @@
 use std::path::{Path, PathBuf};
 
 const SHIM: &str = "src/runtime/native/shim.cpp";
+/// Included by the shim (and handed to NVRTC at run time).
+const KERNELS: &str = "src/runtime/native/kernels.cuh";
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
@@ -21,6 +23,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=VISIOND_CUDA_GRAPHS");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={SHIM}");
+    println!("cargo:rerun-if-changed={KERNELS}");
     let Some(libtorch) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
         // torch-sys itself reports the missing libtorch with instructions.
         return;
@@ -67,6 +70,8 @@ fn compile_shim(libtorch: &Path, has_cuda: bool) {
         // libtorch is a release build: some of its headers' classes (RecordFunction) have
         // debug-only members, so the shim must see the same layout.
         .define("NDEBUG", None)
+        // The fused conversions' CPU loops (the tests' reference runs) would crawl unoptimised.
+        .opt_level(2)
         .file(SHIM);
     match &cuda_include {
         Some(dir) => {

@@ -235,6 +235,9 @@ fn streams_through_a_model_report_the_workers_share_and_the_steady_rate() {
     assert!(report["steady_fps"].as_f64().unwrap() > 0.0, "{report}");
     // On the CPU the tensors read GStreamer's memory in place: no copy on the way in.
     assert_eq!(report["host_copies_per_frame"], 0.0, "{report}");
+    // Nothing was converted on a CUDA device, so neither way of converting is counted.
+    assert!(report["fused_conversions"].is_null(), "{report}");
+    assert!(report["tensor_op_conversions"].is_null(), "{report}");
     // The GPU's utilisation where nvidia-smi answers, nothing where it does not.
     assert_eq!(
         report["gpu_busy_percent"].is_number(),

@@ -365,6 +365,11 @@ pub struct BenchReport {
     pub worker_busy_percent: Option<f64>,
     /// The GPU's own utilisation (`nvidia-smi`: time a kernel ran), mean of 1 s samples.
     pub gpu_busy_percent: Option<f64>,
+    /// Colour conversions on CUDA during the run (frames to RGB, pictures to I420): by the
+    /// fused kernels, and by tensor ops (`VISIOND_FUSED_KERNELS=off`, a kernel's first frame
+    /// while it proves itself, or a kernel refused). `None` where nothing was converted on CUDA.
+    pub fused_conversions: Option<u64>,
+    pub tensor_op_conversions: Option<u64>,
 }
 
 /// Frames each stream delivers before a finite run's steady rate is measured.
@@ -571,6 +576,7 @@ fn read(streams: &[Counters], worker: Option<&WorkerStats>) -> Reading {
 
 fn measure(file: &Path, args: &StreamsArgs) -> Result<BenchReport, BenchError> {
     let config = preflight::load(file).map_err(|e| BenchError::Config(e.to_string()))?;
+    let conversions_before = crate::runtime::fused::conversion_counts();
     let stagers: Mutex<Vec<Arc<dyn FrameStager>>> = Mutex::new(Vec::new());
     let loader = |name: &str| -> Result<ModelRuntime, LoadError> {
         let model = config
@@ -647,6 +653,7 @@ fn measure(file: &Path, args: &StreamsArgs) -> Result<BenchReport, BenchError> {
             });
         }
     }
+    let (fused_after, reference_after) = crate::runtime::fused::conversion_counts();
     let staged = stagers
         .lock()
         .map(|s| s.iter().map(|s| s.counters()).collect::<Vec<_>>())
@@ -662,6 +669,14 @@ fn measure(file: &Path, args: &StreamsArgs) -> Result<BenchReport, BenchError> {
         let frames: u64 = staged.iter().map(|c| c.frames).sum();
         let copies: u64 = staged.iter().map(|c| c.host_copies).sum();
         report.host_copies_per_frame = Some(copies as f64 / frames.max(1) as f64);
+    }
+    let (fused, reference) = (
+        fused_after - conversions_before.0,
+        reference_after - conversions_before.1,
+    );
+    if fused + reference > 0 {
+        report.fused_conversions = Some(fused);
+        report.tensor_op_conversions = Some(reference);
     }
     Ok(report)
 }
@@ -735,6 +750,8 @@ fn figures(names: &[String], first: &Reading, last: &Reading, gpu: &GpuSampler) 
         mean_batch: worker.map(|(batches, frames, _)| frames as f64 / batches.max(1) as f64),
         worker_busy_percent: worker.map(|(_, _, busy)| busy.as_secs_f64() / seconds * 100.0),
         gpu_busy_percent: gpu.mean_busy(),
+        fused_conversions: None,
+        tensor_op_conversions: None,
     }
 }
 
@@ -1004,6 +1021,13 @@ pub fn render(args: &StreamsArgs, report: &BenchReport) -> String {
         let _ = writeln!(
             out,
             "host copies per frame on the way to the model: {copies:.2}"
+        );
+    }
+    if let (Some(fused), Some(reference)) = (report.fused_conversions, report.tensor_op_conversions)
+    {
+        let _ = writeln!(
+            out,
+            "colour conversions on the device: {fused} by fused kernels, {reference} by tensor ops"
         );
     }
     out

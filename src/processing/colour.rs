@@ -30,7 +30,7 @@ pub enum Yuv420<'a> {
 
 /// GStreamer's integer coefficients for YUV -> RGB: (Y for every channel, V for R, U for B,
 /// U for G, V for G), scaled by 2^16/257.
-fn coefficients(colour: &YuvColour) -> [i64; 5] {
+pub fn yuv_to_rgb_coefficients(colour: &YuvColour) -> [i64; 5] {
     let (kr, kb) = (colour.kr, colour.kb);
     let kg = 1.0 - kr - kb;
     let (luma, chroma) = if colour.full_range {
@@ -148,7 +148,7 @@ pub fn yuv420_to_rgb(frame: Yuv420<'_>, colour: &YuvColour) -> Result<Tensor, Pr
             });
         }
     }
-    let [cy, cv_r, cu_b, cu_g, cv_g] = coefficients(colour);
+    let [cy, cv_r, cu_b, cu_g, cv_g] = yuv_to_rgb_coefficients(colour);
     let wy = mulhs(&splat(y)?, cy)?;
     let wu = splat(&upsample(&u, height, width, fast_path, colour)?)?;
     let wv = splat(&upsample(&v, height, width, fast_path, colour)?)?;
@@ -160,7 +160,7 @@ pub fn yuv420_to_rgb(frame: Yuv420<'_>, colour: &YuvColour) -> Result<Tensor, Pr
 
 /// GStreamer's integer coefficients for RGB -> YUV: rows Y, U, V; columns R, G, B and the
 /// offset, in 1/256 (its single-precision 1/255 included).
-fn rgb_coefficients(colour: &YuvColour) -> [[i64; 4]; 3] {
+pub fn rgb_to_yuv_coefficients(colour: &YuvColour) -> [[i64; 4]; 3] {
     let (kr, kb) = (colour.kr, colour.kb);
     let kg = 1.0 - kr - kb;
     let (x_u, x_v) = (1.0 / (2.0 * (1.0 - kb)), 1.0 / (2.0 * (1.0 - kr)));
@@ -270,7 +270,7 @@ pub fn rgb_to_i420(
     let channels: Vec<Tensor> = (0..3)
         .map(|c| rgb.f_select(2, c).and_then(|t| t.f_to_kind(Kind::Int)))
         .collect::<Result<_, _>>()?;
-    let coefficients = rgb_coefficients(colour);
+    let coefficients = rgb_to_yuv_coefficients(colour);
     let component = |row: usize| -> Result<Tensor, ProcessingError> {
         let [r, g, b, offset] = coefficients[row];
         let sum = channels[0]
@@ -304,7 +304,7 @@ mod tests {
     fn gstreamers_coefficients() {
         // As GStreamer 1.22 computes them (GST_DEBUG=video-converter:6 prints the matrix).
         assert_eq!(
-            coefficients(&colour(0.299, 0.114, false)),
+            yuv_to_rgb_coefficients(&colour(0.299, 0.114, false)),
             [298, 409, 516, -100, -208]
         );
     }
@@ -331,7 +331,7 @@ mod tests {
     fn gstreamers_rgb_coefficients() {
         // GStreamer 1.22, BT.709 limited range (GST_DEBUG=video-converter:6).
         assert_eq!(
-            rgb_coefficients(&colour(0.2126, 0.0722, false)),
+            rgb_to_yuv_coefficients(&colour(0.2126, 0.0722, false)),
             [
                 [47, 157, 16, 4096],
                 [-26, -87, 112, 32768],

@@ -20,7 +20,9 @@ mod preprocess;
 use std::path::PathBuf;
 
 pub use colormap::{ADE20K, colormap_table, palette};
-pub use colour::{Yuv420, rgb_to_i420, yuv420_to_rgb};
+pub use colour::{
+    Yuv420, rgb_to_i420, rgb_to_yuv_coefficients, yuv_to_rgb_coefficients, yuv420_to_rgb,
+};
 pub use config::{ProcessorConfig, Resample, ResizeRule};
 pub use postprocess::{
     Annotated, AnnotatedOnDevice, Annotator, BatchItem, DeviceResults, EMA_WEIGHT, annotate_batch,

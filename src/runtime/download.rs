@@ -3,14 +3,15 @@
 //!
 //! The picture is laid out on the device exactly as GStreamer lays out its format (rows padded
 //! to 4 bytes; on CUDA I420 made from RGB there, so the encoder needs no conversion; on a CPU
-//! RGB, which the encoder chain's `videoconvert` turns into the same I420 faster), then copied
+//! RGB, which the encoder chain's `videoconvert` turns into the same I420 faster; on CUDA by
+//! one fused kernel where it has proven itself, see [`super::fused`]), then copied
 //! back in one piece; the host tensor's memory is handed to GStreamer as it is.
 
 use tch::{Device, Kind, Tensor};
 
 use super::stage::Mapping;
 use crate::frames::{Downloaded, FrameLayout, HostBytes, PendingResult, PixelFormat, VideoImage};
-use crate::processing::{AnnotatedOnDevice, ProcessingError, depth16_to_vec, rgb_to_i420};
+use crate::processing::{AnnotatedOnDevice, ProcessingError, depth16_to_vec};
 
 /// One frame's result on the device.
 pub(super) struct TorchResult {
@@ -90,31 +91,36 @@ pub fn download_picture(
     } else {
         Tensor::f_empty([size], options)?
     };
-    let put = |index: usize, plane: &Tensor, channels: i64| -> Result<(), ProcessingError> {
+    // Plane `index` of the picture's buffer as a [rows, columns, channels] view.
+    let plane = |index: usize, channels: i64| -> Result<Tensor, ProcessingError> {
         let (rows, row_bytes) = layout.plane_extent(index);
         let place = layout.planes[index];
-        let mut view = bytes.f_as_strided(
+        Ok(bytes.f_as_strided(
             [rows as i64, row_bytes as i64 / channels, channels],
             [place.stride as i64, channels, 1],
             place.offset as i64,
-        )?;
-        view.f_copy_(&plane.f_view([rows as i64, row_bytes as i64 / channels, channels])?)?;
-        Ok(())
+        )?)
     };
     match format {
-        PixelFormat::Rgb => put(0, rgb, 3)?,
+        PixelFormat::Rgb => {
+            let (rows, row_bytes) = layout.plane_extent(0);
+            plane(0, 3)?.f_copy_(&rgb.f_view([rows as i64, row_bytes as i64 / 3, 3])?)?;
+        }
         PixelFormat::I420 | PixelFormat::Nv12 => {
             let colour = layout
                 .colour
                 .ok_or_else(|| ProcessingError::Output("YUV layout without colour".into()))?;
-            let (y, u, v) = rgb_to_i420(rgb, &colour)?;
-            put(0, &y, 1)?;
-            if format == PixelFormat::I420 {
-                put(1, &u, 1)?;
-                put(2, &v, 1)?;
+            let y = plane(0, 1)?.f_squeeze_dim(2)?;
+            let (u, v) = if format == PixelFormat::I420 {
+                (
+                    plane(1, 1)?.f_squeeze_dim(2)?,
+                    plane(2, 1)?.f_squeeze_dim(2)?,
+                )
             } else {
-                put(1, &Tensor::f_stack(&[u, v], 2)?, 2)?;
-            }
+                let uv = plane(1, 2)?;
+                (uv.f_select(2, 0)?, uv.f_select(2, 1)?)
+            };
+            super::fused::to_yuv420(rgb, [&y, &u, &v], &colour)?;
         }
     }
     let host = if bytes.device() == Device::Cpu {

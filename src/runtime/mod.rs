@@ -17,6 +17,7 @@
 mod batch;
 mod contract;
 mod download;
+pub mod fused;
 pub mod graphs;
 mod load;
 pub mod native;

@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::contract::{FrameFormats, FrameStager, StageCounters, StageError};
 use crate::frames::{DevicePixels, Frame, FrameLayout, PixelFormat, Pixels};
-use crate::processing::{Preprocessor, Yuv420, yuv420_to_rgb};
+use crate::processing::{Preprocessor, Yuv420};
 
 /// GStreamer's memory, mapped for as long as tensors read it.
 pub(super) type Mapping = Arc<gst::MappedBuffer<gst::buffer::Readable>>;
@@ -230,7 +230,8 @@ fn plane(
     )
 }
 
-/// A frame's bytes (1-D uint8 on the device) as uint8 RGB [H, W, 3].
+/// A frame's bytes (1-D uint8 on the device) as uint8 RGB [H, W, 3] (on CUDA by one fused
+/// kernel where it has proven itself, see [`super::fused`]).
 pub(super) fn to_rgb(
     bytes: &Tensor,
     layout: &FrameLayout,
@@ -244,7 +245,7 @@ pub(super) fn to_rgb(
                 luma(plane(bytes, layout, 1, 1)?)?,
                 luma(plane(bytes, layout, 2, 1)?)?,
             );
-            yuv420_to_rgb(
+            super::fused::to_rgb(
                 Yuv420::I420 {
                     y: &y,
                     u: &u,
@@ -258,7 +259,7 @@ pub(super) fn to_rgb(
                 luma(plane(bytes, layout, 0, 1)?)?,
                 plane(bytes, layout, 1, 2)?,
             );
-            yuv420_to_rgb(Yuv420::Nv12 { y: &y, uv: &uv }, &colour(layout))
+            super::fused::to_rgb(Yuv420::Nv12 { y: &y, uv: &uv }, &colour(layout))
         }
     }
 }

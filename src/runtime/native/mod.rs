@@ -44,6 +44,37 @@ unsafe extern "C" {
     fn visiond_graph_capture_end(graph: *mut c_void, err: *mut c_char, len: usize) -> c_int;
     fn visiond_graph_replay(graph: *mut c_void, err: *mut c_char, len: usize) -> c_int;
     fn visiond_graph_free(graph: *mut c_void);
+    fn visiond_kernels_compile(
+        source: *const c_char,
+        arch: c_int,
+        image_bytes: *mut u64,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
+    fn visiond_kernels_load(
+        source: *const c_char,
+        device: c_int,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
+    fn visiond_yuv420_to_rgb(
+        y: *const c_void,
+        u: *const c_void,
+        v: *const c_void,
+        params: *const i32,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
+    fn visiond_rgb_to_yuv420(
+        rgb: *const c_void,
+        y: *const c_void,
+        u: *const c_void,
+        v: *const c_void,
+        params: *const i32,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
     fn visiond_cuda_memory(
         device: c_int,
         allocated: *mut u64,
@@ -290,4 +321,94 @@ impl Drop for CudaGraph {
     fn drop(&mut self) {
         unsafe { visiond_graph_free(self.raw) }
     }
+}
+
+/// The fused colour conversions' source (see the file): compiled into the shim for the CPU, and
+/// by NVRTC at run time for CUDA.
+const KERNELS_SOURCE: &str = include_str!("kernels.cuh");
+
+/// How chroma becomes full resolution in [`fused_yuv420_to_rgb`], and the colour's matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct YuvToRgbParams {
+    /// GStreamer's 2-tap filters (its generic path, NV12) rather than the nearest sample (I420).
+    pub filtered: bool,
+    pub h_cosited: bool,
+    pub v_cosited: bool,
+    /// `processing::colour`'s integer coefficients.
+    pub coefficients: [i32; 5],
+}
+
+/// Compiles the fused conversions for compute capability `arch` (e.g. 90) with NVRTC, without
+/// loading them (no GPU needed): the size of the image made.
+pub fn compile_kernels(arch: u32) -> Result<u64, String> {
+    let source = CString::new(KERNELS_SOURCE).map_err(|e| e.to_string())?;
+    let mut bytes = 0u64;
+    call(|err, len| unsafe {
+        visiond_kernels_compile(source.as_ptr(), arch as c_int, &mut bytes, err, len)
+    })?;
+    Ok(bytes)
+}
+
+/// Compiles and loads the fused conversions on CUDA device `index` (once per process).
+pub fn load_kernels(index: usize) -> Result<(), String> {
+    let source = CString::new(KERNELS_SOURCE).map_err(|e| e.to_string())?;
+    call(|err, len| unsafe { visiond_kernels_load(source.as_ptr(), index as c_int, err, len) })
+}
+
+/// 4:2:0 planes (uint8 views with any strides, on one device) to uint8 RGB [H, W, 3] in one
+/// pass: on CUDA one kernel ([`load_kernels`] first), on the CPU the same code in a loop.
+pub fn fused_yuv420_to_rgb(
+    y: &Tensor,
+    u: &Tensor,
+    v: &Tensor,
+    params: &YuvToRgbParams,
+) -> Result<Tensor, String> {
+    let mut flat = [0i32; 8];
+    flat[0] = i32::from(params.filtered);
+    flat[1] = i32::from(params.h_cosited);
+    flat[2] = i32::from(params.v_cosited);
+    flat[3..].copy_from_slice(&params.coefficients);
+    let mut out: *mut c_void = std::ptr::null_mut();
+    call(|err, len| unsafe {
+        visiond_yuv420_to_rgb(
+            y.as_ptr().cast(),
+            u.as_ptr().cast(),
+            v.as_ptr().cast(),
+            flat.as_ptr(),
+            &mut out,
+            err,
+            len,
+        )
+    })?;
+    // SAFETY: on success the shim returned a new heap tensor that nothing else owns.
+    Ok(unsafe { Tensor::from_ptr(out.cast()) })
+}
+
+/// uint8 RGB [H, W, 3] into the given Y, U and V plane views (I420 planes, or NV12's
+/// interleaved plane as two views one byte apart) in one pass, on their device.
+pub fn fused_rgb_to_yuv420(
+    rgb: &Tensor,
+    planes: [&Tensor; 3],
+    h_cosited: bool,
+    v_cosited: bool,
+    coefficients: &[[i64; 4]; 3],
+) -> Result<(), String> {
+    let mut flat = [0i32; 14];
+    flat[0] = i32::from(h_cosited);
+    flat[1] = i32::from(v_cosited);
+    for (i, value) in coefficients.iter().flatten().enumerate() {
+        flat[2 + i] = i32::try_from(*value).map_err(|e| e.to_string())?;
+    }
+    let [y, u, v] = planes;
+    call(|err, len| unsafe {
+        visiond_rgb_to_yuv420(
+            rgb.as_ptr().cast(),
+            y.as_ptr().cast(),
+            u.as_ptr().cast(),
+            v.as_ptr().cast(),
+            flat.as_ptr(),
+            err,
+            len,
+        )
+    })
 }

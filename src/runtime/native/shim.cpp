@@ -12,7 +12,9 @@
 
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/record_function.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/core/Event.h>
 #include <c10/core/MemoryFormat.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
@@ -33,7 +35,15 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#include <dlfcn.h>
+#include <nvrtc.h>
+
+#include <map>
+#include <mutex>
 #endif
+
+#include "kernels.cuh"
 
 namespace {
 
@@ -463,6 +473,407 @@ int visiond_cuda_memory(int device, uint64_t* allocated, uint64_t* reserved, cha
   write_error(err, len, "this build has no CUDA support in its shim");
   return 1;
 #endif
+}
+
+}  // extern "C"
+
+// --- fused colour conversions (kernels.cuh) -----------------------------------------------
+// On the CPU the per-pixel functions run in loops here (the tests' way to check them against
+// the tensor-op reference); on CUDA as kernels that NVRTC compiles at run time, loaded once per
+// device with the CUDA runtime's context-independent libraries. libcudart is already in the
+// process (libtorch_cuda needs it) and NVRTC sits beside it in the wheel, so both are looked up
+// at run time: nothing new to link, and a box without them keeps the tensor-op conversions.
+
+namespace {
+
+void check_plane(const at::Tensor& t, const char* name, int64_t rows, int64_t cols) {
+  if (t.dim() != 2 || t.scalar_type() != at::kByte || t.size(0) != rows || t.size(1) != cols) {
+    throw std::runtime_error(std::string(name) + " plane: expected uint8 [" +
+                             std::to_string(rows) + ", " + std::to_string(cols) + "], got " +
+                             std::string(c10::toString(t.scalar_type())) + " " +
+                             c10::str(t.sizes()));
+  }
+}
+
+void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* name) {
+  if (a.device() != b.device()) {
+    throw std::runtime_error(std::string(name) + " is on " + a.device().str() + ", not " +
+                             b.device().str());
+  }
+}
+
+// params: filtered, h_cosited, v_cosited, then the five coefficients.
+VkYuvToRgb yuv_to_rgb_args(const at::Tensor& y, const at::Tensor& u, const at::Tensor& v,
+                           const int32_t* params, at::Tensor* out) {
+  if (y.dim() != 2) {
+    throw std::runtime_error("Y plane: expected [H, W], got " + c10::str(y.sizes()));
+  }
+  int64_t height = y.size(0), width = y.size(1);
+  check_plane(y, "Y", height, width);
+  check_plane(u, "U", (height + 1) / 2, (width + 1) / 2);
+  check_plane(v, "V", (height + 1) / 2, (width + 1) / 2);
+  check_same_device(u, y, "U plane");
+  check_same_device(v, y, "V plane");
+  if (u.stride(0) != v.stride(0) || u.stride(1) != v.stride(1)) {
+    throw std::runtime_error("U and V planes with different strides");
+  }
+  *out = at::empty({height, width, 3}, y.options());
+  VkYuvToRgb a{};
+  a.y = y.const_data_ptr<uint8_t>();
+  a.u = u.const_data_ptr<uint8_t>();
+  a.v = v.const_data_ptr<uint8_t>();
+  a.out = out->mutable_data_ptr<uint8_t>();
+  a.y_row = y.stride(0);
+  a.y_col = y.stride(1);
+  a.c_row = u.stride(0);
+  a.c_col = u.stride(1);
+  a.height = static_cast<int>(height);
+  a.width = static_cast<int>(width);
+  a.filtered = params[0];
+  a.h_cosited = params[1];
+  a.v_cosited = params[2];
+  for (int i = 0; i < 5; ++i) {
+    a.coef[i] = params[3 + i];
+  }
+  return a;
+}
+
+// params: h_cosited, v_cosited, then the twelve coefficients. The outputs are views (of the
+// picture's buffer) the conversion writes into.
+VkRgbToYuv rgb_to_yuv_args(const at::Tensor& rgb, const at::Tensor& y, const at::Tensor& u,
+                           const at::Tensor& v, const int32_t* params) {
+  if (rgb.dim() != 3 || rgb.size(2) != 3 || rgb.scalar_type() != at::kByte) {
+    throw std::runtime_error("expected uint8 [H, W, 3] RGB, got " +
+                             std::string(c10::toString(rgb.scalar_type())) + " " +
+                             c10::str(rgb.sizes()));
+  }
+  int64_t height = rgb.size(0), width = rgb.size(1);
+  check_plane(y, "Y", height, width);
+  check_plane(u, "U", (height + 1) / 2, (width + 1) / 2);
+  check_plane(v, "V", (height + 1) / 2, (width + 1) / 2);
+  for (const auto* t : {&y, &u, &v}) {
+    check_same_device(*t, rgb, "an output plane");
+  }
+  if (y.stride(1) != 1 || u.stride(0) != v.stride(0) || u.stride(1) != v.stride(1)) {
+    throw std::runtime_error("output planes with unexpected strides");
+  }
+  VkRgbToYuv a{};
+  a.rgb = rgb.const_data_ptr<uint8_t>();
+  a.y = static_cast<uint8_t*>(y.data_ptr());
+  a.u = static_cast<uint8_t*>(u.data_ptr());
+  a.v = static_cast<uint8_t*>(v.data_ptr());
+  a.rgb_row = rgb.stride(0);
+  a.rgb_col = rgb.stride(1);
+  a.rgb_chan = rgb.stride(2);
+  a.y_row = y.stride(0);
+  a.c_row = u.stride(0);
+  a.c_col = u.stride(1);
+  a.height = static_cast<int>(height);
+  a.width = static_cast<int>(width);
+  a.h_cosited = params[0];
+  a.v_cosited = params[1];
+  for (int i = 0; i < 12; ++i) {
+    a.coef[i] = params[2 + i];
+  }
+  return a;
+}
+
+#ifdef VISIOND_CUDA_GRAPHS
+// The CUDA runtime and NVRTC functions the kernels need, found in the process at run time.
+struct CudaApi {
+  decltype(&cudaLibraryLoadData) library_load_data = nullptr;
+  decltype(&cudaLibraryGetKernel) library_get_kernel = nullptr;
+  // cudaLaunchKernel has C++ template overloads; the C function's type, spelled out.
+  cudaError_t (*launch_kernel)(const void*, dim3, dim3, void**, size_t, cudaStream_t) = nullptr;
+  decltype(&cudaGetErrorString) error_string = nullptr;
+  decltype(&cudaDeviceGetAttribute) device_attribute = nullptr;
+  decltype(&nvrtcCreateProgram) create_program = nullptr;
+  decltype(&nvrtcCompileProgram) compile_program = nullptr;
+  decltype(&nvrtcGetProgramLogSize) log_size = nullptr;
+  decltype(&nvrtcGetProgramLog) log = nullptr;
+  decltype(&nvrtcGetCUBINSize) cubin_size = nullptr;
+  decltype(&nvrtcGetCUBIN) cubin = nullptr;
+  decltype(&nvrtcGetPTXSize) ptx_size = nullptr;
+  decltype(&nvrtcGetPTX) ptx = nullptr;
+  decltype(&nvrtcDestroyProgram) destroy_program = nullptr;
+  decltype(&nvrtcGetNumSupportedArchs) num_archs = nullptr;
+  decltype(&nvrtcGetSupportedArchs) archs = nullptr;
+  decltype(&nvrtcGetErrorString) nvrtc_error = nullptr;
+  std::string missing;  // why the API is unusable; empty when every function was found
+};
+
+template <typename T>
+bool find(void* library, const char* name, T* slot, std::string* missing) {
+  *slot = reinterpret_cast<T>(dlsym(library, name));
+  if (*slot == nullptr && missing->empty()) {
+    *missing = std::string(name) + " not found";
+  }
+  return *slot != nullptr;
+}
+
+CudaApi load_cuda_api() {
+  CudaApi api;
+  std::string* missing = &api.missing;
+  if (!find(RTLD_DEFAULT, "cudaLibraryLoadData", &api.library_load_data, missing)) {
+    api.missing = "the CUDA runtime in this process has no cudaLibraryLoadData (CUDA 12 or later "
+                  "is needed)";
+    return api;
+  }
+  find(RTLD_DEFAULT, "cudaLibraryGetKernel", &api.library_get_kernel, missing);
+  find(RTLD_DEFAULT, "cudaLaunchKernel", &api.launch_kernel, missing);
+  find(RTLD_DEFAULT, "cudaGetErrorString", &api.error_string, missing);
+  find(RTLD_DEFAULT, "cudaDeviceGetAttribute", &api.device_attribute, missing);
+  // NVRTC beside the CUDA runtime (the wheel's nvidia/cu13/lib), else wherever the loader finds it.
+  std::vector<std::string> candidates;
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(api.library_load_data), &info) != 0 &&
+      info.dli_fname != nullptr) {
+    std::string path = info.dli_fname;
+    auto slash = path.rfind('/');
+    if (slash != std::string::npos) {
+      candidates.push_back(path.substr(0, slash + 1) + "libnvrtc.so." +
+                           std::to_string(CUDART_VERSION / 1000));
+    }
+  }
+  candidates.push_back("libnvrtc.so." + std::to_string(CUDART_VERSION / 1000));
+  candidates.push_back("libnvrtc.so");
+  void* nvrtc = nullptr;
+  for (const auto& candidate : candidates) {
+    nvrtc = dlopen(candidate.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (nvrtc != nullptr) {
+      break;
+    }
+  }
+  if (nvrtc == nullptr) {
+    api.missing = "NVRTC not found (tried " + candidates.front() + " and the loader's path)";
+    return api;
+  }
+  // NVRTC opens its builtins library by name when it compiles; the wheel's directory is on no
+  // search path, so it is loaded from beside NVRTC first (a loaded library is found by name).
+  decltype(&nvrtcVersion) version = nullptr;
+  int major = 0, minor = 0;
+  if (find(nvrtc, "nvrtcVersion", &version, missing) && version(&major, &minor) == NVRTC_SUCCESS &&
+      dladdr(dlsym(nvrtc, "nvrtcVersion"), &info) != 0 && info.dli_fname != nullptr) {
+    std::string path = info.dli_fname;
+    auto slash = path.rfind('/');
+    std::string dir = slash == std::string::npos ? "" : path.substr(0, slash + 1);
+    std::string builtins = dir + "libnvrtc-builtins.so." + std::to_string(major) + "." +
+                           std::to_string(minor);
+    dlopen(builtins.c_str(), RTLD_NOW | RTLD_GLOBAL);
+  }
+  find(nvrtc, "nvrtcCreateProgram", &api.create_program, missing);
+  find(nvrtc, "nvrtcCompileProgram", &api.compile_program, missing);
+  find(nvrtc, "nvrtcGetProgramLogSize", &api.log_size, missing);
+  find(nvrtc, "nvrtcGetProgramLog", &api.log, missing);
+  find(nvrtc, "nvrtcGetCUBINSize", &api.cubin_size, missing);
+  find(nvrtc, "nvrtcGetCUBIN", &api.cubin, missing);
+  find(nvrtc, "nvrtcGetPTXSize", &api.ptx_size, missing);
+  find(nvrtc, "nvrtcGetPTX", &api.ptx, missing);
+  find(nvrtc, "nvrtcDestroyProgram", &api.destroy_program, missing);
+  find(nvrtc, "nvrtcGetNumSupportedArchs", &api.num_archs, missing);
+  find(nvrtc, "nvrtcGetSupportedArchs", &api.archs, missing);
+  find(nvrtc, "nvrtcGetErrorString", &api.nvrtc_error, missing);
+  return api;
+}
+
+const CudaApi& cuda_api() {
+  static const CudaApi api = load_cuda_api();
+  if (!api.missing.empty()) {
+    throw std::runtime_error(api.missing);
+  }
+  return api;
+}
+
+void check_cuda(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    throw std::runtime_error(std::string(what) + ": " + cuda_api().error_string(status));
+  }
+}
+
+// The highest architecture NVRTC compiles for.
+int newest_arch(const CudaApi& api) {
+  int count = 0;
+  if (api.num_archs(&count) != NVRTC_SUCCESS || count <= 0) {
+    return 0;
+  }
+  std::vector<int> archs(static_cast<size_t>(count));
+  api.archs(archs.data());
+  return archs.back();
+}
+
+// Compiles `source` for compute capability `arch` (e.g. 90): a CUBIN where NVRTC knows the
+// architecture, else PTX for the newest it knows, which the driver finishes compiling.
+std::string compile(const std::string& source, int arch) {
+  const CudaApi& api = cuda_api();
+  int newest = newest_arch(api);
+  bool cubin = arch <= newest;
+  std::string option = std::string("--gpu-architecture=") + (cubin ? "sm_" : "compute_") +
+                       std::to_string(cubin ? arch : newest);
+  nvrtcProgram program = nullptr;
+  if (api.create_program(&program, source.c_str(), "visiond_kernels.cu", 0, nullptr, nullptr) !=
+      NVRTC_SUCCESS) {
+    throw std::runtime_error("NVRTC could not create the program");
+  }
+  const char* options[] = {option.c_str(), "--std=c++17"};
+  nvrtcResult status = api.compile_program(program, 2, options);
+  std::string image;
+  if (status == NVRTC_SUCCESS) {
+    size_t size = 0;
+    (cubin ? api.cubin_size : api.ptx_size)(program, &size);
+    image.resize(size);
+    (cubin ? api.cubin : api.ptx)(program, image.data());
+  }
+  std::string log;
+  size_t log_size = 0;
+  if (api.log_size(program, &log_size) == NVRTC_SUCCESS && log_size > 1) {
+    log.resize(log_size);
+    api.log(program, log.data());
+  }
+  api.destroy_program(&program);
+  if (status != NVRTC_SUCCESS) {
+    throw std::runtime_error(std::string("NVRTC (") + option + "): " + api.nvrtc_error(status) +
+                             "\n" + log);
+  }
+  return image;
+}
+
+struct DeviceKernels {
+  cudaKernel_t yuv_to_rgb = nullptr;
+  cudaKernel_t rgb_to_yuv = nullptr;
+};
+
+std::mutex kernels_mutex;
+std::map<int, DeviceKernels> kernels_by_device;
+
+const DeviceKernels& kernels_on(int device) {
+  std::lock_guard<std::mutex> lock(kernels_mutex);
+  auto found = kernels_by_device.find(device);
+  if (found == kernels_by_device.end()) {
+    throw std::runtime_error("the fused conversions are not loaded on cuda:" +
+                             std::to_string(device));
+  }
+  return found->second;
+}
+
+void launch(cudaKernel_t kernel, void* args, int64_t columns, int64_t rows, int device) {
+  if (columns <= 0 || rows <= 0) {
+    return;
+  }
+  dim3 block(32, 8);
+  dim3 grid(static_cast<unsigned>((columns + block.x - 1) / block.x),
+            static_cast<unsigned>((rows + block.y - 1) / block.y));
+  void* params[] = {args};
+  auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device));
+  check_cuda(cuda_api().launch_kernel(reinterpret_cast<const void*>(kernel), grid, block, params,
+                                      0, stream.stream()),
+             "launching a fused conversion");
+}
+#endif
+
+}  // namespace
+
+extern "C" {
+
+// Compiles the kernels' source for compute capability `arch` without loading it (no GPU
+// needed): the size of the image NVRTC made.
+int visiond_kernels_compile(const char* source, int arch, uint64_t* image_bytes, char* err,
+                            size_t len) {
+#ifdef VISIOND_CUDA_GRAPHS
+  return guarded(err, len, [&] { *image_bytes = compile(source, arch).size(); });
+#else
+  (void)source;
+  (void)arch;
+  (void)image_bytes;
+  write_error(err, len, "this build has no CUDA support in its shim");
+  return 1;
+#endif
+}
+
+// Compiles the kernels for CUDA device `device` and loads them there (once; later calls return
+// at once).
+int visiond_kernels_load(const char* source, int device, char* err, size_t len) {
+#ifdef VISIOND_CUDA_GRAPHS
+  return guarded(err, len, [&] {
+    std::lock_guard<std::mutex> lock(kernels_mutex);
+    if (kernels_by_device.count(device) != 0) {
+      return;
+    }
+    const CudaApi& api = cuda_api();
+    int major = 0, minor = 0;
+    check_cuda(api.device_attribute(&major, cudaDevAttrComputeCapabilityMajor, device),
+               "reading the compute capability");
+    check_cuda(api.device_attribute(&minor, cudaDevAttrComputeCapabilityMinor, device),
+               "reading the compute capability");
+    std::string image = compile(source, major * 10 + minor);
+    c10::DeviceGuard guard(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device)));
+    cudaLibrary_t library = nullptr;
+    check_cuda(api.library_load_data(&library, image.data(), nullptr, nullptr, 0, nullptr,
+                                     nullptr, 0),
+               "loading the fused conversions");
+    DeviceKernels loaded;
+    check_cuda(api.library_get_kernel(&loaded.yuv_to_rgb, library, "visiond_yuv420_to_rgb"),
+               "finding visiond_yuv420_to_rgb");
+    check_cuda(api.library_get_kernel(&loaded.rgb_to_yuv, library, "visiond_rgb_to_yuv420"),
+               "finding visiond_rgb_to_yuv420");
+    // The library stays loaded for the life of the process.
+    kernels_by_device[device] = loaded;
+  });
+#else
+  (void)source;
+  (void)device;
+  write_error(err, len, "this build has no CUDA support in its shim");
+  return 1;
+#endif
+}
+
+// 4:2:0 planes (uint8 views, any strides) to a new uint8 RGB [H, W, 3] on their device.
+int visiond_yuv420_to_rgb(const at::Tensor* y, const at::Tensor* u, const at::Tensor* v,
+                          const int32_t* params, at::Tensor** out, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    at::Tensor rgb;
+    VkYuvToRgb args = yuv_to_rgb_args(*y, *u, *v, params, &rgb);
+    if (y->is_cpu()) {
+      for (int row = 0; row < args.height; ++row) {
+        for (int col = 0; col < args.width; ++col) {
+          vk_yuv_pixel(args, row, col);
+        }
+      }
+    } else {
+#ifdef VISIOND_CUDA_GRAPHS
+      int device = y->get_device();
+      c10::DeviceGuard guard(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device)));
+      launch(kernels_on(device).yuv_to_rgb, &args, args.width, args.height, device);
+#else
+      throw std::runtime_error("this build has no CUDA support in its shim");
+#endif
+    }
+    *out = new at::Tensor(std::move(rgb));
+  });
+}
+
+// uint8 RGB [H, W, 3] into the Y, U and V plane views given (I420, or NV12's interleaved plane
+// as two views one byte apart), on their device.
+int visiond_rgb_to_yuv420(const at::Tensor* rgb, const at::Tensor* y, const at::Tensor* u,
+                          const at::Tensor* v, const int32_t* params, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    VkRgbToYuv args = rgb_to_yuv_args(*rgb, *y, *u, *v, params);
+    int rows = (args.height + 1) / 2, columns = (args.width + 1) / 2;
+    if (rgb->is_cpu()) {
+      for (int i = 0; i < rows; ++i) {
+        for (int j = 0; j < columns; ++j) {
+          vk_rgb_block(args, i, j);
+        }
+      }
+    } else {
+#ifdef VISIOND_CUDA_GRAPHS
+      int device = rgb->get_device();
+      c10::DeviceGuard guard(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device)));
+      launch(kernels_on(device).rgb_to_yuv, &args, columns, rows, device);
+#else
+      throw std::runtime_error("this build has no CUDA support in its shim");
+#endif
+    }
+  });
 }
 
 }  // extern "C"
