@@ -13,7 +13,12 @@ use std::time::{Duration, Instant};
 
 use tch::{Device, Kind, Tensor};
 use visiond::config::{DepthRange, OverlayConfig, OverlayMode, Task};
-use visiond::processing::{Annotator, Preprocessor, ProcessorConfig};
+use visiond::frames::YuvColour;
+use visiond::processing::{
+    Annotator, Preprocessor, ProcessorConfig, Yuv420, rgb_to_i420, rgb_to_yuv_coefficients,
+    yuv_to_rgb_coefficients, yuv420_to_rgb,
+};
+use visiond::runtime::native::{self, YuvToRgbParams};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -106,6 +111,8 @@ fn main() {
         );
     }
 
+    colour_conversions(device, iters, fh, fw, &frame);
+
     println!("\npost-processing onto a {fw}x{fh} frame");
     let depth = Tensor::rand([384, 384], (Kind::Float, device));
     let logits = Tensor::randn([150, 480, 480], (Kind::Float, device));
@@ -147,6 +154,82 @@ fn main() {
         });
         println!("  {name:<34} {:>8.2} ms/frame", ms(t));
     }
+}
+
+/// The colour conversions both ways: tensor ops (`processing::colour`) and the fused kernels
+/// (on CUDA one NVRTC kernel; on the CPU the same code in a plain loop).
+fn colour_conversions(device: Device, iters: usize, fh: i64, fw: i64, rgb: &Tensor) {
+    if let Device::Cuda(index) = device {
+        if let Err(e) = native::load_kernels(index) {
+            println!("\ncolour conversions: the fused kernels cannot load: {e}");
+            return;
+        }
+    }
+    println!("\ncolour conversions of a {fw}x{fh} frame: tensor ops | fused");
+    let colour = YuvColour {
+        kr: 0.2126,
+        kb: 0.0722,
+        full_range: false,
+        chroma_h_cosited: true,
+        chroma_v_cosited: false,
+    };
+    let (ch, cw) = ((fh + 1) / 2, (fw + 1) / 2);
+    let y = Tensor::randint(256, [fh, fw], (Kind::Uint8, device));
+    let u = Tensor::randint(256, [ch, cw], (Kind::Uint8, device));
+    let v = Tensor::randint(256, [ch, cw], (Kind::Uint8, device));
+    let uv = Tensor::stack(&[&u, &v], 2);
+    let coefficients = yuv_to_rgb_coefficients(&colour).map(|c| c as i32);
+    for (name, filtered) in [("I420 -> RGB", false), ("NV12 -> RGB", true)] {
+        let frame = || {
+            if filtered {
+                Yuv420::Nv12 { y: &y, uv: &uv }
+            } else {
+                Yuv420::I420 {
+                    y: &y,
+                    u: &u,
+                    v: &v,
+                }
+            }
+        };
+        let ops = time(device, iters, || {
+            yuv420_to_rgb(frame(), &colour).expect("convert")
+        });
+        let (u, v) = if filtered {
+            (uv.select(2, 0), uv.select(2, 1))
+        } else {
+            (u.shallow_clone(), v.shallow_clone())
+        };
+        let params = YuvToRgbParams {
+            filtered,
+            h_cosited: colour.chroma_h_cosited,
+            v_cosited: colour.chroma_v_cosited,
+            coefficients,
+        };
+        let fused = time(device, iters, || {
+            native::fused_yuv420_to_rgb(&y, &u, &v, &params).expect("convert")
+        });
+        println!(
+            "  {name:<34} {:>8.2} | {:>8.2} ms/frame",
+            ms(ops),
+            ms(fused)
+        );
+    }
+    let ops = time(device, iters, || {
+        rgb_to_i420(rgb, &colour).expect("convert").0
+    });
+    let rgb_coefficients = rgb_to_yuv_coefficients(&colour);
+    let fused = time(device, iters, || {
+        let (y, u, v) = (y.empty_like(), u.empty_like(), v.empty_like());
+        native::fused_rgb_to_yuv420(rgb, [&y, &u, &v], true, false, &rgb_coefficients)
+            .expect("convert");
+        y
+    });
+    println!(
+        "  {:<34} {:>8.2} | {:>8.2} ms/frame",
+        "RGB -> I420",
+        ms(ops),
+        ms(fused)
+    );
 }
 
 fn time(device: Device, iters: usize, mut f: impl FnMut() -> Tensor) -> Duration {
