@@ -159,11 +159,11 @@ fn main() {
 /// The colour conversions both ways: tensor ops (`processing::colour`) and the fused kernels
 /// (on CUDA one NVRTC kernel; on the CPU the same code in a plain loop).
 fn colour_conversions(device: Device, iters: usize, fh: i64, fw: i64, rgb: &Tensor) {
-    if let Device::Cuda(index) = device {
-        if let Err(e) = native::load_kernels(index) {
-            println!("\ncolour conversions: the fused kernels cannot load: {e}");
-            return;
-        }
+    if let Device::Cuda(index) = device
+        && let Err(e) = native::load_kernels(index)
+    {
+        println!("\ncolour conversions: the fused kernels cannot load: {e}");
+        return;
     }
     println!("\ncolour conversions of a {fw}x{fh} frame: tensor ops | fused");
     let colour = YuvColour {
