@@ -241,3 +241,29 @@ fn pinned_copies_keep_the_bytes_where_cuda_is_and_fail_as_errors_where_not() {
         }
     }
 }
+
+#[test]
+fn results_events_and_side_streams_work_where_cuda_is_and_fail_as_errors_where_not() {
+    let cuda = tch::Cuda::is_available();
+    match native::CudaEvent::record(0) {
+        Ok(event) => {
+            assert!(cuda);
+            event.synchronize().unwrap();
+        }
+        Err(reason) => {
+            assert!(!cuda, "{reason}");
+            assert!(!reason.is_empty());
+        }
+    }
+    match native::on_side_stream(0, || {
+        // What an output thread does there: a copy back to the host.
+        let on_device = Tensor::from_slice(&[5u8, 6, 7]).to_device(tch::Device::Cuda(0));
+        Vec::<u8>::try_from(on_device.to_device(tch::Device::Cpu)).unwrap()
+    }) {
+        Ok(bytes) => {
+            assert!(cuda);
+            assert_eq!(bytes, vec![5, 6, 7]);
+        }
+        Err(reason) => assert!(!cuda, "{reason}"),
+    }
+}

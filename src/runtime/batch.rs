@@ -16,6 +16,7 @@ use super::contract::{
 };
 use super::download::TorchResult;
 use super::graphs::ModelRunner;
+use super::native::CudaEvent;
 use super::stage::{FramePlan, StagedFrame, TorchStager};
 use super::tensors::{self, ForwardError};
 use crate::frames::{Frame, Pixels, Processed};
@@ -144,6 +145,7 @@ impl TorchInference {
             }
         };
         let annotated = self.annotate(&group, &output);
+        let ready = self.results_ready();
         group
             .into_iter()
             .zip(annotated)
@@ -152,6 +154,7 @@ impl TorchInference {
                     Ok(annotated) => {
                         let pending = TorchResult {
                             annotated,
+                            ready: ready.clone(),
                             format: self.stager.picture_format(),
                             fps: s.frame.fps,
                             _mapping: s.pixels.mapping,
@@ -166,6 +169,22 @@ impl TorchInference {
                 (s.position, outcome)
             })
             .collect()
+    }
+
+    /// On CUDA, an event after the group's post-processing, for the output threads to wait on
+    /// (without one they copy on the main stream, behind whatever was launched since: slower,
+    /// never wrong).
+    fn results_ready(&self) -> Option<Arc<CudaEvent>> {
+        let tch::Device::Cuda(index) = self.info.device else {
+            return None;
+        };
+        match CudaEvent::record(index) {
+            Ok(event) => Some(Arc::new(event)),
+            Err(e) => {
+                tracing::debug!(model = %self.info.name, "no results event: {e}");
+                None
+            }
+        }
     }
 
     /// The group's post-processing, one result per frame in order.

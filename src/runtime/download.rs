@@ -7,8 +7,11 @@
 //! one fused kernel where it has proven itself, see [`super::fused`]), then copied
 //! back in one piece; the host tensor's memory is handed to GStreamer as it is.
 
+use std::sync::Arc;
+
 use tch::{Device, Kind, Tensor};
 
+use super::native::{self, CudaEvent};
 use super::stage::Mapping;
 use crate::frames::{Downloaded, FrameLayout, HostBytes, PendingResult, PixelFormat, VideoImage};
 use crate::processing::{AnnotatedOnDevice, ProcessingError, depth16_to_vec};
@@ -16,6 +19,9 @@ use crate::processing::{AnnotatedOnDevice, ProcessingError, depth16_to_vec};
 /// One frame's result on the device.
 pub(super) struct TorchResult {
     pub annotated: AnnotatedOnDevice,
+    /// On CUDA: recorded after the batch's post-processing. The copy back waits for it alone
+    /// and runs on a side stream, not behind the batches launched on the main stream since.
+    pub ready: Option<Arc<CudaEvent>>,
     /// The picture's format for the encoder: I420 made on the device, or RGB.
     pub format: PixelFormat,
     pub fps: gstreamer::Fraction,
@@ -34,6 +40,21 @@ impl std::fmt::Debug for TorchResult {
 
 impl PendingResult for TorchResult {
     fn download(self: Box<Self>, picture: bool) -> Result<Downloaded, String> {
+        let (Some(ready), Device::Cuda(index)) =
+            (self.ready.clone(), self.annotated.frame.device())
+        else {
+            return self.copy_back(picture);
+        };
+        ready
+            .synchronize()
+            .map_err(|e| format!("cannot wait for the result on cuda:{index}: {e}"))?;
+        native::on_side_stream(index, move || self.copy_back(picture))
+            .map_err(|e| format!("no side stream on cuda:{index} to copy the result back: {e}"))?
+    }
+}
+
+impl TorchResult {
+    fn copy_back(self: Box<Self>, picture: bool) -> Result<Downloaded, String> {
         tch::no_grad(|| {
             let picture = picture
                 .then(|| download_picture(&self.annotated.frame, self.format, self.fps))

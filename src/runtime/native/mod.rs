@@ -44,6 +44,11 @@ unsafe extern "C" {
     fn visiond_graph_capture_end(graph: *mut c_void, err: *mut c_char, len: usize) -> c_int;
     fn visiond_graph_replay(graph: *mut c_void, err: *mut c_char, len: usize) -> c_int;
     fn visiond_graph_free(graph: *mut c_void);
+    fn visiond_event_record(device: c_int, err: *mut c_char, len: usize) -> *mut c_void;
+    fn visiond_event_synchronize(event: *mut c_void, err: *mut c_char, len: usize) -> c_int;
+    fn visiond_event_free(event: *mut c_void);
+    fn visiond_side_stream_enter(device: c_int, err: *mut c_char, len: usize) -> *mut c_void;
+    fn visiond_side_stream_exit(previous: *mut c_void);
     fn visiond_kernels_compile(
         source: *const c_char,
         arch: c_int,
@@ -411,4 +416,60 @@ pub fn fused_rgb_to_yuv420(
             len,
         )
     })
+}
+
+/// A point in a CUDA device's current stream: everything queued there before it was recorded.
+pub struct CudaEvent {
+    raw: *mut c_void,
+}
+
+// SAFETY: a c10::Event is a plain handle (recorded once, then only waited on); CUDA events may
+// be waited on from any thread.
+unsafe impl Send for CudaEvent {}
+unsafe impl Sync for CudaEvent {}
+
+impl CudaEvent {
+    /// Records an event on CUDA device `index`'s current stream (this thread's).
+    pub fn record(index: usize) -> Result<Self, String> {
+        let mut err = ErrorText::new();
+        let len = err.len();
+        let raw = unsafe { visiond_event_record(index as c_int, err.ptr(), len) };
+        if raw.is_null() {
+            Err(err.text())
+        } else {
+            Ok(Self { raw })
+        }
+    }
+
+    /// Blocks until the work queued before the record is done.
+    pub fn synchronize(&self) -> Result<(), String> {
+        call(|err, len| unsafe { visiond_event_synchronize(self.raw, err, len) })
+    }
+}
+
+impl Drop for CudaEvent {
+    fn drop(&mut self) {
+        unsafe { visiond_event_free(self.raw) }
+    }
+}
+
+/// Runs `work` with a side stream (libtorch's pool, non-blocking) current on this thread for
+/// CUDA device `index`, then restores the thread's stream: `work`'s copies and kernels do not
+/// queue behind what other threads launched on the default stream.
+pub fn on_side_stream<T>(index: usize, work: impl FnOnce() -> T) -> Result<T, String> {
+    let mut err = ErrorText::new();
+    let len = err.len();
+    let previous = unsafe { visiond_side_stream_enter(index as c_int, err.ptr(), len) };
+    if previous.is_null() {
+        return Err(err.text());
+    }
+    struct Restore(*mut c_void);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            unsafe { visiond_side_stream_exit(self.0) }
+        }
+    }
+    // Restored even if `work` unwinds.
+    let _restore = Restore(previous);
+    Ok(work())
 }

@@ -448,6 +448,76 @@ void visiond_graph_free(void* graph) {
 #endif
 }
 
+// --- events and side streams for the output threads ----------------------------------------
+// A batch's results are marked by an event recorded after its post-processing; an output
+// thread waits for that event alone and copies on a side stream, so its copy does not queue
+// behind the batches and frames launched on the main stream since.
+
+// A new event recorded on `device`'s current stream (null, with the reason, on failure).
+void* visiond_event_record(int device, char* err, size_t len) {
+#ifdef VISIOND_CUDA_GRAPHS
+  c10::Event* event = nullptr;
+  guarded(err, len, [&] {
+    auto owned = std::make_unique<c10::Event>(c10::DeviceType::CUDA);
+    owned->record(c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).unwrap());
+    event = owned.release();
+  });
+  return event;
+#else
+  (void)device;
+  write_error(err, len, "this build has no CUDA support in its shim");
+  return nullptr;
+#endif
+}
+
+// Blocks the calling thread until the work before the event's record is done.
+int visiond_event_synchronize(void* event, char* err, size_t len) {
+#ifdef VISIOND_CUDA_GRAPHS
+  return guarded(err, len, [&] { static_cast<c10::Event*>(event)->synchronize(); });
+#else
+  (void)event;
+  write_error(err, len, "this build has no CUDA support in its shim");
+  return 1;
+#endif
+}
+
+void visiond_event_free(void* event) {
+#ifdef VISIOND_CUDA_GRAPHS
+  delete static_cast<c10::Event*>(event);
+#else
+  (void)event;
+#endif
+}
+
+// Makes a stream from libtorch's pool (non-blocking: it never waits for the legacy default
+// stream) current on this thread for `device`; returns the previous one to restore.
+void* visiond_side_stream_enter(int device, char* err, size_t len) {
+#ifdef VISIOND_CUDA_GRAPHS
+  c10::cuda::CUDAStream* previous = nullptr;
+  guarded(err, len, [&] {
+    auto index = static_cast<c10::DeviceIndex>(device);
+    auto owned = std::make_unique<c10::cuda::CUDAStream>(c10::cuda::getCurrentCUDAStream(index));
+    c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, index));
+    previous = owned.release();
+  });
+  return previous;
+#else
+  (void)device;
+  write_error(err, len, "this build has no CUDA support in its shim");
+  return nullptr;
+#endif
+}
+
+void visiond_side_stream_exit(void* previous) {
+#ifdef VISIOND_CUDA_GRAPHS
+  auto* stream = static_cast<c10::cuda::CUDAStream*>(previous);
+  c10::cuda::setCurrentCUDAStream(*stream);
+  delete stream;
+#else
+  (void)previous;
+#endif
+}
+
 // --- memory --------------------------------------------------------------------------------
 
 // Bytes libtorch's caching allocator holds for tensors on `device` (`allocated`) and has
