@@ -245,10 +245,13 @@ fn pinned_copies_keep_the_bytes_where_cuda_is_and_fail_as_errors_where_not() {
 #[test]
 fn results_events_and_side_streams_work_where_cuda_is_and_fail_as_errors_where_not() {
     let cuda = tch::Cuda::is_available();
+    // A CPU tensor needs no stream bookkeeping, with or without CUDA.
+    native::record_stream(&Tensor::from_slice(&[1u8]), 0).unwrap();
     match native::CudaEvent::record(0) {
         Ok(event) => {
             assert!(cuda);
             event.synchronize().unwrap();
+            event.block(0).unwrap();
         }
         Err(reason) => {
             assert!(!cuda, "{reason}");

@@ -16,7 +16,7 @@ use super::contract::{
 };
 use super::download::TorchResult;
 use super::graphs::ModelRunner;
-use super::native::CudaEvent;
+use super::native::{self, CudaEvent};
 use super::stage::{FramePlan, StagedFrame, TorchStager};
 use super::tensors::{self, ForwardError};
 use crate::frames::{Frame, Pixels, Processed};
@@ -93,8 +93,31 @@ impl TorchInference {
         }
     }
 
-    /// The frame's staged pixels; a frame that reaches the worker unstaged is staged here.
+    /// The frame's staged pixels, ordered before the work this thread launches next; a frame
+    /// that reaches the worker unstaged is staged here.
     fn take_staged(&self, frame: &mut Frame) -> Result<StagedFrame, InferenceError> {
+        let staged = self.take_pixels(frame)?;
+        self.join_main_stream(&staged)
+            .map_err(|reason| InferenceError::Upload {
+                device: format!("{:?}", self.info.device),
+                reason,
+            })?;
+        Ok(staged)
+    }
+
+    /// A frame staged on a side stream: this thread's stream waits (on the device) for its
+    /// event, and the allocator is told this stream reads its tensors, so their memory is not
+    /// reused on the side stream before the model is done with them.
+    fn join_main_stream(&self, staged: &StagedFrame) -> Result<(), String> {
+        let (Some(ready), tch::Device::Cuda(index)) = (&staged.ready, self.info.device) else {
+            return Ok(());
+        };
+        ready.block(index)?;
+        native::record_stream(&staged.pixel_values, index)?;
+        native::record_stream(&staged.rgb, index)
+    }
+
+    fn take_pixels(&self, frame: &mut Frame) -> Result<StagedFrame, InferenceError> {
         match std::mem::replace(&mut frame.pixels, Pixels::Taken) {
             Pixels::Device(pixels) => pixels
                 .into_any()
@@ -178,6 +201,9 @@ impl TorchInference {
         let tch::Device::Cuda(index) = self.info.device else {
             return None;
         };
+        if !native::side_streams_enabled() {
+            return None;
+        }
         match CudaEvent::record(index) {
             Ok(event) => Some(Arc::new(event)),
             Err(e) => {

@@ -4,8 +4,9 @@
 //! On the CPU the tensors read GStreamer's memory in place (the buffer stays mapped while they
 //! live): no copy at all. On CUDA the bytes are copied once into page-locked memory (which frees
 //! GStreamer's buffer, often from a decoder's small pool, at once), then to the device without
-//! blocking; the copy and the kernels after it are queued on the same (default) stream as the
-//! model's, so the model sees the finished frame without anyone waiting for it.
+//! blocking; the copy and the kernels after it are queued on a side stream, and an event after
+//! them tells the model's stream (which waits for it on the device, never the host) when the
+//! frame is ready.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use gstreamer as gst;
 use tch::{Device, Kind, Tensor};
 
 use super::contract::{FrameFormats, FrameStager, StageCounters, StageError};
+use super::native::{self, CudaEvent};
 use crate::frames::{DevicePixels, Frame, FrameLayout, PixelFormat, Pixels};
 use crate::processing::{Preprocessor, Yuv420};
 
@@ -29,6 +31,9 @@ pub(super) struct StagedFrame {
     pub pixel_values: Tensor,
     /// The frame's bytes as the device holds them.
     pub input: Tensor,
+    /// On CUDA: recorded on the side stream the frame was staged on, after its last kernel.
+    /// The model's stream waits for it before reading the tensors above.
+    pub ready: Option<CudaEvent>,
     /// On the CPU: the buffer the tensors above read (declared last: dropped after them).
     pub mapping: Option<Mapping>,
 }
@@ -146,7 +151,7 @@ impl TorchStager {
             return Ok((host, Some(Arc::new(mapping))));
         }
         // One host copy, into page-locked memory; GStreamer's buffer goes back to its pool.
-        let pinned = super::native::pin_memory(&host)?;
+        let pinned = native::pin_memory(&host)?;
         drop(host);
         drop(mapping);
         self.host_copies.fetch_add(1, Ordering::Relaxed);
@@ -157,12 +162,30 @@ impl TorchStager {
         Ok((on_device, None))
     }
 
-    /// Stages one frame's pixels (its buffer) on the device.
+    /// Stages one frame's pixels (its buffer) on the device. On CUDA on a side stream (one of
+    /// libtorch's pool), so that the copy to the device and the conversion overlap the model's
+    /// work on the main stream instead of queueing behind it; the frame's `ready` event says
+    /// when its tensors are done.
     pub(super) fn stage_pixels(
         &self,
         buffer: gst::Buffer,
         layout: &FrameLayout,
     ) -> Result<StagedFrame, String> {
+        let Device::Cuda(index) = self.device else {
+            return self.stage_here(buffer, layout);
+        };
+        if !native::side_streams_enabled() {
+            return self.stage_here(buffer, layout);
+        }
+        native::on_side_stream(index, || {
+            let mut staged = self.stage_here(buffer, layout)?;
+            staged.ready = Some(CudaEvent::record(index)?);
+            Ok(staged)
+        })?
+    }
+
+    /// Stages on this thread's current stream.
+    fn stage_here(&self, buffer: gst::Buffer, layout: &FrameLayout) -> Result<StagedFrame, String> {
         tch::no_grad(|| {
             let (input, mapping) = self.upload(buffer, layout)?;
             let rgb = to_rgb(&input, layout).map_err(|e| e.to_string())?;
@@ -175,6 +198,7 @@ impl TorchStager {
                 rgb,
                 pixel_values,
                 input,
+                ready: None,
                 mapping,
             })
         })

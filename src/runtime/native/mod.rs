@@ -47,6 +47,18 @@ unsafe extern "C" {
     fn visiond_event_record(device: c_int, err: *mut c_char, len: usize) -> *mut c_void;
     fn visiond_event_synchronize(event: *mut c_void, err: *mut c_char, len: usize) -> c_int;
     fn visiond_event_free(event: *mut c_void);
+    fn visiond_event_block(
+        event: *mut c_void,
+        device: c_int,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
+    fn visiond_record_stream(
+        tensor: *const c_void,
+        device: c_int,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
     fn visiond_side_stream_enter(device: c_int, err: *mut c_char, len: usize) -> *mut c_void;
     fn visiond_side_stream_exit(previous: *mut c_void);
     fn visiond_kernels_compile(
@@ -445,12 +457,40 @@ impl CudaEvent {
     pub fn synchronize(&self) -> Result<(), String> {
         call(|err, len| unsafe { visiond_event_synchronize(self.raw, err, len) })
     }
+
+    /// Makes CUDA device `index`'s current stream wait (on the device) for this event: the
+    /// work queued there from now on starts after the work before the record.
+    pub fn block(&self, index: usize) -> Result<(), String> {
+        call(|err, len| unsafe { visiond_event_block(self.raw, index as c_int, err, len) })
+    }
+}
+
+/// Marks `tensor` (made on another stream) as used by CUDA device `index`'s current stream, so
+/// that its memory is not reused before that stream's work up to the tensor's release is done.
+pub fn record_stream(tensor: &Tensor, index: usize) -> Result<(), String> {
+    call(|err, len| unsafe {
+        visiond_record_stream(tensor.as_ptr().cast(), index as c_int, err, len)
+    })
 }
 
 impl Drop for CudaEvent {
     fn drop(&mut self) {
         unsafe { visiond_event_free(self.raw) }
     }
+}
+
+/// Whether the frame path uses side streams on CUDA (staging in the source threads, copies
+/// back in the output threads); `VISIOND_SIDE_STREAMS=off` queues everything on the default
+/// stream as before, to compare the two.
+pub fn side_streams_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        let off = std::env::var("VISIOND_SIDE_STREAMS").is_ok_and(|v| v == "off" || v == "0");
+        if off {
+            tracing::info!("VISIOND_SIDE_STREAMS=off: the frame path on the default stream only");
+        }
+        !off
+    })
 }
 
 /// Runs `work` with a side stream (libtorch's pool, non-blocking) current on this thread for

@@ -481,6 +481,40 @@ int visiond_event_synchronize(void* event, char* err, size_t len) {
 #endif
 }
 
+// Makes `device`'s current stream (on the device, not the host) wait for the event.
+int visiond_event_block(void* event, int device, char* err, size_t len) {
+#ifdef VISIOND_CUDA_GRAPHS
+  return guarded(err, len, [&] {
+    static_cast<c10::Event*>(event)->block(
+        c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).unwrap());
+  });
+#else
+  (void)event;
+  (void)device;
+  write_error(err, len, "this build has no CUDA support in its shim");
+  return 1;
+#endif
+}
+
+// Tells libtorch's caching allocator that `device`'s current stream uses the tensor's memory:
+// when the tensor is freed, the memory is not reused before that stream's work up to then is
+// done (a tensor made on a side stream and read on the main one).
+int visiond_record_stream(const at::Tensor* tensor, int device, char* err, size_t len) {
+#ifdef VISIOND_CUDA_GRAPHS
+  return guarded(err, len, [&] {
+    if (tensor->is_cuda()) {
+      tensor->record_stream(
+          c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).unwrap());
+    }
+  });
+#else
+  (void)tensor;
+  (void)device;
+  write_error(err, len, "this build has no CUDA support in its shim");
+  return 1;
+#endif
+}
+
 void visiond_event_free(void* event) {
 #ifdef VISIOND_CUDA_GRAPHS
   delete static_cast<c10::Event*>(event);
