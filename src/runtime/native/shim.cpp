@@ -341,6 +341,8 @@ void* visiond_graph_context_new(int device, char* err, size_t len) {
   GraphContext* context = nullptr;
   guarded(err, len, [&] {
     auto index = static_cast<c10::DeviceIndex>(device);
+    // Low priority: the frame path's side streams come from the high-priority pool, never
+    // this stream (visiond_side_stream_enter).
     context = new GraphContext{index, c10::cuda::getStreamFromPool(false, index),
                                at::cuda::graph_pool_handle(), std::nullopt};
   });
@@ -524,14 +526,16 @@ void visiond_event_free(void* event) {
 }
 
 // Makes a stream from libtorch's pool (non-blocking: it never waits for the legacy default
-// stream) current on this thread for `device`; returns the previous one to restore.
+// stream) current on this thread for `device`; returns the previous one to restore. From the
+// high-priority pool: the graphs are captured on low-priority pool streams, and work another
+// thread queued on a stream while it is being captured would end up inside the graph.
 void* visiond_side_stream_enter(int device, char* err, size_t len) {
 #ifdef VISIOND_CUDA_GRAPHS
   c10::cuda::CUDAStream* previous = nullptr;
   guarded(err, len, [&] {
     auto index = static_cast<c10::DeviceIndex>(device);
     auto owned = std::make_unique<c10::cuda::CUDAStream>(c10::cuda::getCurrentCUDAStream(index));
-    c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, index));
+    c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(true, index));
     previous = owned.release();
   });
   return previous;
