@@ -178,16 +178,28 @@ pub fn summary(name: &str, model: &ModelConfig) -> String {
         ),
         (dtype, _, _) => format!("TF32 n/a ({dtype} weights and activations)"),
     };
-    let graphs = match (model.cuda_graphs, resolved) {
+    let graphs = match (model.cuda_graphs, &resolved) {
         (false, _) => "CUDA graphs off".to_owned(),
-        (true, Ok(Device::Cuda(index))) => match native::cuda_graphs_available(index) {
+        (true, Ok(Device::Cuda(index))) => match native::cuda_graphs_available(*index) {
             Ok(()) => "CUDA graphs on".to_owned(),
             Err(why) => format!("CUDA graphs unavailable ({why}): eager"),
         },
         (true, _) => "CUDA graphs on (applies on CUDA only)".to_owned(),
     };
+    // On CUDA: whether frames will be converted by the fused kernels (NVRTC compiles and loads
+    // them here, as the first frame would) or by tensor ops, and why.
+    let conversions = match resolved {
+        Ok(Device::Cuda(_)) if !crate::runtime::fused::enabled() => {
+            ", colour conversions as tensor ops (VISIOND_FUSED_KERNELS=off)".to_owned()
+        }
+        Ok(Device::Cuda(index)) => match native::load_kernels(index) {
+            Ok(()) => ", colour conversions by fused kernels (NVRTC)".to_owned(),
+            Err(why) => format!(", colour conversions as tensor ops ({why})"),
+        },
+        _ => String::new(),
+    };
     format!(
-        "  model {name}: {device}, {}, {tf32}, {graphs}",
+        "  model {name}: {device}, {}, {tf32}, {graphs}{conversions}",
         model.dtype
     )
 }

@@ -44,7 +44,8 @@ fn trust() -> &'static Mutex<HashMap<(usize, Conversion), Trust>> {
     TRUST.get_or_init(Default::default)
 }
 
-fn enabled() -> bool {
+/// Whether the fused conversions may be used (`VISIOND_FUSED_KERNELS=off` says no).
+pub fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
     *ENABLED.get_or_init(|| {
         let off = std::env::var("VISIOND_FUSED_KERNELS").is_ok_and(|v| v == "off" || v == "0");
