@@ -638,25 +638,34 @@ impl VideoChain {
             },
         };
         let info = with_fps(info, processed.frame.fps)?;
-        if announce(&self.queue.appsrc, &mut self.input_format, &info)?
-            && self.output_size.is_none()
-        {
-            // 4:2:0 encoders need even sizes.
-            let size = (info.width() & !1, info.height() & !1);
-            self.out_size.set_property(
-                "caps",
-                gst::Caps::builder("video/x-raw")
-                    .field("width", size.0 as i32)
-                    .field("height", size.1 as i32)
-                    .build(),
-            );
-            self.output_size = Some(size);
-        }
+        self.fix_output_size(&info);
+        announce(&self.queue.appsrc, &mut self.input_format, &info)?;
         if let (Some(label), Some(text)) = (&self.label, &processed.label) {
             label.set_property("text", text);
         }
         stamp(&mut buffer, processed);
         self.queue.push(buffer)
+    }
+}
+
+impl VideoChain {
+    /// Fixes the output size at the first frame's (even, as 4:2:0 encoders need). It must be
+    /// set before the appsrc announces its first caps: the caps event leaves on the appsrc's
+    /// own thread at once, and reaching the scaler before the size filter has its caps, it
+    /// would negotiate the odd size that the encoder then refuses.
+    fn fix_output_size(&mut self, info: &gst_video::VideoInfo) {
+        if self.output_size.is_some() {
+            return;
+        }
+        let size = (info.width() & !1, info.height() & !1);
+        self.out_size.set_property(
+            "caps",
+            gst::Caps::builder("video/x-raw")
+                .field("width", size.0 as i32)
+                .field("height", size.1 as i32)
+                .build(),
+        );
+        self.output_size = Some(size);
     }
 }
 
@@ -732,6 +741,72 @@ pub fn rgb_buffer(data: Vec<u8>, width: u32, height: u32) -> gst::Buffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::LaunchSink;
+    use crate::frames::{Frame, FrameLayout, PixelFormat};
+
+    fn rgb_frame(width: u32, height: u32) -> Processed {
+        let fps = gst::Fraction::new(30, 1);
+        let layout = FrameLayout::standard(PixelFormat::Rgb, width, height, fps).unwrap();
+        let size = layout.info.size();
+        Processed::passthrough(Frame {
+            pipeline: 0,
+            seq: 0,
+            pts: Some(gst::ClockTime::ZERO),
+            duration: Some(gst::ClockTime::from_mseconds(33)),
+            captured: std::time::Instant::now(),
+            width,
+            height,
+            fps,
+            layout,
+            pixels: Pixels::Host(gst::Buffer::with_size(size).unwrap()),
+        })
+    }
+
+    #[test]
+    fn the_output_size_is_fixed_before_the_first_caps_leave_the_appsrc() {
+        gst::init().unwrap();
+        let settings = OutputSettings {
+            pipeline: "odd".into(),
+            sinks: vec![SinkConfig::Launch(LaunchSink {
+                pipeline: "fakesink".into(),
+            })],
+            encoder: EncoderConfig {
+                element: "x264enc".into(),
+                ..EncoderConfig::default()
+            },
+            live: false,
+            when_full: WhenFull::Block,
+            draw_label: false,
+        };
+        let drops = Arc::new(DropCounter::default());
+        let mut output = VideoOutput::start(&settings, None, drops).unwrap().unwrap();
+        let appsrc = output.video.as_ref().unwrap().queue.appsrc.clone();
+        let out_size = output.video.as_ref().unwrap().out_size.clone();
+        // Whether the appsrc had announced caps already when the size filter got its size:
+        // from the moment it has, its caps event may be downstream, ahead of the size.
+        let announced_first = Arc::new(std::sync::Mutex::new(None::<bool>));
+        out_size.connect_notify(Some("caps"), {
+            let announced_first = announced_first.clone();
+            move |_, _| {
+                *announced_first.lock().unwrap() = Some(appsrc.caps().is_some());
+            }
+        });
+        output.push(&mut rgb_frame(81, 61)).unwrap();
+        assert_eq!(
+            *announced_first.lock().unwrap(),
+            Some(false),
+            "the output size must be fixed before the appsrc announces its caps"
+        );
+        let caps = out_size.property::<gst::Caps>("caps");
+        let size = caps.structure(0).map(|s| {
+            (
+                s.get::<i32>("width").unwrap_or(0),
+                s.get::<i32>("height").unwrap_or(0),
+            )
+        });
+        assert_eq!(size, Some((80, 60)), "{caps}");
+        output.abort();
+    }
 
     #[test]
     fn odd_widths_are_padded_to_gstreamer_strides() {
