@@ -12,7 +12,7 @@ pub use frame::{
     Downloaded, Frame, FrameIdentity, FrameTooSmall, PendingResult, Processed, PtsContinuity,
     RgbImage, pack_rgb_rows,
 };
-pub use hop::{DropCounter, HopSender, SendOutcome, hop};
+pub use hop::{DropCounter, GiveUp, HopReceiver, HopSender, SendOutcome, hop};
 pub use pixels::{
     BufferTooSmall, DevicePixels, FrameLayout, HostBytes, PixelFormat, Pixels, Plane, VideoImage,
     YuvColour,

@@ -214,10 +214,62 @@ pub struct PipelineStats {
     outputs: Mutex<Vec<OutputHealth>>,
     /// Output failures by reason (`disk full`, `write error`, ...).
     output_failures: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Frames lost to a failure rather than dropped by a queue's policy, by reason
+    /// ([`Loss`]); an encoded frame that a recording missed counts here too.
+    losses: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Warnings about how the pipeline ended (a truncated input), for the summary.
     notes: Mutex<Vec<String>>,
     /// The latest published frame, captured while the status page looks at it.
     pub latest_frame: std::sync::Arc<LatestFrame>,
+}
+
+/// Why a frame was lost, rather than dropped by a queue's `when_full` policy. A pipeline
+/// that lost any frame does not end as a clean `finished`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// The video output was down, or refused the frame (it failed on it).
+    OutputFailed,
+    /// The model's result could not be copied back from its device.
+    CopyBackFailed,
+    /// The model failed on the frame.
+    InferenceFailed,
+    /// The model's worker stopped (it panicked) with the frame.
+    WorkerStopped,
+    /// The stage after a hop had already stopped.
+    StageStopped,
+    /// The drain after a stop took longer than the grace period.
+    Abandoned,
+    /// Its metadata line could not be written.
+    MetadataFailed,
+    /// A recording was down, or could not keep up, when the frame was encoded.
+    RecordingMissed,
+}
+
+impl Loss {
+    /// Every reason, as metrics label them.
+    pub const ALL: [Loss; 8] = [
+        Loss::OutputFailed,
+        Loss::CopyBackFailed,
+        Loss::InferenceFailed,
+        Loss::WorkerStopped,
+        Loss::StageStopped,
+        Loss::Abandoned,
+        Loss::MetadataFailed,
+        Loss::RecordingMissed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Loss::OutputFailed => "output failed",
+            Loss::CopyBackFailed => "copy back failed",
+            Loss::InferenceFailed => "inference failed",
+            Loss::WorkerStopped => "model worker stopped",
+            Loss::StageStopped => "stage stopped",
+            Loss::Abandoned => "abandoned at shutdown",
+            Loss::MetadataFailed => "metadata write failed",
+            Loss::RecordingMissed => "recording missed",
+        }
+    }
 }
 
 /// One output's health: the encoded video output as a whole (`video`), or one recording
@@ -336,6 +388,49 @@ impl PipelineStats {
             .lock()
             .map(|f| f.clone())
             .unwrap_or_default()
+    }
+
+    /// Counts `frames` lost to `loss`.
+    pub fn lose(&self, loss: Loss, frames: u64) {
+        if frames == 0 {
+            return;
+        }
+        if let Ok(mut losses) = self.losses.lock() {
+            *losses.entry(loss.label()).or_default() += frames;
+        }
+    }
+
+    /// Frames lost so far, by reason (only reasons that happened).
+    pub fn losses(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.losses.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Every frame lost so far, whatever the reason.
+    pub fn lost(&self) -> u64 {
+        self.losses().values().sum()
+    }
+
+    /// The end state once the outputs are done: a pipeline that would finish but lost frames
+    /// on the way failed, saying how many and why (it is not a clean `finished`).
+    pub fn settle_losses(&self, state: PipelineState) -> PipelineState {
+        if state != PipelineState::Finished {
+            return state;
+        }
+        let losses = self.losses();
+        if losses.is_empty() {
+            return state;
+        }
+        let total: u64 = losses.values().sum();
+        let reasons: Vec<String> = losses
+            .iter()
+            .map(|(reason, count)| format!("{count} {reason}"))
+            .collect();
+        PipelineState::Failed {
+            error: format!(
+                "the source finished, but {total} frame(s) were lost on the way: {}",
+                reasons.join(", ")
+            ),
+        }
     }
 
     /// Adds a warning about how the pipeline ended, for the summary.

@@ -115,6 +115,11 @@ impl Supervisor {
     /// its finite source ended empty. A live source stopped while still starting cleanly is
     /// only stopped.
     fn settle(&self, state: PipelineState, last_error: Option<String>) -> PipelineState {
+        // Stopped because something under the pipeline broke (its model's worker): failed.
+        if let Some(error) = self.stop.fault() {
+            tracing::error!(pipeline = %self.name, %error, "pipeline failed");
+            return PipelineState::Failed { error };
+        }
         if state != PipelineState::Finished {
             return state;
         }
