@@ -355,3 +355,31 @@ fn a_tensor_over_bytes_keeps_them_until_its_last_view_is_gone() {
         "kept after the last tensor was gone"
     );
 }
+
+#[test]
+fn every_function_of_the_shims_c_interface_is_noexcept() {
+    // A C++ exception unwinding into Rust is undefined behaviour: each function the Rust side
+    // calls must promise (and, through `guarded`, keep) that none escapes.
+    let source = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/runtime/native/shim.cpp"),
+    )
+    .unwrap();
+    // Definitions start a line with their return type and the visiond_ prefix; their
+    // signature runs to the body's opening brace.
+    let mut checked = Vec::new();
+    for (at, _) in source.match_indices('\n') {
+        let definition = &source[at + 1..];
+        let starts = ["int visiond_", "void visiond_", "void* visiond_"];
+        if !starts.iter().any(|s| definition.starts_with(s)) {
+            continue;
+        }
+        let signature = &definition[..definition.find('{').unwrap()];
+        let name = signature.split('(').next().unwrap();
+        assert!(
+            signature.trim_end().ends_with("noexcept"),
+            "{name} is not noexcept"
+        );
+        checked.push(name.to_owned());
+    }
+    assert!(checked.len() >= 30, "only {checked:?}");
+}

@@ -215,12 +215,15 @@ unsafe fn owned_tensor(raw: *mut c_void) -> Tensor {
     unsafe { Tensor::from_ptr(raw.cast()) }
 }
 
-/// A device index as the shim takes it.
+/// A device index as the shim takes it: an int that libtorch narrows to its 8-bit
+/// `DeviceIndex`, so anything larger would silently name another device.
 fn device_index(index: usize) -> Result<c_int, NativeError> {
-    c_int::try_from(index).map_err(|_| NativeError::OutOfRange {
-        what: "CUDA device index",
-        value: index as i128,
-    })
+    i8::try_from(index)
+        .map(c_int::from)
+        .map_err(|_| NativeError::OutOfRange {
+            what: "CUDA device index",
+            value: index as i128,
+        })
 }
 
 /// Whether this build's shim has its CUDA part (graphs, events, side streams, the fused
@@ -795,6 +798,21 @@ mod tests {
 
     #[test]
     fn a_cuda_call_without_a_gpu_is_a_typed_error() {
+        // libtorch's device index is 8 bits: cuda:256 must not become cuda:0.
+        assert_eq!(
+            cuda_graphs_available(256),
+            Err(NativeError::OutOfRange {
+                what: "CUDA device index",
+                value: 256
+            })
+        );
+        assert_eq!(
+            CudaEvent::record(usize::MAX).err().unwrap().to_string(),
+            format!(
+                "CUDA device index {} is out of range for the shim",
+                usize::MAX
+            )
+        );
         if tch::Cuda::is_available() {
             return;
         }
@@ -809,12 +827,5 @@ mod tests {
         assert!(expected_kind(&e), "{e:?}");
         let e = on_side_stream(0, || ()).unwrap_err();
         assert!(expected_kind(&e), "{e:?}");
-        assert_eq!(
-            cuda_graphs_available(usize::MAX),
-            Err(NativeError::OutOfRange {
-                what: "CUDA device index",
-                value: usize::MAX as i128
-            })
-        );
     }
 }
