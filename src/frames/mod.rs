@@ -14,7 +14,7 @@ pub use frame::{
 };
 pub use hop::{DropCounter, GiveUp, HopReceiver, HopSender, SendOutcome, hop};
 pub use pixels::{
-    BufferTooSmall, DevicePixels, FrameLayout, HostBytes, PixelFormat, Pixels, Plane, VideoImage,
+    DevicePixels, FrameLayout, HostBytes, LayoutError, PixelFormat, Pixels, Plane, VideoImage,
     YuvColour,
 };
 pub use results::FrameResults;
