@@ -327,9 +327,16 @@ fn a_flood_of_snapshot_requests_for_a_frameless_pipeline_is_answered_and_ties_up
         "address",
         Duration::from_secs(20),
     );
+    // Its threads once the pipeline runs (its output, the RTSP server, the camera's
+    // attempts come and go): the most seen over a second.
+    daemon.line("source lost", Duration::from_secs(20));
     let pid = daemon.pid();
+    let mut idle = 0;
+    for _ in 0..20 {
+        idle = idle.max(threads(pid));
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let url = format!("http://{http}/api/pipelines/door/snapshot.jpg");
-    let idle = threads(pid);
     const REQUESTS: usize = 300;
     let barrier = Arc::new(Barrier::new(REQUESTS + 1));
     let clients: Vec<_> = (0..REQUESTS)
@@ -356,8 +363,9 @@ fn a_flood_of_snapshot_requests_for_a_frameless_pipeline_is_answered_and_ties_up
         std::thread::sleep(Duration::from_millis(100));
     }
     let answers: Vec<(Answer, Duration)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    // Before snapshots were bounded, each request held a blocking thread: +300.
     assert!(
-        busiest <= idle + 8,
+        busiest <= idle + 30,
         "{busiest} threads during the flood, {idle} before"
     );
     assert!(
