@@ -161,6 +161,8 @@ impl Supervisor {
 
     /// One life of the source, from build to `Null` (when the session is dropped).
     fn session(&self, deliver: impl Fn(Frame) + Send + Sync + 'static) -> SessionEnd {
+        // The new session's timestamps resume after the outage's length (recordings keep it).
+        self.identity.begin_session();
         let opened =
             SourceSession::open(&self.source, &self.formats, self.identity.clone(), deliver);
         let mut session = match opened {
