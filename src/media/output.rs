@@ -2,18 +2,19 @@
 //! and, for `depth16` sinks, a second appsrc of 16-bit depth → FFV1 → Matroska.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
-use super::recorder::{self, Recorder, RecorderInlet};
+use super::recorder::{self, Recorder, RecorderInlet, Timeline};
 use super::rtsp_server::{RtspFeed, RtspMounts};
 use super::snapshot::LatestFrame;
 use super::{MediaError, bus, quote, registry};
 use crate::config::{EncoderConfig, FileSink, PipelineConfig, SinkConfig, WhenFull};
-use crate::frames::{DropCounter, Pixels, Processed};
+use crate::frames::{DropCounter, Frame, Pixels, Processed};
 
 const APPSRC: &str = "visiond_appsrc";
 const OUT_SIZE: &str = "visiond_outsize";
@@ -81,6 +82,8 @@ pub struct VideoOutput {
     feeds: Vec<RtspFeed>,
     /// One per `file` sink, in sink order: each recording lives and fails on its own.
     recordings: Vec<Recording>,
+    /// Where the frames are on the wall clock, for the recordings.
+    timeline: Timeline,
     pipeline_name: String,
     /// Finite sources: recordings wait for room rather than drop a frame.
     block: bool,
@@ -347,13 +350,15 @@ impl VideoOutput {
             }),
         };
         let feeds = connect_rtsp(settings, rtsp, &pipeline)?;
-        let recordings = connect_recordings(settings, &pipeline)?;
+        let timeline = Timeline::default();
+        let recordings = connect_recordings(settings, &pipeline, &timeline)?;
         Ok(Some(Self {
             pipeline,
             video,
             depth,
             feeds,
             recordings,
+            timeline,
             pipeline_name: settings.pipeline.clone(),
             block: policy == WhenFull::Block,
         }))
@@ -372,8 +377,13 @@ impl VideoOutput {
             .unwrap_or_default()
     }
 
-    /// Starts (or restarts) recording `index`; it is up until it fails.
-    pub fn start_recording(&mut self, index: usize) -> Result<(), MediaError> {
+    /// Starts (or restarts) recording `index`; it is up until it fails. Segments its
+    /// retention deletes are counted in `deleted`.
+    pub fn start_recording(
+        &mut self,
+        index: usize,
+        deleted: &Arc<AtomicU64>,
+    ) -> Result<(), MediaError> {
         let Some(recording) = self.recordings.get_mut(index) else {
             return Ok(());
         };
@@ -385,6 +395,7 @@ impl VideoOutput {
             &recording.sink,
             &recording.inlet,
             self.block,
+            deleted.clone(),
         )?);
         Ok(())
     }
@@ -412,6 +423,7 @@ impl VideoOutput {
     /// Publishes one frame with its source PTS (and its 16-bit depth, for `depth16` sinks).
     /// The annotated picture is moved into the output (the metadata does not need it).
     pub fn push(&mut self, processed: &mut Processed) -> Result<(), MediaError> {
+        self.mark_for_recordings(&processed.frame);
         if let Some(video) = &mut self.video {
             video.push(processed)?;
         }
@@ -484,10 +496,36 @@ impl VideoOutput {
     }
 }
 
-/// Connects each `file` sink's appsink to the inlet its recordings are fed through.
+impl VideoOutput {
+    /// Notes where `frame` is on the wall clock for the recordings. Where the source came back
+    /// after an outage, asks the encoder for a keyframe on this very frame, so that a
+    /// segmented recording starts its new segment exactly there.
+    fn mark_for_recordings(&self, frame: &Frame) {
+        if self.recordings.is_empty() {
+            return;
+        }
+        self.timeline.note(frame);
+        if !frame.resumed {
+            return;
+        }
+        if let (Some(pts), Some(encoder)) = (frame.pts, self.pipeline.by_name(ENCODER)) {
+            // The appsrc's segment starts at 0, so running time is the timestamp. The event
+            // is taken before this frame is pushed, so it reaches the encoder first.
+            let event = gst_video::UpstreamForceKeyUnitEvent::builder()
+                .running_time(pts)
+                .all_headers(true)
+                .build();
+            encoder.send_event(event);
+        }
+    }
+}
+
+/// Connects each `file` sink's appsink to the inlet its recordings are fed through; they
+/// read the output's `timeline`.
 fn connect_recordings(
     settings: &OutputSettings,
     pipeline: &gst::Pipeline,
+    timeline: &Timeline,
 ) -> Result<Vec<Recording>, MediaError> {
     let mut recordings = Vec::new();
     for (index, sink) in settings.sinks.iter().enumerate() {
@@ -499,7 +537,7 @@ fn connect_recordings(
             &format!("{RECORDING}{index}"),
             &settings.what(),
         )?;
-        let inlet = RecorderInlet::default();
+        let inlet = RecorderInlet::new(timeline.clone());
         let feed = inlet.clone();
         appsink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
