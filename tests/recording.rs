@@ -195,7 +195,7 @@ fn a_camera_outage_stays_in_recordings_as_a_gap_and_starts_a_new_segment() {
     let plain_packets = packets(&plain);
     let span = check_timestamps(&plain, &plain_packets);
     assert!(
-        span > recorded - 2.0 && span < recorded + 1.0,
+        span > recorded - 2.0 && span < recorded + 2.0,
         "the file spans {span:.2} s; {recorded:.2} s passed between its first and last frame \
          (the outage was {outage:.2} s)"
     );
@@ -261,14 +261,15 @@ fn retention_deletes_the_oldest_segments_beyond_max_age_and_max_bytes() {
     let tiny_dir = out.path().join("tiny");
     std::fs::create_dir(&kept_dir).unwrap();
     std::fs::create_dir(&tiny_dir).unwrap();
-    // Segments of an earlier run: one too old, one too big for the budget, one that fits.
+    // Segments of an earlier run: one too old, one too big for the budget, one that fits. The
+    // new segments (100 kbit/s) stay far below the budget however slow this machine is.
     let now = SystemTime::now();
     let hour = Duration::from_secs(3600);
     let too_old = kept_dir.join(segment_name("cam", now - 100 * 24 * hour, 0, "mp4"));
     let too_big = kept_dir.join(segment_name("cam", now - hour, 1, "mp4"));
     let fits = kept_dir.join(segment_name("cam", now - hour / 2, 2, "mp4"));
     std::fs::write(&too_old, [0u8; 10]).unwrap();
-    std::fs::write(&too_big, vec![0u8; 300_000]).unwrap();
+    std::fs::write(&too_big, vec![0u8; 1_100_000]).unwrap();
     std::fs::write(&fits, [0u8; 10]).unwrap();
     let (_dir, config) = temp_tree(
         "",
@@ -279,7 +280,7 @@ fn retention_deletes_the_oldest_segments_beyond_max_age_and_max_bytes() {
                 .encoder("{ bitrate_kbps: 100 }")
                 .file_sink_with(
                     &kept_dir.join("cam.mp4"),
-                    "segment_s: 1, max_age: 7d, max_bytes: 200000",
+                    "segment_s: 1, max_age: 7d, max_bytes: 1000000",
                 ),
             Pipeline::new("tiny")
                 .source(Source::test(160, 120).fps(30))
