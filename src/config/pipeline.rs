@@ -420,7 +420,7 @@ fn age<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Durat
         };
         serde::de::Error::custom(format!(
             "'{}' is not an age: give seconds, or a number and a unit such as \"7d\", \"12h\" or \"30m\"",
-            super::limits::shown(&text)
+            super::error::shown(&text)
         ))
     })
 }

@@ -6,6 +6,12 @@
 //! mp4 is written fragmented (a `moof` fragment per second after a header written first), so
 //! a recording cut at any moment (SIGKILL, power loss, a full disk) plays up to its last
 //! complete fragment; Matroska is readable up to its last cluster by construction.
+//!
+//! A recording's time maps to the wall clock: the frames' timestamps keep an outage as a gap
+//! of its length (`frames::PtsContinuity`), each file starts at 0 with decoding timestamps
+//! that only increase, and a segmented recording names each segment by its first frame's
+//! wall-clock time ([`Timeline`], [`super::segments`]) and starts a new one where the camera
+//! came back after an outage.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
