@@ -199,6 +199,13 @@ fn a_camera_outage_stays_in_recordings_as_a_gap_and_starts_a_new_segment() {
         "the file spans {span:.2} s; {recorded:.2} s passed between its first and last frame \
          (the outage was {outage:.2} s)"
     );
+    // It plays across the gap: every frame decodes.
+    assert_eq!(
+        decode_h264(&plain, "qtdemux").frames,
+        plain_packets.len(),
+        "not every frame of {} decodes",
+        plain.display()
+    );
     let (hole, after_hole) = largest_gap(&plain_packets);
     assert!(
         hole > outage - 0.5 && hole < outage + 10.0,
