@@ -111,7 +111,7 @@ fn unknown_keys_are_named_with_their_path() {
                 "{p}: source.test.colour: unknown field `colour`, expected one of `pattern`, `width`, `height`, `fps`, `frames`"
             ),
             format!(
-                "{p}: sinks[0].file.pth: unknown field `pth`, expected one of `path`, `format`, `segment_s`"
+                "{p}: sinks[0].file.pth: unknown field `pth`, expected one of `path`, `format`, `segment_s`, `max_age`, `max_bytes`"
             ),
             format!(
                 "{p}: extra: unknown key; expected one of: name, source, model, queue, overlay, encoder, sinks, metadata"
@@ -373,6 +373,69 @@ sinks:
                 "{p}: sinks[1].launch.pipeline: GStreamer cannot build 'fakesink nosuchprop=1': no property \"nosuchprop\" in element \"fakesink\""
             ),
         ]
+    );
+}
+
+#[test]
+fn recording_retention_keys_are_checked() {
+    let tree = Tree::new(DAEMON);
+    tree.pipeline(
+        "door.yaml",
+        "name: door
+source: { test: {} }
+model: depth
+sinks:
+  - file: { path: ../out/a.mp4, segment_s: 60, max_age: 7x }
+  - file: { path: ../out/b.mp4, segment_s: 60, max_bytes: -1 }
+  - file: { path: ../out/c.mp4, max_age: 3600, max_bytes: 1000 }
+  - file: { path: ../out/d.mp4, segment_s: 60, max_age: 0, max_bytes: 0 }
+  - file: { path: ../out/e-%s.mkv, segment_s: 60 }
+",
+    );
+    let p = tree.file("pipelines/door.yaml");
+    let needs = "deletes old segments, so it needs `segment_s` (a recording without segments is one file, which is never deleted)";
+    assert_eq!(
+        tree.errors(),
+        vec![
+            format!(
+                "{p}: sinks[0].file.max_age: '7x' is not an age: give seconds, or a number and a unit such as \"7d\", \"12h\" or \"30m\""
+            ),
+            format!("{p}: sinks[1].file.max_bytes: invalid type: integer `-1`, expected u64"),
+            format!("{p}: sinks[2].file.max_age: {needs}"),
+            format!("{p}: sinks[2].file.max_bytes: {needs}"),
+            format!("{p}: sinks[3].file.max_age: must be more than 0"),
+            format!("{p}: sinks[3].file.max_bytes: must be at least 1"),
+            format!(
+                "{p}: sinks[4].file.path: 'e-%s.mkv' may hold one segment counter, %d or %0Nd (e.g. %05d), and no other '%'"
+            ),
+        ]
+    );
+    // Nothing was written where the recordings would go.
+    assert_eq!(std::fs::read_dir(tree.path("out")).unwrap().count(), 0);
+
+    tree.pipeline(
+        "door.yaml",
+        "name: door
+source: { test: {} }
+model: depth
+sinks:
+  - file: { path: ../out/a.mp4, segment_s: 60, max_age: 1d 12h, max_bytes: 5000000000 }
+  - file: { path: ../out/b-%03d.mkv, segment_s: 60, max_age: 600 }
+",
+    );
+    let config = tree.load().expect("valid");
+    let ages: Vec<_> = config.pipelines[0]
+        .config
+        .sinks
+        .iter()
+        .map(|sink| match sink {
+            SinkConfig::File(file) => (file.max_age.map(|a| a.as_secs()), file.max_bytes),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        ages,
+        vec![(Some(36 * 3600), Some(5_000_000_000)), (Some(600), None)]
     );
 }
 

@@ -275,6 +275,7 @@ fn check_sink(key: &str, sink: &SinkConfig, pipeline: &PipelineConfig, errors: &
             if file.segment_s == Some(0) {
                 errors.push(format!("{key}.segment_s"), "must be at least 1 second");
             }
+            check_retention(key, file, errors);
         }
         SinkConfig::Udp(udp) => {
             if udp.host.trim().is_empty() {
@@ -301,6 +302,46 @@ fn check_sink(key: &str, sink: &SinkConfig, pipeline: &PipelineConfig, errors: &
                 errors.push(key, "needs a depth model (the pipeline's model is 'none')");
             }
         }
+    }
+}
+
+/// A recording's retention (`max_age`, `max_bytes`) deletes old segments, so it needs
+/// segments; a segmented recording's file name may hold one counter, which splitmuxsink and
+/// the segment names fill in.
+fn check_retention(key: &str, file: &FileSink, errors: &mut FileErrors) {
+    if file.max_age.is_some_and(|age| age.is_zero()) {
+        errors.push(format!("{key}.max_age"), "must be more than 0");
+    }
+    if file.max_bytes == Some(0) {
+        errors.push(format!("{key}.max_bytes"), "must be at least 1");
+    }
+    if file.segment_s.is_none() {
+        for (name, set) in [
+            ("max_age", file.max_age.is_some()),
+            ("max_bytes", file.max_bytes.is_some()),
+        ] {
+            if set {
+                errors.push(
+                    format!("{key}.{name}"),
+                    "deletes old segments, so it needs `segment_s` (a recording without segments is one file, which is never deleted)",
+                );
+            }
+        }
+        return;
+    }
+    let name = file
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if segment_counter(&name).is_none() {
+        errors.push(
+            format!("{key}.path"),
+            format!(
+                "'{}' may hold one segment counter, %d or %0Nd (e.g. %05d), and no other '%'",
+                super::limits::shown(&name)
+            ),
+        );
     }
 }
 

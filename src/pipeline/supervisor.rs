@@ -227,6 +227,8 @@ impl Supervisor {
     /// One life of the source, from build to `Null` (when the session is dropped). The
     /// pipeline is `playing` from the session's first frame on.
     fn session(&self, deliver: impl Fn(Frame) + Send + Sync + 'static) -> SessionEnd {
+        // The new session's timestamps resume after the outage's length (recordings keep it).
+        self.identity.begin_session();
         let activity = self.stats.clone();
         activity.source.new_session();
         let deliver = move |frame: Frame| {
