@@ -66,11 +66,13 @@ impl FileErrors<'_> {
         self.errors.is_empty()
     }
 
+    /// Records one problem. Messages may quote what was written (serde quotes a value of the
+    /// wrong type, GStreamer a fragment), and are logged on a reload: credentials are masked.
     pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError {
             file: self.file.to_string(),
             key: key.into(),
-            message: message.into(),
+            message: super::redact::text(&message.into()),
         });
     }
 }

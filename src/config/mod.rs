@@ -14,6 +14,7 @@ mod model;
 pub mod paths;
 mod pipeline;
 mod reader;
+pub mod redact;
 mod shape;
 mod source;
 mod tree;
