@@ -113,6 +113,8 @@ fn unknown_keys_are_named_with_their_path() {
             format!(
                 "{p}: sinks[0].file.pth: unknown field `pth`, expected one of `path`, `format`, `segment_s`"
             ),
+            // Reading goes on past the misspelt key, and finds what is then missing.
+            format!("{p}: sinks[0].file: missing field `path`"),
             format!(
                 "{p}: extra: unknown key; expected one of: name, source, model, queue, overlay, encoder, sinks, metadata"
             ),
@@ -717,5 +719,80 @@ fn precision_keys_take_booleans_only() {
         errors[0].contains("models.depth.allow_tf32") && errors[0].contains("boolean"),
         "{}",
         errors[0]
+    );
+}
+
+/// `visiond check -c` on the tree's daemon file: exit code and stderr lines.
+fn check_lines(tree: &Tree, env: &[(&str, &str)], unset: &[&str]) -> (Option<i32>, Vec<String>) {
+    let mut command = visiond();
+    command.args(["check", "-c"]).arg(tree.path("visiond.yaml"));
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    for name in unset {
+        command.env_remove(name);
+    }
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    (
+        output.status.code(),
+        stderr.lines().map(str::to_string).collect(),
+    )
+}
+
+#[test]
+fn a_wrong_type_never_hides_a_range_error_beside_it() {
+    let tree = Tree::new(
+        "pipelines_dir: pipelines
+outputs: { retry_initial_ms: 0, retry_max_ms: soon }
+models:
+  depth: { path: model, device: gpu, batch: { max_size: four } }
+",
+    );
+    tree.pipeline(
+        "door.yaml",
+        "name: door
+source: { test: { width: wide, height: 0 }, fps: 0, reconnect: { initial_ms: 0, max_ms: 1s } }
+model: depth
+queue: { capacity: 0, when_full: sometimes }
+overlay: { alpha: 2, colormap: rainbow }
+encoder: { keyframe_interval: 0, bitrate_kbps: fast }
+sinks:
+  - udp: { host: \"\", port: none }
+  - file: { path: ../out/door.mp4, segment_s: 0, format: avi }
+  - rtsp: { mount: [door] }
+",
+    );
+    let d = tree.file("visiond.yaml");
+    let p = tree.file("pipelines/door.yaml");
+    let (code, lines) = check_lines(&tree, &[], &[]);
+    assert_eq!(code, Some(2), "{lines:#?}");
+    // Every type error and every range error of each section, in one run; nothing said about
+    // the values put in place of the unreadable ones (the port, the mount).
+    assert_eq!(
+        lines,
+        vec![
+            format!("{d}: outputs.retry_max_ms: invalid type: string \"soon\", expected u64"),
+            format!("{d}: outputs.retry_initial_ms: must be at least 1"),
+            format!("{d}: models.depth.device: unparsable device 'gpu': expected cpu, cuda, cuda:N or auto"),
+            format!("{d}: models.depth.batch.max_size: invalid type: string \"four\", expected usize"),
+            format!("{p}: source.test.width: invalid type: string \"wide\", expected u32"),
+            format!("{p}: source.reconnect.max_ms: invalid type: string \"1s\", expected u64"),
+            format!("{p}: source.test.height: must be positive"),
+            format!("{p}: source.fps: must be a positive number of frames per second"),
+            format!("{p}: source.reconnect.initial_ms: must be at least 1"),
+            format!("{p}: queue.when_full: unknown variant `sometimes`, expected one of `drop_oldest`, `drop_newest`, `block`"),
+            format!("{p}: queue.capacity: must be at least 1"),
+            format!("{p}: overlay.colormap: unknown variant `rainbow`, expected one of `turbo`, `inferno`, `magma`, `viridis`, `grayscale`"),
+            format!("{p}: overlay.alpha: must be between 0 and 1"),
+            format!("{p}: encoder.bitrate_kbps: invalid type: string \"fast\", expected u32"),
+            format!("{p}: encoder.keyframe_interval: must be at least 1 frame"),
+            format!("{p}: sinks[0].udp.port: invalid type: string \"none\", expected u16"),
+            format!("{p}: sinks[0].udp.host: must not be empty"),
+            format!("{p}: sinks[1].file.format: unknown variant `avi`, expected `mp4` or `mkv`"),
+            format!("{p}: sinks[1].file.segment_s: must be at least 1 second"),
+            format!("{p}: sinks[2].rtsp.mount: invalid type: sequence, expected a string"),
+            "20 error(s); configuration not valid".to_string(),
+        ]
     );
 }
