@@ -423,19 +423,33 @@ fn check_exits_2_and_prints_every_error_on_stderr() {
 #[test]
 fn check_exits_0_on_the_shipped_examples() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The example box has a USB camera at /dev/video0: without one, that is its only error.
+    let has_camera = std::fs::metadata("/dev/video0")
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()));
     for file in ["config/visiond.yaml", "config/demo.yaml"] {
+        // The passwords the example names, as /etc/visiond/env would give them.
         let output = visiond()
             .current_dir(root)
             .args(["check", "-c", file])
+            .env("FRONT_DOOR_PASSWORD", "example")
+            .env("VISIOND_RTSP_PASSWORD", "example")
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "{file}: {}{stdout}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if file == "config/visiond.yaml" && !has_camera {
+            assert_eq!(output.status.code(), Some(2), "{file}: {stderr}{stdout}");
+            let lines: Vec<&str> = stderr.lines().collect();
+            assert_eq!(lines.len(), 2, "{stderr}");
+            assert!(
+                lines[0].ends_with(
+                    "document-desk.yaml: source.v4l2.device: /dev/video0 does not exist (is the camera plugged in? `v4l2-ctl --list-devices` lists the devices)"
+                ),
+                "{stderr}"
+            );
+            continue;
+        }
+        assert_eq!(output.status.code(), Some(0), "{file}: {stderr}{stdout}");
         assert!(stdout.starts_with(&format!("{file}: OK: ")), "{stdout}");
     }
 }
@@ -795,4 +809,88 @@ sinks:
             "20 error(s); configuration not valid".to_string(),
         ]
     );
+}
+
+#[test]
+fn check_fails_on_unset_password_variables_and_missing_video_devices() {
+    let tree = Tree::new(
+        "pipelines_dir: pipelines
+rtsp: { auth: { username: viewer, password_env: VISIOND_TEST_UNSET_RTSP_PW } }
+",
+    );
+    std::fs::write(tree.path("not-a-device"), "").unwrap();
+    let metadata = "model: none\nmetadata:\n  - jsonl: { stdout: true }\n";
+    tree.pipeline(
+        "cam.yaml",
+        "name: cam
+source: { uri: rtsp://10.0.0.7/stream, credentials: { username: admin, password_env: VISIOND_TEST_UNSET_CAM_PW } }
+model: none
+sinks:
+  - rtsp: { mount: /cam }
+",
+    )
+    .pipeline(
+        "lobby.yaml",
+        "name: lobby\nsource: { uri: rtsp://10.0.0.8/stream, credentials: { username: admin, password_env: VISIOND_TEST_SET_CAM_PW } }\nmodel: none\nsinks:\n  - rtsp: { mount: /lobby }\n",
+    )
+    .pipeline(
+        "usb.yaml",
+        &format!("name: usb\nsource: {{ v4l2: {{ device: /dev/video-visiond-absent }} }}\n{metadata}"),
+    )
+    .pipeline(
+        "file.yaml",
+        &format!(
+            "name: file\nsource: {{ v4l2: {{ device: {} }} }}\n{metadata}",
+            tree.file("not-a-device")
+        ),
+    );
+    let d = tree.file("visiond.yaml");
+    let pipeline = |name: &str| tree.file(&format!("pipelines/{name}.yaml"));
+    let (code, lines) = check_lines(
+        &tree,
+        &[("VISIOND_TEST_SET_CAM_PW", "pa/ss@word")],
+        &["VISIOND_TEST_UNSET_RTSP_PW", "VISIOND_TEST_UNSET_CAM_PW"],
+    );
+    assert_eq!(code, Some(2), "{lines:#?}");
+    let unset = |variable: &str| {
+        format!(
+            "environment variable {variable} is not set (or not UTF-8); `visiond run` reads the password from it (under systemd: the unit's Environment= or EnvironmentFile=)"
+        )
+    };
+    assert_eq!(
+        lines,
+        vec![
+            format!(
+                "{d}: rtsp.auth.password_env: {}",
+                unset("VISIOND_TEST_UNSET_RTSP_PW")
+            ),
+            format!(
+                "{}: source.credentials.password_env: {}",
+                pipeline("cam"),
+                unset("VISIOND_TEST_UNSET_CAM_PW")
+            ),
+            format!(
+                "{}: source.v4l2.device: {} is not a video device (not a character device)",
+                pipeline("file"),
+                tree.file("not-a-device")
+            ),
+            format!(
+                "{}: source.v4l2.device: /dev/video-visiond-absent does not exist (is the camera plugged in? `v4l2-ctl --list-devices` lists the devices)",
+                pipeline("usb")
+            ),
+            "4 error(s); configuration not valid".to_string(),
+        ]
+    );
+    // With the variables set, the same tree is valid.
+    let (code, lines) = check_lines(
+        &tree,
+        &[
+            ("VISIOND_TEST_SET_CAM_PW", "x"),
+            ("VISIOND_TEST_UNSET_RTSP_PW", "x"),
+            ("VISIOND_TEST_UNSET_CAM_PW", "x"),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{lines:#?}");
+    assert_eq!(lines.len(), 3, "only the two devices are left: {lines:#?}");
 }

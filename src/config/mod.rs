@@ -25,5 +25,6 @@ pub use limits::{MAX_NAME, shown};
 pub use load::Overlay;
 pub use model::*;
 pub use pipeline::*;
+pub use shape::is_env_name;
 pub use source::*;
 pub use tree::{Config, PipelineFile, Reading};

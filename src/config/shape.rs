@@ -85,11 +85,15 @@ fn check_daemon(daemon: &DaemonConfig, errors: &mut FileErrors<'_>) {
     }
 }
 
-fn check_env_name(key: &str, name: &str, errors: &mut FileErrors<'_>) {
-    let valid = !name.is_empty()
+/// Whether `name` can be an environment variable's name (what `password_env` keys hold).
+pub fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
         && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !valid {
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn check_env_name(key: &str, name: &str, errors: &mut FileErrors<'_>) {
+    if !is_env_name(name) {
         errors.push(key, format!("'{name}' is not an environment variable name"));
     }
 }
