@@ -894,3 +894,44 @@ sinks:
     assert_eq!(code, Some(2), "{lines:#?}");
     assert_eq!(lines.len(), 3, "only the two devices are left: {lines:#?}");
 }
+
+#[test]
+fn check_warns_when_the_rtsp_server_is_reachable_beyond_loopback_without_auth() {
+    let warning = |address: &str, reach: &str| {
+        format!(
+            "rtsp.address: the RTSP server listens on {address} ({reach}) without authentication: anyone who can reach this machine can watch every mount; set rtsp.auth, or rtsp.address: 127.0.0.1 to keep it on this machine"
+        )
+    };
+    let cases = [
+        ("", Some(warning("0.0.0.0", "every interface"))),
+        ("rtsp: { address: \"::\" }\n", Some(warning("::", "every interface"))),
+        (
+            "rtsp: { address: 192.168.1.20 }\n",
+            Some(warning("192.168.1.20", "an address beyond loopback")),
+        ),
+        ("rtsp: { address: 127.0.0.1 }\n", None),
+        ("rtsp: { address: \"::1\" }\n", None),
+        (
+            "rtsp: { auth: { username: viewer, password_env: VISIOND_TEST_RTSP_PW } }\n",
+            None,
+        ),
+    ];
+    for (rtsp, expected) in cases {
+        let tree = Tree::new(&format!("pipelines_dir: pipelines\n{rtsp}"));
+        tree.pipeline(
+            "door.yaml",
+            "name: door\nsource: { test: {} }\nmodel: none\nsinks:\n  - rtsp: { mount: /door }\n",
+        );
+        let (code, lines) = check_lines(&tree, &[("VISIOND_TEST_RTSP_PW", "x")], &[]);
+        assert_eq!(code, Some(0), "{rtsp}: {lines:#?}");
+        let expected: Vec<String> = expected
+            .into_iter()
+            .map(|w| format!("warning: {}: {w}", tree.file("visiond.yaml")))
+            .collect();
+        assert_eq!(lines, expected, "{rtsp}");
+    }
+    // Without an `rtsp` sink no server starts, so there is nothing to warn about.
+    let tree = Tree::new(DAEMON);
+    tree.pipeline("door.yaml", GOOD_PIPELINE);
+    assert_eq!(check_lines(&tree, &[], &[]), (Some(0), vec![]));
+}

@@ -174,3 +174,27 @@ fn check_masks_the_passwords_of_the_launch_strings_it_cannot_parse() {
         "{stderr}"
     );
 }
+
+#[test]
+fn run_warns_in_its_log_when_its_rtsp_server_is_open_to_the_network_without_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    // The base tree leaves `rtsp.address` unset: every interface.
+    let file = write_tree(
+        dir.path(),
+        "",
+        &[Pipeline::new("cam")
+            .source(Source::test(64, 48).fps(10))
+            .model("none")
+            .rtsp_sink("/cam")],
+    );
+    let mut daemon = Daemon::spawn(&file, &[]);
+    let warning = daemon.line(
+        "rtsp.address: the RTSP server listens on 0.0.0.0 (every interface) without authentication",
+        Duration::from_secs(30),
+    );
+    assert!(warning.contains("WARN"), "{warning}");
+    // A warning, not a refusal: the server starts.
+    daemon.field("RTSP server listening", "port", Duration::from_secs(30));
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
