@@ -167,9 +167,12 @@ impl<'e, 'f> Sections<'e, 'f> {
     }
 }
 
-/// How many times one value is decoded again, at most, after taking a bad key out of it:
-/// enough for every key of any real section to be wrong, and a bound on a hostile one.
-const MAX_ATTEMPTS: usize = 256;
+/// How many times one value is read again, at most, after a stand-in was put in it, and how
+/// many bytes of it are read in all: enough for every key of any real section to be wrong (a
+/// section is a few hundred bytes), and a bound on the time a hostile one takes (a section of
+/// more than a quarter of a 1 MiB file is not read again).
+const MAX_REREADS: usize = 64;
+const MAX_REREAD_BYTES: usize = 256 * 1024;
 
 /// Decodes one value found at `prefix`, reporting each problem at `prefix` + the path serde
 /// reached inside it.
@@ -188,8 +191,10 @@ pub fn decode<T: DeserializeOwned>(
     unreadable: &mut Unreadable,
 ) -> Option<T> {
     let mut repairs: Vec<Repair> = Vec::new();
-    for _ in 0..MAX_ATTEMPTS {
-        let failure = match attempt::<T>(&value) {
+    let (mut reads, mut read_bytes) = (0, 0);
+    loop {
+        reads += 1;
+        let failure = match attempt::<T>(&value, &mut read_bytes) {
             Ok(decoded) => return Some(decoded),
             Err(failure) => failure,
         };
@@ -230,8 +235,14 @@ pub fn decode<T: DeserializeOwned>(
             repair.tried += 1;
         }
         unreadable.stand_in(errors.file, joined(prefix, &render(&repair.path)));
+        if reads > MAX_REREADS || read_bytes > MAX_REREAD_BYTES {
+            errors.push(
+                prefix,
+                "reading stopped here: the section is too large, or has too many problems, to list them all; fix these and check again",
+            );
+            return None;
+        }
     }
-    None
 }
 
 /// `prefix` and a path inside its value, as keys are written in messages (`sinks[1].udp.port`).
@@ -296,8 +307,8 @@ impl Failure {
     }
 }
 
-/// One try at decoding `value` as a `T`.
-fn attempt<T: DeserializeOwned>(value: &Value) -> Result<T, Failure> {
+/// One try at decoding `value` as a `T`; `read_bytes` counts what it read.
+fn attempt<T: DeserializeOwned>(value: &Value, read_bytes: &mut usize) -> Result<T, Failure> {
     // serde_yaml decodes `- rtsp: {...}` enums only from text, not from a `Value`, so the
     // section is written back to YAML first (cheap: config files are small).
     let text = serde_yaml::to_string(value).map_err(|error| Failure {
@@ -305,6 +316,7 @@ fn attempt<T: DeserializeOwned>(value: &Value) -> Result<T, Failure> {
         path: None,
         message: error.to_string(),
     })?;
+    *read_bytes += text.len();
     // Enums are written as one-key maps (`- file: {path: a.mp4}`, `range: {fixed: [0, 10]}`),
     // which serde_yaml 0.9 reads only through its singleton_map adapter.
     let mut track = serde_path_to_error::Track::new();
@@ -393,7 +405,8 @@ impl StandIn {
             return false;
         };
         match self {
-            Self::Absent => mapping.remove(key.as_str()).is_some(),
+            // Shifting keeps the written order, so problems are found in it.
+            Self::Absent => mapping.shift_remove(key.as_str()).is_some(),
             Self::Text => {
                 mapping.insert(Value::from(key.as_str()), Value::from(""));
                 true
@@ -403,5 +416,136 @@ impl StandIn {
                 true
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigError, OverlayConfig, SinkConfig, UdpSink};
+
+    /// Decodes `yaml` at `prefix`; the value, and every message (`key: message`) found.
+    fn read<T: DeserializeOwned>(
+        prefix: &str,
+        yaml: &str,
+    ) -> (Option<T>, Vec<String>, Vec<ConfigError>, Unreadable) {
+        let mut found = Vec::new();
+        let mut unreadable = Unreadable::default();
+        let value: Value = serde_yaml::from_str(yaml).unwrap();
+        let decoded = decode(
+            prefix,
+            value,
+            &mut FileErrors {
+                file: "p.yaml",
+                errors: &mut found,
+            },
+            &mut unreadable,
+        );
+        let messages = found
+            .iter()
+            .map(|e| format!("{}: {}", e.key, e.message))
+            .collect();
+        (decoded, messages, found, unreadable)
+    }
+
+    #[test]
+    fn every_unreadable_key_is_reported_and_the_rest_of_the_section_read() {
+        let (overlay, messages, ..) = read::<OverlayConfig>(
+            "overlay",
+            "{ alpha: 2, colormap: rainbow, smoothing_frames: often, top_k: 0, range: { fixed: [0, a] } }",
+        );
+        assert_eq!(
+            messages,
+            [
+                "overlay.colormap: unknown variant `rainbow`, expected one of `turbo`, `inferno`, `magma`, `viridis`, `grayscale`",
+                "overlay.smoothing_frames: invalid type: string \"often\", expected u32",
+                "overlay.range.fixed[1]: invalid type: string \"a\", expected f64",
+            ]
+        );
+        let overlay = overlay.expect("read with defaults in place of the unreadable keys");
+        assert_eq!((overlay.alpha, overlay.top_k), (2.0, 0));
+        assert_eq!(
+            overlay,
+            OverlayConfig {
+                alpha: 2.0,
+                top_k: 0,
+                ..OverlayConfig::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_required_key_gets_a_stand_in_whose_later_errors_are_dropped() {
+        let (sink, messages, mut found, unreadable) =
+            read::<SinkConfig>("sinks[0]", "{ udp: { host: cam, port: none } }");
+        assert_eq!(
+            messages,
+            ["sinks[0].udp.port: invalid type: string \"none\", expected u16"]
+        );
+        assert_eq!(
+            sink,
+            Some(SinkConfig::Udp(UdpSink {
+                host: "cam".into(),
+                port: 0
+            }))
+        );
+        // A check of the stand-in's value (0 is no port) is not the user's problem.
+        let later = |key: &str| ConfigError {
+            file: "p.yaml".into(),
+            key: key.into(),
+            message: "must be a port between 1 and 65535".into(),
+        };
+        found.push(later("sinks[0].udp.port"));
+        found.push(later("sinks[1].udp.port"));
+        unreadable.drop_stand_in_errors(&mut found);
+        let keys: Vec<&str> = found.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["sinks[0].udp.port", "sinks[1].udp.port"]);
+        assert_eq!(found[0].message, messages[0]["sinks[0].udp.port: ".len()..]);
+        // A missing required key is reported where serde found it, and read with a stand-in.
+        let (sink, messages, ..) = read::<SinkConfig>("sinks[0]", "{ file: { segment_s: 0 } }");
+        assert_eq!(messages, ["sinks[0].file: missing field `path`"]);
+        assert!(matches!(sink, Some(SinkConfig::File(f)) if f.segment_s == Some(0)));
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_kind_is_reported_once_and_left_unread() {
+        for (yaml, message) in [
+            (
+                "{ bogus: {} }",
+                "sinks[0].bogus: unknown variant `bogus`, expected one of `rtsp`, `file`, `udp`, `launch`, `display`, `depth16`",
+            ),
+            (
+                "{ file: 5 }",
+                "sinks[0].file: invalid type: integer `5`, expected struct FileSink",
+            ),
+            (
+                "[1, 2]",
+                "sinks[0]: invalid type: sequence, expected enum SinkConfig",
+            ),
+        ] {
+            let (sink, messages, ..) = read::<SinkConfig>("sinks[0]", yaml);
+            assert_eq!(sink, None, "{yaml}");
+            assert_eq!(messages, [message], "{yaml}");
+        }
+    }
+
+    #[test]
+    fn a_hostile_section_is_read_again_only_a_bounded_number_of_times() {
+        let properties: Vec<String> = (0..1000).map(|i| format!("k{i}: [1]")).collect();
+        let yaml = format!("{{ properties: {{ {} }} }}", properties.join(", "));
+        let (encoder, messages, ..) = read::<crate::config::EncoderConfig>("encoder", &yaml);
+        assert_eq!(encoder, None);
+        assert!(messages.len() <= MAX_REREADS + 2, "{messages:#?}");
+        assert_eq!(
+            messages[1],
+            "encoder.properties.k1: invalid type: sequence, expected a string"
+        );
+        assert!(
+            messages
+                .last()
+                .unwrap()
+                .starts_with("encoder: reading stopped here"),
+            "{messages:#?}"
+        );
     }
 }
