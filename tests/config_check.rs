@@ -788,16 +788,24 @@ sinks:
         vec![
             format!("{d}: outputs.retry_max_ms: invalid type: string \"soon\", expected u64"),
             format!("{d}: outputs.retry_initial_ms: must be at least 1"),
-            format!("{d}: models.depth.device: unparsable device 'gpu': expected cpu, cuda, cuda:N or auto"),
-            format!("{d}: models.depth.batch.max_size: invalid type: string \"four\", expected usize"),
+            format!(
+                "{d}: models.depth.device: unparsable device 'gpu': expected cpu, cuda, cuda:N or auto"
+            ),
+            format!(
+                "{d}: models.depth.batch.max_size: invalid type: string \"four\", expected usize"
+            ),
             format!("{p}: source.test.width: invalid type: string \"wide\", expected u32"),
             format!("{p}: source.reconnect.max_ms: invalid type: string \"1s\", expected u64"),
             format!("{p}: source.test.height: must be positive"),
             format!("{p}: source.fps: must be a positive number of frames per second"),
             format!("{p}: source.reconnect.initial_ms: must be at least 1"),
-            format!("{p}: queue.when_full: unknown variant `sometimes`, expected one of `drop_oldest`, `drop_newest`, `block`"),
+            format!(
+                "{p}: queue.when_full: unknown variant `sometimes`, expected one of `drop_oldest`, `drop_newest`, `block`"
+            ),
             format!("{p}: queue.capacity: must be at least 1"),
-            format!("{p}: overlay.colormap: unknown variant `rainbow`, expected one of `turbo`, `inferno`, `magma`, `viridis`, `grayscale`"),
+            format!(
+                "{p}: overlay.colormap: unknown variant `rainbow`, expected one of `turbo`, `inferno`, `magma`, `viridis`, `grayscale`"
+            ),
             format!("{p}: overlay.alpha: must be between 0 and 1"),
             format!("{p}: encoder.bitrate_kbps: invalid type: string \"fast\", expected u32"),
             format!("{p}: encoder.keyframe_interval: must be at least 1 frame"),
@@ -904,7 +912,10 @@ fn check_warns_when_the_rtsp_server_is_reachable_beyond_loopback_without_auth() 
     };
     let cases = [
         ("", Some(warning("0.0.0.0", "every interface"))),
-        ("rtsp: { address: \"::\" }\n", Some(warning("::", "every interface"))),
+        (
+            "rtsp: { address: \"::\" }\n",
+            Some(warning("::", "every interface")),
+        ),
         (
             "rtsp: { address: 192.168.1.20 }\n",
             Some(warning("192.168.1.20", "an address beyond loopback")),
