@@ -38,6 +38,13 @@ pub fn check(config: &Config, errors: &mut Vec<ConfigError>, warnings: &mut Vec<
         );
         seen.record(&pipeline.config, &file, &config.daemon, &mut file_errors);
     }
+    if let Some(warning) = rtsp_exposure(config) {
+        warnings.push(ConfigError {
+            file: daemon_file.clone(),
+            key: "rtsp.address".into(),
+            message: warning,
+        });
+    }
     for name in config.daemon.models.keys() {
         let used = config
             .pipelines
@@ -85,11 +92,40 @@ fn check_daemon(daemon: &DaemonConfig, errors: &mut FileErrors<'_>) {
     }
 }
 
-fn check_env_name(key: &str, name: &str, errors: &mut FileErrors<'_>) {
-    let valid = !name.is_empty()
+/// Why an RTSP server that anyone on the network can watch is probably not what was meant:
+/// it serves every mount without authentication beyond loopback (`rtsp.address` defaults to
+/// every interface). Only when a pipeline publishes over RTSP: otherwise no server starts.
+fn rtsp_exposure(config: &Config) -> Option<String> {
+    let rtsp = &config.daemon.rtsp;
+    let publishes = config.pipelines.iter().any(|p| {
+        p.config
+            .sinks
+            .iter()
+            .any(|s| matches!(s, SinkConfig::Rtsp(_)))
+    });
+    if !publishes || rtsp.auth.is_some() || rtsp.address.is_loopback() {
+        return None;
+    }
+    let reach = if rtsp.address.is_unspecified() {
+        "every interface"
+    } else {
+        "an address beyond loopback"
+    };
+    Some(format!(
+        "the RTSP server listens on {} ({reach}) without authentication: anyone who can reach this machine can watch every mount; set rtsp.auth, or rtsp.address: 127.0.0.1 to keep it on this machine",
+        rtsp.address
+    ))
+}
+
+/// Whether `name` can be an environment variable's name (what `password_env` keys hold).
+pub fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
         && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !valid {
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn check_env_name(key: &str, name: &str, errors: &mut FileErrors<'_>) {
+    if !is_env_name(name) {
         errors.push(key, format!("'{name}' is not an environment variable name"));
     }
 }
