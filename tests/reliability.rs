@@ -673,3 +673,148 @@ fn a_taken_rtsp_port_is_reported_as_address_in_use() {
         "{stderr}"
     );
 }
+
+/// Each video packet's (pts, dts) in seconds as ffprobe reads `url` for `seconds`, and what
+/// ffprobe complained about.
+fn rtsp_packets(url: &str, seconds: u32) -> (Vec<(f64, f64)>, String) {
+    let (_, stdout, stderr) = output(Command::new("ffprobe").args([
+        "-v",
+        "warning",
+        "-rtsp_transport",
+        "tcp",
+        "-select_streams",
+        "v:0",
+        "-show_entries",
+        "packet=pts_time,dts_time",
+        "-of",
+        "csv=p=0",
+        "-read_intervals",
+        &format!("%+{seconds}"),
+        url,
+    ]));
+    let packets = stdout
+        .lines()
+        .filter_map(|line| {
+            let (pts, dts) = line.split_once(',')?;
+            Some((pts.parse().ok()?, dts.parse().ok()?))
+        })
+        .collect();
+    (packets, stderr)
+}
+
+#[test]
+fn rtsp_clients_see_the_cameras_steady_frame_intervals_when_frames_leave_the_model_in_batches() {
+    // A 25 fps camera into a model that takes four frames at a time: the output gets them in
+    // bursts of four every 160 ms. The stream must still say 40 ms between frames, each
+    // decoding time after the last.
+    let dir = tempfile::tempdir().unwrap();
+    let models = format!(
+        "models:\n{}",
+        model_yaml(
+            "depth",
+            "dpt-vit",
+            "device: cpu, batch: { max_size: 4, max_wait_ms: 150 }"
+        )
+    );
+    let file = write_tree(
+        dir.path(),
+        &models,
+        &[Pipeline::new("cam")
+            .source(Source::test(64, 48).fps(25))
+            .model("depth")
+            .rtsp_sink("/cam")],
+    );
+    let mut daemon = Daemon::spawn(&file, &[]);
+    let port = daemon.field("RTSP server listening", "port", Duration::from_secs(20));
+    daemon.field("source playing", "pipeline", Duration::from_secs(20));
+    let (packets, stderr) = rtsp_packets(&format!("rtsp://127.0.0.1:{port}/cam"), 5);
+    let (exit, log) = daemon.terminate();
+    assert_eq!(exit, Some(0), "{log}");
+    assert!(packets.len() >= 60, "{} packets: {stderr}", packets.len());
+    for pair in packets.windows(2) {
+        assert!(
+            pair[1].1 > pair[0].1,
+            "decoding time went back or repeated: {pair:?}"
+        );
+    }
+    let gaps: Vec<f64> = packets.windows(2).map(|p| p[1].0 - p[0].0).collect();
+    let steady = gaps.iter().filter(|g| (**g - 0.040).abs() < 0.005).count();
+    // The model may be late for a frame (dropped, under drop_oldest): a longer gap then.
+    assert!(
+        steady * 10 >= gaps.len() * 9,
+        "{steady} of {} gaps are 40 ms: {gaps:?}",
+        gaps.len()
+    );
+    assert!(!stderr.contains("non monotonically increasing"), "{stderr}");
+}
+
+#[test]
+fn a_paused_rtsp_client_costs_its_media_a_bounded_queue_and_counted_drops() {
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+    use std::sync::Arc;
+    use visiond::config::RtspServerConfig;
+    use visiond::frames::DropCounter;
+    use visiond::media::rtsp_server::{MEDIA_QUEUE, RtspServer};
+
+    visiond::media::registry::init().unwrap();
+    let server = RtspServer::start(&RtspServerConfig {
+        address: "127.0.0.1".parse().unwrap(),
+        port: 0,
+        auth: None,
+    })
+    .unwrap();
+    let drops = Arc::new(DropCounter::default());
+    let feed = server.mount("/cam", drops.clone()).unwrap();
+    // Real H.264 access units, keyframe every 15, as an output's tee hands them over.
+    let (encoder, frames) = play(
+        "videotestsrc num-buffers=400 ! video/x-raw,width=64,height=48,framerate=30/1 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 \
+         ! h264parse config-interval=-1 \
+         ! video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=sink sync=false",
+    );
+    let mut next = || {
+        frames
+            .pull_sample()
+            .ok()
+            .and_then(|s| s.buffer_owned())
+            .unwrap()
+    };
+    let client = gst::parse::launch(&format!(
+        "rtspsrc location=rtsp://127.0.0.1:{}/cam protocols=tcp latency=0 ! fakesink sync=false",
+        server.port()
+    ))
+    .unwrap();
+    client.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while feed.client_count() == 0 && Instant::now() < deadline {
+        feed.push(&next());
+        std::thread::sleep(Duration::from_millis(33));
+    }
+    assert_eq!(feed.client_count(), 1, "the client never connected");
+    for _ in 0..30 {
+        feed.push(&next());
+        std::thread::sleep(Duration::from_millis(33));
+    }
+    // The client pauses (RTSP PAUSE): its media takes nothing from its queue any more.
+    client.set_state(gst::State::Paused).unwrap();
+    let _ = client.state(gst::ClockTime::from_seconds(5));
+    std::thread::sleep(Duration::from_millis(500));
+    let before = drops.get();
+    for _ in 0..300 {
+        feed.push(&next());
+    }
+    let deepest = feed.deepest_queue();
+    assert!(
+        deepest <= MEDIA_QUEUE,
+        "the paused media holds {deepest} frames"
+    );
+    assert!(
+        drops.get() - before >= 300 - MEDIA_QUEUE,
+        "{} drops counted",
+        drops.get() - before
+    );
+    let _ = client.set_state(gst::State::Null);
+    let _ = encoder.set_state(gst::State::Null);
+    server.stop();
+}

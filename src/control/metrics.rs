@@ -7,7 +7,8 @@
 //! `visiond_snapshots_refused_total`, `visiond_source_outages_total`,
 //! `visiond_reconnect_attempts_total` (and its earlier name `visiond_reconnects_total`),
 //! `visiond_output_up` (+ `output`), `visiond_output_failures_total` (+ `reason`),
-//! `visiond_output_restarts_total`, `visiond_recording_segments_deleted_total` and the histogram
+//! `visiond_output_restarts_total`, `visiond_frames_lost_total` (+ `reason`),
+//! `visiond_rtsp_dropped_total`, `visiond_recording_segments_deleted_total` and the histogram
 //! `visiond_frame_latency_seconds`. Per inference worker (label `model`):
 //! `visiond_inference_batches_total`, `visiond_inference_frames_total`,
 //! `visiond_inference_failed_frames_total`, `visiond_batch_size_max` and the histogram
@@ -26,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::process::ProcessStats;
-use crate::pipeline::stats::{LatencyHistogram, PipelineState, seconds};
+use crate::pipeline::stats::{LatencyHistogram, Loss, PipelineState, seconds};
 use crate::pipeline::view::EngineView;
 use crate::pipeline::worker::{BATCH_SIZE_BUCKETS, WorkerStats};
 
@@ -221,6 +222,34 @@ pub fn render(view: &EngineView) -> String {
             "visiond_output_restarts_total",
             &[("pipeline", &p.name)],
             p.stats.output_restarts(),
+        );
+    }
+    out.family(
+        "visiond_frames_lost_total",
+        "counter",
+        "Frames lost to a failure rather than dropped by a queue's policy, by reason.",
+    );
+    for p in pipelines {
+        let losses = p.stats.losses();
+        for loss in Loss::ALL {
+            let count = losses.get(loss.label()).copied().unwrap_or(0);
+            out.sample(
+                "visiond_frames_lost_total",
+                &[("pipeline", &p.name), ("reason", loss.label())],
+                count,
+            );
+        }
+    }
+    out.family(
+        "visiond_rtsp_dropped_total",
+        "counter",
+        "Frames an RTSP media's bounded queue dropped while its clients were paused or slow.",
+    );
+    for p in pipelines {
+        out.sample(
+            "visiond_rtsp_dropped_total",
+            &[("pipeline", &p.name)],
+            p.stats.rtsp_dropped.get(),
         );
     }
     out.family(

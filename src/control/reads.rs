@@ -81,8 +81,13 @@ pub struct PipelineStatus<'a> {
     /// none has come).
     pub last_frame_age_s: f64,
     pub frames_in: u64,
+    /// Frames handed to the encoder (or, without video, whose metadata was written).
     pub frames_out: u64,
     pub dropped: HopCounts,
+    /// Frames lost to a failure (not a queue's policy), by reason; empty when none was.
+    pub lost: std::collections::BTreeMap<&'static str, u64>,
+    /// Frames the RTSP media's queue dropped while its clients were paused or slow.
+    pub rtsp_dropped: u64,
     pub queue: Queue,
     pub latency_ms: Latency,
     /// Reconnect attempts (each try counts).
@@ -139,6 +144,8 @@ impl<'a> PipelineStatus<'a> {
                 input: pipeline.input_drops.get(),
                 output: pipeline.output_drops.get(),
             },
+            lost: pipeline.stats.losses(),
+            rtsp_dropped: pipeline.stats.rtsp_dropped.get(),
             queue: Queue { depth, capacity },
             latency_ms: Latency {
                 p50: ms(0.5),
