@@ -773,7 +773,7 @@ fn a_paused_rtsp_client_costs_its_media_a_bounded_queue_and_counted_drops() {
          ! h264parse config-interval=-1 \
          ! video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=sink sync=false",
     );
-    let mut next = || {
+    let next = || {
         frames
             .pull_sample()
             .ok()
