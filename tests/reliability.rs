@@ -818,3 +818,54 @@ fn a_paused_rtsp_client_costs_its_media_a_bounded_queue_and_counted_drops() {
     let _ = encoder.set_state(gst::State::Null);
     server.stop();
 }
+
+#[test]
+fn a_second_sigint_exits_at_once_and_cleanly_with_a_model_loaded() {
+    // Two SIGINTs 50 ms apart while a model runs: the second exits with 130 at once, every
+    // time, without a crash or libtorch tearing itself down under its own threads.
+    let dir = tempfile::tempdir().unwrap();
+    let models = format!("models:\n{}", model_yaml("depth", "dpt-vit", "device: cpu"));
+    let file = write_tree(
+        dir.path(),
+        &models,
+        &[Pipeline::new("cam")
+            .source(Source::test(64, 48).fps(30))
+            .model("depth")
+            .file_sink(&dir.path().join("cam.mp4"))],
+    );
+    for run in 0..5 {
+        let mut daemon = Daemon::spawn(&file, &[]);
+        daemon.field("source playing", "pipeline", Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(300 + 100 * run));
+        let pid = daemon.pid().to_string();
+        let started = Instant::now();
+        for i in 0..2 {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(
+                Command::new("kill")
+                    .args(["-INT", &pid])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+        let (code, log) = daemon.wait_for_exit(Duration::from_secs(15));
+        let took = started.elapsed();
+        assert_eq!(code, Some(130), "run {run}: {log}");
+        assert!(
+            took < Duration::from_secs(3),
+            "run {run} took {took:?}:\n{log}"
+        );
+        for symptom in [
+            "terminate called",
+            "Exception raised",
+            "Assertion",
+            "panicked",
+            "killed by signal",
+        ] {
+            assert!(!log.contains(symptom), "run {run}: '{symptom}' in:\n{log}");
+        }
+    }
+}

@@ -240,32 +240,38 @@ impl Daemon {
 
     /// `count` SIGTERMs (100 ms apart), then waits (at most 15 s) for the exit; returns the
     /// exit code and the whole log.
-    pub fn signal_and_wait(mut self, count: usize) -> (Option<i32>, String) {
+    pub fn signal_and_wait(self, count: usize) -> (Option<i32>, String) {
         for i in 0..count {
             if i > 0 {
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let status = std::process::Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status()
-                .unwrap();
-            assert!(status.success());
+            self.signal("TERM");
         }
+        self.wait_for_exit(Duration::from_secs(15))
+    }
+
+    /// Waits (at most `timeout`) for the process to exit; returns its exit code and the whole
+    /// log, which ends with `killed by signal N` when a signal ended it.
+    pub fn wait_for_exit(mut self, timeout: Duration) -> (Option<i32>, String) {
+        use std::os::unix::process::ExitStatusExt;
         let started = Instant::now();
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
             }
-            if started.elapsed() > Duration::from_secs(15) {
+            if started.elapsed() > timeout {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("visiond did not exit after SIGTERM:\n{}", self.log());
+                panic!("visiond did not exit in {timeout:?}:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         };
         // The log thread ends when the child's stderr closes.
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.seen.push(line);
+        }
+        if let Some(signal) = status.signal() {
+            self.seen.push(format!("killed by signal {signal}"));
         }
         (status.code(), self.log())
     }
