@@ -67,7 +67,7 @@ pub fn run(file: &Path) -> Outcome {
     // Bound before any pipeline starts: a taken port fails the start, like the RTSP port.
     let listen = config.daemon.http.listen;
     let server = match runtime.block_on(ControlServer::bind(listen)) {
-        Ok(server) => server,
+        Ok(server) => server.configure(&config.daemon.http),
         Err(error) => {
             tracing::error!(address = %listen, %error, "cannot listen for the control plane");
             return Outcome::CannotStart;

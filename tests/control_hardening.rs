@@ -1,8 +1,19 @@
-//! The control plane's own settings (`http`), checked with every other error at once.
+//! The control plane against hostile and careless clients, on `visiond run` itself, over real
+//! sockets:
+//! - hundreds of idle and half-sent connections under a small descriptor limit: `/healthz`
+//!   still answers, the daemon's descriptors stay bounded, every connection is closed (header
+//!   and idle timeouts, the connection cap), and each closing is counted in `/metrics`;
+//! - the `http` settings, checked with every other error at once.
 
 mod common;
 
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use prometheus_parse::{Scrape, Value};
+use serde_json::Value as Json;
 
 use common::*;
 
@@ -31,6 +42,235 @@ fn set_http(file: &Path, http: &str) {
         ),
     )
     .unwrap();
+}
+
+fn address(daemon: &mut Daemon) -> SocketAddr {
+    daemon
+        .field(
+            "control plane listening",
+            "address",
+            Duration::from_secs(30),
+        )
+        .parse()
+        .unwrap()
+}
+
+/// An agent that opens a new connection for every request, as a fresh client would.
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .max_idle_connections(0)
+        .build()
+}
+
+struct Reply {
+    status: u16,
+    body: Json,
+}
+
+/// A request with `headers` and an optional body; the status and the body as JSON (or as a
+/// string when it is not JSON).
+fn call(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+    let mut request = agent().request(method, url);
+    for (name, value) in headers {
+        request = request.set(name, value);
+    }
+    let response = match body {
+        Some(body) => request.send_string(body),
+        None => request.call(),
+    };
+    let response = match response {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("{method} {url}: {error}"),
+    };
+    let status = response.status();
+    let text = response.into_string().unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Json::String(text));
+    Reply { status, body }
+}
+
+fn scrape(base: &str) -> Scrape {
+    let reply = call("GET", &format!("{base}/metrics"), &[], None);
+    assert_eq!(reply.status, 200);
+    let text = reply.body.as_str().unwrap().to_string();
+    Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+}
+
+fn metric(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .unwrap_or_else(|| panic!("no {name} {labels:?}"));
+    match sample.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+        ref other => panic!("{name}: {other:?}"),
+    }
+}
+
+fn closed(scrape: &Scrape, reason: &str) -> f64 {
+    metric(
+        scrape,
+        "visiond_http_connections_closed_total",
+        &[("reason", reason)],
+    )
+}
+
+fn frames_out(base: &str, name: &str) -> u64 {
+    let reply = call("GET", &format!("{base}/api/pipelines/{name}"), &[], None);
+    reply.body["frames_out"].as_u64().unwrap_or(0)
+}
+
+/// Waits (until `deadline`) for the server to close `stream`; false if it did not.
+fn closed_by_server(stream: &mut TcpStream, deadline: Instant) -> bool {
+    let mut buffer = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(error) if error.kind() == ErrorKind::ConnectionReset => return true,
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(error) => panic!("reading a held connection: {error}"),
+        }
+    }
+}
+
+#[test]
+fn a_flood_of_idle_and_half_sent_connections_cannot_starve_the_control_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let file = tree(
+        out,
+        "max_connections: 32, header_timeout_ms: 1500, idle_timeout_ms: 3000",
+        &[live("live", out)],
+    );
+    // As an operator's LimitNOFILE=300 would: fewer descriptors than the flood has sockets.
+    let mut daemon = Daemon::spawn_with_fd_limit(&file, 300);
+    let address = address(&mut daemon);
+    let base = format!("http://{address}");
+    wait_until("frames out", Duration::from_secs(30), || {
+        frames_out(&base, "live") > 0
+    });
+    let before = scrape(&base);
+    let fds_before = metric(&before, "process_open_fds", &[]);
+    assert_eq!(metric(&before, "visiond_http_connections_max", &[]), 32.0);
+
+    // 400 connections: every other one sends half a request's headers, the rest nothing.
+    let mut flood: Vec<TcpStream> = (0..400)
+        .map(|i| {
+            let mut stream = TcpStream::connect(address).unwrap();
+            if i % 2 == 1 {
+                stream
+                    .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                    .unwrap();
+            }
+            stream
+        })
+        .collect();
+    // Liveness answers a fresh client every time, while the flood is held.
+    for _ in 0..5 {
+        let reply = call("GET", &format!("{base}/healthz"), &[], None);
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (200, Some("ok")),
+            "/healthz under the flood"
+        );
+    }
+    let during = scrape(&base);
+    assert!(metric(&during, "visiond_http_connections_open", &[]) <= 32.0);
+    let fds_during = metric(&during, "process_open_fds", &[]);
+    assert!(
+        fds_during <= fds_before + 32.0 + 16.0,
+        "descriptors grew from {fds_before} to {fds_during} with 400 sockets at a cap of 32"
+    );
+    // Every held connection is closed by the server: displaced at the cap, or timed out.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (i, stream) in flood.iter_mut().enumerate() {
+        assert!(
+            closed_by_server(stream, deadline),
+            "connection {i} of the flood is still open after 60 s"
+        );
+    }
+    drop(flood);
+    let after = scrape(&base);
+    let evicted = closed(&after, "evicted");
+    let counted = evicted
+        + closed(&after, "header_timeout")
+        + closed(&after, "idle_timeout")
+        + metric(&after, "visiond_http_connections_refused_total", &[]);
+    assert!(evicted > 0.0, "no connection made room at the cap");
+    assert!(
+        counted >= 400.0,
+        "{counted} connections counted as closed or refused, of 400"
+    );
+    assert_eq!(
+        metric(&after, "visiond_http_accept_errors_total", &[]),
+        0.0,
+        "the daemon ran out of descriptors"
+    );
+
+    // Without the flood, each timeout by itself: an idle connection, a keep-alive one after
+    // its request, half-sent headers, and headers sent a byte at a time (slowloris).
+    let idle_after = closed(&after, "idle_timeout");
+    let header_after = closed(&after, "header_timeout");
+    let started = Instant::now();
+    let mut idle = TcpStream::connect(address).unwrap();
+    let mut kept = TcpStream::connect(address).unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut half = TcpStream::connect(address).unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut slow = TcpStream::connect(address).unwrap();
+    let mut trickle = slow.try_clone().unwrap();
+    let trickling = std::thread::spawn(move || {
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "
+            .iter()
+            .cycle()
+        {
+            if trickle.write_all(&[*byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (what, stream, at_least) in [
+        ("half-sent headers", &mut half, 1500),
+        ("headers a byte at a time", &mut slow, 1500),
+        ("an idle connection", &mut idle, 3000),
+        ("a keep-alive connection after its request", &mut kept, 3000),
+    ] {
+        assert!(
+            closed_by_server(stream, deadline),
+            "{what}: not closed within 30 s"
+        );
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(at_least),
+            "{what}: closed after {elapsed:?}, before its timeout"
+        );
+    }
+    trickling.join().unwrap();
+    let last = scrape(&base);
+    assert_eq!(closed(&last, "header_timeout") - header_after, 2.0);
+    assert_eq!(closed(&last, "idle_timeout") - idle_after, 2.0);
+    // The pipeline never noticed.
+    let frames = frames_out(&base, "live");
+    wait_until("more frames", Duration::from_secs(10), || {
+        frames_out(&base, "live") > frames
+    });
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("Too many open files"), "{log}");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //!
 //! - [`http`]: the HTTP server on `http.listen` (`/healthz`, `/readyz`, `/api/pipelines`,
 //!   `/metrics`), reading the engine's shared [`EngineView`](crate::pipeline::engine::EngineView).
+//! - [`connections`]: its connections, capped and timed so that no client can starve it.
 //! - [`metrics`]: the Prometheus text exposition of that view.
 //! - [`signals`]: SIGINT/SIGTERM start a drain; a second one exits at once.
 //! - [`systemd`]: `Type=notify` readiness, status, watchdog and stopping notifications.
@@ -11,6 +12,7 @@
 //! already keeps, read without locking anything the frame path takes.
 
 pub mod api;
+pub mod connections;
 pub mod http;
 pub mod metrics;
 pub mod process;
