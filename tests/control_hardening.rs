@@ -3,6 +3,9 @@
 //! - hundreds of idle and half-sent connections under a small descriptor limit: `/healthz`
 //!   still answers, the daemon's descriptors stay bounded, every connection is closed (header
 //!   and idle timeouts, the connection cap), and each closing is counted in `/metrics`;
+//! - `PUT` is held to `http.writes` (no `launch`, files only inside the allowed directories);
+//! - `PUT` never overwrites another pipeline's file, never follows a planted temporary-file
+//!   link, and leaves no temporary file behind when it fails;
 //! - the `http` settings, checked with every other error at once.
 
 mod common;
@@ -16,6 +19,8 @@ use prometheus_parse::{Scrape, Value};
 use serde_json::Value as Json;
 
 use common::*;
+
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
 fn live(name: &str, dir: &Path) -> Pipeline {
     Pipeline::new(name)
@@ -88,6 +93,26 @@ fn call(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -
     let text = response.into_string().unwrap();
     let body = serde_json::from_str(&text).unwrap_or(Json::String(text));
     Reply { status, body }
+}
+
+fn put(base: &str, name: &str, body: &str) -> Reply {
+    let bearer = format!("Bearer {TOKEN}");
+    call(
+        "PUT",
+        &format!("{base}/api/pipelines/{name}"),
+        &[("Authorization", &bearer)],
+        Some(body),
+    )
+}
+
+/// The messages of a `{"errors": [...]}` body.
+fn errors(reply: &Reply) -> Vec<String> {
+    reply.body["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no errors: {}", reply.body))
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect()
 }
 
 fn scrape(base: &str) -> Scrape {
@@ -271,6 +296,206 @@ fn a_flood_of_idle_and_half_sent_connections_cannot_starve_the_control_plane() {
     let (code, log) = daemon.terminate();
     assert_eq!(code, Some(0), "{log}");
     assert!(!log.contains("Too many open files"), "{log}");
+}
+
+#[test]
+fn a_put_may_use_only_what_http_writes_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let allowed = out.join("allowed");
+    let outside = out.join("outside");
+    std::fs::create_dir(&allowed).unwrap();
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret.txt"), "secret\n").unwrap();
+    std::os::unix::fs::symlink(&outside, allowed.join("link")).unwrap();
+    std::fs::write(out.join("token"), TOKEN).unwrap();
+    let http = "token_file: token, writes: { dirs: [allowed] }";
+    let file = tree(out, http, &[live("one", out)]);
+    let mut daemon = Daemon::spawn(&file, &[]);
+    let base = format!("http://{}", address(&mut daemon));
+    let test_source = "source: { test: { width: 64, height: 48, fps: 30 } }\nmodel: none\n";
+    let secret = outside.join("secret.txt");
+
+    // GStreamer text: a launch source that reads any file, a launch sink that writes one.
+    let reply = put(
+        &base,
+        "two",
+        &format!(
+            "source: {{ launch: \"filesrc location={} ! fakesink\" }}\nmodel: none\nmetadata: [{{ jsonl: {{ stdout: true }} }}]\n",
+            secret.display()
+        ),
+    );
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    let refused = errors(&reply);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].contains("two.yaml: source.launch:")
+            && refused[0].contains("http.writes: { allow_launch: true }"),
+        "{refused:?}"
+    );
+    // Everything refused in one answer, each by its key.
+    let copy = outside.join("copy");
+    let reply = put(
+        &base,
+        "two",
+        &format!(
+            "{test_source}encoder: {{ properties: {{ option-string: \"stats={}\" }} }}\nsinks:\n  - launch: {{ pipeline: \"filesink location={}\" }}\n  - file: {{ path: {} }}\n  - depth16: {{ path: {} }}\nmetadata: [{{ jsonl: {{ path: {} }} }}]\n",
+            outside.join("stats").display(),
+            copy.display(),
+            allowed.join("../outside/escape.mp4").display(),
+            allowed.join("link/depth.mkv").display(),
+            outside.join("meta.jsonl").display(),
+        ),
+    );
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    let refused = errors(&reply);
+    for (key, says) in [
+        ("encoder.properties", "allow_launch"),
+        ("sinks[0].launch", "allow_launch"),
+        ("sinks[1].file.path", "outside the directories"),
+        ("sinks[2].depth16.path", "resolves to"),
+        ("metadata[0].jsonl.path", "http.writes.dirs"),
+    ] {
+        assert!(
+            refused
+                .iter()
+                .any(|e| e.contains(&format!("two.yaml: {key}:")) && e.contains(says)),
+            "{key}: {refused:?}"
+        );
+    }
+    assert_eq!(refused.len(), 5, "{refused:?}");
+    // A file:// source outside the directories reads nothing.
+    let reply = put(
+        &base,
+        "two",
+        &format!(
+            "source: {{ uri: \"file://{}\" }}\nmodel: none\nmetadata: [{{ jsonl: {{ stdout: true }} }}]\n",
+            secret.display()
+        ),
+    );
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert!(errors(&reply)[0].contains("source.uri"), "{}", reply.body);
+    // Nothing was written, created or moved aside anywhere.
+    assert!(!out.join("pipelines/two.yaml").exists());
+    let mut left: Vec<String> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["secret.txt"]);
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "secret\n");
+    assert_eq!(
+        std::fs::read_dir(&allowed).unwrap().count(),
+        1,
+        "only the link"
+    );
+
+    // Inside the directories it runs, and an existing file there is added to, not truncated.
+    std::fs::write(allowed.join("two.jsonl"), "{\"kept\":true}\n").unwrap();
+    let reply = put(&base, "two", &live("two", &allowed).yaml());
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    wait_until("two's frames", Duration::from_secs(20), || {
+        frames_out(&base, "two") > 2
+    });
+    let written = jsonl(&allowed.join("two.jsonl"));
+    assert_eq!(written[0], serde_json::json!({"kept": true}));
+    assert!(written.len() > 1);
+
+    // The operator allows launch (a reload is enough): the same kind of PUT is taken.
+    set_http(
+        &file,
+        "token_file: token, writes: { allow_launch: true, dirs: [allowed] }",
+    );
+    daemon.signal("HUP");
+    let body = format!("{test_source}sinks: [{{ launch: {{ pipeline: \"fakesink\" }} }}]\n");
+    wait_until("a launch sink taken", Duration::from_secs(30), || {
+        let reply = put(&base, "three", &body);
+        assert!(reply.status == 403 || reply.status == 201, "{}", reply.body);
+        reply.status == 201
+    });
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("PUT refused"), "{log}");
+    assert!(!log.contains("take effect at the next restart"), "{log}");
+}
+
+#[test]
+fn a_put_never_overwrites_another_file_nor_leaves_temporary_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let pipelines = out.join("pipelines");
+    std::fs::write(out.join("token"), TOKEN).unwrap();
+    let file = tree(
+        out,
+        "token_file: token, writes: { dirs: [.] }",
+        &[live("door", out), live("two", out)],
+    );
+    // The operator keeps pipeline `door` in cam.yaml.
+    let cam = pipelines.join("cam.yaml");
+    std::fs::rename(pipelines.join("door.yaml"), &cam).unwrap();
+    let operators = std::fs::read(&cam).unwrap();
+    // Someone with write access to the directory planted the temporary file's old name.
+    let victim = out.join("victim.txt");
+    std::fs::write(&victim, "victim\n").unwrap();
+    std::os::unix::fs::symlink(&victim, pipelines.join(".three.yaml.tmp")).unwrap();
+    let mut daemon = Daemon::spawn(&file, &[]);
+    let base = format!("http://{}", address(&mut daemon));
+
+    // A new pipeline `cam` would land in cam.yaml, which holds `door`: refused, untouched.
+    let reply = put(&base, "cam", &live("cam", out).yaml());
+    assert_eq!(reply.status, 409, "{}", reply.body);
+    let message = reply.body["error"].as_str().unwrap();
+    assert!(
+        message.contains("cam.yaml holds pipeline 'door'")
+            && message.contains("nothing was written"),
+        "{message}"
+    );
+    assert_eq!(std::fs::read(&cam).unwrap(), operators);
+    let names = call("GET", &format!("{base}/api/pipelines"), &[], None).body;
+    assert_eq!(names[0]["name"], "door", "{names}");
+    assert_eq!(names.as_array().unwrap().len(), 2, "{names}");
+    // Changing `door` itself goes to its own file.
+    let reply = put(&base, "door", &live("door", out).yaml());
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(!pipelines.join("door.yaml").exists());
+
+    // A new pipeline beside the planted link: written as a file of its own, link not followed.
+    let reply = put(&base, "three", &live("three", out).yaml());
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim\n");
+    let three = pipelines.join("three.yaml");
+    assert!(std::fs::symlink_metadata(&three).unwrap().is_file());
+    assert!(
+        std::fs::read_to_string(&three)
+            .unwrap()
+            .contains("name: three")
+    );
+
+    // A write that fails (two.yaml became a directory): 500, and no temporary file left.
+    let two = pipelines.join("two.yaml");
+    std::fs::remove_file(&two).unwrap();
+    std::fs::create_dir(&two).unwrap();
+    std::fs::write(two.join("keep"), "keep").unwrap();
+    let reply = put(&base, "two", &live("two", out).yaml());
+    assert_eq!(reply.status, 500, "{}", reply.body);
+    assert!(
+        reply.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot write"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(std::fs::read_to_string(two.join("keep")).unwrap(), "keep");
+    let mut hidden: Vec<String> = std::fs::read_dir(&pipelines)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    hidden.sort();
+    assert_eq!(hidden, [".three.yaml.tmp"], "only the planted link is left");
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
 }
 
 #[test]

@@ -76,6 +76,12 @@ async fn ask(writes: &Writes, request: Request, answer: oneshot::Receiver<Answer
             axum::Json(json!({ "errors": errors })),
         )
             .into_response(),
+        Ok(Answer::Forbidden(errors)) => (
+            StatusCode::FORBIDDEN,
+            axum::Json(json!({ "errors": errors })),
+        )
+            .into_response(),
+        Ok(Answer::Conflict(reason)) => error(StatusCode::CONFLICT, &reason),
         Ok(Answer::NotFound(name)) => not_found(&name),
         Ok(Answer::Failed(reason)) => error(StatusCode::INTERNAL_SERVER_ERROR, &reason),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping"),
