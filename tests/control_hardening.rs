@@ -6,7 +6,9 @@
 //! - `PUT` is held to `http.writes` (no `launch`, files only inside the allowed directories);
 //! - `PUT` never overwrites another pipeline's file, never follows a planted temporary-file
 //!   link, and leaves no temporary file behind when it fails;
-//! - the `http` settings, checked with every other error at once.
+//! - the token is checked before the body is read, a broken token file tells the client
+//!   nothing, the `Bearer` scheme is case-insensitive;
+//! - `http.allowed_hosts`, `nosniff` on every response and the status page's CSP.
 
 mod common;
 
@@ -70,11 +72,12 @@ fn agent() -> ureq::Agent {
 
 struct Reply {
     status: u16,
+    nosniff: bool,
     body: Json,
 }
 
-/// A request with `headers` and an optional body; the status and the body as JSON (or as a
-/// string when it is not JSON).
+/// A request with `headers` and an optional body; the status, whether the response was
+/// `nosniff`, and the body as JSON (or as a string when it is not JSON).
 fn call(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
     let mut request = agent().request(method, url);
     for (name, value) in headers {
@@ -90,9 +93,14 @@ fn call(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -
         Err(error) => panic!("{method} {url}: {error}"),
     };
     let status = response.status();
+    let nosniff = response.header("x-content-type-options") == Some("nosniff");
     let text = response.into_string().unwrap();
     let body = serde_json::from_str(&text).unwrap_or(Json::String(text));
-    Reply { status, body }
+    Reply {
+        status,
+        nosniff,
+        body,
+    }
 }
 
 fn put(base: &str, name: &str, body: &str) -> Reply {
@@ -145,6 +153,26 @@ fn closed(scrape: &Scrape, reason: &str) -> f64 {
 fn frames_out(base: &str, name: &str) -> u64 {
     let reply = call("GET", &format!("{base}/api/pipelines/{name}"), &[], None);
     reply.body["frames_out"].as_u64().unwrap_or(0)
+}
+
+/// Writes `request` on a new connection and reads until the server closes it (at most 10 s);
+/// what it answered.
+fn raw(address: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => {}
+        Err(error) if error.kind() == ErrorKind::ConnectionReset => {}
+        Err(error) => panic!(
+            "no whole answer to {request:?} within 10 s ({error}); got {:?}",
+            String::from_utf8_lossy(&answer)
+        ),
+    }
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// Waits (until `deadline`) for the server to close `stream`; false if it did not.
@@ -494,6 +522,149 @@ fn a_put_never_overwrites_another_file_nor_leaves_temporary_files() {
         .collect();
     hidden.sort();
     assert_eq!(hidden, [".three.yaml.tmp"], "only the planted link is left");
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[test]
+fn unauthenticated_requests_are_refused_before_their_body_and_learn_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let token_file = out.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let file = tree(
+        out,
+        "token_file: token, writes: { dirs: [.] }",
+        &[live("one", out)],
+    );
+    let mut daemon = Daemon::spawn(&file, &[]);
+    let address = address(&mut daemon);
+    let base = format!("http://{address}");
+
+    // A 1 MB body announced without a token: 401 before a byte of it is sent.
+    let answer = raw(
+        address,
+        "PUT /api/pipelines/two HTTP/1.1\r\nHost: x\r\nContent-Type: application/yaml\r\nContent-Length: 1048576\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        answer.contains("a valid bearer token is required"),
+        "{answer}"
+    );
+
+    // The scheme's name in any case.
+    for (name, scheme) in [("two", "bearer"), ("three", "BEARER")] {
+        let authorization = format!("{scheme} {TOKEN}");
+        let reply = call(
+            "PUT",
+            &format!("{base}/api/pipelines/{name}"),
+            &[("Authorization", &authorization)],
+            Some(&live(name, out).yaml()),
+        );
+        assert_eq!(reply.status, 201, "{scheme}: {}", reply.body);
+    }
+    let wrong = call(
+        "PUT",
+        &format!("{base}/api/pipelines/four"),
+        &[("Authorization", "Bearer wrong-token-wrong-token")],
+        Some(&live("four", out).yaml()),
+    );
+    assert_eq!(wrong.status, 401);
+
+    // A broken token file (too short), then none: a plain 500 without the file's name.
+    std::fs::write(&token_file, "short\n").unwrap();
+    let broken = put(&base, "four", &live("four", out).yaml());
+    std::fs::remove_file(&token_file).unwrap();
+    let missing = put(&base, "four", &live("four", out).yaml());
+    for reply in [&broken, &missing] {
+        assert_eq!(reply.status, 500, "{}", reply.body);
+        let text = reply.body.to_string();
+        assert!(
+            !text.contains(&*out.to_string_lossy()) && !text.contains("token file"),
+            "{text}"
+        );
+        assert!(
+            text.contains("the daemon cannot check tokens now"),
+            "{text}"
+        );
+    }
+    assert!(!out.join("pipelines/four.yaml").exists());
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    // The operator finds the reason in the log.
+    assert!(
+        log.contains(&*token_file.to_string_lossy()),
+        "the log does not name the token file: {log}"
+    );
+    assert!(!log.contains(TOKEN), "the token reached the log");
+}
+
+#[test]
+fn only_allowed_hosts_are_answered_and_every_response_is_nosniff() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    std::fs::write(out.join("token"), TOKEN).unwrap();
+    let file = tree(
+        out,
+        "token_file: token, allowed_hosts: [\"127.0.0.1\", \"Visiond.Test:8080\"]",
+        &[live("one", out)],
+    );
+    let mut daemon = Daemon::spawn(&file, &[]);
+    let address = address(&mut daemon);
+    let base = format!("http://{address}");
+
+    let get = |host: &str| {
+        raw(
+            address,
+            &format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    for host in ["visiond.test:8080", &address.to_string()] {
+        let answer = get(host);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{host}: {answer}");
+    }
+    for host in [
+        "evil.example",
+        "visiond.test:9090",
+        "127.0.0.1.evil.example",
+    ] {
+        let answer = get(host);
+        assert!(answer.starts_with("HTTP/1.1 421"), "{host}: {answer}");
+        assert!(answer.contains("http.allowed_hosts"), "{answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("x-content-type-options: nosniff"),
+            "{answer}"
+        );
+    }
+    let answer = raw(address, "GET /healthz HTTP/1.0\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.0 400"), "{answer}");
+
+    // Every answer is nosniff: pages, JSON, text, errors, refusals.
+    for (method, path, status) in [
+        ("GET", "/healthz", 200),
+        ("GET", "/api/pipelines", 200),
+        ("GET", "/api/pipelines/one", 200),
+        ("GET", "/metrics", 200),
+        ("GET", "/nope", 404),
+        ("POST", "/metrics", 405),
+        ("PUT", "/api/pipelines/two", 401),
+    ] {
+        let reply = call(method, &format!("{base}{path}"), &[], Some(""));
+        assert_eq!(reply.status, status, "{method} {path}");
+        assert!(reply.nosniff, "{method} {path} is not nosniff");
+    }
+    // The page: only its own script and style run.
+    let page = agent().get(&format!("{base}/")).call().unwrap();
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    let policy = page.header("content-security-policy").unwrap().to_string();
+    assert!(policy.starts_with("default-src 'none';"), "{policy}");
+    assert!(
+        policy.contains("script-src 'sha256-") && policy.contains("style-src 'sha256-"),
+        "{policy}"
+    );
+    assert!(!policy.contains("unsafe"), "{policy}");
     let (code, log) = daemon.terminate();
     assert_eq!(code, Some(0), "{log}");
 }

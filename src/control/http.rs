@@ -11,8 +11,9 @@
 //! | `GET /metrics` | Prometheus text format 0.0.4 ([`super::metrics`]) |
 //!
 //! Other paths are 404 and other methods 405. Handlers only read the shared
-//! `EngineView`; they never block on the frame path. Connections are capped and timed
-//! ([`super::connections`]).
+//! `EngineView`; they never block on the frame path. Every response is `nosniff`; with
+//! `http.allowed_hosts`, a request for another host is refused ([`super::guard`]).
+//! Connections are capped and timed ([`super::connections`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use tokio::net::TcpListener;
 
 use super::api::Api;
 use super::connections::{self, ConnectionLimits, ConnectionStats};
+use super::guard::{self, AllowedHosts};
 use super::{reads, writes};
 use crate::config::HttpConfig;
 
@@ -34,6 +36,7 @@ pub struct ControlServer {
     listener: TcpListener,
     address: SocketAddr,
     limits: ConnectionLimits,
+    hosts: AllowedHosts,
 }
 
 impl ControlServer {
@@ -45,13 +48,15 @@ impl ControlServer {
             listener,
             address,
             limits: ConnectionLimits::default(),
+            hosts: AllowedHosts::default(),
         })
     }
 
-    /// Takes the connection limits from `http`.
+    /// Takes the connection limits and the allowed hosts from `http`.
     pub fn configure(self, http: &HttpConfig) -> Self {
         Self {
             limits: ConnectionLimits::of(http),
+            hosts: AllowedHosts::new(http.allowed_hosts.as_deref()),
             ..self
         }
     }
@@ -70,7 +75,7 @@ impl ControlServer {
     ) -> std::io::Result<()> {
         tracing::info!(address = %self.address, "control plane listening");
         let stats = Arc::new(ConnectionStats::new(self.limits.max_connections));
-        let routes = router(api.into(), stats.clone());
+        let routes = router(api.into(), self.hosts, stats.clone());
         connections::serve(self.listener, routes, self.limits, stats, shutdown).await;
         tracing::info!(address = %self.address, "control plane stopped");
         Ok(())
@@ -78,7 +83,7 @@ impl ControlServer {
 }
 
 /// The routes, on `api`; `/metrics` also reports `connections`.
-pub fn router(api: Api, connections: Arc<ConnectionStats>) -> Router {
+pub fn router(api: Api, hosts: AllowedHosts, connections: Arc<ConnectionStats>) -> Router {
     Router::new()
         .route("/", get(reads::status_page))
         .route("/healthz", get(reads::healthz))
@@ -95,5 +100,6 @@ pub fn router(api: Api, connections: Arc<ConnectionStats>) -> Router {
         .fallback(reads::not_found)
         .layer(DefaultBodyLimit::max(writes::BODY_LIMIT))
         .layer(Extension(connections))
+        .layer(axum::middleware::from_fn_with_state(hosts, guard::guard))
         .with_state(api)
 }

@@ -21,8 +21,12 @@ pub async fn status_page() -> Response {
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                super::page::content_security_policy(),
+            ),
         ],
-        include_str!("status.html"),
+        super::page::PAGE,
     )
         .into_response()
 }
