@@ -6,8 +6,8 @@
 //! - `PUT` is held to `http.writes` (no `launch`, files only inside the allowed directories);
 //! - `PUT` never overwrites another pipeline's file, never follows a planted temporary-file
 //!   link, and leaves no temporary file behind when it fails;
-//! - the token is checked before the body is read, a broken token file tells the client
-//!   nothing, the `Bearer` scheme is case-insensitive;
+//! - the token is checked before the body is read, a body that stalls is given up on, a
+//!   broken token file tells the client nothing, the `Bearer` scheme is case-insensitive;
 //! - `http.allowed_hosts`, `nosniff` on every response and the status page's CSP.
 
 mod common;
@@ -155,12 +155,12 @@ fn frames_out(base: &str, name: &str) -> u64 {
     reply.body["frames_out"].as_u64().unwrap_or(0)
 }
 
-/// Writes `request` on a new connection and reads until the server closes it (at most 10 s);
+/// Writes `request` on a new connection and reads until the server closes it (at most 30 s);
 /// what it answered.
 fn raw(address: SocketAddr, request: &str) -> String {
     let mut stream = TcpStream::connect(address).unwrap();
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     stream.write_all(request.as_bytes()).unwrap();
     let mut answer = Vec::new();
@@ -168,7 +168,7 @@ fn raw(address: SocketAddr, request: &str) -> String {
         Ok(_) => {}
         Err(error) if error.kind() == ErrorKind::ConnectionReset => {}
         Err(error) => panic!(
-            "no whole answer to {request:?} within 10 s ({error}); got {:?}",
+            "no whole answer to {request:?} within 30 s ({error}); got {:?}",
             String::from_utf8_lossy(&answer)
         ),
     }
@@ -551,6 +551,21 @@ fn unauthenticated_requests_are_refused_before_their_body_and_learn_nothing() {
         answer.contains("a valid bearer token is required"),
         "{answer}"
     );
+
+    // With the token, a body that stops half-way is given up on after a while.
+    let started = Instant::now();
+    let answer = raw(
+        address,
+        &format!(
+            "PUT /api/pipelines/two HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\nname: two\n"
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("the body did not arrive within 10 s"),
+        "{answer}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(10));
 
     // The scheme's name in any case.
     for (name, scheme) in [("two", "bearer"), ("three", "BEARER")] {

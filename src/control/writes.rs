@@ -7,6 +7,8 @@
 //! before the body is read, so an unauthenticated client cannot make the daemon take in even
 //! [`BODY_LIMIT`] bytes.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -21,6 +23,10 @@ use crate::preflight::files::read_token;
 
 /// The largest body a `PUT` takes: a pipeline file is a few hundred bytes.
 pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// How long a `PUT`'s body may take to arrive once its token was accepted: a request in its
+/// handler is never closed for being quiet, so a body sent a byte at a time must end somehow.
+pub const BODY_WAIT: Duration = Duration::from_secs(10);
 
 pub async fn get_pipeline(State(api): State<Api>, Path(name): Path<String>) -> Response {
     let view = api.view.current();
@@ -40,9 +46,15 @@ pub async fn put_pipeline(
         Ok(writes) => writes,
         Err(refusal) => return refusal,
     };
-    let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
-        Ok(bytes) => bytes,
+    let body = match tokio::time::timeout(BODY_WAIT, axum::body::to_bytes(body, BODY_LIMIT)).await {
+        Ok(Ok(bytes)) => bytes,
         Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("the body did not arrive within {} s", BODY_WAIT.as_secs()),
+            );
+        }
+        Ok(Err(_)) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!(
