@@ -5,10 +5,12 @@
 //!   `--as-needed` would drop it and CUDA would silently be unavailable on a GPU box.
 //! - The C++ shim (`src/runtime/native/shim.cpp`) for what tch does not expose: CUDA graphs,
 //!   channels-last tensors, the TF32 switches, the profiler. It always builds against
-//!   libtorch's headers; its CUDA graph part only where libtorch has CUDA and the CUDA runtime
-//!   headers are found (the torch venv's `nvidia/cu13/include`, completed with `crt/` by the
-//!   `nvidia-cuda-crt` package that scripts/setup installs), unless `VISIOND_CUDA_GRAPHS=off`.
-//!   Elsewhere the graph functions report that graphs are unavailable and models run eagerly.
+//!   libtorch's headers; its CUDA part (graphs, events, side streams, the fused kernels) only
+//!   where libtorch has CUDA and the CUDA runtime headers are found (the torch venv's
+//!   `nvidia/cu13/include`, completed with `crt/` by the `nvidia-cuda-crt` package that
+//!   scripts/setup installs), unless `VISIOND_CUDA_GRAPHS=off`. Elsewhere those functions
+//!   report that the shim has no CUDA: models run eagerly, the frame path stays on the default
+//!   stream and converts with tensor ops.
 
 use std::path::{Path, PathBuf};
 
@@ -44,7 +46,7 @@ fn main() {
 
 fn compile_shim(libtorch: &Path, has_cuda: bool) {
     let include = libtorch.join("include");
-    // VISIOND_CUDA_GRAPHS=off builds without them, as a box without the headers would.
+    // VISIOND_CUDA_GRAPHS=off builds the shim without CUDA, as a box without the headers would.
     let wanted = std::env::var("VISIOND_CUDA_GRAPHS").map_or(true, |v| v != "off");
     let cuda_include = if has_cuda && wanted {
         cuda_headers(libtorch)
@@ -56,9 +58,19 @@ fn compile_shim(libtorch: &Path, has_cuda: bool) {
         .cpp(true)
         .pic(true)
         .std("c++17")
-        .warnings(false)
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
+        // The shim's own warnings (-Wall -Wextra) show in the build; libtorch's and CUDA's
+        // headers are system headers, whose warnings are not ours to fix.
+        .warnings(true)
+        .extra_warnings(true)
+        .flag("-isystem")
+        .flag(include.to_string_lossy().as_ref())
+        .flag("-isystem")
+        .flag(
+            include
+                .join("torch/csrc/api/include")
+                .to_string_lossy()
+                .as_ref(),
+        )
         // The same ABI torch-sys builds its own glue with (the PyPI wheels use the new one).
         .define(
             "_GLIBCXX_USE_CXX11_ABI",
@@ -75,12 +87,15 @@ fn compile_shim(libtorch: &Path, has_cuda: bool) {
         .file(SHIM);
     match &cuda_include {
         Some(dir) => {
-            build.define("VISIOND_CUDA_GRAPHS", None).include(dir);
+            build
+                .define("VISIOND_SHIM_CUDA", None)
+                .flag("-isystem")
+                .flag(dir.to_string_lossy().as_ref());
             // A directory: cargo rescans it, so headers installed later (crt/) are noticed.
             println!("cargo:rerun-if-changed={}", dir.display());
         }
         None if has_cuda && wanted => println!(
-            "cargo:warning=CUDA graphs left out: libtorch has CUDA but no CUDA runtime headers with crt/ were found (run scripts/setup, or set VISIOND_CUDA_INCLUDE)"
+            "cargo:warning=the shim is built without CUDA (no graphs, side streams or fused kernels): libtorch has CUDA but no CUDA runtime headers with crt/ were found (run scripts/setup, or set VISIOND_CUDA_INCLUDE)"
         ),
         None => {}
     }

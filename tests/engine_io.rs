@@ -440,7 +440,19 @@ fn a_failed_output_is_rebuilt_and_earlier_recordings_are_kept() {
     );
     engine.shutdown_handle().trigger();
     let reports = engine.wait();
-    assert_eq!(reports[0].state, PipelineState::Finished);
+    // Frames were lost while the output was down: counted, and not a clean finish.
+    let lost = cam.stats.losses();
+    assert!(
+        lost.get("output failed").is_some_and(|&n| n > 0),
+        "{lost:?}"
+    );
+    match &reports[0].state {
+        PipelineState::Failed { error } => assert!(
+            error.contains("lost on the way") && error.contains("output failed"),
+            "{error}"
+        ),
+        other => panic!("a pipeline that lost frames ended {other}"),
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -7,6 +7,7 @@
 mod common;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gstreamer as gst;
@@ -224,6 +225,63 @@ fn on_the_cpu_the_model_reads_gstreamers_own_memory() {
     }
     let counters = stager.counters();
     assert_eq!((counters.frames, counters.host_copies), (3, 0));
+}
+
+/// A frame's bytes that say when GStreamer lets go of them.
+struct Watched {
+    bytes: Vec<u8>,
+    freed: Arc<AtomicBool>,
+}
+
+impl AsRef<[u8]> for Watched {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.freed.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn staged_tensors_keep_the_frames_memory_they_read_after_the_frame_is_gone() {
+    // On the CPU the staged tensors read GStreamer's buffer in place: they, not the frame,
+    // must keep it mapped, however long they live.
+    let stager = inference(FrameFormats::Native).stager();
+    let raw = "video/x-raw,framerate=30/1";
+    for (seed, caps) in [
+        format!("{raw},format=NV12,width=96,height=72"),
+        format!("{raw},format=RGB,width=81,height=61"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (info, buffer) = random_frame(caps, 300 + seed as u64);
+        let original = buffer.map_readable().unwrap().to_vec();
+        let freed = Arc::new(AtomicBool::new(false));
+        let buffer = gst::Buffer::from_slice(Watched {
+            bytes: original.clone(),
+            freed: freed.clone(),
+        });
+        let mut frame = frame(&info, buffer);
+        stager.stage(&mut frame).unwrap();
+        let (input, rgb) = staged_tensors(&frame).unwrap();
+        let rgb_before = bytes(&rgb);
+        drop(frame);
+        assert!(
+            !freed.load(Ordering::SeqCst),
+            "{caps}: the frame's memory was freed while its staged tensors still read it"
+        );
+        assert_eq!(bytes(&input), original, "{caps}");
+        assert_eq!(bytes(&rgb), rgb_before, "{caps}");
+        drop((input, rgb));
+        assert!(
+            freed.load(Ordering::SeqCst),
+            "{caps}: the frame's memory outlived every tensor reading it"
+        );
+    }
 }
 
 #[test]

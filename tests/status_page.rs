@@ -154,6 +154,8 @@ fn the_status_page_lists_every_pipeline_and_snapshots_are_jpegs_of_the_frame() {
             );
         }
         assert!(dom.contains("2 pipeline(s): 2 playing"), "{dom}");
+        // How old each source's last frame is.
+        assert!(dom.contains("<dd class=\"last-frame\">0."), "{dom}");
         assert!(dom.contains("api/pipelines/cam/snapshot.jpg?t="), "{dom}");
         assert!(!dom.contains("api/pipelines/meta/snapshot.jpg"), "{dom}");
         let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();

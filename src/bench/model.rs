@@ -149,9 +149,11 @@ fn count_flops(
     w: i64,
 ) -> Result<Option<f64>, BenchError> {
     let x = random_input(info, 1, [h, w])?;
-    let counter = FlopCounter::start().map_err(BenchError::Runtime)?;
+    let counter = FlopCounter::start().map_err(|e| BenchError::Runtime(e.to_string()))?;
     let output = tch::no_grad(|| runner.model().forward(&x));
-    let flops = counter.stop().map_err(BenchError::Runtime)?;
+    let flops = counter
+        .stop()
+        .map_err(|e| BenchError::Runtime(e.to_string()))?;
     drop(output?);
     Ok((flops > 0.0).then_some(flops))
 }
@@ -189,8 +191,8 @@ fn time_batches(
         drop(output);
     }
     if let Some(path) = trace {
-        let recording =
-            Trace::start(matches!(info.device, Device::Cuda(_))).map_err(BenchError::Runtime)?;
+        let recording = Trace::start(matches!(info.device, Device::Cuda(_)))
+            .map_err(|e| BenchError::Runtime(e.to_string()))?;
         let output = runner.forward(&x);
         synchronize(info.device);
         recording

@@ -834,7 +834,7 @@ impl TraceWindow {
         if let (Some((trace, _)), Some(path)) = (self.running.take(), self.path.take())
             && let Err(e) = trace.stop(&path)
         {
-            self.error = Some(e);
+            self.error = Some(format!("writing {}: {e}", path.display()));
         }
     }
 

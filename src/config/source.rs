@@ -48,6 +48,9 @@ pub struct SourceConfig {
     /// Restart a finite source at its end instead of finishing the pipeline.
     pub looping: bool,
     pub reconnect: ReconnectConfig,
+    /// A live source that delivers no frame for this long (or three of its frame intervals,
+    /// when that is longer) is stalled, and is reconnected.
+    pub stall_timeout_ms: u64,
 }
 
 impl SourceConfig {
@@ -62,6 +65,7 @@ impl SourceConfig {
             max_size: None,
             looping: false,
             reconnect: ReconnectConfig::default(),
+            stall_timeout_ms: default_stall_timeout_ms(),
         }
     }
 
@@ -137,6 +141,8 @@ pub struct SourceSection {
     pub looping: bool,
     #[serde(default)]
     pub reconnect: ReconnectConfig,
+    #[serde(default = "default_stall_timeout_ms")]
+    pub stall_timeout_ms: u64,
 }
 
 impl SourceSection {
@@ -172,6 +178,12 @@ impl SourceSection {
         for kind in &kinds {
             check_kind(kind, has_credentials, errors);
         }
+        if self.stall_timeout_ms < MIN_STALL_TIMEOUT_MS {
+            errors.push(
+                "source.stall_timeout_ms",
+                format!("must be at least {MIN_STALL_TIMEOUT_MS}"),
+            );
+        }
         let kind = match <[SourceKind; 1]>::try_from(kinds) {
             Ok([kind]) => kind,
             Err(_) => SourceConfig::placeholder().kind,
@@ -184,6 +196,7 @@ impl SourceSection {
             max_size: self.max_size,
             looping: self.looping,
             reconnect: self.reconnect,
+            stall_timeout_ms: self.stall_timeout_ms,
         }
     }
 }
@@ -432,6 +445,13 @@ impl Default for ReconnectConfig {
             max_attempts: None,
         }
     }
+}
+
+/// Below this, a camera's ordinary jitter would count as a stall.
+const MIN_STALL_TIMEOUT_MS: u64 = 100;
+
+fn default_stall_timeout_ms() -> u64 {
+    5_000
 }
 
 fn default_reconnect_initial_ms() -> u64 {

@@ -3,7 +3,8 @@
 //! Per pipeline (label `pipeline`): `visiond_frames_in_total`, `visiond_frames_out_total`,
 //! `visiond_frames_dropped_total` (+ `hop="input"|"output"`), `visiond_queue_depth` and
 //! `visiond_queue_capacity` (the first hop), `visiond_pipeline_state` (+ `state`: 1 for the
-//! current one, 0 for the other four), `visiond_source_outages_total`,
+//! current one, 0 for the other five), `visiond_source_last_frame_age_seconds`,
+//! `visiond_snapshots_refused_total`, `visiond_source_outages_total`,
 //! `visiond_reconnect_attempts_total` (and its earlier name `visiond_reconnects_total`),
 //! `visiond_output_up` (+ `output`), `visiond_output_failures_total` (+ `reason`),
 //! `visiond_output_restarts_total` and the histogram
@@ -29,7 +30,7 @@ use std::time::Duration;
 
 use super::connections::{Closed, ConnectionStats};
 use super::process::ProcessStats;
-use crate::pipeline::stats::{LatencyHistogram, PipelineState};
+use crate::pipeline::stats::{LatencyHistogram, PipelineState, seconds};
 use crate::pipeline::view::EngineView;
 use crate::pipeline::worker::{BATCH_SIZE_BUCKETS, WorkerStats};
 
@@ -132,6 +133,30 @@ pub fn render(view: &EngineView) -> String {
                 u8::from(state == current),
             );
         }
+    }
+    out.family(
+        "visiond_source_last_frame_age_seconds",
+        "gauge",
+        "Seconds since the pipeline's source delivered its last frame (since the pipeline started while none has come).",
+    );
+    for p in pipelines {
+        out.sample(
+            "visiond_source_last_frame_age_seconds",
+            &[("pipeline", &p.name)],
+            seconds(p.stats.source.last_frame_age()),
+        );
+    }
+    out.family(
+        "visiond_snapshots_refused_total",
+        "counter",
+        "Snapshot requests answered 503 at once because too many were already waiting for the pipeline's snapshot.",
+    );
+    for p in pipelines {
+        out.sample(
+            "visiond_snapshots_refused_total",
+            &[("pipeline", &p.name)],
+            p.stats.latest_frame.refused(),
+        );
     }
     out.family(
         "visiond_source_outages_total",

@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::connections::ConnectionStats;
-use crate::pipeline::stats::PipelineState;
+use crate::media::snapshot::Snapshot;
+use crate::pipeline::stats::{PipelineState, seconds};
 use crate::pipeline::view::{PipelineHandle, SharedView};
 
 /// The status page: one static file; it reads `/api/pipelines` itself.
@@ -79,9 +80,13 @@ pub async fn readyz(State(view): State<SharedView>) -> Response {
 pub struct PipelineStatus<'a> {
     pub name: &'a str,
     pub model: String,
-    /// `state`, plus `attempt` and `last_error` when reconnecting, `error` when failed.
+    /// `state`, plus `attempt` and `last_error` when reconnecting, `since`, `age_s` and
+    /// `attempt` when stalled, `error` when failed.
     #[serde(flatten)]
     pub state: PipelineState,
+    /// Seconds since the source delivered its last frame (since the pipeline started while
+    /// none has come).
+    pub last_frame_age_s: f64,
     pub frames_in: u64,
     pub frames_out: u64,
     pub dropped: HopCounts,
@@ -134,6 +139,7 @@ impl<'a> PipelineStatus<'a> {
             name: &pipeline.name,
             model: pipeline.model.to_string(),
             state: pipeline.stats.state(),
+            last_frame_age_s: seconds(pipeline.stats.source.last_frame_age()),
             frames_in: pipeline.stats.frames_in(),
             frames_out: pipeline.stats.frames_out(),
             dropped: HopCounts {
@@ -176,7 +182,10 @@ pub async fn metrics(
 /// How long a snapshot request waits for a frame when nobody was looking before.
 const FIRST_FRAME_WAIT: Duration = Duration::from_secs(2);
 
-/// `GET /api/pipelines/<name>/snapshot.jpg`: the latest frame the pipeline published.
+/// `GET /api/pipelines/<name>/snapshot.jpg`: the latest frame the pipeline published, with
+/// its age (`X-Frame-Age`, seconds) and capture time (`Last-Modified`). Bounded per pipeline
+/// (see [`crate::media::snapshot`]): requests beyond what it takes are answered `503` with
+/// `Retry-After` at once.
 pub async fn snapshot(State(view): State<SharedView>, Path(name): Path<String>) -> Response {
     let Some(pipeline) = view.current().pipeline(&name).cloned() else {
         return problem(
@@ -190,24 +199,35 @@ pub async fn snapshot(State(view): State<SharedView>, Path(name): Path<String>) 
             &format!("pipeline '{name}' publishes no video, so it has no snapshot"),
         );
     }
-    let latest = pipeline.stats.latest_frame.clone();
-    // Encoding is GStreamer work: off the control plane's runtime threads.
-    let jpeg = tokio::task::spawn_blocking(move || latest.jpeg(FIRST_FRAME_WAIT)).await;
-    match jpeg {
-        Ok(Ok(Some(jpeg))) => (
-            [
-                (header::CONTENT_TYPE, "image/jpeg"),
-                (header::CACHE_CONTROL, "no-store"),
-            ],
-            jpeg,
-        )
-            .into_response(),
-        Ok(Ok(None)) => problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("pipeline '{name}' has published no frame yet"),
-        ),
-        Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
-        Err(error) => problem(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+    let retry_later = |message: &str| {
+        let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, message);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        response
+    };
+    match pipeline.stats.latest_frame.snapshot(FIRST_FRAME_WAIT).await {
+        Snapshot::Jpeg(jpeg) => {
+            let age = format!("{:.3}", jpeg.age().as_secs_f64());
+            (
+                [
+                    (header::CONTENT_TYPE, "image/jpeg".to_string()),
+                    (header::CACHE_CONTROL, "no-store".to_string()),
+                    (
+                        header::LAST_MODIFIED,
+                        httpdate::fmt_http_date(jpeg.captured_wall),
+                    ),
+                    (header::HeaderName::from_static("x-frame-age"), age),
+                ],
+                jpeg.bytes.to_vec(),
+            )
+                .into_response()
+        }
+        Snapshot::NoFrame => retry_later(&format!("pipeline '{name}' has published no frame yet")),
+        Snapshot::Busy => retry_later(&format!(
+            "too many snapshot requests for pipeline '{name}' at once; try again"
+        )),
+        Snapshot::Failed(error) => problem(StatusCode::INTERNAL_SERVER_ERROR, &error),
     }
 }
 

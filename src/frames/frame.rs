@@ -48,9 +48,14 @@ pub fn pack_rgb_rows(
     height: u32,
     stride: usize,
 ) -> Result<Vec<u8>, FrameTooSmall> {
+    // A u32 side times 3 fits a 64-bit usize (see `FrameLayout`); the stride, from the caps or
+    // a decoder's meta, is checked: a size past usize is too small a buffer, never a wrap.
     let row = width as usize * 3;
     let rows = height as usize;
-    if stride < row || data.len() < stride * rows.saturating_sub(1) + row {
+    let needed = stride
+        .checked_mul(rows.saturating_sub(1))
+        .and_then(|start| start.checked_add(row));
+    if stride < row || needed.is_none_or(|needed| data.len() < needed) {
         return Err(FrameTooSmall {
             len: data.len(),
             stride,
@@ -225,5 +230,32 @@ mod tests {
             .map(|t| pts.next(ms(t), Some(ms(40))).mseconds())
             .collect();
         assert_eq!(got, vec![0, 40, 80, 120, 160, 200]);
+    }
+
+    #[test]
+    fn rgb_rows_whose_size_overflows_are_too_small_a_buffer_not_a_wrapped_size() {
+        let data = [7u8; 64];
+        // stride * (height - 1) wraps past usize: before, a debug build panicked and a release
+        // build compared the buffer against the wrapped (small) number.
+        let error = pack_rgb_rows(&data, 2, 3, usize::MAX / 2 + 1).unwrap_err();
+        assert_eq!(
+            error,
+            FrameTooSmall {
+                len: 64,
+                stride: usize::MAX / 2 + 1,
+                width: 2,
+                height: 3,
+            }
+        );
+        assert!(pack_rgb_rows(&data, u32::MAX, u32::MAX, u32::MAX as usize * 3).is_err());
+        assert!(pack_rgb_rows(&data, 2, u32::MAX, usize::MAX).is_err());
+        // Sizes that fit are packed as before: 2x3 RGB in rows of 8 bytes.
+        let rows: Vec<u8> = (0..22).collect();
+        assert_eq!(
+            pack_rgb_rows(&rows, 2, 3, 8).unwrap(),
+            [
+                0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13, 16, 17, 18, 19, 20, 21
+            ]
+        );
     }
 }

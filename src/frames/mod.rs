@@ -12,9 +12,9 @@ pub use frame::{
     Downloaded, Frame, FrameIdentity, FrameTooSmall, PendingResult, Processed, PtsContinuity,
     RgbImage, pack_rgb_rows,
 };
-pub use hop::{DropCounter, HopSender, SendOutcome, hop};
+pub use hop::{DropCounter, GiveUp, HopReceiver, HopSender, SendOutcome, hop};
 pub use pixels::{
-    BufferTooSmall, DevicePixels, FrameLayout, HostBytes, PixelFormat, Pixels, Plane, VideoImage,
+    DevicePixels, FrameLayout, HostBytes, LayoutError, PixelFormat, Pixels, Plane, VideoImage,
     YuvColour,
 };
 pub use results::FrameResults;

@@ -103,18 +103,35 @@ pub struct Plane {
     pub stride: usize,
 }
 
-/// A buffer that cannot hold the picture its layout announces.
+/// A buffer that cannot hold the picture its layout announces, or a layout no buffer can hold.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "frame buffer of {len} bytes is too small for a {width}x{height} {format:?} frame (it needs {needed})"
-)]
-pub struct BufferTooSmall {
-    pub len: usize,
-    pub needed: usize,
-    pub width: u32,
-    pub height: u32,
-    pub format: PixelFormat,
+pub enum LayoutError {
+    #[error(
+        "frame buffer of {len} bytes is too small for a {width}x{height} {format:?} frame (it needs {needed})"
+    )]
+    BufferTooSmall {
+        len: usize,
+        needed: usize,
+        width: u32,
+        height: u32,
+        format: PixelFormat,
+    },
+    /// Offsets and strides (a decoder's video meta says what they are) whose sum overflows.
+    #[error(
+        "a {width}x{height} {format:?} frame with planes at {planes:?} would span more bytes than memory can address"
+    )]
+    TooLarge {
+        width: u32,
+        height: u32,
+        format: PixelFormat,
+        planes: Vec<Plane>,
+    },
 }
+
+// A picture's sides are u32: a side times 3 (bytes per RGB row) fits `usize` on the 64-bit
+// targets libtorch supports, so `plane_extent` needs no checks; offsets and strides, which a
+// decoder's meta sets, are checked where they are added up (`span`).
+const _: () = assert!(usize::BITS >= 64, "frame sizes assume a 64-bit usize");
 
 /// How a frame's pixels are laid out in its buffer.
 #[derive(Debug, Clone)]
@@ -185,25 +202,35 @@ impl FrameLayout {
         }
     }
 
-    /// The bytes the planes span: the least a buffer must hold.
-    pub fn span(&self) -> usize {
-        (0..self.planes.len())
-            .map(|p| {
-                let (rows, row_bytes) = self.plane_extent(p);
-                let plane = self.planes[p];
-                plane.offset + plane.stride * rows.saturating_sub(1) + row_bytes
-            })
-            .max()
-            .unwrap_or(0)
+    /// The bytes the planes span: the least a buffer must hold. An error, never a wrapped
+    /// size, where the planes' offsets and strides add up past what memory can address.
+    pub fn span(&self) -> Result<usize, LayoutError> {
+        let mut span = 0;
+        for (p, plane) in self.planes.iter().enumerate() {
+            let (rows, row_bytes) = self.plane_extent(p);
+            let end = plane
+                .stride
+                .checked_mul(rows.saturating_sub(1))
+                .and_then(|last_row| last_row.checked_add(plane.offset))
+                .and_then(|start| start.checked_add(row_bytes))
+                .ok_or_else(|| LayoutError::TooLarge {
+                    width: self.width,
+                    height: self.height,
+                    format: self.format,
+                    planes: self.planes.clone(),
+                })?;
+            span = span.max(end);
+        }
+        Ok(span)
     }
 
     /// Whether a buffer of `len` bytes holds every plane (and no row overlaps the next).
-    pub fn check(&self, len: usize) -> Result<(), BufferTooSmall> {
+    pub fn check(&self, len: usize) -> Result<(), LayoutError> {
         let rows_fit =
             (0..self.planes.len()).all(|p| self.planes[p].stride >= self.plane_extent(p).1);
-        let needed = self.span();
+        let needed = self.span()?;
         if len < needed || !rows_fit {
-            return Err(BufferTooSmall {
+            return Err(LayoutError::BufferTooSmall {
                 len,
                 needed,
                 width: self.width,
@@ -296,7 +323,7 @@ mod tests {
         );
         // The last row's padding is the buffer's, not the picture's.
         assert_eq!(i420.info.size(), 84 * 62 + 44 * 31 * 2);
-        assert_eq!(i420.span(), i420.info.size() - 3);
+        assert_eq!(i420.span(), Ok(i420.info.size() - 3));
         let colour = i420.colour.unwrap();
         assert_eq!((colour.kr, colour.full_range), (0.299, false));
         let hd = FrameLayout::standard(PixelFormat::Nv12, 1920, 1080, fps).unwrap();
@@ -312,5 +339,38 @@ mod tests {
         );
         assert!(rgb.check(31).is_ok());
         assert!(rgb.check(30).unwrap_err().to_string().contains("needs 31"));
+    }
+
+    #[test]
+    fn layouts_beyond_addressable_memory_are_errors_not_wrapped_sizes() {
+        gst::init().unwrap();
+        let fps = gst::Fraction::new(30, 1);
+        let mut nv12 = FrameLayout::standard(PixelFormat::Nv12, 64, 48, fps).unwrap();
+        // A decoder's meta with a chroma plane at the very end of the address space: the sum
+        // wrapped to a small number, which a small buffer then passed.
+        nv12.planes[1].offset = usize::MAX - 10;
+        let error = nv12.span().unwrap_err();
+        assert!(matches!(error, LayoutError::TooLarge { .. }), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("a 64x48 Nv12 frame with planes at"),
+            "{error}"
+        );
+        assert_eq!(nv12.check(4096), Err(error));
+        // A stride times the rows past usize.
+        let mut rgb = FrameLayout::standard(PixelFormat::Rgb, 5, 3, fps).unwrap();
+        rgb.planes[0].stride = usize::MAX / 2 + 1;
+        assert!(matches!(rgb.check(31), Err(LayoutError::TooLarge { .. })));
+        // The widest row a u32 allows, a million of them densely: a real (if huge) size.
+        let mut huge = FrameLayout::standard(PixelFormat::Rgb, 5, 2, fps).unwrap();
+        (huge.width, huge.height) = (u32::MAX, 1 << 20);
+        huge.planes[0].stride = u32::MAX as usize * 3;
+        let needed = huge.span().unwrap();
+        assert_eq!(needed, (u32::MAX as usize * 3) << 20);
+        assert!(matches!(
+            huge.check(1 << 20),
+            Err(LayoutError::BufferTooSmall { needed: n, .. }) if n == needed
+        ));
     }
 }

@@ -153,15 +153,17 @@ pub fn set_aside_recordings(settings: &OutputSettings) {
 pub const ENCODER_QUEUE: u64 = 8;
 
 /// The appsrc's queue, bounded and following the pipeline's `queue.when_full` like every other
-/// hop: `block` pushes back on the worker (nothing lost), `drop_oldest` / `drop_newest` leak a
-/// frame (counted by the pusher) so a slow encoder never holds up a live source.
+/// hop: under `block` the pusher waits for room itself (nothing lost, see
+/// [`AppsrcQueue::push`]), `drop_oldest` / `drop_newest` leak a frame (counted by the pusher)
+/// so a slow encoder never holds up a live source. appsrc's own `block=true` is not used: its
+/// wait ends only when the appsrc stops, never on an error downstream of it.
 fn appsrc_queue(live: bool, policy: WhenFull) -> String {
     let leak = match policy {
-        WhenFull::Block => "block=true",
-        WhenFull::DropOldest => "leaky-type=downstream",
-        WhenFull::DropNewest => "leaky-type=upstream",
+        WhenFull::Block => "",
+        WhenFull::DropOldest => " leaky-type=downstream",
+        WhenFull::DropNewest => " leaky-type=upstream",
     };
-    format!("is-live={live} max-buffers={ENCODER_QUEUE} max-bytes=0 {leak}")
+    format!("is-live={live} max-buffers={ENCODER_QUEUE} max-bytes=0{leak}")
 }
 
 /// The whole output description, or `None` when the pipeline has no sinks (metadata only).
@@ -411,14 +413,28 @@ impl VideoOutput {
 
     /// Publishes one frame with its source PTS (and its 16-bit depth, for `depth16` sinks).
     /// The annotated picture is moved into the output (the metadata does not need it).
-    pub fn push(&mut self, processed: &mut Processed) -> Result<(), MediaError> {
-        if let Some(video) = &mut self.video {
-            video.push(processed)?;
+    /// Under `block` it waits for room, but never past an error of the output (returned) or
+    /// `give_up` (then `Ok(false)`: the frame was let go).
+    pub fn push(
+        &mut self,
+        processed: &mut Processed,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<bool, MediaError> {
+        let gate = Gate {
+            pipeline: &self.pipeline,
+            give_up,
+        };
+        if let Some(video) = &mut self.video
+            && !video.push(processed, &gate)?
+        {
+            return Ok(false);
         }
-        if let Some(depth) = &mut self.depth {
-            depth.push(processed)?;
+        if let Some(depth) = &mut self.depth
+            && !depth.push(processed, &gate)?
+        {
+            return Ok(false);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Ends the stream, waits (at most `timeout`) for every sink to finish (mp4 files get their
@@ -574,20 +590,44 @@ impl AppsrcQueue {
         }
     }
 
-    fn push(&self, buffer: gst::Buffer) -> Result<(), MediaError> {
-        // A full leaky queue drops a frame on this push (the oldest or this one): count it.
-        let queued: u64 = self.appsrc.property("current-level-buffers");
-        if self.policy != WhenFull::Block && queued >= ENCODER_QUEUE {
+    /// Queues `buffer`; `Ok(false)` when it was let go because the gate said to give up.
+    fn push(&self, buffer: gst::Buffer, gate: &Gate<'_>) -> Result<bool, MediaError> {
+        let queued = || self.appsrc.property::<u64>("current-level-buffers");
+        if self.policy == WhenFull::Block {
+            while queued() >= ENCODER_QUEUE {
+                // Nothing downstream takes frames any more when it failed: say so rather than
+                // wait for room that will not come.
+                if let Some(error) = bus::take_error(gate.pipeline) {
+                    return Err(error.into());
+                }
+                if (gate.give_up)() {
+                    return Ok(false);
+                }
+                std::thread::sleep(ROOM_POLL);
+            }
+        } else if queued() >= ENCODER_QUEUE {
+            // A full leaky queue drops a frame on this push (the oldest or this one): count it.
             self.drops.add();
         }
         self.appsrc
             .push_buffer(buffer)
-            .map(|_| ())
+            .map(|_| true)
             .map_err(|e| MediaError::Refused {
                 what: self.what.clone(),
                 reason: format!("{e:?}"),
             })
     }
+}
+
+/// How often a `block` push waiting for room in the encoder's queue looks again (and at the
+/// output's errors and its way out).
+const ROOM_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// What a push that waits for room watches: the output's bus (an error there means the room
+/// will never come) and its way out (the drain after a stop was abandoned).
+struct Gate<'a> {
+    pipeline: &'a gst::Pipeline,
+    give_up: &'a dyn Fn() -> bool,
 }
 
 /// Stamps a buffer with the frame's timing. Sources keep PTS increasing across reconnects
@@ -625,7 +665,7 @@ impl VideoChain {
     /// Publishes the frame's picture in the format it comes in (I420 made on the model's
     /// device, or the source's own frame without a model): the encoder's `videoconvert` has
     /// nothing to do for the 4:2:0 formats encoders take.
-    fn push(&mut self, processed: &mut Processed) -> Result<(), MediaError> {
+    fn push(&mut self, processed: &mut Processed, gate: &Gate<'_>) -> Result<bool, MediaError> {
         let (mut buffer, info) = match processed.annotated.take() {
             Some(image) => (image.bytes.into_buffer(), image.layout.info),
             None => match std::mem::replace(&mut processed.frame.pixels, Pixels::Taken) {
@@ -638,25 +678,34 @@ impl VideoChain {
             },
         };
         let info = with_fps(info, processed.frame.fps)?;
-        if announce(&self.queue.appsrc, &mut self.input_format, &info)?
-            && self.output_size.is_none()
-        {
-            // 4:2:0 encoders need even sizes.
-            let size = (info.width() & !1, info.height() & !1);
-            self.out_size.set_property(
-                "caps",
-                gst::Caps::builder("video/x-raw")
-                    .field("width", size.0 as i32)
-                    .field("height", size.1 as i32)
-                    .build(),
-            );
-            self.output_size = Some(size);
-        }
+        self.fix_output_size(&info);
+        announce(&self.queue.appsrc, &mut self.input_format, &info)?;
         if let (Some(label), Some(text)) = (&self.label, &processed.label) {
             label.set_property("text", text);
         }
         stamp(&mut buffer, processed);
-        self.queue.push(buffer)
+        self.queue.push(buffer, gate)
+    }
+}
+
+impl VideoChain {
+    /// Fixes the output size at the first frame's (even, as 4:2:0 encoders need). It must be
+    /// set before the appsrc announces its first caps: the caps event leaves on the appsrc's
+    /// own thread at once, and reaching the scaler before the size filter has its caps, it
+    /// would negotiate the odd size that the encoder then refuses.
+    fn fix_output_size(&mut self, info: &gst_video::VideoInfo) {
+        if self.output_size.is_some() {
+            return;
+        }
+        let size = (info.width() & !1, info.height() & !1);
+        self.out_size.set_property(
+            "caps",
+            gst::Caps::builder("video/x-raw")
+                .field("width", size.0 as i32)
+                .field("height", size.1 as i32)
+                .build(),
+        );
+        self.output_size = Some(size);
     }
 }
 
@@ -677,7 +726,7 @@ fn with_fps(
 }
 
 impl DepthChain {
-    fn push(&mut self, processed: &Processed) -> Result<(), MediaError> {
+    fn push(&mut self, processed: &Processed, gate: &Gate<'_>) -> Result<bool, MediaError> {
         let frame = &processed.frame;
         let Some(samples) = &processed.raw_depth else {
             return Err(MediaError::Frame(
@@ -709,8 +758,11 @@ impl DepthChain {
         }
         let mut buffer = gst::Buffer::from_slice(bytes);
         stamp(&mut buffer, processed);
-        self.frames += 1;
-        self.queue.push(buffer)
+        let pushed = self.queue.push(buffer, gate)?;
+        if pushed {
+            self.frames += 1;
+        }
+        Ok(pushed)
     }
 }
 
@@ -732,6 +784,72 @@ pub fn rgb_buffer(data: Vec<u8>, width: u32, height: u32) -> gst::Buffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::LaunchSink;
+    use crate::frames::{Frame, FrameLayout, PixelFormat};
+
+    fn rgb_frame(width: u32, height: u32) -> Processed {
+        let fps = gst::Fraction::new(30, 1);
+        let layout = FrameLayout::standard(PixelFormat::Rgb, width, height, fps).unwrap();
+        let size = layout.info.size();
+        Processed::passthrough(Frame {
+            pipeline: 0,
+            seq: 0,
+            pts: Some(gst::ClockTime::ZERO),
+            duration: Some(gst::ClockTime::from_mseconds(33)),
+            captured: std::time::Instant::now(),
+            width,
+            height,
+            fps,
+            layout,
+            pixels: Pixels::Host(gst::Buffer::with_size(size).unwrap()),
+        })
+    }
+
+    #[test]
+    fn the_output_size_is_fixed_before_the_first_caps_leave_the_appsrc() {
+        gst::init().unwrap();
+        let settings = OutputSettings {
+            pipeline: "odd".into(),
+            sinks: vec![SinkConfig::Launch(LaunchSink {
+                pipeline: "fakesink".into(),
+            })],
+            encoder: EncoderConfig {
+                element: "x264enc".into(),
+                ..EncoderConfig::default()
+            },
+            live: false,
+            when_full: WhenFull::Block,
+            draw_label: false,
+        };
+        let drops = Arc::new(DropCounter::default());
+        let mut output = VideoOutput::start(&settings, None, drops).unwrap().unwrap();
+        let appsrc = output.video.as_ref().unwrap().queue.appsrc.clone();
+        let out_size = output.video.as_ref().unwrap().out_size.clone();
+        // Whether the appsrc had announced caps already when the size filter got its size:
+        // from the moment it has, its caps event may be downstream, ahead of the size.
+        let announced_first = Arc::new(std::sync::Mutex::new(None::<bool>));
+        out_size.connect_notify(Some("caps"), {
+            let announced_first = announced_first.clone();
+            move |_, _| {
+                *announced_first.lock().unwrap() = Some(appsrc.caps().is_some());
+            }
+        });
+        output.push(&mut rgb_frame(81, 61), &|| false).unwrap();
+        assert_eq!(
+            *announced_first.lock().unwrap(),
+            Some(false),
+            "the output size must be fixed before the appsrc announces its caps"
+        );
+        let caps = out_size.property::<gst::Caps>("caps");
+        let size = caps.structure(0).map(|s| {
+            (
+                s.get::<i32>("width").unwrap_or(0),
+                s.get::<i32>("height").unwrap_or(0),
+            )
+        });
+        assert_eq!(size, Some((80, 60)), "{caps}");
+        output.abort();
+    }
 
     #[test]
     fn odd_widths_are_padded_to_gstreamer_strides() {

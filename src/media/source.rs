@@ -32,11 +32,11 @@ const APPSINK: &str = "visiond_appsink";
 const MAX_SIZE_FILTER: &str = "visiond_max_size";
 const MAX_SIZE_SCALER: &str = "visiond_scale";
 
-/// What a running source reports.
+/// What a running source reports. (A source plays from its first frame on, which the
+/// supervisor sees in the frames themselves: reaching GStreamer's `Playing` state is not
+/// enough, a camera that accepts the connection and sends nothing gets there too.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceEvent {
-    /// The pipeline reached `Playing` (once per session).
-    Playing,
     /// The stream ended (a file's end, a camera closing the stream).
     Ended,
     /// An element posted an error; the session is over.
@@ -47,7 +47,6 @@ pub enum SourceEvent {
 pub struct SourceSession {
     pipeline: gst::Pipeline,
     bus: gst::Bus,
-    playing_reported: bool,
     what: String,
     /// A file source: errors about what the data is say "not a video file".
     is_file: bool,
@@ -111,7 +110,6 @@ impl SourceSession {
         Ok(Self {
             pipeline,
             bus,
-            playing_reported: false,
             what,
             is_file: matches!(&source.kind, SourceKind::Uri(uri) if uri.starts_with("file://")),
             reached_ns,
@@ -139,14 +137,10 @@ impl SourceSession {
     }
 
     /// The next event, waiting at most `wait`.
-    pub fn next_event(&mut self, wait: Duration) -> Option<SourceEvent> {
+    pub fn next_event(&self, wait: Duration) -> Option<SourceEvent> {
         let message = self.bus.timed_pop_filtered(
             gst::ClockTime::from_nseconds(wait.as_nanos() as u64),
-            &[
-                gst::MessageType::Eos,
-                gst::MessageType::Error,
-                gst::MessageType::StateChanged,
-            ],
+            &[gst::MessageType::Eos, gst::MessageType::Error],
         )?;
         match message.view() {
             gst::MessageView::Eos(_) => Some(SourceEvent::Ended),
@@ -157,14 +151,6 @@ impl SourceSession {
                     failure.message = format!("not a video {what} ({})", failure.message);
                 }
                 Some(SourceEvent::Failed(failure))
-            }
-            gst::MessageView::StateChanged(change)
-                if !self.playing_reported
-                    && change.src() == Some(self.pipeline.upcast_ref::<gst::Object>())
-                    && change.current() == gst::State::Playing =>
-            {
-                self.playing_reported = true;
-                Some(SourceEvent::Playing)
             }
             _ => None,
         }

@@ -45,6 +45,22 @@ impl Backoff {
         Duration::from_secs_f64(base * spread).max(Duration::from_millis(1))
     }
 
+    /// Counts the failure of something that had run for `ran` (a source session, from its
+    /// first frame to its last). Having run steadily, for at least the longest delay, it was
+    /// a success: the count starts again. Shorter, it keeps doubling, so a source that ends a
+    /// moment after every start is not retried ever again at the initial delay.
+    pub fn fail_after(&mut self, ran: Duration) -> Duration {
+        if ran >= self.steady() {
+            self.reset();
+        }
+        self.fail()
+    }
+
+    /// How long something must run to count as steady: the longest delay.
+    pub fn steady(&self) -> Duration {
+        self.max
+    }
+
     /// A success: the next failure starts from the initial delay again.
     pub fn reset(&mut self) {
         self.failures = 0;
@@ -133,6 +149,28 @@ mod tests {
             let ms = backoff.fail().as_secs_f64() * 1e3;
             assert!((79.0..=121.0).contains(&ms), "after a reset: {ms}");
         }
+    }
+
+    #[test]
+    fn only_a_steady_run_starts_the_count_again() {
+        let policy = ReconnectConfig {
+            initial_ms: 10,
+            max_ms: 80,
+            jitter: 0.0,
+            max_attempts: None,
+        };
+        let mut backoff = Backoff::reconnect(&policy);
+        let short = Duration::from_millis(79);
+        let delays: Vec<u128> = (0..5)
+            .map(|_| backoff.fail_after(short).as_millis())
+            .collect();
+        assert_eq!(delays, [10, 20, 40, 80, 80], "short runs keep doubling");
+        assert_eq!(backoff.failures(), 5);
+        assert_eq!(
+            backoff.fail_after(Duration::from_millis(80)).as_millis(),
+            10
+        );
+        assert_eq!(backoff.failures(), 1, "a steady run was a success");
     }
 
     #[test]

@@ -7,19 +7,20 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
-
 use super::PipelineError;
 use super::metadata::JsonlTarget;
 use super::output_stage::{HopDrops, OutputStage};
 use super::plan::PipelinePlan;
-use super::stats::PipelineStats;
-use super::stop::StopSignal;
+use super::stats::{Loss, PipelineStats};
+use super::stop::{StopHandle, StopSignal};
 use super::supervisor::Supervisor;
 use super::view::{PipelineHandle, QueueProbe};
 use super::worker::Lane;
 use crate::config::MetadataConfig;
-use crate::frames::{DropCounter, Frame, FrameIdentity, HopSender, PixelFormat, Processed, hop};
+use crate::frames::{
+    DropCounter, Frame, FrameIdentity, GiveUp, HopReceiver, HopSender, PixelFormat, Processed,
+    SendOutcome, hop,
+};
 use crate::media::rtsp_server::RtspMounts;
 use crate::runtime::FrameStager;
 
@@ -31,7 +32,7 @@ pub struct Pieces {
     /// Where the source's frames go: the model's input hop, or straight to the output.
     pub feed: Feed,
     pub output: OutputStage,
-    pub output_input: Receiver<Processed>,
+    pub output_input: HopReceiver<Processed>,
     /// The pipeline's lane into its model's worker, and the model's name.
     pub lane: Option<(String, Lane)>,
     pub handle: PipelineHandle,
@@ -73,20 +74,23 @@ impl Feed {
     ) -> impl Fn(Frame) + Send + Sync + 'static {
         move |mut frame| {
             stats.frames_in.fetch_add(1, Ordering::Relaxed);
-            match &self {
+            let outcome = match &self {
                 Feed::ToModel { hop, stager, drops } => match stager.stage(&mut frame) {
-                    Ok(()) => {
-                        hop.send(frame);
-                    }
+                    Ok(()) => hop.send(frame),
                     Err(error) => {
                         drops.add();
+                        stats.lose(Loss::InferenceFailed, 1);
                         tracing::error!(pipeline = %pipeline, %error, "frame dropped");
+                        return;
                     }
                 },
-                Feed::ToOutput(hop) => {
-                    hop.send(Processed::passthrough(frame));
-                }
+                Feed::ToOutput(hop) => hop.send(Processed::passthrough(frame)),
             };
+            match outcome {
+                SendOutcome::Closed => stats.lose(Loss::StageStopped, 1),
+                SendOutcome::GaveUp => stats.lose(Loss::Abandoned, 1),
+                _ => {}
+            }
         }
     }
 }
@@ -98,11 +102,23 @@ pub fn build(
     stager: Option<Arc<dyn FrameStager>>,
     rtsp: Option<RtspMounts>,
     stop: StopSignal,
+    own: StopHandle,
     grace: Duration,
 ) -> Result<Pieces, PipelineError> {
     let stats = Arc::new(PipelineStats::default());
+    // A send that waits for room lets go once the drain after a stop has been abandoned.
+    let give_up: GiveUp = Arc::new({
+        let stop = stop.clone();
+        move || stop.abandoned()
+    });
     let (out_tx, output_input, output_drops) = hop::<Processed>(plan.capacity, plan.when_full);
-    let (feed, lane, drops, queue) = first_hop(&plan, stager, out_tx, output_drops)?;
+    let out_tx = out_tx.giving_up_when(give_up.clone());
+    let lanes = LaneParts {
+        stats: stats.clone(),
+        stop: own,
+        give_up,
+    };
+    let (feed, lane, drops, queue) = first_hop(&plan, stager, out_tx, output_drops, lanes)?;
     let targets = open_metadata(&plan.metadata)?;
     let output = OutputStage::start(
         plan.output.clone(),
@@ -112,6 +128,7 @@ pub fn build(
         stats.clone(),
         drops.clone(),
         plan.retry,
+        stop.clone(),
     )?;
     let supervisor = Supervisor {
         name: plan.name.clone(),
@@ -143,6 +160,13 @@ pub fn build(
     })
 }
 
+/// What a pipeline's lane into its model's worker carries besides its hops.
+struct LaneParts {
+    stats: Arc<PipelineStats>,
+    stop: StopHandle,
+    give_up: GiveUp,
+}
+
 /// The pipeline's first hop and what it feeds: the model's worker (through the stager), or the
 /// output directly without a model.
 #[allow(clippy::type_complexity)]
@@ -151,16 +175,19 @@ fn first_hop(
     stager: Option<Arc<dyn FrameStager>>,
     out_tx: HopSender<Processed>,
     output_drops: Arc<DropCounter>,
+    parts: LaneParts,
 ) -> Result<(Feed, Option<(String, Lane)>, HopDrops, QueueProbe), PipelineError> {
     Ok(match (&plan.model, stager) {
         (Some((model, _)), Some(stager)) => {
             let (in_tx, in_rx, input_drops) = hop::<Frame>(plan.capacity, plan.when_full);
-            let in_tx = Arc::new(in_tx);
+            let in_tx = Arc::new(in_tx.giving_up_when(parts.give_up));
             let lane = Lane {
                 pipeline: plan.id,
                 name: plan.name.clone(),
                 input: in_rx,
                 output: out_tx,
+                stats: parts.stats,
+                stop: parts.stop,
             };
             let drops = HopDrops {
                 input: input_drops,

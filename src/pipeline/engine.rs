@@ -71,7 +71,8 @@ impl Engine {
     /// taken, no thread for a model's worker).
     pub fn start(config: &Config, loader: &ModelLoader<'_>) -> Result<Self, EngineError> {
         registry::init()?;
-        let (shutdown, shutdown_signal) = StopHandle::new();
+        let shutdown = StopHandle::new();
+        let shutdown_signal = shutdown.receiver();
         let mut engine = Self {
             view: SharedView::new(EngineView::empty()),
             pipelines: BTreeMap::new(),
@@ -101,10 +102,15 @@ impl Engine {
             .iter()
             .map(|(name, known)| (name.clone(), known.config.clone()))
             .collect();
+        // Not running because they failed: never built, or ended failed (a reload retries
+        // them).
         let failed: BTreeSet<String> = self
             .pipelines
             .iter()
-            .filter(|(_, known)| known.thread.is_none())
+            .filter(|(_, known)| {
+                known.thread.is_none()
+                    || matches!(known.handle.stats.state(), PipelineState::Failed { .. })
+            })
             .map(|(name, _)| name.clone())
             .collect();
         let models = self
@@ -174,6 +180,15 @@ impl Engine {
     ) -> Result<Tasks, EngineError> {
         let mut tasks = Tasks::new();
         for model in models_in_use(config) {
+            if self
+                .workers
+                .get(&model)
+                .is_some_and(|worker| worker.thread.is_finished())
+            {
+                // A worker that ended by itself (its model panicked) is loaded afresh.
+                tracing::info!(model = %model, "restarting a model worker that had stopped");
+                self.stop_worker(&model);
+            }
             if let Some(worker) = self.workers.get(&model) {
                 tasks.insert(model, Ok(worker.task));
                 continue;
@@ -236,10 +251,10 @@ impl Engine {
     fn start_pipeline(&mut self, config: &PipelineConfig, tasks: &Tasks) {
         let id = self.next_id;
         self.next_id += 1;
-        let (stop, own) = StopHandle::new();
-        let signal = StopSignal::new(self.shutdown_signal.clone(), own);
+        let stop = StopHandle::new();
+        let signal = StopSignal::new(self.shutdown_signal.clone(), stop.clone(), self.grace);
         let started = PipelinePlan::new(id, config, tasks, self.retry)
-            .and_then(|plan| self.spawn(plan, signal));
+            .and_then(|plan| self.spawn(plan, signal, stop.clone()));
         let (handle, thread) = match started {
             Ok((handle, thread)) => (handle, Some(thread)),
             Err(failure) => {
@@ -264,6 +279,7 @@ impl Engine {
         &mut self,
         plan: PipelinePlan,
         stop: StopSignal,
+        own: StopHandle,
     ) -> Result<(Arc<PipelineHandle>, JoinHandle<PipelineState>), PipelineFailure> {
         let (name, model) = (plan.name.clone(), plan.model_ref());
         let failure = |error: PipelineError| PipelineFailure {
@@ -278,13 +294,16 @@ impl Engine {
             .and_then(|(model, _)| self.workers.get(model))
             .map(|worker| worker.stager.clone());
         let rtsp = self.rtsp.as_ref().map(RtspServer::mounts);
-        let pieces = build::build(plan, stager, rtsp, stop, self.grace).map_err(failure)?;
+        let pieces = build::build(plan, stager, rtsp, stop, own, self.grace).map_err(failure)?;
         let (handle, thread, lane) = spawn_pipeline(pieces, self.grace).map_err(failure)?;
         if let Some((model, lane)) = lane
             && let Some(worker) = self.workers.get(&model)
+            && let Err(refused) = worker.joins.send(Join { lane, annotation })
         {
-            // The worker outlives every pipeline that joins it: the send cannot fail.
-            let _ = worker.joins.send(Join { lane, annotation });
+            // The worker ended by itself (its model panicked): the pipeline cannot run on it.
+            refused.0.lane.stop.fail(format!(
+                "the model worker for '{model}' has stopped; a reload restarts it"
+            ));
         }
         Ok((Arc::new(handle), thread))
     }
@@ -404,9 +423,15 @@ fn spawn_pipeline(
     })?;
     let deliver = feed.deliver(name.clone(), stats.clone());
     let source = spawn(format!("src-{name}"), move || {
-        let state = supervisor.run(deliver);
-        if output.join().is_err() {
-            tracing::error!(pipeline = %name, "output thread panicked");
+        let ended = supervisor.run(deliver);
+        let state = match output.join() {
+            Ok(()) => stats.settle_losses(ended.clone()),
+            Err(_) => PipelineState::Failed {
+                error: "the output thread panicked".into(),
+            },
+        };
+        if state != ended {
+            tracing::error!(pipeline = %name, %state, "pipeline failed");
         }
         stats.set_state(state.clone());
         state

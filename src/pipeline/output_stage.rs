@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::backoff::Retry;
 use super::metadata::{self, Drops, JsonlTarget};
-use super::stats::{OutputHealth, PipelineStats};
+use super::stats::{Loss, OutputHealth, PipelineStats};
+use super::stop::StopSignal;
 use crate::config::SinkConfig;
-use crate::frames::{DropCounter, Processed};
+use crate::frames::{DropCounter, HopReceiver, Processed};
 use crate::media::MediaError;
 use crate::media::output::{OutputSettings, VideoOutput};
 use crate::media::rtsp_server::RtspMounts;
@@ -73,11 +74,14 @@ pub struct OutputStage {
     reported: Drops,
     /// Some sink shows the picture (`depth16` sinks take only the raw depth).
     publishes_pictures: bool,
+    /// The pipeline's stop: once its drain is abandoned, nothing waits for room any more.
+    stop: StopSignal,
 }
 
 impl OutputStage {
     /// Builds and starts the video output (a failure here fails the pipeline's build); a
     /// recording that cannot start is only down, and retried.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         settings: OutputSettings,
         rtsp: Option<RtspMounts>,
@@ -86,6 +90,7 @@ impl OutputStage {
         stats: Arc<PipelineStats>,
         drops: HopDrops,
         policy: RetryPolicy,
+        stop: StopSignal,
     ) -> Result<Self, MediaError> {
         let video = VideoOutput::start(&settings, rtsp.as_ref(), drops.output.clone())?;
         let recordings = video.as_ref().map_or(Vec::new(), |video| {
@@ -106,6 +111,7 @@ impl OutputStage {
             stats,
             drops,
             reported: Drops::default(),
+            stop,
         };
         if let Some(video) = &stage.video {
             video.watch_snapshot(&stage.stats.latest_frame);
@@ -118,8 +124,14 @@ impl OutputStage {
 
     /// Publishes everything `input` brings until it closes, then finishes the outputs within
     /// `grace` (files get their index written; files without frames are removed).
-    pub fn run(mut self, input: crossbeam_channel::Receiver<Processed>, grace: Duration) {
+    pub fn run(mut self, input: HopReceiver<Processed>, grace: Duration) {
         for mut processed in input.iter() {
+            if self.stop.abandoned() {
+                // Past the drain's grace period: what still comes is let go, counted, so the
+                // stages before this one are never left waiting on it.
+                self.lose(Loss::Abandoned);
+                continue;
+            }
             self.publish(&mut processed);
         }
         if let Some(video) = self.video.take()
@@ -129,24 +141,39 @@ impl OutputStage {
         }
     }
 
+    /// Publishes one frame. It counts as out once its picture is handed to the encoder (or,
+    /// for a pipeline without video, once its metadata line is written); a frame the output
+    /// could not take is counted as dropped and lost, with why.
     fn publish(&mut self, processed: &mut Processed) {
         // The model's result comes back from its device here, in this pipeline's thread.
         if let Err(error) = processed.resolve(self.publishes_pictures) {
-            self.drops.output.add();
+            self.lose(Loss::CopyBackFailed);
             tracing::error!(pipeline = %self.settings.pipeline, seq = processed.frame.seq, %error, "frame dropped");
             return;
         }
-        self.publish_video(processed);
-        self.stats
-            .latency
-            .record(processed.frame.captured.elapsed());
-        if !self.targets.is_empty() {
-            self.write_metadata(processed);
+        let video = !self.settings.has_video() || self.publish_video(processed);
+        let metadata = self.targets.is_empty() || self.write_metadata(processed);
+        let out = if self.settings.has_video() {
+            video
+        } else {
+            metadata
+        };
+        if out {
+            self.stats
+                .latency
+                .record(processed.frame.captured.elapsed());
+            self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
         }
-        self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn write_metadata(&mut self, processed: &Processed) {
+    /// A frame that goes no further: dropped at the output, and lost for `loss`.
+    fn lose(&self, loss: Loss) {
+        self.drops.output.add();
+        self.stats.lose(loss, 1);
+    }
+
+    /// Writes the frame's metadata line to every target; false when one could not take it.
+    fn write_metadata(&mut self, processed: &Processed) -> bool {
         let total = Drops {
             input: self.drops.input.get(),
             output: self.drops.output.get(),
@@ -157,18 +184,29 @@ impl OutputStage {
         };
         self.reported = total;
         let line = metadata::render(&self.settings.pipeline, &self.model, processed, since);
+        let mut written = true;
         for target in &mut self.targets {
             if let Err(error) = target.write_line(&line) {
+                written = false;
                 tracing::error!(pipeline = %self.settings.pipeline, %error, "cannot write metadata");
             }
         }
+        if !written && self.settings.has_video() {
+            // The frame itself went out; only its line is missing.
+            self.stats.lose(Loss::MetadataFailed, 1);
+        } else if !written {
+            self.lose(Loss::MetadataFailed);
+        }
+        written
     }
 
-    fn publish_video(&mut self, processed: &mut Processed) {
+    /// Hands the frame's picture to the encoder; false when the output could not take it
+    /// (it is down, or failed on it), the frame then counted as dropped and lost.
+    fn publish_video(&mut self, processed: &mut Processed) -> bool {
         if self.life.down_until.is_some() {
             if !self.life.due() {
-                self.drops.output.add();
-                return;
+                self.lose(Loss::OutputFailed);
+                return false;
             }
             self.life.down_until = None;
             match VideoOutput::start(
@@ -187,22 +225,33 @@ impl OutputStage {
                     self.start_recordings(false);
                 }
                 Err(error) => {
+                    self.lose(Loss::OutputFailed);
                     self.fail(error);
-                    return;
+                    return false;
                 }
             }
         }
         self.tend_recordings();
         let Some(video) = self.video.as_mut() else {
-            return;
+            self.lose(Loss::OutputFailed);
+            return false;
         };
+        let stop = self.stop.clone();
         let result = match video.poll_error() {
             Some(error) => Err(error),
-            None => video.push(processed),
+            None => video.push(processed, &|| stop.abandoned()),
         };
-        if let Err(error) = result {
-            self.drops.output.add();
-            self.fail(error);
+        match result {
+            Ok(true) => true,
+            Ok(false) => {
+                self.lose(Loss::Abandoned);
+                false
+            }
+            Err(error) => {
+                self.lose(Loss::OutputFailed);
+                self.fail(error);
+                false
+            }
         }
     }
 

@@ -2,17 +2,26 @@
 //! frame-path threads (writers) and the control plane and summaries (readers).
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::media::snapshot::LatestFrame;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 /// Where a pipeline is in its life, as the control plane reports it: serialized as
 /// `{"state": "<name>", ...its fields}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PipelineState {
     Starting,
+    /// The source delivers frames.
     Playing,
+    /// The source delivered no frame for its stall timeout without failing (a camera that
+    /// stopped sending but keeps its connection open) and is being rebuilt; `since` is when
+    /// its last frame came (or the pipeline started, if none ever did), `attempt` counts
+    /// from 1.
+    Stalled {
+        since: Instant,
+        attempt: u32,
+    },
     /// The source failed or ended and is being rebuilt; `attempt` counts from 1.
     Reconnecting {
         attempt: u32,
@@ -28,17 +37,30 @@ pub enum PipelineState {
 
 impl PipelineState {
     /// Every state's name, as `name()` and the serialized `state` field spell it.
-    pub const NAMES: [&'static str; 5] =
-        ["starting", "playing", "reconnecting", "failed", "finished"];
+    pub const NAMES: [&'static str; 6] = [
+        "starting",
+        "playing",
+        "stalled",
+        "reconnecting",
+        "failed",
+        "finished",
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
             Self::Starting => Self::NAMES[0],
             Self::Playing => Self::NAMES[1],
-            Self::Reconnecting { .. } => Self::NAMES[2],
-            Self::Failed { .. } => Self::NAMES[3],
-            Self::Finished => Self::NAMES[4],
+            Self::Stalled { .. } => Self::NAMES[2],
+            Self::Reconnecting { .. } => Self::NAMES[3],
+            Self::Failed { .. } => Self::NAMES[4],
+            Self::Finished => Self::NAMES[5],
         }
+    }
+
+    /// Whether the source is being rebuilt after it was lost (failed, ended or stalled): the
+    /// attempts until it plays again are one outage.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, Self::Stalled { .. } | Self::Reconnecting { .. })
     }
 }
 
@@ -48,6 +70,15 @@ impl serde::Serialize for PipelineState {
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("state", self.name())?;
         match self {
+            Self::Stalled { since, attempt } => {
+                let age = since.elapsed();
+                let wall = SystemTime::now()
+                    .checked_sub(age)
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                map.serialize_entry("since", &humantime::format_rfc3339_millis(wall).to_string())?;
+                map.serialize_entry("age_s", &seconds(age))?;
+                map.serialize_entry("attempt", attempt)?;
+            }
             Self::Reconnecting {
                 attempt,
                 last_error,
@@ -60,6 +91,11 @@ impl serde::Serialize for PipelineState {
         }
         map.end()
     }
+}
+
+/// Seconds to the millisecond, as the control plane shows durations.
+pub fn seconds(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1e3).round() / 1e3
 }
 
 impl std::fmt::Display for PipelineState {
@@ -190,6 +226,132 @@ impl HistogramSnapshot {
     }
 }
 
+/// When the source last delivered a frame: what the stall watchdog, the control plane's
+/// `last_frame_age_s` and `visiond_source_last_frame_age_seconds` read. Written by the
+/// source's streaming thread, one atomic store per frame; times are nanoseconds after `epoch`
+/// (the pipeline's start), 0 meaning never.
+#[derive(Debug)]
+pub struct SourceActivity {
+    epoch: Instant,
+    /// When the last frame arrived.
+    last_frame_ns: AtomicU64,
+    /// When the current session's first frame arrived.
+    session_first_ns: AtomicU64,
+    /// When the last frame was handed on: a `block` hop holds the source's thread while it is
+    /// full, and a source that is held is not stalled.
+    released_ns: AtomicU64,
+    delivering: AtomicBool,
+    /// The time between frames the source declares (its caps' frame rate, else the frame's
+    /// duration), else the last gap seen; 0 before the second frame of one that declares none.
+    interval_ns: AtomicU64,
+}
+
+impl Default for SourceActivity {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_frame_ns: AtomicU64::new(0),
+            session_first_ns: AtomicU64::new(0),
+            released_ns: AtomicU64::new(0),
+            delivering: AtomicBool::new(false),
+            interval_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl SourceActivity {
+    /// Now, in nanoseconds after the epoch (at least 1, so that 0 keeps meaning never).
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    fn instant(&self, ns: u64) -> Option<Instant> {
+        (ns != 0).then(|| self.epoch + Duration::from_nanos(ns))
+    }
+
+    /// A new session of the source begins: its first frame is still to come.
+    pub fn new_session(&self) {
+        self.session_first_ns.store(0, Ordering::Relaxed);
+    }
+
+    /// A frame arrived and is being handed on; `declared` is the frame interval its caps or
+    /// duration give, if any.
+    pub fn arrived(&self, declared: Option<Duration>) {
+        let now = self.now_ns();
+        let previous = self.last_frame_ns.swap(now, Ordering::Relaxed);
+        let _ =
+            self.session_first_ns
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        let interval = match declared {
+            Some(interval) => u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
+            None if previous != 0 => now.saturating_sub(previous),
+            None => 0,
+        };
+        self.interval_ns.store(interval, Ordering::Relaxed);
+        self.delivering.store(true, Ordering::Relaxed);
+    }
+
+    /// The frame was handed on (the hop took it, or dropped it).
+    pub fn released(&self) {
+        self.released_ns.store(self.now_ns(), Ordering::Relaxed);
+        self.delivering.store(false, Ordering::Relaxed);
+    }
+
+    /// When the last frame arrived, if one ever did.
+    pub fn last_frame(&self) -> Option<Instant> {
+        self.instant(self.last_frame_ns.load(Ordering::Relaxed))
+    }
+
+    /// When the last frame arrived, or when the pipeline started if none ever did.
+    pub fn silent_since(&self) -> Instant {
+        self.last_frame().unwrap_or(self.epoch)
+    }
+
+    /// Time since the last frame, or since the pipeline started while none has come.
+    pub fn last_frame_age(&self) -> Duration {
+        self.silent_since().elapsed()
+    }
+
+    /// When the current session's first frame arrived, if it has.
+    pub fn session_first_frame(&self) -> Option<Instant> {
+        self.instant(self.session_first_ns.load(Ordering::Relaxed))
+    }
+
+    /// How long the current session delivered frames: from its first frame to its last.
+    pub fn session_span(&self) -> Duration {
+        match (self.session_first_frame(), self.last_frame()) {
+            (Some(first), Some(last)) => last.saturating_duration_since(first),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// How long the source has been silent, counting from `opened` (the session's start) at
+    /// the earliest; zero while a frame is being handed on (the source is held, not silent).
+    pub fn silence(&self, opened: Instant) -> Duration {
+        if self.delivering.load(Ordering::Relaxed) {
+            return Duration::ZERO;
+        }
+        let last = [
+            self.last_frame(),
+            self.instant(self.released_ns.load(Ordering::Relaxed)),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(opened, Instant::max);
+        last.elapsed()
+    }
+
+    /// The frame interval the source declares (or showed), if known.
+    pub fn interval(&self) -> Option<Duration> {
+        match self.interval_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+}
+
 /// Everything counted for one pipeline.
 #[derive(Debug, Default)]
 pub struct PipelineStats {
@@ -214,10 +376,64 @@ pub struct PipelineStats {
     outputs: Mutex<Vec<OutputHealth>>,
     /// Output failures by reason (`disk full`, `write error`, ...).
     output_failures: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Frames lost to a failure rather than dropped by a queue's policy, by reason
+    /// ([`Loss`]); an encoded frame that a recording missed counts here too.
+    losses: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Warnings about how the pipeline ended (a truncated input), for the summary.
     notes: Mutex<Vec<String>>,
     /// The latest published frame, captured while the status page looks at it.
     pub latest_frame: std::sync::Arc<LatestFrame>,
+    /// When the source last delivered a frame.
+    pub source: SourceActivity,
+}
+
+/// Why a frame was lost, rather than dropped by a queue's `when_full` policy. A pipeline
+/// that lost any frame does not end as a clean `finished`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// The video output was down, or refused the frame (it failed on it).
+    OutputFailed,
+    /// The model's result could not be copied back from its device.
+    CopyBackFailed,
+    /// The model failed on the frame.
+    InferenceFailed,
+    /// The model's worker stopped (it panicked) with the frame.
+    WorkerStopped,
+    /// The stage after a hop had already stopped.
+    StageStopped,
+    /// The drain after a stop took longer than the grace period.
+    Abandoned,
+    /// Its metadata line could not be written.
+    MetadataFailed,
+    /// A recording was down, or could not keep up, when the frame was encoded.
+    RecordingMissed,
+}
+
+impl Loss {
+    /// Every reason, as metrics label them.
+    pub const ALL: [Loss; 8] = [
+        Loss::OutputFailed,
+        Loss::CopyBackFailed,
+        Loss::InferenceFailed,
+        Loss::WorkerStopped,
+        Loss::StageStopped,
+        Loss::Abandoned,
+        Loss::MetadataFailed,
+        Loss::RecordingMissed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Loss::OutputFailed => "output failed",
+            Loss::CopyBackFailed => "copy back failed",
+            Loss::InferenceFailed => "inference failed",
+            Loss::WorkerStopped => "model worker stopped",
+            Loss::StageStopped => "stage stopped",
+            Loss::Abandoned => "abandoned at shutdown",
+            Loss::MetadataFailed => "metadata write failed",
+            Loss::RecordingMissed => "recording missed",
+        }
+    }
 }
 
 /// One output's health: the encoded video output as a whole (`video`), or one recording
@@ -338,6 +554,49 @@ impl PipelineStats {
             .unwrap_or_default()
     }
 
+    /// Counts `frames` lost to `loss`.
+    pub fn lose(&self, loss: Loss, frames: u64) {
+        if frames == 0 {
+            return;
+        }
+        if let Ok(mut losses) = self.losses.lock() {
+            *losses.entry(loss.label()).or_default() += frames;
+        }
+    }
+
+    /// Frames lost so far, by reason (only reasons that happened).
+    pub fn losses(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.losses.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Every frame lost so far, whatever the reason.
+    pub fn lost(&self) -> u64 {
+        self.losses().values().sum()
+    }
+
+    /// The end state once the outputs are done: a pipeline that would finish but lost frames
+    /// on the way failed, saying how many and why (it is not a clean `finished`).
+    pub fn settle_losses(&self, state: PipelineState) -> PipelineState {
+        if state != PipelineState::Finished {
+            return state;
+        }
+        let losses = self.losses();
+        if losses.is_empty() {
+            return state;
+        }
+        let total: u64 = losses.values().sum();
+        let reasons: Vec<String> = losses
+            .iter()
+            .map(|(reason, count)| format!("{count} {reason}"))
+            .collect();
+        PipelineState::Failed {
+            error: format!(
+                "the source finished, but {total} frame(s) were lost on the way: {}",
+                reasons.join(", ")
+            ),
+        }
+    }
+
     /// Adds a warning about how the pipeline ended, for the summary.
     pub fn add_note(&self, note: String) {
         if let Ok(mut notes) = self.notes.lock() {
@@ -395,6 +654,10 @@ mod tests {
         let states = [
             PipelineState::Starting,
             PipelineState::Playing,
+            PipelineState::Stalled {
+                since: Instant::now() - Duration::from_secs(7),
+                attempt: 2,
+            },
             PipelineState::Reconnecting {
                 attempt: 1,
                 last_error: "gone".into(),
@@ -408,16 +671,53 @@ mod tests {
             assert_eq!(state.name(), name);
             assert_eq!(serde_json::to_value(state).unwrap()["state"], name);
         }
+        let stalled = serde_json::to_value(&states[2]).unwrap();
+        assert_eq!(stalled["attempt"], 2);
+        let age = stalled["age_s"].as_f64().unwrap();
+        assert!((7.0..8.0).contains(&age), "{stalled}");
+        let since = humantime::parse_rfc3339(stalled["since"].as_str().unwrap()).unwrap();
+        let ago = std::time::SystemTime::now().duration_since(since).unwrap();
+        assert!((7.0..8.0).contains(&ago.as_secs_f64()), "{stalled}");
         assert_eq!(
-            serde_json::to_value(&states[2]).unwrap(),
+            serde_json::to_value(&states[3]).unwrap(),
             serde_json::json!({"state": "reconnecting", "attempt": 1, "last_error": "gone"})
         );
         assert_eq!(
-            serde_json::to_value(&states[3]).unwrap(),
+            serde_json::to_value(&states[4]).unwrap(),
             serde_json::json!({"state": "failed", "error": "bad"})
         );
-        assert_eq!(states[3].to_string(), "failed: bad");
-        assert_eq!(states[4].to_string(), "finished");
+        assert_eq!(states[4].to_string(), "failed: bad");
+        assert_eq!(states[5].to_string(), "finished");
+        assert!(states[2].is_outage() && states[3].is_outage());
+        assert!(!states[1].is_outage());
+    }
+
+    #[test]
+    fn source_activity_tells_silence_from_a_held_source() {
+        let activity = SourceActivity::default();
+        let opened = Instant::now();
+        assert_eq!(activity.last_frame(), None);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(activity.silence(opened) >= Duration::from_millis(20));
+        activity.new_session();
+        activity.arrived(Some(Duration::from_millis(40)));
+        // Held by a full `block` hop: not silent however long it takes.
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(activity.silence(opened), Duration::ZERO);
+        activity.released();
+        assert!(activity.silence(opened) < Duration::from_millis(20));
+        assert_eq!(activity.interval(), Some(Duration::from_millis(40)));
+        // A source that declares no rate: the gap it showed.
+        std::thread::sleep(Duration::from_millis(30));
+        activity.arrived(None);
+        activity.released();
+        assert!(activity.interval().unwrap() >= Duration::from_millis(30));
+        assert!(activity.session_span() >= Duration::from_millis(30));
+        // A new session has delivered nothing yet.
+        activity.new_session();
+        assert_eq!(activity.session_first_frame(), None);
+        assert_eq!(activity.session_span(), Duration::ZERO);
+        assert!(activity.last_frame().is_some());
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! One inference worker per (model, device), shared by every pipeline that names the model:
 //! gathers a batch fairly across the pipelines' queues, runs it, and routes each result to
-//! its pipeline's output hop.
+//! its pipeline's output hop, never waiting for one pipeline's output.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, TryRecvError};
 
-use crate::frames::{Frame, HopSender, Processed};
+use super::stats::{Loss, PipelineStats};
+use super::stop::StopHandle;
+use crate::frames::{Frame, HopReceiver, HopSender, Processed, SendOutcome};
 use crate::runtime::{Annotation, BatchInference, FrameFailure};
 
 /// Counters of one worker, for metrics and tests.
@@ -95,8 +98,12 @@ impl WorkerStats {
 pub struct Lane {
     pub pipeline: usize,
     pub name: String,
-    pub input: Receiver<Frame>,
+    pub input: HopReceiver<Frame>,
     pub output: HopSender<Processed>,
+    /// Where frames the worker loses are counted.
+    pub stats: Arc<PipelineStats>,
+    /// Fails the pipeline when the worker can no longer serve it.
+    pub stop: StopHandle,
 }
 
 #[derive(Debug, Clone)]
@@ -111,11 +118,59 @@ pub struct Join {
     pub annotation: Annotation,
 }
 
-/// A lane and whether its input has closed (removed before the next batch is gathered, so
-/// the results of its last frames still find their way home).
+/// A lane, whether its input has closed, and the results waiting for room in its output hop.
+///
+/// The worker never waits on one pipeline's output: a result whose `block` output hop is full
+/// waits here, and the lane takes no new frame until its results have gone, so the pipeline's
+/// own queue (and then its source) slows down while every other lane goes on. At most one
+/// batch's results wait per lane.
 struct Queue {
     lane: Lane,
     closed: bool,
+    waiting: VecDeque<Processed>,
+}
+
+impl Queue {
+    /// Whether the lane takes frames this turn.
+    fn takes_frames(&self) -> bool {
+        !self.closed && self.waiting.is_empty()
+    }
+
+    /// Hands on the results that wait, in order, as far as the output hop has room.
+    fn flush(&mut self) {
+        while let Some(processed) = self.waiting.pop_front() {
+            match self.lane.output.try_send(processed) {
+                Ok(outcome) => self.count(&outcome),
+                Err(back) => {
+                    self.waiting.push_front(back);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends one result, or leaves it waiting behind those already waiting.
+    fn deliver(&mut self, processed: Processed) {
+        if !self.waiting.is_empty() {
+            self.waiting.push_back(processed);
+            return;
+        }
+        match self.lane.output.try_send(processed) {
+            Ok(outcome) => self.count(&outcome),
+            Err(back) => self.waiting.push_back(back),
+        }
+    }
+
+    fn count(&self, outcome: &SendOutcome) {
+        if *outcome == SendOutcome::Closed {
+            self.lane.stats.lose(Loss::StageStopped, 1);
+        }
+    }
+
+    /// Done: its input is closed and nothing waits to go out.
+    fn is_done(&self) -> bool {
+        self.closed && self.waiting.is_empty()
+    }
 }
 
 /// Pipelines join through `joins` at any time (a reload adds them); each lane leaves once its
@@ -125,6 +180,10 @@ struct Queue {
 /// Batches are gathered round robin, one frame per lane per turn, each batch starting at the
 /// lane after the last one visited: under overload every pipeline gets the same share of the
 /// model, whatever its position, and drops (at each pipeline's own queue) are spread likewise.
+///
+/// A panic in the model ends the worker: its frames are counted as lost and every pipeline it
+/// serves fails with the panic's message (a model left half way through a batch is not to be
+/// trusted with the next one).
 pub fn run(
     model: &str,
     joins: Receiver<Join>,
@@ -138,11 +197,14 @@ pub fn run(
     // The lane the next turn starts at.
     let mut next_lane = 0;
     loop {
+        for queue in &mut queues {
+            queue.flush();
+        }
         queues.retain(|queue| {
-            if queue.closed {
+            if queue.is_done() {
                 tracing::debug!(pipeline = %queue.lane.name, "input closed; worker lane done");
             }
-            !queue.closed
+            !queue.is_done()
         });
         if !admit(&mut joins, &mut queues, inference.as_mut()) {
             return;
@@ -150,7 +212,8 @@ pub fn run(
         let mut batch = Vec::new();
         gather_round_robin(&mut queues, &mut next_lane, &mut batch, max_size);
         if batch.is_empty() {
-            // Nothing queued: sleep until some lane has a frame (or closes), or one joins.
+            // Nothing queued: sleep until some lane has a frame (or closes) or room for what
+            // waits, or a pipeline joins.
             wait_any(&queues, joins.as_ref(), None);
             continue;
         }
@@ -158,12 +221,16 @@ pub fn run(
         while batch.len() < max_size && wait_any(&queues, None, Some(deadline)) {
             let before = batch.len();
             gather_round_robin(&mut queues, &mut next_lane, &mut batch, max_size);
-            // Woken without a frame to take: a lane closed. Run what we have, don't spin.
+            // Woken without a frame to take (a lane closed, an output got room): run what we
+            // have, don't spin.
             if batch.len() == before {
                 break;
             }
         }
-        run_batch(model, &queues, batch, inference.as_mut(), &stats);
+        if let Err(panic) = run_batch(model, &mut queues, batch, inference.as_mut(), &stats) {
+            fail_every_lane(model, &mut queues, joins.take(), &panic);
+            return;
+        }
     }
 }
 
@@ -189,6 +256,7 @@ fn admit(
                 queues.push(Queue {
                     lane: join.lane,
                     closed: false,
+                    waiting: VecDeque::new(),
                 });
             }
             Err(TryRecvError::Empty) => return true,
@@ -197,35 +265,62 @@ fn admit(
     }
 }
 
-/// Runs one batch and routes each result to its pipeline's output hop.
+/// Runs one batch and routes each result to its pipeline's lane; the panic's message when the
+/// model panicked (the batch's frames are then counted as lost).
 fn run_batch(
     model: &str,
-    queues: &[Queue],
+    queues: &mut [Queue],
     batch: Vec<Frame>,
     inference: &mut dyn BatchInference,
     stats: &WorkerStats,
-) {
-    let lane_of = |pipeline: usize| {
-        queues
-            .iter()
-            .map(|q| &q.lane)
-            .find(|lane| lane.pipeline == pipeline)
-    };
+) -> Result<(), String> {
+    let mut sizes: Vec<(usize, u64)> = Vec::new();
+    for frame in &batch {
+        match sizes
+            .iter_mut()
+            .find(|(pipeline, _)| *pipeline == frame.pipeline)
+        {
+            Some((_, count)) => *count += 1,
+            None => sizes.push((frame.pipeline, 1)),
+        }
+    }
     stats.begin_batch(batch.len() as u64);
-    let results = inference.process(batch);
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inference.process(batch)));
     stats.end_batch();
+    let results = match ran {
+        Ok(results) => results,
+        Err(panic) => {
+            let message = panic_message(panic.as_ref());
+            for (pipeline, count) in sizes {
+                if let Some(queue) = queues.iter().find(|q| q.lane.pipeline == pipeline) {
+                    lose_at_output(&queue.lane, Loss::WorkerStopped, count);
+                }
+            }
+            return Err(message);
+        }
+    };
     for result in results {
         match result {
             Ok(processed) => {
-                if let Some(lane) = lane_of(processed.frame.pipeline) {
-                    lane.output.send(processed);
+                let pipeline = processed.frame.pipeline;
+                match queues.iter_mut().find(|q| q.lane.pipeline == pipeline) {
+                    Some(queue) => queue.deliver(processed),
+                    // A defect: a lane leaves only once its frames are all home.
+                    None => tracing::error!(model, pipeline, "a result for no lane was dropped"),
                 }
             }
             Err(FrameFailure { frame, error }) => {
                 stats.failed_frames.fetch_add(1, Ordering::Relaxed);
+                let lane = queues
+                    .iter()
+                    .map(|q| &q.lane)
+                    .find(|lane| lane.pipeline == frame.pipeline);
+                if let Some(lane) = lane {
+                    lose_at_output(lane, Loss::InferenceFailed, 1);
+                }
                 tracing::error!(
                     model,
-                    pipeline = lane_of(frame.pipeline).map(|l| l.name.as_str()).unwrap_or("?"),
+                    pipeline = lane.map(|l| l.name.as_str()).unwrap_or("?"),
                     seq = frame.seq,
                     %error,
                     "inference failed for a frame"
@@ -233,10 +328,53 @@ fn run_batch(
             }
         }
     }
+    Ok(())
+}
+
+/// Frames that never reach the output hop count as dropped there, with why.
+fn lose_at_output(lane: &Lane, loss: Loss, frames: u64) {
+    for _ in 0..frames {
+        lane.output.drops().add();
+    }
+    lane.stats.lose(loss, frames);
+}
+
+/// The worker is done for: every lane's pipeline fails with the reason, what waits in the
+/// lanes is counted, and no pipeline can join any more.
+fn fail_every_lane(
+    model: &str,
+    queues: &mut Vec<Queue>,
+    joins: Option<Receiver<Join>>,
+    panic: &str,
+) {
+    let reason = format!("the model worker for '{model}' panicked: {panic}");
+    tracing::error!(model, panic, "model worker panicked; its pipelines fail");
+    // Pipelines already waiting to join fail too, rather than wait for a worker that is gone.
+    let late = joins
+        .map(|joins| joins.try_iter().collect::<Vec<_>>())
+        .unwrap_or_default();
+    for queue in queues.drain(..) {
+        let waiting = queue.waiting.len() as u64;
+        lose_at_output(&queue.lane, Loss::WorkerStopped, waiting);
+        queue.lane.stop.fail(reason.clone());
+    }
+    for join in late {
+        join.lane.stop.fail(reason.clone());
+    }
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
 }
 
 /// Takes one frame per lane per turn, starting at `next_lane`, until the batch is full or a
-/// whole turn finds nothing; `next_lane` moves past every lane visited. Marks closed lanes.
+/// whole turn finds nothing; `next_lane` moves past every lane visited. Lanes whose results
+/// wait for room take nothing. Marks closed lanes.
 fn gather_round_robin(
     queues: &mut [Queue],
     next_lane: &mut usize,
@@ -253,6 +391,9 @@ fn gather_round_robin(
             let index = *next_lane % count;
             *next_lane = (index + 1) % count;
             let queue = &mut queues[index];
+            if !queue.takes_frames() {
+                continue;
+            }
             match queue.lane.input.try_recv() {
                 Ok(frame) => {
                     batch.push(frame);
@@ -268,15 +409,26 @@ fn gather_round_robin(
     }
 }
 
-/// Waits until any lane has something (or closed), or a pipeline joins, at most until
-/// `deadline`; false on timeout.
+/// Waits until a lane that takes frames has one (or closed), a lane whose results wait has
+/// room for them, or a pipeline joins, at most until `deadline`; false on timeout.
 fn wait_any(queues: &[Queue], joins: Option<&Receiver<Join>>, deadline: Option<Instant>) -> bool {
     let mut select = Select::new();
+    let mut operations = 0;
     for queue in queues {
-        select.recv(&queue.lane.input);
+        // A closed input is always ready: the loop then removes its lane.
+        if queue.waiting.is_empty() {
+            select.recv(&queue.lane.input);
+        } else {
+            select.send(queue.lane.output.channel());
+        }
+        operations += 1;
     }
     if let Some(joins) = joins {
         select.recv(joins);
+        operations += 1;
+    }
+    if operations == 0 {
+        return false;
     }
     match deadline {
         Some(deadline) => select.ready_deadline(deadline).is_ok(),
@@ -311,6 +463,22 @@ mod tests {
             fps,
             layout: FrameLayout::standard(PixelFormat::Rgb, 2, 2, fps).unwrap(),
             pixels: Pixels::Host(gst::Buffer::with_size(16).unwrap()),
+        }
+    }
+
+    fn lane(
+        pipeline: usize,
+        name: impl Into<String>,
+        input: HopReceiver<Frame>,
+        output: HopSender<Processed>,
+    ) -> Lane {
+        Lane {
+            pipeline,
+            name: name.into(),
+            input,
+            output,
+            stats: Arc::new(PipelineStats::default()),
+            stop: StopHandle::new(),
         }
     }
 
@@ -363,18 +531,8 @@ mod tests {
         run(
             "test",
             joined(vec![
-                Lane {
-                    pipeline: 0,
-                    name: "busy".into(),
-                    input: busy_rx,
-                    output: busy_out,
-                },
-                Lane {
-                    pipeline: 1,
-                    name: "quiet".into(),
-                    input: quiet_rx,
-                    output: quiet_out,
-                },
+                lane(0, "busy", busy_rx, busy_out),
+                lane(1, "quiet", quiet_rx, quiet_out),
             ]),
             BatchPolicy {
                 max_size: 4,
@@ -433,12 +591,7 @@ mod tests {
         drop(tx);
         let (out, _results, _) = hop(64, WhenFull::Block);
         let stats = Arc::new(WorkerStats::default());
-        let lane = Lane {
-            pipeline: 0,
-            name: "p".into(),
-            input: rx,
-            output: out,
-        };
+        let lane = lane(0, "p", rx, out);
         let policy = BatchPolicy {
             max_size: 2,
             max_wait: Duration::from_millis(1),
@@ -476,12 +629,7 @@ mod tests {
             let (out, results, _) = hop(64, WhenFull::Block);
             inputs.push(tx);
             outputs.push(results);
-            queues.push(Lane {
-                pipeline,
-                name: format!("p{pipeline}"),
-                input: rx,
-                output: out,
-            });
+            queues.push(lane(pipeline, format!("p{pipeline}"), rx, out));
         }
         drop(inputs);
         let batches = Arc::new(Mutex::new(Vec::new()));
@@ -509,5 +657,116 @@ mod tests {
         for results in &outputs {
             assert_eq!(results.try_iter().count(), 30);
         }
+    }
+
+    #[test]
+    fn a_full_output_holds_up_its_own_lane_and_no_other() {
+        gst::init().unwrap();
+        // A finite pipeline whose output takes nothing (its hop holds one result), beside a
+        // busy one: the worker must keep serving the busy one, not wait on the stuck output.
+        let (stuck_tx, stuck_rx, _) = hop(64, WhenFull::Block);
+        let (busy_tx, busy_rx, _) = hop(64, WhenFull::Block);
+        for seq in 0..20 {
+            stuck_tx.send(frame(0, seq));
+            busy_tx.send(frame(1, seq));
+        }
+        let (stuck_out, stuck_results, _) = hop(1, WhenFull::Block);
+        let (busy_out, busy_results, _) = hop(64, WhenFull::Block);
+        let (join, joins) = crossbeam_channel::unbounded();
+        for lane in [
+            lane(0, "stuck", stuck_rx, stuck_out),
+            lane(1, "busy", busy_rx, busy_out),
+        ] {
+            let annotation = Annotation {
+                overlay: Default::default(),
+                raw_depth: false,
+                picture: true,
+            };
+            join.send(Join { lane, annotation }).unwrap();
+        }
+        let stats = Arc::new(WorkerStats::default());
+        let worker = std::thread::spawn({
+            let stats = stats.clone();
+            move || {
+                let policy = BatchPolicy {
+                    max_size: 2,
+                    max_wait: Duration::from_millis(1),
+                };
+                run("test", joins, policy, Box::new(Slow(Duration::ZERO)), stats)
+            }
+        });
+        let mut busy = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while busy.len() < 20 && Instant::now() < deadline {
+            if let Ok(p) = busy_results.recv_timeout(Duration::from_millis(100)) {
+                busy.push(p.frame.seq);
+            }
+        }
+        assert_eq!(
+            busy,
+            (0..20).collect::<Vec<_>>(),
+            "the busy lane was held up"
+        );
+        // The stuck pipeline lost nothing: its results wait, in order, for its output.
+        drop((stuck_tx, busy_tx, join));
+        let stuck: Vec<u64> = stuck_results.iter().map(|p| p.frame.seq).collect();
+        assert_eq!(stuck, (0..20).collect::<Vec<_>>());
+        worker.join().unwrap();
+        assert_eq!(stats.frames.load(Ordering::Relaxed), 40);
+    }
+
+    /// Panics on the batch that holds frame `seq` of any pipeline.
+    struct PanicsAt(u64);
+
+    impl BatchInference for PanicsAt {
+        fn process(&mut self, frames: Vec<Frame>) -> Vec<Result<Processed, FrameFailure>> {
+            if frames.iter().any(|f| f.seq == self.0) {
+                panic!("tensor shape mismatch in the test model");
+            }
+            frames
+                .into_iter()
+                .map(|f| Ok(Processed::passthrough(f)))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_panicking_model_fails_its_pipelines_and_counts_the_frames() {
+        gst::init().unwrap();
+        let (tx, rx, _) = hop(64, WhenFull::Block);
+        let (other_tx, other_rx, _) = hop(64, WhenFull::Block);
+        for seq in 0..4 {
+            tx.send(frame(0, seq));
+        }
+        let (out, results, output_drops) = hop(64, WhenFull::Block);
+        let (other_out, _other_results, _) = hop(64, WhenFull::Block);
+        let (panicking, other) = (lane(0, "p", rx, out), lane(1, "q", other_rx, other_out));
+        let (stats, stop) = (panicking.stats.clone(), panicking.stop.clone());
+        let other_stop = other.stop.clone();
+        run(
+            "depth",
+            joined(vec![panicking, other]),
+            BatchPolicy {
+                max_size: 1,
+                max_wait: Duration::from_millis(1),
+            },
+            Box::new(PanicsAt(2)),
+            Arc::new(WorkerStats::default()),
+        );
+        // The worker returned by itself, with both lanes' senders still open.
+        assert_eq!(results.try_iter().count(), 2, "frames 0 and 1 went home");
+        assert_eq!(stats.losses().get("model worker stopped"), Some(&1));
+        assert_eq!(output_drops.get(), 1);
+        for stop in [&stop, &other_stop] {
+            let fault = stop.fault().expect("the pipeline was failed");
+            assert!(
+                fault.contains("'depth' panicked: tensor shape mismatch"),
+                "{fault}"
+            );
+            assert!(stop.is_triggered());
+        }
+        // The frames still queued find the hop closed, and are counted there.
+        assert_eq!(tx.send(frame(0, 9)), SendOutcome::Closed);
+        drop(other_tx);
     }
 }

@@ -9,7 +9,7 @@ use tch::Device;
 use crate::config::{ConfigError, DType, FileErrors, ModelConfig, ModelSource};
 use crate::models::checkpoint::{self, CheckpointFormat, hub};
 use crate::models::device;
-use crate::runtime::native;
+use crate::runtime::native::{self, SideStreams};
 
 pub fn check(
     name: &str,
@@ -198,8 +198,13 @@ pub fn summary(name: &str, model: &ModelConfig) -> String {
         },
         _ => String::new(),
     };
+    // On CUDA: whether frames are staged and copied back on side streams, or why not.
+    let streams = match resolved {
+        Ok(device @ Device::Cuda(_)) => format!(", {}", SideStreams::for_device(device)),
+        _ => String::new(),
+    };
     format!(
-        "  model {name}: {device}, {}, {tf32}, {graphs}{conversions}",
+        "  model {name}: {device}, {}, {tf32}, {graphs}{conversions}{streams}",
         model.dtype
     )
 }

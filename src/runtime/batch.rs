@@ -51,6 +51,11 @@ impl TorchInference {
             Arc::new(preprocessor),
             plan,
         );
+        if info.device.is_cuda() {
+            // Which way this model's frames go, said once: a shim without CUDA keeps them on
+            // the default stream rather than failing each one.
+            tracing::info!(model = %info.name, "{}", stager.side_streams());
+        }
         Self {
             model,
             info,
@@ -112,9 +117,11 @@ impl TorchInference {
         let (Some(ready), tch::Device::Cuda(index)) = (&staged.ready, self.info.device) else {
             return Ok(());
         };
-        ready.block(index)?;
-        native::record_stream(&staged.pixel_values, index)?;
-        native::record_stream(&staged.rgb, index)
+        ready
+            .block(index)
+            .and_then(|()| native::record_stream(&staged.pixel_values, index))
+            .and_then(|()| native::record_stream(&staged.rgb, index))
+            .map_err(|e| e.to_string())
     }
 
     fn take_pixels(&self, frame: &mut Frame) -> Result<StagedFrame, InferenceError> {
@@ -180,7 +187,6 @@ impl TorchInference {
                             ready: ready.clone(),
                             format: self.stager.picture_format(),
                             fps: s.frame.fps,
-                            _mapping: s.pixels.mapping,
                         };
                         Ok(Processed::pending(s.frame, Box::new(pending)))
                     }
@@ -201,7 +207,7 @@ impl TorchInference {
         let tch::Device::Cuda(index) = self.info.device else {
             return None;
         };
-        if !native::side_streams_enabled() {
+        if !self.stager.side_streams().on() {
             return None;
         }
         match CudaEvent::record(index) {

@@ -12,21 +12,19 @@ use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 use super::native::{self, CudaEvent};
-use super::stage::Mapping;
 use crate::frames::{Downloaded, FrameLayout, HostBytes, PendingResult, PixelFormat, VideoImage};
 use crate::processing::{AnnotatedOnDevice, ProcessingError, depth16_to_vec};
 
 /// One frame's result on the device.
 pub(super) struct TorchResult {
     pub annotated: AnnotatedOnDevice,
-    /// On CUDA: recorded after the batch's post-processing. The copy back waits for it alone
-    /// and runs on a side stream, not behind the batches launched on the main stream since.
+    /// On CUDA with side streams: recorded after the batch's post-processing. The copy back
+    /// waits for it alone and runs on the output thread's side stream, not behind the batches
+    /// launched on the main stream since. Without, the copy queues on the default stream.
     pub ready: Option<Arc<CudaEvent>>,
     /// The picture's format for the encoder: I420 made on the device, or RGB.
     pub format: PixelFormat,
     pub fps: gstreamer::Fraction,
-    /// The source's memory while a picture may still read it (CPU, declared last).
-    pub _mapping: Option<Mapping>,
 }
 
 impl std::fmt::Debug for TorchResult {

@@ -93,7 +93,7 @@ fn route(device: Device, conversion: Conversion) -> Route {
         None => match native::load_kernels(index) {
             Ok(()) => Route::Prove(index),
             Err(reason) => {
-                settle(index, conversion, Err(reason));
+                settle(index, conversion, Err(reason.to_string()));
                 Route::Reference
             }
         },
@@ -199,7 +199,7 @@ pub(super) fn to_rgb(frame: Yuv420<'_>, colour: &YuvColour) -> Result<Tensor, Pr
         v_cosited: colour.chroma_v_cosited,
         coefficients: yuv_to_rgb_coefficients(colour).map(|c| c as i32),
     };
-    let fused = native::fused_yuv420_to_rgb(y, &u, &v, &params);
+    let fused = native::fused_yuv420_to_rgb(y, &u, &v, &params).map_err(|e| e.to_string());
     if !proving {
         match fused {
             Ok(rgb) => {
@@ -246,7 +246,8 @@ pub(super) fn to_yuv420(
         colour.chroma_h_cosited,
         colour.chroma_v_cosited,
         &rgb_to_yuv_coefficients(colour),
-    );
+    )
+    .map_err(|e| e.to_string());
     let outcome = if proving {
         fused.and_then(|()| {
             let (y, u, v) = rgb_to_i420(rgb, colour).map_err(|e| e.to_string())?;

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use tch::{Device, Kind, Tensor};
 
-use super::native::{CudaGraph, GraphContext};
+use super::native::{CudaGraph, GraphContext, NativeError};
 use crate::models::checkpoint::ModelInfo;
 use crate::models::device::torch_kind;
 use crate::models::{ModelError, VisionModel};
@@ -141,11 +141,11 @@ impl ModelRunner {
     }
 
     fn graph_context(&mut self, sizes: Vec<i64>) -> Execution {
-        let made = match self.device {
-            Device::Cuda(index) => GraphContext::new(index),
-            _ => Err("CUDA graphs need a CUDA device".to_owned()),
+        let Device::Cuda(index) = self.device else {
+            tracing::info!(model = %self.name, "CUDA graphs need a CUDA device; running eagerly");
+            return Execution::Eager;
         };
-        match made {
+        match GraphContext::new(index) {
             Ok(context) => {
                 self.context = Some(context);
                 Execution::Padded {
@@ -277,5 +277,5 @@ enum CaptureFailed {
     /// The model refused the input (its own error, as eager would give it).
     Model(ModelError),
     /// Capturing failed: the model runs eagerly from then on.
-    Graph(String),
+    Graph(NativeError),
 }

@@ -1,12 +1,14 @@
 //! [`FrameStager`] on libtorch: a frame's bytes to the model's device, converted to RGB and put
 //! through the image processor there, in the source's own streaming thread.
 //!
-//! On the CPU the tensors read GStreamer's memory in place (the buffer stays mapped while they
-//! live): no copy at all. On CUDA the bytes are copied once into page-locked memory (which frees
-//! GStreamer's buffer, often from a decoder's small pool, at once), then to the device without
-//! blocking; the copy and the kernels after it are queued on a side stream, and an event after
-//! them tells the model's stream (which waits for it on the device, never the host) when the
-//! frame is ready.
+//! On the CPU the tensors read GStreamer's memory in place: no copy at all. The mapped buffer
+//! belongs to the tensors' storage ([`native::tensor_over_bytes`]), so it stays mapped exactly
+//! as long as any tensor reads it, whoever holds that tensor. On CUDA the bytes are copied once
+//! into page-locked memory (which frees GStreamer's buffer, often from a decoder's small pool,
+//! at once), then to the device without blocking; where the model has side streams
+//! ([`SideStreams`]) the copy and the kernels after it are queued on the source thread's own
+//! side stream, and an event after them tells the model's stream (which waits for it on the
+//! device, never the host) when the frame is ready.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -16,12 +18,9 @@ use gstreamer as gst;
 use tch::{Device, Kind, Tensor};
 
 use super::contract::{FrameFormats, FrameStager, StageCounters, StageError};
-use super::native::{self, CudaEvent};
+use super::native::{self, CudaEvent, SideStreams};
 use crate::frames::{DevicePixels, Frame, FrameLayout, PixelFormat, Pixels};
 use crate::processing::{Preprocessor, Yuv420};
-
-/// GStreamer's memory, mapped for as long as tensors read it.
-pub(super) type Mapping = Arc<gst::MappedBuffer<gst::buffer::Readable>>;
 
 /// A frame on the model's device, ready for a batch.
 pub(super) struct StagedFrame {
@@ -29,13 +28,12 @@ pub(super) struct StagedFrame {
     pub rgb: Tensor,
     /// [1, 3, h, w] in the model's precision: the frame through the image processor.
     pub pixel_values: Tensor,
-    /// The frame's bytes as the device holds them.
+    /// The frame's bytes as the device holds them (on the CPU, GStreamer's mapped buffer,
+    /// which this tensor's storage owns).
     pub input: Tensor,
     /// On CUDA: recorded on the side stream the frame was staged on, after its last kernel.
     /// The model's stream waits for it before reading the tensors above.
     pub ready: Option<CudaEvent>,
-    /// On the CPU: the buffer the tensors above read (declared last: dropped after them).
-    pub mapping: Option<Mapping>,
 }
 
 impl std::fmt::Debug for StagedFrame {
@@ -94,6 +92,8 @@ impl FramePlan {
 /// Stages frames for one model: its device, precision and image processor.
 pub struct TorchStager {
     device: Device,
+    /// Decided once for the model (see [`SideStreams`]).
+    side_streams: SideStreams,
     kind: Kind,
     preprocessor: Arc<Preprocessor>,
     plan: FramePlan,
@@ -111,6 +111,7 @@ impl TorchStager {
     ) -> Self {
         Self {
             device,
+            side_streams: SideStreams::for_device(device),
             kind,
             preprocessor,
             plan,
@@ -129,65 +130,59 @@ impl TorchStager {
         self.preprocessor.clone()
     }
 
-    /// The frame's bytes on the device (1-D uint8), and the mapping they still read from.
-    fn upload(
-        &self,
-        buffer: gst::Buffer,
-        layout: &FrameLayout,
-    ) -> Result<(Tensor, Option<Mapping>), String> {
+    /// Whether this model's frames are staged (and its results copied back) on side streams.
+    pub(super) fn side_streams(&self) -> SideStreams {
+        self.side_streams
+    }
+
+    /// The frame's bytes on the device (1-D uint8). On the CPU they are GStreamer's mapped
+    /// buffer, which the tensor's storage owns: it is unmapped when the last tensor reading it
+    /// is dropped, never before.
+    fn upload(&self, buffer: gst::Buffer, layout: &FrameLayout) -> Result<Tensor, String> {
         let mapping = buffer
             .into_mapped_buffer_readable()
             .map_err(|_| "the frame buffer cannot be mapped".to_string())?;
         layout.check(mapping.len()).map_err(|e| e.to_string())?;
-        let len = mapping.len() as i64;
-        // SAFETY: the tensor reads the mapped buffer, which `mapping` keeps alive: it travels
-        // with every tensor made from these bytes (StagedFrame, then the pending result) and is
-        // dropped after them. Nothing writes to these tensors.
-        let host = unsafe {
-            Tensor::f_from_blob(mapping.as_ptr(), &[len], &[1], Kind::Uint8, Device::Cpu)
-        }
-        .map_err(|e| e.to_string())?;
+        let len = mapping.len() as u64;
+        let host = native::tensor_over_bytes(mapping).map_err(|e| e.to_string())?;
         if self.device == Device::Cpu {
-            return Ok((host, Some(Arc::new(mapping))));
+            return Ok(host);
         }
-        // One host copy, into page-locked memory; GStreamer's buffer goes back to its pool.
-        let pinned = native::pin_memory(&host)?;
+        // One host copy, into page-locked memory; dropping `host` unmaps GStreamer's buffer,
+        // which goes back to its pool.
+        let pinned = native::pin_memory(&host).map_err(|e| e.to_string())?;
         drop(host);
-        drop(mapping);
         self.host_copies.fetch_add(1, Ordering::Relaxed);
-        self.host_bytes.fetch_add(len as u64, Ordering::Relaxed);
-        let on_device = pinned
+        self.host_bytes.fetch_add(len, Ordering::Relaxed);
+        pinned
             .f_to_device_(self.device, Kind::Uint8, true, false)
-            .map_err(|e| e.to_string())?;
-        Ok((on_device, None))
+            .map_err(|e| e.to_string())
     }
 
-    /// Stages one frame's pixels (its buffer) on the device. On CUDA on a side stream (one of
-    /// libtorch's pool), so that the copy to the device and the conversion overlap the model's
-    /// work on the main stream instead of queueing behind it; the frame's `ready` event says
-    /// when its tensors are done.
+    /// Stages one frame's pixels (its buffer) on the device. With side streams on this thread's
+    /// own, so that the copy to the device and the conversion overlap the model's work on the
+    /// main stream instead of queueing behind it; the frame's `ready` event says when its
+    /// tensors are done.
     pub(super) fn stage_pixels(
         &self,
         buffer: gst::Buffer,
         layout: &FrameLayout,
     ) -> Result<StagedFrame, String> {
-        let Device::Cuda(index) = self.device else {
+        let (SideStreams::On, Device::Cuda(index)) = (self.side_streams, self.device) else {
             return self.stage_here(buffer, layout);
         };
-        if !native::side_streams_enabled() {
-            return self.stage_here(buffer, layout);
-        }
         native::on_side_stream(index, || {
             let mut staged = self.stage_here(buffer, layout)?;
-            staged.ready = Some(CudaEvent::record(index)?);
+            staged.ready = Some(CudaEvent::record(index).map_err(|e| e.to_string())?);
             Ok(staged)
-        })?
+        })
+        .map_err(|e| e.to_string())?
     }
 
     /// Stages on this thread's current stream.
     fn stage_here(&self, buffer: gst::Buffer, layout: &FrameLayout) -> Result<StagedFrame, String> {
         tch::no_grad(|| {
-            let (input, mapping) = self.upload(buffer, layout)?;
+            let input = self.upload(buffer, layout)?;
             let rgb = to_rgb(&input, layout).map_err(|e| e.to_string())?;
             let pixel_values = self
                 .preprocessor
@@ -199,7 +194,6 @@ impl TorchStager {
                 pixel_values,
                 input,
                 ready: None,
-                mapping,
             })
         })
     }
@@ -238,7 +232,9 @@ impl FrameStager for TorchStager {
     }
 }
 
-/// One plane of `bytes` as a [rows, columns, channels] view (no copy).
+/// One plane of `bytes` as a [rows, columns, channels] view (no copy). The layout passed
+/// `check` against these bytes: every number here is within their length, so fits an i64 (and
+/// libtorch refuses a view past the storage's end).
 fn plane(
     bytes: &Tensor,
     layout: &FrameLayout,
@@ -300,7 +296,8 @@ fn colour(layout: &FrameLayout) -> crate::frames::YuvColour {
 }
 
 /// Test hook: a staged frame's tensors (its bytes as the device holds them, and its RGB), to
-/// check where they live.
+/// check where they live. They own what they read (on the CPU the frame's mapped buffer, held
+/// by their storage), so they stay valid after the frame is gone.
 #[doc(hidden)]
 pub fn staged_tensors(frame: &Frame) -> Option<(Tensor, Tensor)> {
     let Pixels::Device(pixels) = &frame.pixels else {

@@ -223,6 +223,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends signal `name` (`HUP`, `TERM`, …) to the daemon.
     pub fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")

@@ -3,22 +3,28 @@
 // switches, a FLOP counter and the profiler's traces.
 //
 // Tensors cross as tch passes them: a pointer to a heap `at::Tensor` (torch-sys' `tensor`);
-// a returned tensor is a new heap `at::Tensor` that the Rust side owns. Every function catches
-// C++ exceptions and reports them as text in `err` (a caller's buffer), returning nonzero.
+// a returned tensor is a new heap `at::Tensor` that the Rust side owns.
 //
-// build.rs defines VISIOND_CUDA_GRAPHS when the CUDA runtime headers are at hand (the venv's
-// nvidia/cu13/include with nvidia-cuda-crt) and libtorch has CUDA; without it the graph
-// functions exist and say why graphs are unavailable.
+// No C++ exception may unwind into Rust: every function is `noexcept` and runs its body in
+// `guarded`, which catches everything and returns a status (kOk, kFailed with the message in
+// `err`, a caller's buffer, or kNoCuda). Functions that cannot fail (frees, queries) catch
+// internally and fall back to a harmless answer.
+//
+// build.rs defines VISIOND_SHIM_CUDA when the CUDA runtime headers are at hand (the venv's
+// nvidia/cu13/include with nvidia-cuda-crt) and libtorch has CUDA; without it every CUDA
+// function exists and returns kNoCuda.
 
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/record_function.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/Event.h>
 #include <c10/core/MemoryFormat.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 
+#include <climits>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -30,7 +36,7 @@
 #include <string>
 #include <vector>
 
-#ifdef VISIOND_CUDA_GRAPHS
+#ifdef VISIOND_SHIM_CUDA
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -47,32 +53,71 @@
 
 namespace {
 
-void write_error(char* err, size_t len, const char* message) {
+// The statuses every fallible function returns (NativeError on the Rust side).
+constexpr int kOk = 0;
+constexpr int kFailed = 1;
+constexpr int kNoCuda = 2;
+
+const char kNoCudaMessage[] =
+    "this build has no CUDA support in its shim (no CUDA runtime headers when it was built)";
+
+// Thrown where a CUDA-only path is reached in a build without CUDA; `guarded` turns it into
+// kNoCuda, so the Rust side can tell it from a failure.
+struct NoCudaInShim : std::exception {
+  const char* what() const noexcept override { return kNoCudaMessage; }
+};
+
+void write_error(char* err, size_t len, const char* message) noexcept {
   if (err != nullptr && len > 0) {
     std::snprintf(err, len, "%s", message);
   }
 }
 
+// The status for a build without CUDA, with its message.
+int no_cuda(char* err, size_t len) noexcept {
+  write_error(err, len, kNoCudaMessage);
+  return kNoCuda;
+}
+
+// Runs `body`, turning any exception into a status and a message; nothing escapes. The message
+// is copied without allocating (a handler that threw bad_alloc would escape `noexcept`).
 template <typename F>
-int guarded(char* err, size_t len, F&& body) {
+int guarded(char* err, size_t len, F&& body) noexcept {
   try {
     body();
-    return 0;
+    return kOk;
+  } catch (const NoCudaInShim&) {
+    return no_cuda(err, len);
   } catch (const std::exception& e) {
     // libtorch's messages end with a C++ backtrace hint after the first line; keep it short.
-    std::string text = e.what();
-    auto cut = text.find("\nException raised from");
-    if (cut != std::string::npos) {
-      text.resize(cut);
+    const char* text = e.what();
+    const char* cut = std::strstr(text, "\nException raised from");
+    int shown = cut != nullptr ? static_cast<int>(cut - text) : INT_MAX;
+    if (err != nullptr && len > 0) {
+      std::snprintf(err, len, "%.*s", shown, text);
     }
-    write_error(err, len, text.c_str());
   } catch (...) {
     write_error(err, len, "unknown C++ exception");
   }
-  return 1;
+  return kFailed;
 }
 
-#ifdef VISIOND_CUDA_GRAPHS
+// The Rust value that owns a tensor's bytes (visiond_tensor_over_bytes), released through the
+// Rust side's callback when the last holder of this object lets go. Never copied: exactly one
+// release per owner.
+class BytesOwner {
+ public:
+  BytesOwner(void (*release)(void*), void* owner) noexcept : release_(release), owner_(owner) {}
+  BytesOwner(const BytesOwner&) = delete;
+  BytesOwner& operator=(const BytesOwner&) = delete;
+  ~BytesOwner() { release_(owner_); }
+
+ private:
+  void (*release_)(void*);
+  void* owner_;
+};
+
+#ifdef VISIOND_SHIM_CUDA
 // One model's graphs: the side stream they are captured on and the memory pool they share.
 // Graphs of one context are replayed one at a time on the caller's stream, so sharing the
 // pool is safe: each capture's live outputs are held by the caller and never reused.
@@ -95,15 +140,29 @@ void order_after(const c10::cuda::CUDAStream& earlier, const c10::cuda::CUDAStre
   event.record(earlier.unwrap());
   event.block(later.unwrap());
 }
+
+// The calling thread's side stream on `device`: taken from libtorch's high-priority pool on
+// the thread's first use and kept for its life. One per thread, not one per call: the caching
+// allocator keeps freed blocks per stream, so a thread that cycled through the pool's 32
+// streams would leave its staging memory cached up to 32 times over. Pool streams are never
+// destroyed, so the map holds plain handles.
+c10::cuda::CUDAStream thread_side_stream(c10::DeviceIndex device) {
+  thread_local std::map<c10::DeviceIndex, c10::cuda::CUDAStream> taken;
+  auto found = taken.find(device);
+  if (found == taken.end()) {
+    found = taken.emplace(device, c10::cuda::getStreamFromPool(true, device)).first;
+  }
+  return found->second;
+}
 #endif
 
 }  // namespace
 
 extern "C" {
 
-// 1 when this build can capture CUDA graphs (headers and libtorch_cuda were at hand).
-int visiond_cuda_graphs_compiled() {
-#ifdef VISIOND_CUDA_GRAPHS
+// 1 when the shim was built with its CUDA part (graphs, events, side streams, kernels).
+int visiond_shim_has_cuda() noexcept {
+#ifdef VISIOND_SHIM_CUDA
   return 1;
 #else
   return 0;
@@ -111,7 +170,7 @@ int visiond_cuda_graphs_compiled() {
 }
 
 // Process-wide TF32 for f32 matrix products (cuBLAS) and convolutions (cuDNN).
-int visiond_set_tf32(int allow, char* err, size_t len) {
+int visiond_set_tf32(int allow, char* err, size_t len) noexcept {
   return guarded(err, len, [&] {
     auto precision = allow ? at::Float32Precision::TF32 : at::Float32Precision::IEEE;
     auto& context = at::globalContext();
@@ -120,31 +179,65 @@ int visiond_set_tf32(int allow, char* err, size_t len) {
   });
 }
 
-// 1 when both switches are TF32, 0 when neither is, 2 when they differ.
-int visiond_tf32_state() {
-  auto& context = at::globalContext();
-  bool matmul = context.float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL) ==
+// 1 when both switches are TF32, 0 when neither is, 2 when they differ (or cannot be read).
+int visiond_tf32_state() noexcept {
+  int state = 2;
+  guarded(nullptr, 0, [&] {
+    auto& context = at::globalContext();
+    bool matmul = context.float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL) ==
+                  at::Float32Precision::TF32;
+    bool conv = context.float32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV) ==
                 at::Float32Precision::TF32;
-  bool conv = context.float32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV) ==
-              at::Float32Precision::TF32;
-  return matmul && conv ? 1 : (!matmul && !conv ? 0 : 2);
+    state = matmul && conv ? 1 : (!matmul && !conv ? 0 : 2);
+  });
+  return state;
 }
 
-int visiond_channels_last(const at::Tensor* input, at::Tensor** out, char* err, size_t len) {
+int visiond_channels_last(const at::Tensor* input, at::Tensor** out, char* err,
+                          size_t len) noexcept {
   return guarded(err, len, [&] {
     *out = new at::Tensor(input->contiguous(c10::MemoryFormat::ChannelsLast));
   });
 }
 
-int visiond_is_channels_last(const at::Tensor* input) {
-  return input->dim() == 4 && input->is_contiguous(c10::MemoryFormat::ChannelsLast) ? 1 : 0;
+// 1 for a 4-D channels-last tensor; 0 otherwise (an undefined tensor included).
+int visiond_is_channels_last(const at::Tensor* input) noexcept {
+  int yes = 0;
+  guarded(nullptr, 0, [&] {
+    yes = input->dim() == 4 && input->is_contiguous(c10::MemoryFormat::ChannelsLast) ? 1 : 0;
+  });
+  return yes;
 }
 
 // A copy of a CPU tensor in page-locked memory (libtorch's caching host allocator). tch's
 // `pin_memory` always passes a device, which libtorch 2.11 deprecates with a warning on
 // every call: two lines on stderr per frame.
-int visiond_pin_memory(const at::Tensor* input, at::Tensor** out, char* err, size_t len) {
+int visiond_pin_memory(const at::Tensor* input, at::Tensor** out, char* err, size_t len) noexcept {
   return guarded(err, len, [&] { *out = new at::Tensor(input->pin_memory()); });
+}
+
+// A 1-D uint8 CPU tensor over `length` bytes at `data`, without a copy, whose storage owns
+// them: `release(owner)` runs exactly once, when the last tensor sharing the storage is freed
+// (on whichever thread that is), or before returning if no tensor was made. The bytes must
+// stay valid and unchanged until then; nothing writes through the tensor.
+int visiond_tensor_over_bytes(const uint8_t* data, int64_t length, void (*release)(void*),
+                              void* owner, at::Tensor** out, char* err, size_t len) noexcept {
+  std::shared_ptr<BytesOwner> holder;
+  try {
+    holder = std::make_shared<BytesOwner>(release, owner);
+  } catch (...) {
+    // Without memory for the holder the owner cannot be tracked: release it now.
+    release(owner);
+    write_error(err, len, "out of memory");
+    return kFailed;
+  }
+  // The deleter holds the only other reference: when the storage frees it (or from_blob
+  // fails and drops it), `holder` below is the last and releases the owner as it goes.
+  return guarded(err, len, [&] {
+    auto tensor = at::from_blob(const_cast<uint8_t*>(data), {length}, [holder](void*) {},
+                                at::TensorOptions().dtype(at::kByte).device(at::kCPU));
+    *out = new at::Tensor(std::move(tensor));
+  });
 }
 
 // --- FLOP counting ------------------------------------------------------------------------
@@ -256,7 +349,7 @@ void count_end(const at::RecordFunction& fn, at::ObserverContext*) {
 }
 }  // namespace
 
-int visiond_flops_start(char* err, size_t len) {
+int visiond_flops_start(char* err, size_t len) noexcept {
   return guarded(err, len, [&] {
     if (flop_observer) {
       throw std::runtime_error("FLOP counting already started on this thread");
@@ -268,7 +361,7 @@ int visiond_flops_start(char* err, size_t len) {
   });
 }
 
-int visiond_flops_stop(double* flops, char* err, size_t len) {
+int visiond_flops_stop(double* flops, char* err, size_t len) noexcept {
   return guarded(err, len, [&] {
     if (flop_observer) {
       at::removeCallback(*flop_observer);
@@ -282,7 +375,7 @@ int visiond_flops_stop(double* flops, char* err, size_t len) {
 
 // Starts the Kineto profiler on this thread: operators with their shapes, and the GPU's
 // kernels when `cuda` is set.
-int visiond_trace_start(int cuda, char* err, size_t len) {
+int visiond_trace_start(int cuda, char* err, size_t len) noexcept {
   return guarded(err, len, [&] {
     using torch::profiler::impl::ActivityType;
     using torch::profiler::impl::ProfilerConfig;
@@ -298,7 +391,7 @@ int visiond_trace_start(int cuda, char* err, size_t len) {
 }
 
 // Stops the profiler and writes a Chrome trace (chrome://tracing, Perfetto) to `path`.
-int visiond_trace_stop(const char* path, char* err, size_t len) {
+int visiond_trace_stop(const char* path, char* err, size_t len) noexcept {
   return guarded(err, len, [&] {
     auto result = torch::autograd::profiler::disableProfiler();
     if (path != nullptr) {
@@ -309,53 +402,43 @@ int visiond_trace_stop(const char* path, char* err, size_t len) {
 
 // --- CUDA graphs --------------------------------------------------------------------------
 
-// 1 when graphs can be captured on `device` here; otherwise 0 with the reason in `why`.
-int visiond_cuda_graphs_available(int device, char* why, size_t len) {
-#ifdef VISIOND_CUDA_GRAPHS
-  int available = 0;
-  int failed = guarded(why, len, [&] {
+// kOk when graphs can be captured on `device` here; otherwise the reason.
+int visiond_cuda_graphs_available(int device, char* err, size_t len) noexcept {
+  return guarded(err, len, [&] {
+#ifdef VISIOND_SHIM_CUDA
     if (!at::globalContext().hasCUDA()) {
-      write_error(why, len, "libtorch sees no CUDA device");
-      return;
+      throw std::runtime_error("libtorch sees no CUDA device");
     }
     int count = c10::cuda::device_count();
     if (device < 0 || device >= count) {
-      std::string text = "device cuda:" + std::to_string(device) + " does not exist (" +
-                         std::to_string(count) + " visible)";
-      write_error(why, len, text.c_str());
-      return;
+      throw std::runtime_error("device cuda:" + std::to_string(device) + " does not exist (" +
+                               std::to_string(count) + " visible)");
     }
-    available = 1;
-  });
-  return failed ? 0 : available;
 #else
-  (void)device;
-  write_error(why, len,
-              "this build has no CUDA graph support (no CUDA runtime headers when it was built)");
-  return 0;
+    (void)device;
+    throw NoCudaInShim();
 #endif
+  });
 }
 
-void* visiond_graph_context_new(int device, char* err, size_t len) {
-#ifdef VISIOND_CUDA_GRAPHS
-  GraphContext* context = nullptr;
-  guarded(err, len, [&] {
+int visiond_graph_context_new(int device, void** out, char* err, size_t len) noexcept {
+  return guarded(err, len, [&] {
+#ifdef VISIOND_SHIM_CUDA
     auto index = static_cast<c10::DeviceIndex>(device);
     // Low priority: the frame path's side streams come from the high-priority pool, never
-    // this stream (visiond_side_stream_enter).
-    context = new GraphContext{index, c10::cuda::getStreamFromPool(false, index),
-                               at::cuda::graph_pool_handle(), std::nullopt};
-  });
-  return context;
+    // this stream (thread_side_stream).
+    *out = new GraphContext{index, c10::cuda::getStreamFromPool(false, index),
+                            at::cuda::graph_pool_handle(), std::nullopt};
 #else
-  (void)device;
-  write_error(err, len, "this build has no CUDA graph support");
-  return nullptr;
+    (void)device;
+    (void)out;
+    throw NoCudaInShim();
 #endif
+  });
 }
 
-void visiond_graph_context_free(void* handle) {
-#ifdef VISIOND_CUDA_GRAPHS
+void visiond_graph_context_free(void* handle) noexcept {
+#ifdef VISIOND_SHIM_CUDA
   delete static_cast<GraphContext*>(handle);
 #else
   (void)handle;
@@ -364,9 +447,9 @@ void visiond_graph_context_free(void* handle) {
 
 // Makes the context's side stream current on this thread, after the work already queued on
 // the caller's stream (so it sees the inputs the caller wrote).
-int visiond_graph_context_enter(void* handle, char* err, size_t len) {
-#ifdef VISIOND_CUDA_GRAPHS
+int visiond_graph_context_enter(void* handle, char* err, size_t len) noexcept {
   return guarded(err, len, [&] {
+#ifdef VISIOND_SHIM_CUDA
     auto* context = static_cast<GraphContext*>(handle);
     if (context->caller) {
       throw std::runtime_error("the graph side stream is already entered");
@@ -375,18 +458,17 @@ int visiond_graph_context_enter(void* handle, char* err, size_t len) {
     order_after(caller, context->stream);
     context->caller = caller;
     c10::cuda::setCurrentCUDAStream(context->stream);
-  });
 #else
-  (void)handle;
-  write_error(err, len, "this build has no CUDA graph support");
-  return 1;
+    (void)handle;
+    throw NoCudaInShim();
 #endif
+  });
 }
 
 // Back to the caller's stream, which then waits for what the side stream queued.
-int visiond_graph_context_exit(void* handle, char* err, size_t len) {
-#ifdef VISIOND_CUDA_GRAPHS
+int visiond_graph_context_exit(void* handle, char* err, size_t len) noexcept {
   return guarded(err, len, [&] {
+#ifdef VISIOND_SHIM_CUDA
     auto* context = static_cast<GraphContext*>(handle);
     if (!context->caller) {
       return;
@@ -394,177 +476,189 @@ int visiond_graph_context_exit(void* handle, char* err, size_t len) {
     c10::cuda::setCurrentCUDAStream(*context->caller);
     order_after(context->stream, *context->caller);
     context->caller.reset();
-  });
 #else
-  (void)handle;
-  write_error(err, len, "this build has no CUDA graph support");
-  return 1;
+    (void)handle;
+    throw NoCudaInShim();
 #endif
+  });
 }
 
 // Begins capturing this thread's work on the (entered) side stream into a new graph. Other
 // threads may keep using CUDA meanwhile (thread-local capture mode).
-void* visiond_graph_capture_begin(void* handle, char* err, size_t len) {
-#ifdef VISIOND_CUDA_GRAPHS
-  Graph* graph = nullptr;
-  guarded(err, len, [&] {
+int visiond_graph_capture_begin(void* handle, void** out, char* err, size_t len) noexcept {
+  return guarded(err, len, [&] {
+#ifdef VISIOND_SHIM_CUDA
     auto* context = static_cast<GraphContext*>(handle);
     auto owned = std::make_unique<Graph>();
     owned->graph.capture_begin(context->pool, cudaStreamCaptureModeThreadLocal);
-    graph = owned.release();
-  });
-  return graph;
+    *out = owned.release();
 #else
-  (void)handle;
-  write_error(err, len, "this build has no CUDA graph support");
-  return nullptr;
+    (void)handle;
+    (void)out;
+    throw NoCudaInShim();
 #endif
+  });
 }
 
-int visiond_graph_capture_end(void* graph, char* err, size_t len) {
-#ifdef VISIOND_CUDA_GRAPHS
-  return guarded(err, len, [&] { static_cast<Graph*>(graph)->graph.capture_end(); });
+int visiond_graph_capture_end(void* graph, char* err, size_t len) noexcept {
+  return guarded(err, len, [&] {
+#ifdef VISIOND_SHIM_CUDA
+    static_cast<Graph*>(graph)->graph.capture_end();
 #else
-  (void)graph;
-  write_error(err, len, "this build has no CUDA graph support");
-  return 1;
+    (void)graph;
+    throw NoCudaInShim();
 #endif
+  });
 }
 
 // Launches the captured work on the caller's current stream.
-int visiond_graph_replay(void* graph, char* err, size_t len) {
-#ifdef VISIOND_CUDA_GRAPHS
-  return guarded(err, len, [&] { static_cast<Graph*>(graph)->graph.replay(); });
+int visiond_graph_replay(void* graph, char* err, size_t len) noexcept {
+  return guarded(err, len, [&] {
+#ifdef VISIOND_SHIM_CUDA
+    static_cast<Graph*>(graph)->graph.replay();
 #else
-  (void)graph;
-  write_error(err, len, "this build has no CUDA graph support");
-  return 1;
+    (void)graph;
+    throw NoCudaInShim();
 #endif
+  });
 }
 
-void visiond_graph_free(void* graph) {
-#ifdef VISIOND_CUDA_GRAPHS
+void visiond_graph_free(void* graph) noexcept {
+#ifdef VISIOND_SHIM_CUDA
   delete static_cast<Graph*>(graph);
 #else
   (void)graph;
 #endif
 }
 
-// --- events and side streams for the output threads ----------------------------------------
-// A batch's results are marked by an event recorded after its post-processing; an output
-// thread waits for that event alone and copies on a side stream, so its copy does not queue
-// behind the batches and frames launched on the main stream since.
+// --- events and side streams ---------------------------------------------------------------
+// A frame staged in a source thread, and a batch's results, are marked by an event recorded
+// after their last kernel; the thread that reads them next waits for that event alone, on a
+// side stream of its own, so its work does not queue behind everything else on the main one.
 
-// A new event recorded on `device`'s current stream (null, with the reason, on failure).
-void* visiond_event_record(int device, char* err, size_t len) {
-#ifdef VISIOND_CUDA_GRAPHS
-  c10::Event* event = nullptr;
-  guarded(err, len, [&] {
+// A new event recorded on `device`'s current stream.
+int visiond_event_record(int device, void** out, char* err, size_t len) noexcept {
+  return guarded(err, len, [&] {
+#ifdef VISIOND_SHIM_CUDA
     auto owned = std::make_unique<c10::Event>(c10::DeviceType::CUDA);
     owned->record(c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).unwrap());
-    event = owned.release();
-  });
-  return event;
+    *out = owned.release();
 #else
-  (void)device;
-  write_error(err, len, "this build has no CUDA support in its shim");
-  return nullptr;
+    (void)device;
+    (void)out;
+    throw NoCudaInShim();
 #endif
+  });
 }
 
 // Blocks the calling thread until the work before the event's record is done.
-int visiond_event_synchronize(void* event, char* err, size_t len) {
-#ifdef VISIOND_CUDA_GRAPHS
-  return guarded(err, len, [&] { static_cast<c10::Event*>(event)->synchronize(); });
+int visiond_event_synchronize(void* event, char* err, size_t len) noexcept {
+  return guarded(err, len, [&] {
+#ifdef VISIOND_SHIM_CUDA
+    static_cast<c10::Event*>(event)->synchronize();
 #else
-  (void)event;
-  write_error(err, len, "this build has no CUDA support in its shim");
-  return 1;
+    (void)event;
+    throw NoCudaInShim();
 #endif
+  });
 }
 
 // Makes `device`'s current stream (on the device, not the host) wait for the event.
-int visiond_event_block(void* event, int device, char* err, size_t len) {
-#ifdef VISIOND_CUDA_GRAPHS
+int visiond_event_block(void* event, int device, char* err, size_t len) noexcept {
   return guarded(err, len, [&] {
+#ifdef VISIOND_SHIM_CUDA
     static_cast<c10::Event*>(event)->block(
         c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).unwrap());
-  });
 #else
-  (void)event;
-  (void)device;
-  write_error(err, len, "this build has no CUDA support in its shim");
-  return 1;
+    (void)event;
+    (void)device;
+    throw NoCudaInShim();
 #endif
+  });
 }
 
 // Tells libtorch's caching allocator that `device`'s current stream uses the tensor's memory:
 // when the tensor is freed, the memory is not reused before that stream's work up to then is
-// done (a tensor made on a side stream and read on the main one).
-int visiond_record_stream(const at::Tensor* tensor, int device, char* err, size_t len) {
-#ifdef VISIOND_CUDA_GRAPHS
+// done (a tensor made on a side stream and read on the main one). A CPU tensor needs nothing.
+int visiond_record_stream(const at::Tensor* tensor, int device, char* err, size_t len) noexcept {
   return guarded(err, len, [&] {
-    if (tensor->is_cuda()) {
-      tensor->record_stream(
-          c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).unwrap());
+    if (!tensor->is_cuda()) {
+      return;
     }
-  });
+#ifdef VISIOND_SHIM_CUDA
+    tensor->record_stream(
+        c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).unwrap());
 #else
-  (void)tensor;
-  (void)device;
-  write_error(err, len, "this build has no CUDA support in its shim");
-  return 1;
+    (void)device;
+    throw NoCudaInShim();
 #endif
+  });
 }
 
-void visiond_event_free(void* event) {
-#ifdef VISIOND_CUDA_GRAPHS
+void visiond_event_free(void* event) noexcept {
+#ifdef VISIOND_SHIM_CUDA
   delete static_cast<c10::Event*>(event);
 #else
   (void)event;
 #endif
 }
 
-// Makes a stream from libtorch's pool (non-blocking: it never waits for the legacy default
-// stream) current on this thread for `device`; returns the previous one to restore. From the
-// high-priority pool: the graphs are captured on low-priority pool streams, and work another
-// thread queued on a stream while it is being captured would end up inside the graph.
-void* visiond_side_stream_enter(int device, char* err, size_t len) {
-#ifdef VISIOND_CUDA_GRAPHS
-  c10::cuda::CUDAStream* previous = nullptr;
-  guarded(err, len, [&] {
+// Makes the calling thread's side stream on `device` (thread_side_stream: non-blocking, it
+// never waits for the legacy default stream) current; `*previous` is the stream to restore.
+// From the high-priority pool: the graphs are captured on low-priority pool streams, and work
+// another thread queued on a stream while it is being captured would end up inside the graph.
+int visiond_side_stream_enter(int device, void** previous, char* err, size_t len) noexcept {
+  return guarded(err, len, [&] {
+#ifdef VISIOND_SHIM_CUDA
     auto index = static_cast<c10::DeviceIndex>(device);
+    auto side = thread_side_stream(index);
     auto owned = std::make_unique<c10::cuda::CUDAStream>(c10::cuda::getCurrentCUDAStream(index));
-    c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(true, index));
-    previous = owned.release();
-  });
-  return previous;
+    c10::cuda::setCurrentCUDAStream(side);
+    *previous = owned.release();
 #else
-  (void)device;
-  write_error(err, len, "this build has no CUDA support in its shim");
-  return nullptr;
+    (void)device;
+    (void)previous;
+    throw NoCudaInShim();
 #endif
+  });
 }
 
-void visiond_side_stream_exit(void* previous) {
-#ifdef VISIOND_CUDA_GRAPHS
-  auto* stream = static_cast<c10::cuda::CUDAStream*>(previous);
-  c10::cuda::setCurrentCUDAStream(*stream);
-  delete stream;
+// Restores the stream `visiond_side_stream_enter` replaced, and frees its record.
+int visiond_side_stream_exit(void* previous, char* err, size_t len) noexcept {
+  return guarded(err, len, [&] {
+#ifdef VISIOND_SHIM_CUDA
+    std::unique_ptr<c10::cuda::CUDAStream> stream(static_cast<c10::cuda::CUDAStream*>(previous));
+    c10::cuda::setCurrentCUDAStream(*stream);
 #else
-  (void)previous;
+    (void)previous;
+    throw NoCudaInShim();
 #endif
+  });
+}
+
+// The id of `device`'s current stream on this thread (to tell side streams apart in tests).
+int visiond_current_stream(int device, int64_t* id, char* err, size_t len) noexcept {
+  return guarded(err, len, [&] {
+#ifdef VISIOND_SHIM_CUDA
+    *id = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).id();
+#else
+    (void)device;
+    (void)id;
+    throw NoCudaInShim();
+#endif
+  });
 }
 
 // --- memory --------------------------------------------------------------------------------
 
 // Bytes libtorch's caching allocator holds for tensors on `device` (`allocated`) and has
-// reserved from the driver (`reserved`). Nonzero, with the reason, where that cannot be known.
-// Only asks a device that is already initialised: reading stats must not create a CUDA context.
+// reserved from the driver (`reserved`). A failure, with the reason, where that cannot be
+// known. Only asks a device that is already initialised: reading stats must not create a CUDA
+// context.
 int visiond_cuda_memory(int device, uint64_t* allocated, uint64_t* reserved, char* err,
-                        size_t len) {
-#ifdef VISIOND_CUDA_GRAPHS
+                        size_t len) noexcept {
   return guarded(err, len, [&] {
+#ifdef VISIOND_SHIM_CUDA
     if (!at::globalContext().hasCUDA()) {
       throw std::runtime_error("libtorch sees no CUDA device");
     }
@@ -573,14 +667,13 @@ int visiond_cuda_memory(int device, uint64_t* allocated, uint64_t* reserved, cha
     auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
     *allocated = static_cast<uint64_t>(stats.allocated_bytes[all].current);
     *reserved = static_cast<uint64_t>(stats.reserved_bytes[all].current);
-  });
 #else
-  (void)device;
-  (void)allocated;
-  (void)reserved;
-  write_error(err, len, "this build has no CUDA support in its shim");
-  return 1;
+    (void)device;
+    (void)allocated;
+    (void)reserved;
+    throw NoCudaInShim();
 #endif
+  });
 }
 
 }  // extern "C"
@@ -603,6 +696,18 @@ void check_plane(const at::Tensor& t, const char* name, int64_t rows, int64_t co
   }
 }
 
+// The kernels index pixels with `int`s and compute (height + 1) / 2, 2 * j + 1 and the like:
+// a picture's sides are kept well inside that range (real video is below 2^15).
+constexpr int64_t kLargestSide = int64_t{1} << 30;
+
+void check_side(int64_t side, const char* what) {
+  if (side > kLargestSide) {
+    throw std::runtime_error(std::string("a picture ") + what + " of " + std::to_string(side) +
+                             " pixels is beyond the conversions' limit of " +
+                             std::to_string(kLargestSide));
+  }
+}
+
 void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* name) {
   if (a.device() != b.device()) {
     throw std::runtime_error(std::string(name) + " is on " + a.device().str() + ", not " +
@@ -617,6 +722,8 @@ VkYuvToRgb yuv_to_rgb_args(const at::Tensor& y, const at::Tensor& u, const at::T
     throw std::runtime_error("Y plane: expected [H, W], got " + c10::str(y.sizes()));
   }
   int64_t height = y.size(0), width = y.size(1);
+  check_side(height, "height");
+  check_side(width, "width");
   check_plane(y, "Y", height, width);
   check_plane(u, "U", (height + 1) / 2, (width + 1) / 2);
   check_plane(v, "V", (height + 1) / 2, (width + 1) / 2);
@@ -656,6 +763,8 @@ VkRgbToYuv rgb_to_yuv_args(const at::Tensor& rgb, const at::Tensor& y, const at:
                              c10::str(rgb.sizes()));
   }
   int64_t height = rgb.size(0), width = rgb.size(1);
+  check_side(height, "height");
+  check_side(width, "width");
   check_plane(y, "Y", height, width);
   check_plane(u, "U", (height + 1) / 2, (width + 1) / 2);
   check_plane(v, "V", (height + 1) / 2, (width + 1) / 2);
@@ -686,7 +795,7 @@ VkRgbToYuv rgb_to_yuv_args(const at::Tensor& rgb, const at::Tensor& y, const at:
   return a;
 }
 
-#ifdef VISIOND_CUDA_GRAPHS
+#ifdef VISIOND_SHIM_CUDA
 // The CUDA runtime and NVRTC functions the kernels need, found in the process at run time.
 struct CudaApi {
   decltype(&cudaLibraryLoadData) library_load_data = nullptr;
@@ -885,23 +994,24 @@ extern "C" {
 // Compiles the kernels' source for compute capability `arch` without loading it (no GPU
 // needed): the size of the image NVRTC made.
 int visiond_kernels_compile(const char* source, int arch, uint64_t* image_bytes, char* err,
-                            size_t len) {
-#ifdef VISIOND_CUDA_GRAPHS
-  return guarded(err, len, [&] { *image_bytes = compile(source, arch).size(); });
+                            size_t len) noexcept {
+  return guarded(err, len, [&] {
+#ifdef VISIOND_SHIM_CUDA
+    *image_bytes = compile(source, arch).size();
 #else
-  (void)source;
-  (void)arch;
-  (void)image_bytes;
-  write_error(err, len, "this build has no CUDA support in its shim");
-  return 1;
+    (void)source;
+    (void)arch;
+    (void)image_bytes;
+    throw NoCudaInShim();
 #endif
+  });
 }
 
 // Compiles the kernels for CUDA device `device` and loads them there (once; later calls return
 // at once).
-int visiond_kernels_load(const char* source, int device, char* err, size_t len) {
-#ifdef VISIOND_CUDA_GRAPHS
+int visiond_kernels_load(const char* source, int device, char* err, size_t len) noexcept {
   return guarded(err, len, [&] {
+#ifdef VISIOND_SHIM_CUDA
     std::lock_guard<std::mutex> lock(kernels_mutex);
     if (kernels_by_device.count(device) != 0) {
       return;
@@ -925,18 +1035,17 @@ int visiond_kernels_load(const char* source, int device, char* err, size_t len) 
                "finding visiond_rgb_to_yuv420");
     // The library stays loaded for the life of the process.
     kernels_by_device[device] = loaded;
-  });
 #else
-  (void)source;
-  (void)device;
-  write_error(err, len, "this build has no CUDA support in its shim");
-  return 1;
+    (void)source;
+    (void)device;
+    throw NoCudaInShim();
 #endif
+  });
 }
 
 // 4:2:0 planes (uint8 views, any strides) to a new uint8 RGB [H, W, 3] on their device.
 int visiond_yuv420_to_rgb(const at::Tensor* y, const at::Tensor* u, const at::Tensor* v,
-                          const int32_t* params, at::Tensor** out, char* err, size_t len) {
+                          const int32_t* params, at::Tensor** out, char* err, size_t len) noexcept {
   return guarded(err, len, [&] {
     at::Tensor rgb;
     VkYuvToRgb args = yuv_to_rgb_args(*y, *u, *v, params, &rgb);
@@ -947,12 +1056,12 @@ int visiond_yuv420_to_rgb(const at::Tensor* y, const at::Tensor* u, const at::Te
         }
       }
     } else {
-#ifdef VISIOND_CUDA_GRAPHS
+#ifdef VISIOND_SHIM_CUDA
       int device = y->get_device();
       c10::DeviceGuard guard(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device)));
       launch(kernels_on(device).yuv_to_rgb, &args, args.width, args.height, device);
 #else
-      throw std::runtime_error("this build has no CUDA support in its shim");
+      throw NoCudaInShim();
 #endif
     }
     *out = new at::Tensor(std::move(rgb));
@@ -962,7 +1071,7 @@ int visiond_yuv420_to_rgb(const at::Tensor* y, const at::Tensor* u, const at::Te
 // uint8 RGB [H, W, 3] into the Y, U and V plane views given (I420, or NV12's interleaved plane
 // as two views one byte apart), on their device.
 int visiond_rgb_to_yuv420(const at::Tensor* rgb, const at::Tensor* y, const at::Tensor* u,
-                          const at::Tensor* v, const int32_t* params, char* err, size_t len) {
+                          const at::Tensor* v, const int32_t* params, char* err, size_t len) noexcept {
   return guarded(err, len, [&] {
     VkRgbToYuv args = rgb_to_yuv_args(*rgb, *y, *u, *v, params);
     int rows = (args.height + 1) / 2, columns = (args.width + 1) / 2;
@@ -973,12 +1082,12 @@ int visiond_rgb_to_yuv420(const at::Tensor* rgb, const at::Tensor* y, const at::
         }
       }
     } else {
-#ifdef VISIOND_CUDA_GRAPHS
+#ifdef VISIOND_SHIM_CUDA
       int device = rgb->get_device();
       c10::DeviceGuard guard(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device)));
       launch(kernels_on(device).rgb_to_yuv, &args, columns, rows, device);
 #else
-      throw std::runtime_error("this build has no CUDA support in its shim");
+      throw NoCudaInShim();
 #endif
     }
   });
