@@ -1,8 +1,9 @@
 //! The control plane against hostile and careless clients, on `visiond run` itself, over real
 //! sockets:
-//! - hundreds of idle and half-sent connections under a small descriptor limit: `/healthz`
-//!   still answers, the daemon's descriptors stay bounded, every connection is closed (header
-//!   and idle timeouts, the connection cap), and each closing is counted in `/metrics`;
+//! - a burst of real requests beyond the connection cap is served; hundreds of idle and
+//!   half-sent connections under a small descriptor limit: `/healthz` still answers, the
+//!   daemon's descriptors stay bounded, every connection is closed (header and idle
+//!   timeouts, the connection cap), and each closing is counted in `/metrics`;
 //! - `PUT` is held to `http.writes` (no `launch`, files only inside the allowed directories);
 //! - `PUT` never overwrites another pipeline's file, never follows a planted temporary-file
 //!   link, and leaves no temporary file behind when it fails;
@@ -215,6 +216,22 @@ fn a_flood_of_idle_and_half_sent_connections_cannot_starve_the_control_plane() {
     let before = scrape(&base);
     let fds_before = metric(&before, "process_open_fds", &[]);
     assert_eq!(metric(&before, "visiond_http_connections_max", &[]), 32.0);
+
+    // A burst of real requests beyond the cap is served, none cut off: a connection whose
+    // request is waiting to be read is never the one displaced.
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(100));
+    let burst: Vec<_> = (0..100)
+        .map(|_| {
+            let (barrier, url) = (barrier.clone(), format!("{base}/api/pipelines"));
+            std::thread::spawn(move || {
+                barrier.wait();
+                call("GET", &url, &[], None).status
+            })
+        })
+        .collect();
+    for client in burst {
+        assert_eq!(client.join().unwrap(), 200);
+    }
 
     // 400 connections: every other one sends half a request's headers, the rest nothing.
     let mut flood: Vec<TcpStream> = (0..400)

@@ -44,9 +44,9 @@ pub struct HttpConfig {
     /// without it those endpoints are off. Resolved against the daemon file's directory.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
-    /// Connections open at once. At the cap a new one takes the place of the one quiet the
-    /// longest, or is closed when every one is busy with a request; so idle sockets cannot
-    /// use up the process's file descriptors or keep `/healthz` from answering.
+    /// Connections open at once. At the cap a new one takes the place of the one longest
+    /// without a request in hand, or waits a moment for a slot; so idle sockets cannot use up
+    /// the process's file descriptors or keep `/healthz` from answering.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// How long a request's headers may take to arrive, from their first byte.

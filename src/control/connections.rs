@@ -4,11 +4,16 @@
 //! `http.idle_timeout_ms` while none of its requests is being handled (a keep-alive connection
 //! between requests, a client that connected and sent nothing, one that stopped reading).
 //!
-//! At the cap, a new connection takes the place of the one quiet the longest, so `/healthz`
-//! still answers under a flood of idle or half-sent connections; only when every connection is
-//! busy with a request is the new one closed at once. So the control plane holds a bounded
-//! number of file descriptors however many sockets clients open, and every connection it
-//! closes or refuses is counted ([`ConnectionStats`], in `/metrics`).
+//! At the cap, a new connection takes the place of the one that has gone longest without a
+//! request in a handler (idle, or sending its headers a byte at a time), so `/healthz` still
+//! answers under a flood of idle or half-sent connections. A connection with a request in its
+//! handler, one not yet read, or one opened or answered less than [`EVICTION_GRACE`] ago (its
+//! client may be about to send) is never displaced: a burst of real requests beyond the cap
+//! waits a moment for slots instead. Only when none frees within [`ADMIT_WAIT`] is the new
+//! connection closed unanswered. So the
+//! control plane holds a bounded number of file descriptors however many sockets clients
+//! open, and every connection it closes or refuses is counted ([`ConnectionStats`], in
+//! `/metrics`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,8 +35,16 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::config::HttpConfig;
 
-/// How long a new connection at the cap waits for the one it displaced to close.
-const EVICTION_WAIT: Duration = Duration::from_secs(1);
+/// How long a new connection at the cap waits for a slot (one displaced, or freed by a
+/// request that ended) before it is closed unanswered. Nothing else is accepted meanwhile.
+const ADMIT_WAIT: Duration = Duration::from_secs(1);
+
+/// How often a new connection waiting at the cap looks again for one to displace.
+const ADMIT_RETRY: Duration = Duration::from_millis(20);
+
+/// How long a connection is left its chance to send a request after it opened or had its
+/// last one answered, before it may be displaced at the cap.
+const EVICTION_GRACE: Duration = Duration::from_millis(250);
 
 /// The pause after a failed accept (out of file descriptors, say), so that the loop does not
 /// spin while the cause lasts.
@@ -119,7 +132,7 @@ impl ConnectionStats {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Connections closed at once because the cap was reached and every open one was busy.
+    /// Connections closed unanswered: the cap was reached and no slot freed in time.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
@@ -190,19 +203,30 @@ pub async fn serve(
     let _ = slots.acquire_many(limits.max_connections as u32).await;
 }
 
-/// A slot for a new connection: a free one, else the one the quietest connection frees when
-/// it is closed to make room. None when every connection is busy with a request.
+/// A slot for a new connection: a free one, else one the quietest connection frees when it is
+/// closed to make room, else one freed by a request that ends meanwhile. None when no slot
+/// comes within [`ADMIT_WAIT`].
 async fn admit(slots: &Arc<Semaphore>, open: &OpenConnections) -> Option<OwnedSemaphorePermit> {
-    if let Ok(slot) = slots.clone().try_acquire_owned() {
-        return Some(slot);
+    let deadline = tokio::time::Instant::now() + ADMIT_WAIT;
+    loop {
+        if let Ok(slot) = slots.clone().try_acquire_owned() {
+            return Some(slot);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        // After a displacement the slot comes as soon as that connection's task has run;
+        // otherwise look again shortly, as connections read their requests and finish.
+        let wait = if open.evict_quietest() {
+            deadline - now
+        } else {
+            ADMIT_RETRY.min(deadline - now)
+        };
+        if let Ok(Ok(slot)) = tokio::time::timeout(wait, slots.clone().acquire_owned()).await {
+            return Some(slot);
+        }
     }
-    if !open.evict_quietest() {
-        return None;
-    }
-    tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned())
-        .await
-        .ok()?
-        .ok()
 }
 
 /// The open connections' activity, for choosing which one makes room at the cap.
@@ -224,16 +248,16 @@ impl OpenConnections {
         self.lock().remove(&id);
     }
 
-    /// Tells the connection quiet the longest (no request in a handler, not already told)
-    /// to close; false when there is none.
+    /// Tells the connection that has gone longest without a request in a handler (and is
+    /// waiting for bytes, past its grace, not already told) to close; false when there is none.
     fn evict_quietest(&self) -> bool {
         let all = self.lock();
         let quietest = all
             .values()
-            .filter(|a| !a.evicted.load(Ordering::Relaxed))
+            .filter(|a| !a.evicted.load(Ordering::Relaxed) && a.waiting.load(Ordering::Relaxed))
             .filter_map(|a| {
-                let since = a.quiet_since()?;
-                Some((a.opened + Duration::from_millis(since), a))
+                let since = a.opened + Duration::from_millis(a.free_since()?);
+                (since.elapsed() >= EVICTION_GRACE).then_some((since, a))
             })
             .min_by_key(|(since, _)| *since);
         match quietest {
@@ -261,11 +285,16 @@ struct Activity {
     opened: Instant,
     /// When a byte last moved either way (or a request's handling ended).
     last_io: AtomicU64,
+    /// When it last had no request in a handler: opened, or its last request answered.
+    free_since: AtomicU64,
     /// When the first byte of a request head not yet handed to a handler came, plus one;
     /// 0 when none is coming in.
     head_since: AtomicU64,
     /// The connection's requests in a handler now.
     handling: AtomicUsize,
+    /// Whether its last read found nothing to read: a connection not yet read (its request
+    /// may be waiting in the socket) is not quiet, whatever its clock says.
+    waiting: AtomicBool,
     evicted: AtomicBool,
     evict: Notify,
 }
@@ -276,8 +305,10 @@ impl Activity {
             id,
             opened: Instant::now(),
             last_io: AtomicU64::new(0),
+            free_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             handling: AtomicUsize::new(0),
+            waiting: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
             evict: Notify::new(),
         }
@@ -288,6 +319,7 @@ impl Activity {
     }
 
     fn read(&self, bytes: usize) {
+        self.waiting.store(false, Ordering::Relaxed);
         if bytes == 0 {
             return;
         }
@@ -301,6 +333,11 @@ impl Activity {
         }
     }
 
+    /// A read found nothing waiting.
+    fn read_nothing(&self) {
+        self.waiting.store(true, Ordering::Relaxed);
+    }
+
     fn wrote(&self, bytes: usize) {
         if bytes > 0 {
             self.last_io.store(self.now(), Ordering::Relaxed);
@@ -312,6 +349,12 @@ impl Activity {
         self.handling.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(0, Ordering::Relaxed);
         Handling(self.clone())
+    }
+
+    /// Since when it has had no request in a handler; None while it has one.
+    fn free_since(&self) -> Option<u64> {
+        (self.handling.load(Ordering::Relaxed) == 0)
+            .then(|| self.free_since.load(Ordering::Relaxed))
     }
 
     /// Since when it has been quiet; None while a request of it is in a handler.
@@ -350,7 +393,9 @@ struct Handling(Arc<Activity>);
 impl Drop for Handling {
     fn drop(&mut self) {
         let activity = &self.0;
-        activity.last_io.store(activity.now(), Ordering::Relaxed);
+        let now = activity.now();
+        activity.last_io.store(now, Ordering::Relaxed);
+        activity.free_since.store(now, Ordering::Relaxed);
         activity.head_since.store(0, Ordering::Relaxed);
         activity.handling.fetch_sub(1, Ordering::Relaxed);
     }
@@ -453,8 +498,10 @@ impl AsyncRead for Watched {
         let this = self.get_mut();
         let before = buf.filled().len();
         let result = Pin::new(&mut this.stream).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = result {
-            this.activity.read(buf.filled().len() - before);
+        match result {
+            Poll::Ready(Ok(())) => this.activity.read(buf.filled().len() - before),
+            Poll::Pending => this.activity.read_nothing(),
+            Poll::Ready(Err(_)) => {}
         }
         result
     }
@@ -543,15 +590,26 @@ mod tests {
         let open = OpenConnections::default();
         let first = open.add();
         let second = open.add();
-        first.last_io.store(50, Ordering::Relaxed);
-        second.last_io.store(10, Ordering::Relaxed);
+        let unread = open.add();
+        // None is displaced within its grace after opening.
+        first.read_nothing();
+        assert!(!open.evict_quietest());
+        std::thread::sleep(EVICTION_GRACE + Duration::from_millis(100));
+        first.free_since.store(50, Ordering::Relaxed);
+        second.free_since.store(10, Ordering::Relaxed);
+        second.read_nothing();
         let _busy = second.handling();
-        // The second is quieter but busy with a request: the first goes.
+        // The second is quieter but busy with a request, the third not read yet (its request
+        // may be waiting): the first goes.
         assert!(open.evict_quietest());
         assert!(first.evicted.load(Ordering::Relaxed));
         assert!(!second.evicted.load(Ordering::Relaxed));
-        // Nobody left to evict: the first is already told, the second is busy.
+        // Nobody left to evict: the first is already told, the second is busy, the third
+        // unread; once the third has found nothing to read, it can go.
         assert!(!open.evict_quietest());
+        unread.read_nothing();
+        assert!(open.evict_quietest());
+        assert!(unread.evicted.load(Ordering::Relaxed));
         open.remove(first.id);
         assert!(!open.evict_quietest());
     }

@@ -332,7 +332,7 @@ pub fn render_connections(stats: &ConnectionStats) -> String {
     out.family(
         "visiond_http_connections_refused_total",
         "counter",
-        "Connections closed on arrival: the cap was reached and every open connection was busy with a request.",
+        "Connections closed unanswered: the cap was reached and no slot freed within a second.",
     );
     out.sample(
         "visiond_http_connections_refused_total",

@@ -280,3 +280,14 @@ impl Daemon {
         (status.code(), self.log())
     }
 }
+
+impl Drop for Daemon {
+    /// A test that fails half-way leaves no daemon behind (holding its ports and files, and
+    /// the CPU other tests need).
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
