@@ -25,7 +25,9 @@
 //!   safetensors, TorchScript).
 //! - [`logging`]: tracing setup (text or JSON, `RUST_LOG` override).
 //! - [`frames`]: what travels the frame path: frames, results, bounded hops.
-//! - [`config`]: the daemon and pipeline files as typed data, with shape checks. Pure data.
+//! - [`config`]: the daemon and pipeline files as typed data, with shape checks, and
+//!   [`config::redact`], which masks the credentials they may hold wherever they are shown.
+//!   Pure data.
 //!
 //! `docs/architecture.md` draws the data flow and names the module that owns each step.
 

@@ -111,8 +111,10 @@ fn unknown_keys_are_named_with_their_path() {
                 "{p}: source.test.colour: unknown field `colour`, expected one of `pattern`, `width`, `height`, `fps`, `frames`"
             ),
             format!(
-                "{p}: sinks[0].file.pth: unknown field `pth`, expected one of `path`, `format`, `segment_s`"
+                "{p}: sinks[0].file.pth: unknown field `pth`, expected one of `path`, `format`, `segment_s`, `max_age`, `max_bytes`"
             ),
+            // Reading goes on past the misspelt key, and finds what is then missing.
+            format!("{p}: sinks[0].file: missing field `path`"),
             format!(
                 "{p}: extra: unknown key; expected one of: name, source, model, queue, overlay, encoder, sinks, metadata"
             ),
@@ -377,6 +379,69 @@ sinks:
 }
 
 #[test]
+fn recording_retention_keys_are_checked() {
+    let tree = Tree::new(DAEMON);
+    tree.pipeline(
+        "door.yaml",
+        "name: door
+source: { test: {} }
+model: depth
+sinks:
+  - file: { path: ../out/a.mp4, segment_s: 60, max_age: 7x }
+  - file: { path: ../out/b.mp4, segment_s: 60, max_bytes: -1 }
+  - file: { path: ../out/c.mp4, max_age: 3600, max_bytes: 1000 }
+  - file: { path: ../out/d.mp4, segment_s: 60, max_age: 0, max_bytes: 0 }
+  - file: { path: ../out/e-%s.mkv, segment_s: 60 }
+",
+    );
+    let p = tree.file("pipelines/door.yaml");
+    let needs = "deletes old segments, so it needs `segment_s` (a recording without segments is one file, which is never deleted)";
+    assert_eq!(
+        tree.errors(),
+        vec![
+            format!(
+                "{p}: sinks[0].file.max_age: '7x' is not an age: give seconds, or a number and a unit such as \"7d\", \"12h\" or \"30m\""
+            ),
+            format!("{p}: sinks[1].file.max_bytes: invalid type: integer `-1`, expected u64"),
+            format!("{p}: sinks[2].file.max_age: {needs}"),
+            format!("{p}: sinks[2].file.max_bytes: {needs}"),
+            format!("{p}: sinks[3].file.max_age: must be more than 0"),
+            format!("{p}: sinks[3].file.max_bytes: must be at least 1"),
+            format!(
+                "{p}: sinks[4].file.path: 'e-%s.mkv' may hold one segment counter, %d or %0Nd (e.g. %05d), and no other '%'"
+            ),
+        ]
+    );
+    // Nothing was written where the recordings would go.
+    assert_eq!(std::fs::read_dir(tree.path("out")).unwrap().count(), 0);
+
+    tree.pipeline(
+        "door.yaml",
+        "name: door
+source: { test: {} }
+model: depth
+sinks:
+  - file: { path: ../out/a.mp4, segment_s: 60, max_age: 1d 12h, max_bytes: 5000000000 }
+  - file: { path: ../out/b-%03d.mkv, segment_s: 60, max_age: 600 }
+",
+    );
+    let config = tree.load().expect("valid");
+    let ages: Vec<_> = config.pipelines[0]
+        .config
+        .sinks
+        .iter()
+        .map(|sink| match sink {
+            SinkConfig::File(file) => (file.max_age.map(|a| a.as_secs()), file.max_bytes),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        ages,
+        vec![(Some(36 * 3600), Some(5_000_000_000)), (Some(600), None)]
+    );
+}
+
+#[test]
 fn queue_policy_and_depth_range_enums_decode() {
     let tree = Tree::new(DAEMON);
     tree.pipeline(
@@ -421,19 +486,33 @@ fn check_exits_2_and_prints_every_error_on_stderr() {
 #[test]
 fn check_exits_0_on_the_shipped_examples() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The example box has a USB camera at /dev/video0: without one, that is its only error.
+    let has_camera = std::fs::metadata("/dev/video0")
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()));
     for file in ["config/visiond.yaml", "config/demo.yaml"] {
+        // The passwords the example names, as /etc/visiond/env would give them.
         let output = visiond()
             .current_dir(root)
             .args(["check", "-c", file])
+            .env("FRONT_DOOR_PASSWORD", "example")
+            .env("VISIOND_RTSP_PASSWORD", "example")
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "{file}: {}{stdout}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if file == "config/visiond.yaml" && !has_camera {
+            assert_eq!(output.status.code(), Some(2), "{file}: {stderr}{stdout}");
+            let lines: Vec<&str> = stderr.lines().collect();
+            assert_eq!(lines.len(), 2, "{stderr}");
+            assert!(
+                lines[0].ends_with(
+                    "document-desk.yaml: source.v4l2.device: /dev/video0 does not exist (is the camera plugged in? `v4l2-ctl --list-devices` lists the devices)"
+                ),
+                "{stderr}"
+            );
+            continue;
+        }
+        assert_eq!(output.status.code(), Some(0), "{file}: {stderr}{stdout}");
         assert!(stdout.starts_with(&format!("{file}: OK: ")), "{stdout}");
     }
 }
@@ -718,4 +797,215 @@ fn precision_keys_take_booleans_only() {
         "{}",
         errors[0]
     );
+}
+
+/// `visiond check -c` on the tree's daemon file: exit code and stderr lines.
+fn check_lines(tree: &Tree, env: &[(&str, &str)], unset: &[&str]) -> (Option<i32>, Vec<String>) {
+    let mut command = visiond();
+    command.args(["check", "-c"]).arg(tree.path("visiond.yaml"));
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    for name in unset {
+        command.env_remove(name);
+    }
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    (
+        output.status.code(),
+        stderr.lines().map(str::to_string).collect(),
+    )
+}
+
+#[test]
+fn a_wrong_type_never_hides_a_range_error_beside_it() {
+    let tree = Tree::new(
+        "pipelines_dir: pipelines
+outputs: { retry_initial_ms: 0, retry_max_ms: soon }
+models:
+  depth: { path: model, device: gpu, batch: { max_size: four } }
+",
+    );
+    tree.pipeline(
+        "door.yaml",
+        "name: door
+source: { test: { width: wide, height: 0 }, fps: 0, reconnect: { initial_ms: 0, max_ms: 1s } }
+model: depth
+queue: { capacity: 0, when_full: sometimes }
+overlay: { alpha: 2, colormap: rainbow }
+encoder: { keyframe_interval: 0, bitrate_kbps: fast }
+sinks:
+  - udp: { host: \"\", port: none }
+  - file: { path: ../out/door.mp4, segment_s: 0, format: avi }
+  - rtsp: { mount: [door] }
+",
+    );
+    let d = tree.file("visiond.yaml");
+    let p = tree.file("pipelines/door.yaml");
+    let (code, lines) = check_lines(&tree, &[], &[]);
+    assert_eq!(code, Some(2), "{lines:#?}");
+    // Every type error and every range error of each section, in one run; nothing said about
+    // the values put in place of the unreadable ones (the port, the mount).
+    assert_eq!(
+        lines,
+        vec![
+            format!("{d}: outputs.retry_max_ms: invalid type: string \"soon\", expected u64"),
+            format!("{d}: outputs.retry_initial_ms: must be at least 1"),
+            format!(
+                "{d}: models.depth.device: unparsable device 'gpu': expected cpu, cuda, cuda:N or auto"
+            ),
+            format!(
+                "{d}: models.depth.batch.max_size: invalid type: string \"four\", expected usize"
+            ),
+            format!("{p}: source.test.width: invalid type: string \"wide\", expected u32"),
+            format!("{p}: source.reconnect.max_ms: invalid type: string \"1s\", expected u64"),
+            format!("{p}: source.test.height: must be positive"),
+            format!("{p}: source.fps: must be a positive number of frames per second"),
+            format!("{p}: source.reconnect.initial_ms: must be at least 1"),
+            format!(
+                "{p}: queue.when_full: unknown variant `sometimes`, expected one of `drop_oldest`, `drop_newest`, `block`"
+            ),
+            format!("{p}: queue.capacity: must be at least 1"),
+            format!(
+                "{p}: overlay.colormap: unknown variant `rainbow`, expected one of `turbo`, `inferno`, `magma`, `viridis`, `grayscale`"
+            ),
+            format!("{p}: overlay.alpha: must be between 0 and 1"),
+            format!("{p}: encoder.bitrate_kbps: invalid type: string \"fast\", expected u32"),
+            format!("{p}: encoder.keyframe_interval: must be at least 1 frame"),
+            format!("{p}: sinks[0].udp.port: invalid type: string \"none\", expected u16"),
+            format!("{p}: sinks[0].udp.host: must not be empty"),
+            format!("{p}: sinks[1].file.format: unknown variant `avi`, expected `mp4` or `mkv`"),
+            format!("{p}: sinks[1].file.segment_s: must be at least 1 second"),
+            format!("{p}: sinks[2].rtsp.mount: invalid type: sequence, expected a string"),
+            "20 error(s); configuration not valid".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn check_fails_on_unset_password_variables_and_missing_video_devices() {
+    let tree = Tree::new(
+        "pipelines_dir: pipelines
+rtsp: { auth: { username: viewer, password_env: VISIOND_TEST_UNSET_RTSP_PW } }
+",
+    );
+    std::fs::write(tree.path("not-a-device"), "").unwrap();
+    let metadata = "model: none\nmetadata:\n  - jsonl: { stdout: true }\n";
+    tree.pipeline(
+        "cam.yaml",
+        "name: cam
+source: { uri: rtsp://10.0.0.7/stream, credentials: { username: admin, password_env: VISIOND_TEST_UNSET_CAM_PW } }
+model: none
+sinks:
+  - rtsp: { mount: /cam }
+",
+    )
+    .pipeline(
+        "lobby.yaml",
+        "name: lobby\nsource: { uri: rtsp://10.0.0.8/stream, credentials: { username: admin, password_env: VISIOND_TEST_SET_CAM_PW } }\nmodel: none\nsinks:\n  - rtsp: { mount: /lobby }\n",
+    )
+    .pipeline(
+        "usb.yaml",
+        &format!("name: usb\nsource: {{ v4l2: {{ device: /dev/video-visiond-absent }} }}\n{metadata}"),
+    )
+    .pipeline(
+        "file.yaml",
+        &format!(
+            "name: file\nsource: {{ v4l2: {{ device: {} }} }}\n{metadata}",
+            tree.file("not-a-device")
+        ),
+    );
+    let d = tree.file("visiond.yaml");
+    let pipeline = |name: &str| tree.file(&format!("pipelines/{name}.yaml"));
+    let (code, lines) = check_lines(
+        &tree,
+        &[("VISIOND_TEST_SET_CAM_PW", "pa/ss@word")],
+        &["VISIOND_TEST_UNSET_RTSP_PW", "VISIOND_TEST_UNSET_CAM_PW"],
+    );
+    assert_eq!(code, Some(2), "{lines:#?}");
+    let unset = |variable: &str| {
+        format!(
+            "environment variable {variable} is not set (or not UTF-8); `visiond run` reads the password from it (under systemd: the unit's Environment= or EnvironmentFile=)"
+        )
+    };
+    assert_eq!(
+        lines,
+        vec![
+            format!(
+                "{d}: rtsp.auth.password_env: {}",
+                unset("VISIOND_TEST_UNSET_RTSP_PW")
+            ),
+            format!(
+                "{}: source.credentials.password_env: {}",
+                pipeline("cam"),
+                unset("VISIOND_TEST_UNSET_CAM_PW")
+            ),
+            format!(
+                "{}: source.v4l2.device: {} is not a video device (not a character device)",
+                pipeline("file"),
+                tree.file("not-a-device")
+            ),
+            format!(
+                "{}: source.v4l2.device: /dev/video-visiond-absent does not exist (is the camera plugged in? `v4l2-ctl --list-devices` lists the devices)",
+                pipeline("usb")
+            ),
+            "4 error(s); configuration not valid".to_string(),
+        ]
+    );
+    // With the variables set, the same tree is valid.
+    let (code, lines) = check_lines(
+        &tree,
+        &[
+            ("VISIOND_TEST_SET_CAM_PW", "x"),
+            ("VISIOND_TEST_UNSET_RTSP_PW", "x"),
+            ("VISIOND_TEST_UNSET_CAM_PW", "x"),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{lines:#?}");
+    assert_eq!(lines.len(), 3, "only the two devices are left: {lines:#?}");
+}
+
+#[test]
+fn check_warns_when_the_rtsp_server_is_reachable_beyond_loopback_without_auth() {
+    let warning = |address: &str, reach: &str| {
+        format!(
+            "rtsp.address: the RTSP server listens on {address} ({reach}) without authentication: anyone who can reach this machine can watch every mount; set rtsp.auth, or rtsp.address: 127.0.0.1 to keep it on this machine"
+        )
+    };
+    let cases = [
+        ("", Some(warning("0.0.0.0", "every interface"))),
+        (
+            "rtsp: { address: \"::\" }\n",
+            Some(warning("::", "every interface")),
+        ),
+        (
+            "rtsp: { address: 192.168.1.20 }\n",
+            Some(warning("192.168.1.20", "an address beyond loopback")),
+        ),
+        ("rtsp: { address: 127.0.0.1 }\n", None),
+        ("rtsp: { address: \"::1\" }\n", None),
+        (
+            "rtsp: { auth: { username: viewer, password_env: VISIOND_TEST_RTSP_PW } }\n",
+            None,
+        ),
+    ];
+    for (rtsp, expected) in cases {
+        let tree = Tree::new(&format!("pipelines_dir: pipelines\n{rtsp}"));
+        tree.pipeline(
+            "door.yaml",
+            "name: door\nsource: { test: {} }\nmodel: none\nsinks:\n  - rtsp: { mount: /door }\n",
+        );
+        let (code, lines) = check_lines(&tree, &[("VISIOND_TEST_RTSP_PW", "x")], &[]);
+        assert_eq!(code, Some(0), "{rtsp}: {lines:#?}");
+        let expected: Vec<String> = expected
+            .into_iter()
+            .map(|w| format!("warning: {}: {w}", tree.file("visiond.yaml")))
+            .collect();
+        assert_eq!(lines, expected, "{rtsp}");
+    }
+    // Without an `rtsp` sink no server starts, so there is nothing to warn about.
+    let tree = Tree::new(DAEMON);
+    tree.pipeline("door.yaml", GOOD_PIPELINE);
+    assert_eq!(check_lines(&tree, &[], &[]), (Some(0), vec![]));
 }

@@ -129,67 +129,6 @@ fn rtsp_clients_receive_the_published_stream() {
     assert!(reports[0].frames_out > 0);
 }
 
-/// A camera stand-in: gst-rtsp-server serving a live test pattern on a fixed port.
-struct Camera {
-    server: gstreamer_rtsp_server::RTSPServer,
-    context: gstreamer::glib::MainContext,
-    source: Option<gstreamer::glib::SourceId>,
-    main_loop: gstreamer::glib::MainLoop,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Camera {
-    fn start(port: u16) -> Self {
-        use gstreamer_rtsp_server::prelude::*;
-        gst::init().unwrap();
-        let server = gstreamer_rtsp_server::RTSPServer::new();
-        server.set_address("127.0.0.1");
-        server.set_service(&port.to_string());
-        let factory = gstreamer_rtsp_server::RTSPMediaFactory::new();
-        factory.set_launch(
-            "( videotestsrc is-live=true ! video/x-raw,width=128,height=96,framerate=30/1 \
-             ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 ! rtph264pay name=pay0 pt=96 )",
-        );
-        factory.set_shared(true);
-        server.mount_points().unwrap().add_factory("/cam", factory);
-        let context = gstreamer::glib::MainContext::new();
-        let source = server.attach(Some(&context)).expect("camera port free");
-        let main_loop = gstreamer::glib::MainLoop::new(Some(&context), false);
-        let thread = std::thread::spawn({
-            let main_loop = main_loop.clone();
-            let context = context.clone();
-            move || {
-                let _guard = context.acquire().unwrap();
-                main_loop.run();
-            }
-        });
-        Camera {
-            server,
-            context,
-            source: Some(source),
-            main_loop,
-            thread: Some(thread),
-        }
-    }
-
-    fn port(&self) -> u16 {
-        use gstreamer_rtsp_server::prelude::*;
-        self.server.bound_port() as u16
-    }
-
-    /// The camera "reboots": every client is cut off and the port closes.
-    fn stop(mut self) {
-        use gstreamer_rtsp_server::prelude::*;
-        let id = self.source.take().unwrap();
-        self.context.find_source_by_id(&id).unwrap().destroy();
-        self.server.client_filter(Some(&mut |_, _| {
-            gstreamer_rtsp_server::RTSPFilterResult::Remove
-        }));
-        self.main_loop.quit();
-        self.thread.take().unwrap().join().unwrap();
-    }
-}
-
 #[test]
 fn a_lost_rtsp_camera_is_reconnected_while_other_pipelines_run_on() {
     let camera = Camera::start(0);

@@ -191,7 +191,12 @@ fn segmented_recordings_split_by_duration_and_each_part_plays() {
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     assert!(parts.len() >= 3, "2.5 s in 1 s segments: {names:?}");
-    assert_eq!(names[0], "seg-00000.mkv");
+    // `seg-<start time, YYYYMMDDTHHMMSSZ>-00000.mkv`.
+    let first = &names[0];
+    assert!(
+        first.starts_with("seg-") && first.ends_with("-00000.mkv") && first.len() == 30,
+        "{names:?}"
+    );
     let total: usize = parts
         .iter()
         .map(|p| decode_h264(p, "matroskademux").frames)

@@ -57,6 +57,7 @@ fn frame(info: &gst_video::VideoInfo, buffer: gst::Buffer) -> Frame {
         pts: None,
         duration: None,
         captured: std::time::Instant::now(),
+        resumed: false,
         width: info.width(),
         height: info.height(),
         fps: info.fps(),

@@ -1,5 +1,6 @@
 //! Configuration errors: each names its file and the key path inside it.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 /// One problem found in a configuration file.
@@ -66,11 +67,50 @@ impl FileErrors<'_> {
         self.errors.is_empty()
     }
 
+    /// Records one problem. Messages may quote what was written (serde quotes a value of the
+    /// wrong type, GStreamer a fragment), and are logged on a reload: credentials are masked.
     pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError {
             file: self.file.to_string(),
             key: key.into(),
-            message: message.into(),
+            message: super::redact::text(&message.into()),
+        });
+    }
+}
+
+/// Keys whose written value could not be read (a wrong type, an unknown variant, a required
+/// key missing) and were given a stand-in so that the rest of their section could still be
+/// read and checked. Each problem is reported once, as reading found it; what later checks say
+/// about a stand-in is not about anything the user wrote, and is dropped.
+#[derive(Debug, Default)]
+pub struct Unreadable {
+    /// (file, key) of every stand-in.
+    keys: BTreeSet<(String, String)>,
+    /// Positions in the error list of the errors reading reported: kept at any key.
+    reported: BTreeSet<usize>,
+}
+
+impl Unreadable {
+    pub(super) fn stand_in(&mut self, file: &str, key: String) {
+        self.keys.insert((file.to_string(), key));
+    }
+
+    /// The error about to be pushed at position `index` is reading's own.
+    pub(super) fn reported(&mut self, index: usize) {
+        self.reported.insert(index);
+    }
+
+    /// Drops the errors later checks found at stand-ins. `errors` must be in the order found.
+    pub(super) fn drop_stand_in_errors(&self, errors: &mut Vec<ConfigError>) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let mut index = 0;
+        errors.retain(|error| {
+            let keep = self.reported.contains(&index)
+                || !self.keys.contains(&(error.file.clone(), error.key.clone()));
+            index += 1;
+            keep
         });
     }
 }

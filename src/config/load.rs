@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::daemon::*;
-use super::error::{ConfigError, FileErrors};
+use super::error::{ConfigError, FileErrors, Unreadable};
 use super::model::{ModelConfig, ModelSection};
 use super::paths;
 use super::pipeline::*;
@@ -29,6 +29,7 @@ impl Config {
     pub fn read_with(file: &Path, overlay: &Overlay) -> Reading {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
+        let mut unreadable = Unreadable::default();
         let file_name = paths::display(file);
         let daemon = read_daemon(
             file,
@@ -36,6 +37,7 @@ impl Config {
                 file: &file_name,
                 errors: &mut errors,
             },
+            &mut unreadable,
         );
         let mut pipelines = Vec::new();
         if let Some(daemon) = &daemon {
@@ -57,9 +59,10 @@ impl Config {
                     Some(Some(text)) => Some(text.clone()),
                     _ => read_text(&pipeline_file, &mut file_errors),
                 };
-                if let Some(config) =
-                    text.and_then(|text| read_pipeline(&pipeline_file, &text, &mut file_errors))
-                {
+                let config = text.and_then(|text| {
+                    read_pipeline(&pipeline_file, &text, &mut file_errors, &mut unreadable)
+                });
+                if let Some(config) = config {
                     pipelines.push(PipelineFile {
                         file: pipeline_file,
                         config,
@@ -80,6 +83,7 @@ impl Config {
             config,
             errors,
             warnings,
+            unreadable,
         }
     }
 }
@@ -110,11 +114,15 @@ fn read_text(file: &Path, errors: &mut FileErrors<'_>) -> Option<String> {
 /// Reads the daemon file. `None` only when it cannot be read or parsed at all, or names no
 /// pipelines directory; an invalid section is reported and replaced by its default so that the
 /// pipeline files are still read and checked in the same run.
-fn read_daemon(file: &Path, errors: &mut FileErrors<'_>) -> Option<DaemonConfig> {
+fn read_daemon(
+    file: &Path,
+    errors: &mut FileErrors<'_>,
+    unreadable: &mut Unreadable,
+) -> Option<DaemonConfig> {
     let text = read_text(file, errors)?;
     let mapping = parse_mapping(&text, errors)?;
     let base = paths::parent_dir(file);
-    let mut sections = Sections::new(mapping, errors);
+    let mut sections = Sections::new(mapping, errors, unreadable);
     let http = sections.optional::<HttpConfig>("http");
     let log = sections.optional::<LogConfig>("log");
     let rtsp = sections.optional::<RtspServerConfig>("rtsp");
@@ -153,13 +161,12 @@ fn read_models(
     let mut models = BTreeMap::new();
     for (name, value) in raw {
         let key = format!("models.{name}");
-        let errors = sections.errors();
-        let Some(mut section) = super::reader::decode::<ModelSection>(&key, value, errors) else {
+        let Some(mut section) = sections.decode::<ModelSection>(&key, value) else {
             continue;
         };
         section.path = section.path.map(|path| paths::resolve(base, &path));
         section.labels = section.labels.map(|path| paths::resolve(base, &path));
-        if let Some(model) = section.parse(&key, errors) {
+        if let Some(model) = section.parse(&key, sections.errors()) {
             models.insert(name, model);
         }
     }
@@ -205,10 +212,11 @@ pub fn read_pipeline(
     file: &Path,
     text: &str,
     errors: &mut FileErrors<'_>,
+    unreadable: &mut Unreadable,
 ) -> Option<PipelineConfig> {
     let mapping = parse_mapping(text, errors)?;
     let base = paths::parent_dir(file);
-    let mut sections = Sections::new(mapping, errors);
+    let mut sections = Sections::new(mapping, errors, unreadable);
     let name = sections.required::<String>("name");
     let source = sections
         .required::<SourceSection>("source")

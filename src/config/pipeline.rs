@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -351,6 +352,77 @@ pub struct FileSink {
     /// Start a new file every this many seconds (splitmuxsink); `path` may hold `%05d`.
     #[serde(default)]
     pub segment_s: Option<u64>,
+    /// Segments that started longer ago than this are deleted: seconds, or `"7d"`, `"12h"`.
+    #[serde(default, deserialize_with = "age")]
+    pub max_age: Option<Duration>,
+    /// Segments beyond this many bytes in all are deleted, oldest first.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+}
+
+/// A segment file name around its counter: `door-%05d.mp4` is `door-`, 5 digits, `.mp4`. A
+/// name without a counter gets one before its extension (`door.mp4` as `door-%05d.mp4`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentCounter {
+    pub before: String,
+    pub width: usize,
+    pub after: String,
+}
+
+/// The counter of a segmented recording's file name; `None` when the name holds a '%' that is
+/// not one `%d` or `%0Nd`.
+pub fn segment_counter(file_name: &str) -> Option<SegmentCounter> {
+    let Some(start) = file_name.find('%') else {
+        let (stem, extension) = match file_name.rfind('.') {
+            Some(dot) if dot > 0 => file_name.split_at(dot),
+            _ => (file_name, ""),
+        };
+        return Some(SegmentCounter {
+            before: format!("{stem}-"),
+            width: 5,
+            after: extension.to_string(),
+        });
+    };
+    let end = start + file_name[start..].find('d')?;
+    let digits = &file_name[start + 1..end];
+    let after = &file_name[end + 1..];
+    if !digits.chars().all(|c| c.is_ascii_digit()) || after.contains('%') {
+        return None;
+    }
+    Some(SegmentCounter {
+        before: file_name[..start].to_string(),
+        width: digits.parse().unwrap_or(0),
+        after: after.to_string(),
+    })
+}
+
+/// An age as seconds (`604800`) or as a number with units (`"7d"`, `"12h"`, `"1d 12h"`).
+fn age<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    let value = serde_yaml::Value::deserialize(deserializer)?;
+    let parsed = match &value {
+        serde_yaml::Value::Null => return Ok(None),
+        serde_yaml::Value::Number(number) => number.as_u64().map(Duration::from_secs),
+        serde_yaml::Value::String(text) => text
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .ok()
+            .or_else(|| humantime::parse_duration(text.trim()).ok()),
+        _ => None,
+    };
+    parsed.map(Some).ok_or_else(|| {
+        let text = match &value {
+            serde_yaml::Value::String(text) => text.clone(),
+            other => serde_yaml::to_string(other)
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        };
+        serde::de::Error::custom(format!(
+            "'{}' is not an age: give seconds, or a number and a unit such as \"7d\", \"12h\" or \"30m\"",
+            super::error::shown(&text)
+        ))
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -38,6 +38,13 @@ pub fn check(config: &Config, errors: &mut Vec<ConfigError>, warnings: &mut Vec<
         );
         seen.record(&pipeline.config, &file, &config.daemon, &mut file_errors);
     }
+    if let Some(warning) = rtsp_exposure(config) {
+        warnings.push(ConfigError {
+            file: daemon_file.clone(),
+            key: "rtsp.address".into(),
+            message: warning,
+        });
+    }
     for name in config.daemon.models.keys() {
         let used = config
             .pipelines
@@ -131,11 +138,40 @@ fn check_http(http: &HttpConfig, errors: &mut FileErrors<'_>) {
     }
 }
 
-fn check_env_name(key: &str, name: &str, errors: &mut FileErrors<'_>) {
-    let valid = !name.is_empty()
+/// Why an RTSP server that anyone on the network can watch is probably not what was meant:
+/// it serves every mount without authentication beyond loopback (`rtsp.address` defaults to
+/// every interface). Only when a pipeline publishes over RTSP: otherwise no server starts.
+fn rtsp_exposure(config: &Config) -> Option<String> {
+    let rtsp = &config.daemon.rtsp;
+    let publishes = config.pipelines.iter().any(|p| {
+        p.config
+            .sinks
+            .iter()
+            .any(|s| matches!(s, SinkConfig::Rtsp(_)))
+    });
+    if !publishes || rtsp.auth.is_some() || rtsp.address.is_loopback() {
+        return None;
+    }
+    let reach = if rtsp.address.is_unspecified() {
+        "every interface"
+    } else {
+        "an address beyond loopback"
+    };
+    Some(format!(
+        "the RTSP server listens on {} ({reach}) without authentication: anyone who can reach this machine can watch every mount; set rtsp.auth, or rtsp.address: 127.0.0.1 to keep it on this machine",
+        rtsp.address
+    ))
+}
+
+/// Whether `name` can be an environment variable's name (what `password_env` keys hold).
+pub fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
         && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !valid {
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn check_env_name(key: &str, name: &str, errors: &mut FileErrors<'_>) {
+    if !is_env_name(name) {
         errors.push(key, format!("'{name}' is not an environment variable name"));
     }
 }
@@ -321,6 +357,7 @@ fn check_sink(key: &str, sink: &SinkConfig, pipeline: &PipelineConfig, errors: &
             if file.segment_s == Some(0) {
                 errors.push(format!("{key}.segment_s"), "must be at least 1 second");
             }
+            check_retention(key, file, errors);
         }
         SinkConfig::Udp(udp) => {
             if udp.host.trim().is_empty() {
@@ -347,6 +384,46 @@ fn check_sink(key: &str, sink: &SinkConfig, pipeline: &PipelineConfig, errors: &
                 errors.push(key, "needs a depth model (the pipeline's model is 'none')");
             }
         }
+    }
+}
+
+/// A recording's retention (`max_age`, `max_bytes`) deletes old segments, so it needs
+/// segments; a segmented recording's file name may hold one counter, which splitmuxsink and
+/// the segment names fill in.
+fn check_retention(key: &str, file: &FileSink, errors: &mut FileErrors) {
+    if file.max_age.is_some_and(|age| age.is_zero()) {
+        errors.push(format!("{key}.max_age"), "must be more than 0");
+    }
+    if file.max_bytes == Some(0) {
+        errors.push(format!("{key}.max_bytes"), "must be at least 1");
+    }
+    if file.segment_s.is_none() {
+        for (name, set) in [
+            ("max_age", file.max_age.is_some()),
+            ("max_bytes", file.max_bytes.is_some()),
+        ] {
+            if set {
+                errors.push(
+                    format!("{key}.{name}"),
+                    "deletes old segments, so it needs `segment_s` (a recording without segments is one file, which is never deleted)",
+                );
+            }
+        }
+        return;
+    }
+    let name = file
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if segment_counter(&name).is_none() {
+        errors.push(
+            format!("{key}.path"),
+            format!(
+                "'{}' may hold one segment counter, %d or %0Nd (e.g. %05d), and no other '%'",
+                super::limits::shown(&name)
+            ),
+        );
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::error::FileErrors;
+use super::redact;
 
 /// Where a pipeline's frames come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,28 +93,13 @@ impl SourceConfig {
 impl fmt::Display for SourceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            SourceKind::Uri(uri) => f.write_str(&redact_uri(uri)),
+            SourceKind::Uri(uri) => f.write_str(&redact::uri(uri)),
             SourceKind::V4l2(v4l2) => write!(f, "v4l2 {}", v4l2.device.display()),
             SourceKind::Test(test) => {
                 write!(f, "test {}x{}@{}", test.width, test.height, test.fps)
             }
-            SourceKind::Launch(launch) => write!(f, "launch '{launch}'"),
+            SourceKind::Launch(launch) => write!(f, "launch '{}'", redact::text(launch)),
         }
-    }
-}
-
-/// The URI with any password replaced, so credentials never reach a log or a message.
-pub fn redact_uri(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else {
-        return uri.to_string();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        None => uri.to_string(),
     }
 }
 
@@ -471,15 +457,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn credentials_never_survive_redaction() {
+    fn a_source_is_shown_without_its_credentials() {
+        let shown = |kind| {
+            SourceConfig {
+                kind,
+                ..SourceConfig::placeholder()
+            }
+            .to_string()
+        };
         assert_eq!(
-            redact_uri("rtsp://admin:s3cret@cam.local:554/stream"),
-            "rtsp://admin:***@cam.local:554/stream"
+            shown(SourceKind::Uri(
+                "rtsp://admin:pa/ss@wd@cam.local:554/s".into()
+            )),
+            "rtsp://admin:***@cam.local:554/s"
         );
         assert_eq!(
-            redact_uri("rtsp://cam.local/stream"),
-            "rtsp://cam.local/stream"
+            shown(SourceKind::Launch(
+                "rtspsrc location=rtsp://cam/s user-id=admin user-pw=pa/ss@wd ! decodebin".into()
+            )),
+            "launch 'rtspsrc location=rtsp://cam/s user-id=admin user-pw=*** ! decodebin'"
         );
-        assert_eq!(redact_uri("rtsp://a:b@c@host/x"), "rtsp://a:***@host/x");
     }
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use super::daemon::{DAEMON_KEYS, DaemonConfig};
-use super::error::{ConfigError, ConfigErrors, sort_for_reading};
+use super::error::{ConfigError, ConfigErrors, Unreadable, sort_for_reading};
 use super::paths;
 use super::pipeline::{PIPELINE_KEYS, PipelineConfig};
 
@@ -33,12 +33,15 @@ pub struct Reading {
     pub config: Option<Config>,
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<ConfigError>,
+    /// Keys read with a stand-in in place of what was written (already reported).
+    pub(super) unreadable: Unreadable,
 }
 
 impl Reading {
     /// The configuration when nothing is wrong, else every error in reading order.
     pub fn finish(self) -> Result<Config, ConfigErrors> {
         let mut errors = self.errors;
+        self.unreadable.drop_stand_in_errors(&mut errors);
         match self.config {
             Some(config) if errors.is_empty() => Ok(Config {
                 warnings: self.warnings,

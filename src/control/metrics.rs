@@ -7,7 +7,7 @@
 //! `visiond_snapshots_refused_total`, `visiond_source_outages_total`,
 //! `visiond_reconnect_attempts_total` (and its earlier name `visiond_reconnects_total`),
 //! `visiond_output_up` (+ `output`), `visiond_output_failures_total` (+ `reason`),
-//! `visiond_output_restarts_total` and the histogram
+//! `visiond_output_restarts_total`, `visiond_recording_segments_deleted_total` and the histogram
 //! `visiond_frame_latency_seconds`. Per inference worker (label `model`):
 //! `visiond_inference_batches_total`, `visiond_inference_frames_total`,
 //! `visiond_inference_failed_frames_total`, `visiond_batch_size_max` and the histogram
@@ -225,6 +225,18 @@ pub fn render(view: &EngineView) -> String {
             "visiond_output_restarts_total",
             &[("pipeline", &p.name)],
             p.stats.output_restarts(),
+        );
+    }
+    out.family(
+        "visiond_recording_segments_deleted_total",
+        "counter",
+        "Recording segments deleted by their retention (max_age, max_bytes).",
+    );
+    for p in pipelines {
+        out.sample(
+            "visiond_recording_segments_deleted_total",
+            &[("pipeline", &p.name)],
+            p.stats.segments_deleted(),
         );
     }
     out.family(

@@ -20,6 +20,10 @@ pub struct Frame {
     pub duration: Option<gst::ClockTime>,
     /// When the appsink handed the frame over: latency is measured from here.
     pub captured: Instant,
+    /// The first frame after the source was lost and came back (a reconnect): the stream has
+    /// a hole before it as long as the outage, which its timestamp keeps (see
+    /// [`PtsContinuity`]). Recordings start a new segment here.
+    pub resumed: bool,
     pub width: u32,
     pub height: u32,
     /// The source's frame rate (0/1 when variable): encoders and muxers need it to give the
@@ -150,40 +154,71 @@ impl Processed {
     }
 }
 
-/// Keeps a pipeline's timestamps increasing for its whole life. A rebuilt source (reconnect)
-/// or a rewound one (`loop`) starts its running time again at 0; frames after such a restart
-/// continue one frame after the last timestamp instead, so recordings, encoders and metadata
-/// readers see one continuous stream.
+/// Keeps a pipeline's timestamps increasing for its whole life, on the wall clock's pace.
+///
+/// Every source session (a reconnect) starts its running time again at 0. Its first frame is
+/// placed after the previous session's last one by the time that really passed between them
+/// (measured on the monotonic clock), so an outage stays in the timestamps as a hole of its
+/// length: a recording's time keeps mapping to the wall clock. Within a session a source that
+/// rewinds (`loop`) starts its running time again too; such frames continue one frame after
+/// the last timestamp, so encoders, recordings and metadata readers see one stream whose
+/// timestamps only increase, never twice the same.
 #[derive(Debug, Default)]
 pub struct PtsContinuity {
     offset: gst::ClockTime,
-    last: Option<gst::ClockTime>,
+    /// The last timestamp given, and when.
+    last: Option<(gst::ClockTime, Instant)>,
+    /// A new session began and has not delivered its first frame yet.
+    session_began: bool,
+}
+
+/// A frame's place in its pipeline's timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub pts: gst::ClockTime,
+    /// The first frame after an outage (see [`Frame::resumed`]).
+    pub resumed: bool,
 }
 
 impl PtsContinuity {
+    /// A new source session begins: its running time starts again from 0.
+    pub fn begin_session(&mut self) {
+        self.session_began = true;
+    }
+
+    /// The timestamp of a frame at running time `pts`, handed over at `now`.
     pub fn next(
         &mut self,
         pts: gst::ClockTime,
         duration: Option<gst::ClockTime>,
-    ) -> gst::ClockTime {
+        now: Instant,
+    ) -> Stamp {
+        let step = duration
+            .filter(|d| !d.is_zero())
+            .unwrap_or(gst::ClockTime::from_mseconds(1));
+        let resumed = std::mem::take(&mut self.session_began) && self.last.is_some();
         let mut out = pts + self.offset;
-        if let Some(last) = self.last
-            && out <= last
-        {
-            let step = duration
-                .filter(|d| !d.is_zero())
-                .unwrap_or(gst::ClockTime::from_mseconds(1));
-            self.offset = last + step - pts;
-            out = last + step;
+        if let Some((last, at)) = self.last {
+            if resumed {
+                let passed = gst::ClockTime::from_nseconds(
+                    u64::try_from(now.saturating_duration_since(at).as_nanos()).unwrap_or(u64::MAX),
+                );
+                let target = last + passed.max(step);
+                self.offset = target.saturating_sub(pts);
+                out = pts + self.offset;
+            } else if out <= last {
+                self.offset = last + step - pts;
+                out = last + step;
+            }
         }
-        self.last = Some(out);
-        out
+        self.last = Some((out, now));
+        Stamp { pts: out, resumed }
     }
 }
 
 /// Gives one pipeline's frames their identity for the pipeline's whole life, across every
 /// source session (reconnects, loops): its index, a sequence number counting from 0, and
-/// timestamps that keep increasing.
+/// timestamps that keep increasing on the wall clock's pace.
 #[derive(Debug)]
 pub struct FrameIdentity {
     pipeline: usize,
@@ -208,11 +243,22 @@ impl FrameIdentity {
         self.next_seq.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The timestamp of a frame at `running` time, continuing after the previous session's.
-    pub fn pts(&self, running: gst::ClockTime, duration: Option<gst::ClockTime>) -> gst::ClockTime {
+    /// Called by the supervisor before each source session: the first frame of a session
+    /// after an earlier one is placed by the time that passed (see [`PtsContinuity`]).
+    pub fn begin_session(&self) {
+        if let Ok(mut continuity) = self.continuity.lock() {
+            continuity.begin_session();
+        }
+    }
+
+    /// The timestamp of a frame at `running` time, handed over now.
+    pub fn stamp(&self, running: gst::ClockTime, duration: Option<gst::ClockTime>) -> Stamp {
         match self.continuity.lock() {
-            Ok(mut continuity) => continuity.next(running, duration),
-            Err(_) => running,
+            Ok(mut continuity) => continuity.next(running, duration, Instant::now()),
+            Err(_) => Stamp {
+                pts: running,
+                resumed: false,
+            },
         }
     }
 }
@@ -220,14 +266,16 @@ impl FrameIdentity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
-    fn restarts_continue_after_the_last_timestamp() {
+    fn rewinds_continue_one_frame_after_the_last_timestamp() {
         let ms = gst::ClockTime::from_mseconds;
+        let now = Instant::now();
         let mut pts = PtsContinuity::default();
         let got: Vec<u64> = [0, 40, 80, 0, 40, 20]
             .into_iter()
-            .map(|t| pts.next(ms(t), Some(ms(40))).mseconds())
+            .map(|t| pts.next(ms(t), Some(ms(40)), now).pts.mseconds())
             .collect();
         assert_eq!(got, vec![0, 40, 80, 120, 160, 200]);
     }
@@ -257,5 +305,29 @@ mod tests {
                 0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13, 16, 17, 18, 19, 20, 21
             ]
         );
+    }
+
+    #[test]
+    fn a_new_session_resumes_after_the_time_that_passed() {
+        let ms = gst::ClockTime::from_mseconds;
+        let start = Instant::now();
+        let at = |t: u64| start + Duration::from_millis(t);
+        let mut pts = PtsContinuity::default();
+        let frame = |pts: &mut PtsContinuity, running: u64, now: u64| {
+            let stamp = pts.next(ms(running), Some(ms(40)), at(now));
+            (stamp.pts.mseconds(), stamp.resumed)
+        };
+        // The first session: nothing resumes, even though one began.
+        pts.begin_session();
+        assert_eq!(frame(&mut pts, 0, 0), (0, false));
+        assert_eq!(frame(&mut pts, 40, 40), (40, false));
+        // The camera is lost after 40 ms of running time and is back 5 s later; its new
+        // session starts at running time 300 ms.
+        pts.begin_session();
+        assert_eq!(frame(&mut pts, 300, 5_040), (5_040, true));
+        assert_eq!(frame(&mut pts, 340, 5_080), (5_080, false));
+        // A session that reconnects at once is still after the last frame, by a frame.
+        pts.begin_session();
+        assert_eq!(frame(&mut pts, 0, 5_080), (5_120, true));
     }
 }

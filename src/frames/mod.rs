@@ -10,7 +10,7 @@ mod results;
 
 pub use frame::{
     Downloaded, Frame, FrameIdentity, FrameTooSmall, PendingResult, Processed, PtsContinuity,
-    RgbImage, pack_rgb_rows,
+    RgbImage, Stamp, pack_rgb_rows,
 };
 pub use hop::{DropCounter, GiveUp, HopReceiver, HopSender, SendOutcome, hop};
 pub use pixels::{

@@ -5,6 +5,8 @@ use std::fmt;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
+use crate::config::redact;
+
 /// Why something on the GStreamer side failed, with the pipeline, element and file involved.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MediaError {
@@ -90,14 +92,17 @@ impl fmt::Display for BusError {
 impl std::error::Error for BusError {}
 
 impl BusError {
+    /// The error as people may read it: elements echo their properties and URIs (souphttpsrc's
+    /// debug string carries its whole `location`), so credentials are masked here, before the
+    /// error reaches a log line, a pipeline's `last_error` or the summary.
     pub fn from_message(error: &gst::message::Error) -> Self {
         Self {
             element: error
                 .src()
                 .map(|s| s.path_string().to_string())
                 .unwrap_or_else(|| "unknown element".into()),
-            message: error.error().to_string(),
-            debug: error.debug().map(|d| d.to_string()),
+            message: redact::text(&error.error().to_string()),
+            debug: error.debug().map(|d| redact::text(&d)),
         }
     }
 }

@@ -9,6 +9,8 @@ use std::sync::{Mutex, Once};
 
 use gstreamer::glib;
 
+use crate::config::redact;
+
 /// Occurrences of one message logged in full before only its counts are.
 pub const LOGGED_IN_FULL: u64 = 5;
 /// Distinct messages remembered; past that, new ones share one counter.
@@ -60,6 +62,8 @@ pub fn install() {
     INSTALLED.call_once(|| {
         glib::log_set_default_handler(|domain, level, message| {
             let domain = domain.unwrap_or("GLib");
+            // Plugins' warnings quote URIs and properties as they were set.
+            let message = redact::text(message);
             let key = format!("{domain}: {message}");
             let occurrence = CAP
                 .lock()

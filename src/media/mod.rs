@@ -9,6 +9,7 @@ pub mod output;
 pub mod recorder;
 pub mod registry;
 pub mod rtsp_server;
+pub mod segments;
 pub mod snapshot;
 pub mod source;
 pub mod still;

@@ -2,18 +2,19 @@
 //! and, for `depth16` sinks, a second appsrc of 16-bit depth → FFV1 → Matroska.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
-use super::recorder::{self, Recorder, RecorderInlet};
+use super::recorder::{self, Recorder, RecorderInlet, Timeline};
 use super::rtsp_server::{RtspFeed, RtspMounts};
 use super::snapshot::LatestFrame;
 use super::{MediaError, bus, quote, registry};
 use crate::config::{EncoderConfig, FileSink, PipelineConfig, SinkConfig, WhenFull};
-use crate::frames::{DropCounter, Pixels, Processed};
+use crate::frames::{DropCounter, Frame, Pixels, Processed};
 
 const APPSRC: &str = "visiond_appsrc";
 const OUT_SIZE: &str = "visiond_outsize";
@@ -81,6 +82,8 @@ pub struct VideoOutput {
     feeds: Vec<RtspFeed>,
     /// One per `file` sink, in sink order: each recording lives and fails on its own.
     recordings: Vec<Recording>,
+    /// Where the frames are on the wall clock, for the recordings.
+    timeline: Timeline,
     pipeline_name: String,
     /// Finite sources: recordings wait for room rather than drop a frame.
     block: bool,
@@ -349,13 +352,15 @@ impl VideoOutput {
             }),
         };
         let feeds = connect_rtsp(settings, rtsp, &pipeline)?;
-        let recordings = connect_recordings(settings, &pipeline)?;
+        let timeline = Timeline::default();
+        let recordings = connect_recordings(settings, &pipeline, &timeline)?;
         Ok(Some(Self {
             pipeline,
             video,
             depth,
             feeds,
             recordings,
+            timeline,
             pipeline_name: settings.pipeline.clone(),
             block: policy == WhenFull::Block,
         }))
@@ -374,8 +379,13 @@ impl VideoOutput {
             .unwrap_or_default()
     }
 
-    /// Starts (or restarts) recording `index`; it is up until it fails.
-    pub fn start_recording(&mut self, index: usize) -> Result<(), MediaError> {
+    /// Starts (or restarts) recording `index`; it is up until it fails. Segments its
+    /// retention deletes are counted in `deleted`.
+    pub fn start_recording(
+        &mut self,
+        index: usize,
+        deleted: &Arc<AtomicU64>,
+    ) -> Result<(), MediaError> {
         let Some(recording) = self.recordings.get_mut(index) else {
             return Ok(());
         };
@@ -387,6 +397,7 @@ impl VideoOutput {
             &recording.sink,
             &recording.inlet,
             self.block,
+            deleted.clone(),
         )?);
         Ok(())
     }
@@ -424,6 +435,7 @@ impl VideoOutput {
             pipeline: &self.pipeline,
             give_up,
         };
+        self.mark_for_recordings(&processed.frame);
         if let Some(video) = &mut self.video
             && !video.push(processed, &gate)?
         {
@@ -500,10 +512,36 @@ impl VideoOutput {
     }
 }
 
-/// Connects each `file` sink's appsink to the inlet its recordings are fed through.
+impl VideoOutput {
+    /// Notes where `frame` is on the wall clock for the recordings. Where the source came back
+    /// after an outage, asks the encoder for a keyframe on this very frame, so that a
+    /// segmented recording starts its new segment exactly there.
+    fn mark_for_recordings(&self, frame: &Frame) {
+        if self.recordings.is_empty() {
+            return;
+        }
+        self.timeline.note(frame);
+        if !frame.resumed {
+            return;
+        }
+        if let (Some(pts), Some(encoder)) = (frame.pts, self.pipeline.by_name(ENCODER)) {
+            // The appsrc's segment starts at 0, so running time is the timestamp. The event
+            // is taken before this frame is pushed, so it reaches the encoder first.
+            let event = gst_video::UpstreamForceKeyUnitEvent::builder()
+                .running_time(pts)
+                .all_headers(true)
+                .build();
+            encoder.send_event(event);
+        }
+    }
+}
+
+/// Connects each `file` sink's appsink to the inlet its recordings are fed through; they
+/// read the output's `timeline`.
 fn connect_recordings(
     settings: &OutputSettings,
     pipeline: &gst::Pipeline,
+    timeline: &Timeline,
 ) -> Result<Vec<Recording>, MediaError> {
     let mut recordings = Vec::new();
     for (index, sink) in settings.sinks.iter().enumerate() {
@@ -515,7 +553,7 @@ fn connect_recordings(
             &format!("{RECORDING}{index}"),
             &settings.what(),
         )?;
-        let inlet = RecorderInlet::default();
+        let inlet = RecorderInlet::new(timeline.clone());
         let feed = inlet.clone();
         appsink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
@@ -802,6 +840,7 @@ mod tests {
             fps,
             layout,
             pixels: Pixels::Host(gst::Buffer::with_size(size).unwrap()),
+            resumed: false,
         })
     }
 

@@ -6,18 +6,27 @@
 //! mp4 is written fragmented (a `moof` fragment per second after a header written first), so
 //! a recording cut at any moment (SIGKILL, power loss, a full disk) plays up to its last
 //! complete fragment; Matroska is readable up to its last cluster by construction.
+//!
+//! A recording's time maps to the wall clock: the frames' timestamps keep an outage as a gap
+//! of its length (`frames::PtsContinuity`), each file starts at 0 with decoding timestamps
+//! that only increase, and a segmented recording names each segment by its first frame's
+//! wall-clock time ([`Timeline`], [`super::segments`]) and starts a new one where the camera
+//! came back after an outage.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
+use super::segments::{Retention, SegmentNames};
 use super::{MediaError, bus, quote, registry};
 use crate::config::{Container, FileSink};
+use crate::frames::Frame;
 
 /// Length of an mp4 fragment: at most this much of a cut recording is lost (plus what the
 /// file system had not written yet).
@@ -69,51 +78,6 @@ fn muxer(container: Container) -> String {
         Container::Mp4 => format!("mp4mux fragment-duration={FRAGMENT_MS}"),
         Container::Mkv => "matroskamux".to_string(),
     }
-}
-
-/// splitmuxsink needs a printf pattern for the segment number.
-pub fn segment_pattern(path: &Path) -> String {
-    let text = path.display().to_string();
-    if text.contains('%') {
-        return text;
-    }
-    match (path.file_stem(), path.extension()) {
-        (Some(stem), Some(ext)) => path
-            .with_file_name(format!(
-                "{}-%05d.{}",
-                stem.to_string_lossy(),
-                ext.to_string_lossy()
-            ))
-            .display()
-            .to_string(),
-        _ => format!("{text}-%05d"),
-    }
-}
-
-/// The name of segment `index` of `pattern` (a plain `%d` / `%0Nd`), or `None` for patterns
-/// of another shape.
-fn segment_name(pattern: &str, index: u32) -> Option<String> {
-    let start = pattern.find('%')?;
-    let end = pattern[start..].find('d').map(|d| start + d)?;
-    let digits = &pattern[start + 1..end];
-    if !digits.chars().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    let width: usize = digits.trim_start_matches('0').parse().unwrap_or(0);
-    Some(format!(
-        "{}{index:0width$}{}",
-        &pattern[..start],
-        &pattern[end + 1..]
-    ))
-}
-
-/// The first segment number whose file does not exist yet, so a restarted pipeline (or
-/// daemon) continues the numbering instead of overwriting earlier segments. Patterns other
-/// than a plain `%d` / `%0Nd` start at 0.
-pub fn next_segment_index(pattern: &str) -> u32 {
-    (0..u32::MAX)
-        .find(|&i| segment_name(pattern, i).is_none_or(|name| !Path::new(&name).exists()))
-        .unwrap_or(0)
 }
 
 /// The place an earlier recording at `path` is moved to: `<stem>.<unix seconds>.<ext>`, with
@@ -175,10 +139,74 @@ pub fn remove_if_empty(pipeline: &str, path: &Path, frames: u64) {
     }
 }
 
+/// Where a pipeline's stream is on the wall clock, as its output saw the frames go by: what
+/// a recording needs to name a segment by the time its first frame was taken, and to start a
+/// new segment where the source came back after an outage. Shared by the output (which notes
+/// every frame) and its recordings (which read it from the encoded stream's threads).
+#[derive(Clone, Default)]
+pub struct Timeline(Arc<Mutex<TimelineState>>);
+
+#[derive(Default)]
+struct TimelineState {
+    /// The latest frame's timestamp and the wall-clock time it was taken.
+    anchor: Option<(gst::ClockTime, SystemTime)>,
+    /// Timestamps of the first frames after outages, the latest last.
+    resumes: VecDeque<gst::ClockTime>,
+}
+
+/// Outages remembered: far more than can happen while a frame crosses the encoder.
+const RESUMES_KEPT: usize = 16;
+
+impl Timeline {
+    /// Notes a frame on its way to the encoder.
+    pub fn note(&self, frame: &Frame) {
+        let Some(pts) = frame.pts else {
+            return;
+        };
+        let taken = SystemTime::now()
+            .checked_sub(frame.captured.elapsed())
+            .unwrap_or_else(SystemTime::now);
+        if let Ok(mut state) = self.0.lock() {
+            state.anchor = Some((pts, taken));
+            if frame.resumed {
+                if state.resumes.len() == RESUMES_KEPT {
+                    state.resumes.pop_front();
+                }
+                state.resumes.push_back(pts);
+            }
+        }
+    }
+
+    /// The wall-clock time of the frame at `pts`. Timestamps advance with the monotonic clock,
+    /// outages included, so the latest frame's time tells any other frame's; going from the
+    /// latest also follows the wall clock when it is set (NTP after a boot).
+    pub fn wall_time(&self, pts: gst::ClockTime) -> Option<SystemTime> {
+        let (anchor, taken) = self.0.lock().ok()?.anchor?;
+        if pts >= anchor {
+            taken.checked_add(Duration::from_nanos((pts - anchor).nseconds()))
+        } else {
+            taken.checked_sub(Duration::from_nanos((anchor - pts).nseconds()))
+        }
+    }
+
+    /// Whether the source came back from an outage after `after` and at or before `upto`.
+    fn resumed_between(&self, after: Option<gst::ClockTime>, upto: gst::ClockTime) -> bool {
+        self.0.lock().is_ok_and(|state| {
+            state
+                .resumes
+                .iter()
+                .any(|&at| at <= upto && after.is_none_or(|after| at > after))
+        })
+    }
+}
+
 /// What the output's appsink hands each encoded frame to: the running recording's appsrc, or
 /// nothing while the recording is down.
 #[derive(Clone, Default)]
-pub struct RecorderInlet(Arc<Mutex<Option<Feed>>>);
+pub struct RecorderInlet {
+    feed: Arc<Mutex<Option<Feed>>>,
+    timeline: Timeline,
+}
 
 struct Feed {
     appsrc: gst_app::AppSrc,
@@ -190,14 +218,37 @@ struct Feed {
     block: bool,
     /// A recording starts at a keyframe, so its first frame decodes.
     started: bool,
-    /// Subtracted from every timestamp: each file starts at 0.
-    base: Option<gst::ClockTime>,
+    /// The file's timestamps.
+    clock: FileClock,
+    /// The output's running time (the frames' timestamps, see [`Timeline`]) at the
+    /// recording's 0. Shared with the segment namer: an encoder's timestamps are its own
+    /// (x264enc adds 1000 hours), running time is the same everywhere.
+    origin: Arc<Mutex<Option<gst::ClockTime>>>,
+    /// The splitmuxsink of a segmented recording: a new segment starts where the source came
+    /// back after an outage.
+    splitmux: Option<gst::Element>,
+    /// The running time of the last frame passed on.
+    last_running: Option<gst::ClockTime>,
+    /// The source came back after an outage; the segment starts at the next keyframe.
+    split_due: bool,
 }
 
+/// The least a decoding timestamp moves on when the encoder gave one that does not: more than
+/// any muxer's time unit rounds away (Matroska counts milliseconds).
+const DTS_STEP: gst::ClockTime = gst::ClockTime::from_mseconds(1);
+
 impl RecorderInlet {
+    /// An inlet whose recordings read `timeline`.
+    pub fn new(timeline: Timeline) -> Self {
+        Self {
+            feed: Arc::default(),
+            timeline,
+        }
+    }
+
     /// Passes one encoded frame on; while the recording is down it is not recorded.
     pub fn push(&self, sample: &gst::Sample) {
-        let Ok(mut feed) = self.0.lock() else {
+        let Ok(mut feed) = self.feed.lock() else {
             return;
         };
         let Some(current) = feed.as_mut() else {
@@ -206,24 +257,13 @@ impl RecorderInlet {
         let Some(buffer) = sample.buffer() else {
             return;
         };
+        let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
         if !current.started {
-            if buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+            if !keyframe {
                 return;
             }
             current.started = true;
             current.appsrc.set_caps(sample.caps_owned().as_ref());
-        }
-        let base = *current.base.get_or_insert(
-            buffer
-                .dts()
-                .or(buffer.pts())
-                .unwrap_or(gst::ClockTime::ZERO),
-        );
-        let mut buffer = buffer.copy();
-        {
-            let buffer = buffer.make_mut();
-            buffer.set_pts(buffer.pts().map(|t| t.saturating_sub(base)));
-            buffer.set_dts(buffer.dts().map(|t| t.saturating_sub(base)));
         }
         loop {
             if current.failed.load(Ordering::Relaxed) {
@@ -239,7 +279,20 @@ impl RecorderInlet {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        match current.appsrc.push_buffer(buffer) {
+        let retimed = current.clock.retime(buffer);
+        if let (Some(pts), Some(base)) = (buffer.pts(), current.clock.base) {
+            let running = sample
+                .segment()
+                .and_then(|s| s.downcast_ref::<gst::ClockTime>())
+                .and_then(|s| s.to_running_time(pts))
+                .unwrap_or(pts);
+            let in_recording = pts.saturating_sub(base);
+            if let Ok(mut origin) = current.origin.lock() {
+                origin.get_or_insert(running.saturating_sub(in_recording));
+            }
+            current.split_at_resume(&self.timeline, running, in_recording, keyframe);
+        }
+        match current.appsrc.push_buffer(retimed) {
             Ok(_) => {
                 current.frames.fetch_add(1, Ordering::Relaxed);
             }
@@ -249,14 +302,145 @@ impl RecorderInlet {
     }
 
     fn attach(&self, feed: Feed) {
-        if let Ok(mut slot) = self.0.lock() {
+        if let Ok(mut slot) = self.feed.lock() {
             *slot = Some(feed);
         }
     }
 
     fn detach(&self) {
-        if let Ok(mut slot) = self.0.lock() {
+        if let Ok(mut slot) = self.feed.lock() {
             *slot = None;
+        }
+    }
+}
+
+impl Feed {
+    /// A segmented recording starts a new segment where the source came back after an
+    /// outage, at the first keyframe there (the output asks the encoder for one on that very
+    /// frame). The frame is at `running` time, and at `pts` in the recording.
+    fn split_at_resume(
+        &mut self,
+        timeline: &Timeline,
+        running: gst::ClockTime,
+        pts: gst::ClockTime,
+        keyframe: bool,
+    ) {
+        if self.last_running.is_some() && timeline.resumed_between(self.last_running, running) {
+            self.split_due = true;
+        }
+        self.last_running = Some(running);
+        if !(self.split_due && keyframe) {
+            return;
+        }
+        self.split_due = false;
+        if let Some(splitmux) = &self.splitmux {
+            // At this frame's running time in the recording: splitmuxsink puts the GOP that
+            // starts here into a new segment and leaves the one before in the old.
+            splitmux.emit_by_name::<()>("split-at-running-time", &[&pts.nseconds()]);
+        }
+    }
+}
+
+/// A recording file's timestamps, made from the encoded stream's.
+#[derive(Debug, Default)]
+struct FileClock {
+    /// Subtracted from every timestamp: each file starts at 0.
+    base: Option<gst::ClockTime>,
+    /// The last decoding timestamp given.
+    last_dts: Option<gst::ClockTime>,
+}
+
+impl FileClock {
+    /// A copy of `buffer` with timestamps as the recording's file has them: from 0 at its
+    /// first frame, and a decoding timestamp that always moves forward (muxers refuse one that
+    /// goes back, and a repeated one makes players stutter).
+    fn retime(&mut self, buffer: &gst::BufferRef) -> gst::Buffer {
+        let stream_start = buffer.dts().or(buffer.pts());
+        let base = *self
+            .base
+            .get_or_insert(stream_start.unwrap_or(gst::ClockTime::ZERO));
+        let mut copy = buffer.copy();
+        let out = copy.make_mut();
+        let pts = buffer.pts().map(|t| t.saturating_sub(base));
+        let mut dts = buffer
+            .dts()
+            .or(buffer.pts())
+            .map(|t| t.saturating_sub(base));
+        if let (Some(last), Some(at)) = (self.last_dts, dts)
+            && at <= last
+        {
+            dts = Some(last + DTS_STEP);
+        }
+        out.set_dts(dts);
+        self.last_dts = dts.or(self.last_dts);
+        // A frame is never shown before it is decoded.
+        out.set_pts(match (pts, dts) {
+            (Some(pts), Some(dts)) => Some(pts.max(dts)),
+            (pts, _) => pts,
+        });
+        copy
+    }
+}
+
+/// What a segmented recording needs to name and retire its segments.
+struct SegmentKeeper {
+    pipeline: String,
+    names: SegmentNames,
+    retention: Retention,
+    timeline: Timeline,
+    /// The running time at the recording's 0: a segment's first timestamp plus it is the
+    /// running time the timeline knows.
+    origin: Arc<Mutex<Option<gst::ClockTime>>>,
+    /// The segment being written.
+    current: Arc<Mutex<Option<PathBuf>>>,
+    /// Segments retention deleted, for the pipeline's metrics.
+    deleted: Arc<AtomicU64>,
+}
+
+impl SegmentKeeper {
+    /// The name of segment `index`, whose first frame is `first` (splitmuxsink's
+    /// `format-location-full`), after retention has made room for it.
+    fn open(&self, index: u32, first: Option<&gst::Sample>) -> String {
+        let origin = self.origin.lock().ok().and_then(|origin| *origin);
+        let start = first
+            .and_then(|sample| sample.buffer())
+            .and_then(|buffer| buffer.pts().or(buffer.dts()))
+            .zip(origin)
+            .and_then(|(pts, origin)| self.timeline.wall_time(pts + origin))
+            .unwrap_or_else(SystemTime::now);
+        let path = self.names.path(index, start);
+        if self.retention.is_set() {
+            self.retire();
+        }
+        if let Ok(mut current) = self.current.lock() {
+            *current = Some(path.clone());
+        }
+        path.display().to_string()
+    }
+
+    /// Deletes the segments retention no longer keeps, oldest first.
+    fn retire(&self) {
+        let segments = self.names.existing();
+        for (segment, why) in self.retention.expired(&segments, SystemTime::now()) {
+            match std::fs::remove_file(&segment.path) {
+                Ok(()) => {
+                    self.deleted.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        pipeline = %self.pipeline,
+                        path = %segment.path.display(),
+                        bytes = segment.bytes,
+                        started = %humantime::format_rfc3339_seconds(segment.start),
+                        limit = why.key(),
+                        "deleted a recording segment past its retention"
+                    );
+                }
+                Err(error) => tracing::warn!(
+                    pipeline = %self.pipeline,
+                    path = %segment.path.display(),
+                    %error,
+                    "cannot delete a recording segment past its retention"
+                ),
+            }
         }
     }
 }
@@ -267,44 +451,62 @@ pub struct Recorder {
     appsrc: gst_app::AppSrc,
     inlet: RecorderInlet,
     frames: Arc<AtomicU64>,
-    /// The file this life writes (the first segment of a segmented recording).
+    /// The file this life writes: a segmented recording's current segment once it has one.
     path: PathBuf,
+    current_segment: Option<Arc<Mutex<Option<PathBuf>>>>,
     pipeline_name: String,
 }
 
 impl Recorder {
     /// Starts recording `sink` for pipeline `pipeline_name`, fed through `inlet`. An earlier
     /// file at its path is set aside first. `block`: the appsrc waits for room (finite
-    /// sources lose nothing) instead of dropping.
+    /// sources lose nothing) instead of dropping. Segments that retention deletes are counted
+    /// in `deleted`.
     pub fn start(
         pipeline_name: &str,
         sink: &FileSink,
         inlet: &RecorderInlet,
         block: bool,
+        deleted: Arc<AtomicU64>,
     ) -> Result<Self, MediaError> {
         let what = format!(
             "the recording {} of pipeline {pipeline_name}",
             sink.path.display()
         );
+        let build_error = |reason: String| MediaError::Build {
+            what: what.clone(),
+            reason,
+        };
         let container = container_of(sink);
-        let (tail, path) = match sink.segment_s {
+        let origin = Arc::new(Mutex::new(None));
+        let (tail, keeper) = match sink.segment_s {
             Some(seconds) => {
-                let pattern = segment_pattern(&sink.path);
-                let index = next_segment_index(&pattern);
-                let first = segment_name(&pattern, index).map_or(sink.path.clone(), PathBuf::from);
+                let names = SegmentNames::of(&sink.path).ok_or_else(|| {
+                    build_error("the file name may hold one counter, %d or %0Nd".into())
+                })?;
+                let index = names.next_index();
                 let tail = format!(
                     // async-finalize: each segment gets its own muxer made from the factory
                     // and the properties below (fragmented mp4), which splitmuxsink applies
                     // only in that mode; it also closes a segment without holding up the next.
-                    "splitmuxsink name={SPLITMUX} async-finalize=true location={} max-size-time={} muxer-factory={} start-index={index}",
-                    quote(&pattern),
+                    // Names come from `format-location-full` (start time and counter).
+                    "splitmuxsink name={SPLITMUX} async-finalize=true max-size-time={} muxer-factory={} start-index={index}",
                     seconds * 1_000_000_000,
                     match container {
                         Container::Mp4 => "mp4mux",
                         Container::Mkv => "matroskamux",
                     }
                 );
-                (tail, first)
+                let keeper = SegmentKeeper {
+                    pipeline: pipeline_name.to_string(),
+                    names,
+                    retention: Retention::of(sink),
+                    timeline: inlet.timeline.clone(),
+                    origin: origin.clone(),
+                    current: Arc::default(),
+                    deleted,
+                };
+                (tail, Some(keeper))
             }
             None => {
                 set_aside(pipeline_name, &sink.path);
@@ -313,7 +515,7 @@ impl Recorder {
                     muxer(container),
                     quote(&sink.path.display().to_string())
                 );
-                (tail, sink.path.clone())
+                (tail, None)
             }
         };
         // The queue bound is kept by the inlet (it waits or drops before pushing), so that a
@@ -321,12 +523,9 @@ impl Recorder {
         let text = format!(
             "appsrc name=visiond_recording format=time max-buffers=0 max-bytes=0 max-time=0 ! h264parse ! {tail}"
         );
-        let build_error = |reason: String| MediaError::Build {
-            what: what.clone(),
-            reason,
-        };
         let pipeline = registry::launch(&text, &what)?;
-        if let Some(splitmux) = pipeline.by_name(SPLITMUX) {
+        let splitmux = pipeline.by_name(SPLITMUX);
+        if let Some(splitmux) = &splitmux {
             // With async-finalize every segment gets a new muxer and file sink made from these
             // properties: fragmented mp4, and a sink that writes each fragment out at once (a
             // buffered one would hold seconds of a small stream in memory, lost on a crash).
@@ -341,6 +540,14 @@ impl Recorder {
                 splitmux.set_property("muxer-properties", properties);
             }
         }
+        let current_segment = keeper.as_ref().map(|keeper| keeper.current.clone());
+        if let (Some(splitmux), Some(keeper)) = (&splitmux, keeper) {
+            splitmux.connect("format-location-full", false, move |args| {
+                let index = args.get(1).and_then(|v| v.get::<u32>().ok()).unwrap_or(0);
+                let first = args.get(2).and_then(|v| v.get::<gst::Sample>().ok());
+                Some(keeper.open(index, first.as_ref()).to_value())
+            });
+        }
         let appsrc = registry::named::<gst_app::AppSrc>(&pipeline, "visiond_recording", &what)?;
         let failed = Arc::new(AtomicBool::new(false));
         if let Some(bus) = pipeline.bus() {
@@ -352,29 +559,33 @@ impl Recorder {
                 gst::BusSyncReply::Pass
             });
         }
-        if pipeline.set_state(gst::State::Playing).is_err() {
-            let cause = bus::take_error(&pipeline);
-            let _ = pipeline.set_state(gst::State::Null);
-            remove_if_empty(pipeline_name, &path, 0);
-            return Err(MediaError::Start { what, cause });
-        }
-        let frames = Arc::new(AtomicU64::new(0));
-        inlet.attach(Feed {
-            appsrc: appsrc.clone(),
-            frames: frames.clone(),
-            failed,
-            block,
-            started: false,
-            base: None,
-        });
-        Ok(Self {
+        let recorder = Self {
             pipeline,
             appsrc,
             inlet: inlet.clone(),
-            frames,
-            path,
+            frames: Arc::new(AtomicU64::new(0)),
+            path: sink.path.clone(),
+            current_segment,
             pipeline_name: pipeline_name.to_string(),
-        })
+        };
+        if recorder.pipeline.set_state(gst::State::Playing).is_err() {
+            let cause = bus::take_error(&recorder.pipeline);
+            recorder.abort();
+            return Err(MediaError::Start { what, cause });
+        }
+        inlet.attach(Feed {
+            appsrc: recorder.appsrc.clone(),
+            frames: recorder.frames.clone(),
+            failed,
+            block,
+            started: false,
+            clock: FileClock::default(),
+            origin,
+            splitmux,
+            last_running: None,
+            split_due: false,
+        });
+        Ok(recorder)
     }
 
     /// Frames handed to this life of the recording.
@@ -387,6 +598,15 @@ impl Recorder {
         bus::take_error(&self.pipeline).map(MediaError::Bus)
     }
 
+    /// The file being written: the current segment of a segmented recording (none before its
+    /// first frame).
+    fn file(&self) -> Option<PathBuf> {
+        match &self.current_segment {
+            Some(current) => current.lock().ok().and_then(|c| c.clone()),
+            None => Some(self.path.clone()),
+        }
+    }
+
     /// Ends the recording: what was queued is written and the file finalized (within
     /// `timeout`). A file without frames is removed.
     pub fn finish(self, timeout: Duration) -> Result<(), MediaError> {
@@ -394,7 +614,7 @@ impl Recorder {
         let _ = self.appsrc.end_of_stream();
         let result = bus::wait_for_eos(&self.pipeline, timeout);
         let _ = self.pipeline.set_state(gst::State::Null);
-        remove_if_empty(&self.pipeline_name, &self.path, self.frames());
+        self.remove_if_empty();
         result
     }
 
@@ -403,7 +623,13 @@ impl Recorder {
         // Null first: a push blocked on a full appsrc returns (flushing) and frees the inlet.
         let _ = self.pipeline.set_state(gst::State::Null);
         self.inlet.detach();
-        remove_if_empty(&self.pipeline_name, &self.path, self.frames());
+        self.remove_if_empty();
+    }
+
+    fn remove_if_empty(&self) {
+        if let Some(file) = self.file() {
+            remove_if_empty(&self.pipeline_name, &file, self.frames());
+        }
     }
 }
 
@@ -411,27 +637,80 @@ impl Recorder {
 mod tests {
     use super::*;
 
-    #[test]
-    fn segment_numbering_continues_after_existing_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let pattern = dir.path().join("door-%05d.mkv").display().to_string();
-        assert_eq!(next_segment_index(&pattern), 0);
-        for i in 0..3 {
-            std::fs::write(dir.path().join(format!("door-{i:05}.mkv")), "").unwrap();
-        }
-        assert_eq!(next_segment_index(&pattern), 3);
+    /// A buffer with these timestamps in milliseconds.
+    fn stamped(pts: Option<u64>, dts: Option<u64>) -> gst::Buffer {
+        let mut buffer = gst::Buffer::new();
+        let b = buffer.get_mut().unwrap();
+        b.set_pts(pts.map(gst::ClockTime::from_mseconds));
+        b.set_dts(dts.map(gst::ClockTime::from_mseconds));
+        buffer
     }
 
     #[test]
-    fn segment_patterns_get_a_counter() {
+    fn file_timestamps_start_at_0_and_decoding_times_always_move_on() {
+        gst::init().unwrap();
+        // x264enc's stream starts 1000 hours in; the encoder repeats, then goes back.
+        let start = 3_600_000 * 1000;
+        let mut clock = FileClock::default();
+        let got: Vec<(u64, u64)> = [
+            (0, 0),
+            (40, 40),
+            (80, 40),  // the same DTS again
+            (120, 30), // DTS going back
+            (160, 160),
+        ]
+        .into_iter()
+        .map(|(pts, dts)| {
+            let out = clock.retime(&stamped(Some(start + pts), Some(start + dts)));
+            (out.pts().unwrap().mseconds(), out.dts().unwrap().mseconds())
+        })
+        .collect();
+        assert_eq!(got, vec![(0, 0), (40, 40), (80, 41), (120, 42), (160, 160)]);
+        // Without a DTS the PTS decodes; a frame is never shown before it decodes.
+        let out = clock.retime(&stamped(Some(start + 100), None));
         assert_eq!(
-            segment_pattern(Path::new("/rec/door.mp4")),
-            "/rec/door-%05d.mp4"
+            (out.pts().unwrap().mseconds(), out.dts().unwrap().mseconds()),
+            (161, 161)
         );
+    }
+
+    #[test]
+    fn the_timeline_tells_wall_times_and_outages() {
+        gst::init().unwrap();
+        let ms = gst::ClockTime::from_mseconds;
+        let timeline = Timeline::default();
+        assert_eq!(timeline.wall_time(ms(0)), None);
+        let frame = |pts: u64, resumed: bool| Frame {
+            pipeline: 0,
+            seq: 0,
+            pts: Some(ms(pts)),
+            duration: None,
+            captured: std::time::Instant::now(),
+            resumed,
+            width: 2,
+            height: 2,
+            fps: gst::Fraction::new(0, 1),
+            layout: crate::frames::FrameLayout::standard(
+                crate::frames::PixelFormat::Rgb,
+                2,
+                2,
+                gst::Fraction::new(0, 1),
+            )
+            .unwrap(),
+            pixels: crate::frames::Pixels::Taken,
+        };
+        let before = SystemTime::now();
+        timeline.note(&frame(10_000, false));
+        let noted = timeline.wall_time(ms(10_000)).unwrap();
+        assert!(noted >= before - Duration::from_millis(50) && noted <= SystemTime::now());
         assert_eq!(
-            segment_pattern(Path::new("/rec/door-%03d.mkv")),
-            "/rec/door-%03d.mkv"
+            timeline.wall_time(ms(4_000)).unwrap(),
+            noted - Duration::from_secs(6)
         );
+        timeline.note(&frame(20_000, true));
+        assert!(timeline.resumed_between(Some(ms(10_000)), ms(20_000)));
+        assert!(!timeline.resumed_between(Some(ms(20_000)), ms(20_040)));
+        assert!(!timeline.resumed_between(Some(ms(5_000)), ms(19_960)));
     }
 
     #[test]

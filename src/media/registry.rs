@@ -5,6 +5,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 
 use super::MediaError;
+use crate::config::redact;
 
 /// Initialises GStreamer once per process; every entry point that builds pipelines calls it.
 pub fn init() -> Result<(), MediaError> {
@@ -13,14 +14,15 @@ pub fn init() -> Result<(), MediaError> {
 }
 
 /// The pipeline `text` describes, for `what` (named in the error when GStreamer cannot build
-/// it).
+/// it). GStreamer's reason may quote the description (a value it could not set), so it is
+/// masked like the description itself would be.
 pub fn launch(text: &str, what: &str) -> Result<gst::Pipeline, MediaError> {
     let build_error = |reason: String| MediaError::Build {
         what: what.to_string(),
         reason,
     };
     gst::parse::launch(text)
-        .map_err(|e| build_error(e.to_string()))?
+        .map_err(|e| build_error(redact::text(&e.to_string())))?
         .downcast::<gst::Pipeline>()
         .map_err(|_| build_error("the description did not make a pipeline".into()))
 }
@@ -74,13 +76,13 @@ pub enum ElementProblem {
 }
 
 /// Parses a gst-launch fragment the way a pipeline would, so syntax errors and missing
-/// elements show up with GStreamer's own message.
+/// elements show up with GStreamer's own message (the fragment's credentials masked).
 pub fn check_launch(description: &str) -> Result<(), MediaError> {
     gst::parse::bin_from_description(description, true)
         .map(|_| ())
         .map_err(|error| MediaError::Build {
-            what: format!("'{description}'"),
-            reason: error.to_string(),
+            what: format!("'{}'", redact::text(description)),
+            reason: redact::text(&error.to_string()),
         })
 }
 

@@ -242,13 +242,14 @@ fn take_frame(
             .unwrap_or(pts)
     });
     let end = running.map(|r| r + buffer.duration().unwrap_or(gst::ClockTime::ZERO));
-    let pts = running.map(|running| identity.pts(running, buffer.duration()));
+    let stamp = running.map(|running| identity.stamp(running, buffer.duration()));
     let frame = Frame {
         pipeline: identity.pipeline(),
         seq: identity.next_seq(),
-        pts,
+        pts: stamp.map(|s| s.pts),
         duration: buffer.duration(),
         captured,
+        resumed: stamp.is_some_and(|s| s.resumed),
         width: info.width(),
         height: info.height(),
         fps: info.fps(),

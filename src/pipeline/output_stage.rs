@@ -300,7 +300,7 @@ impl OutputStage {
             let Some(video) = self.video.as_mut() else {
                 return;
             };
-            match video.start_recording(index) {
+            match video.start_recording(index, &self.stats.segments_deleted) {
                 Ok(()) => {
                     self.recordings[index].retry.up();
                     self.report_recording(index, None);

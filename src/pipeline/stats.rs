@@ -368,6 +368,8 @@ pub struct PipelineStats {
     pub outages: AtomicU64,
     /// Times the output pipeline failed and was rebuilt.
     pub output_restarts: AtomicU64,
+    /// Recording segments deleted by their retention (`max_age`, `max_bytes`).
+    pub segments_deleted: std::sync::Arc<AtomicU64>,
     state: Mutex<Option<PipelineState>>,
     /// When it reached an end state (finished or failed): a finished pipeline's rate is over
     /// its own life, not the daemon's.
@@ -522,6 +524,10 @@ impl PipelineStats {
 
     pub fn outages(&self) -> u64 {
         self.outages.load(Ordering::Relaxed)
+    }
+
+    pub fn segments_deleted(&self) -> u64 {
+        self.segments_deleted.load(Ordering::Relaxed)
     }
 
     /// Every output's health, in sink order.

@@ -127,37 +127,7 @@ impl Supervisor {
                 tracing::error!(pipeline = %self.name, %error, "pipeline failed");
                 return self.settle(PipelineState::Failed { error }, None);
             }
-            let delay_ms = delay.as_millis() as u64;
-            let state = match silent {
-                Some(silent) => {
-                    tracing::warn!(
-                        pipeline = %self.name,
-                        source = %self.source,
-                        attempt,
-                        delay_ms,
-                        silent_ms = silent.as_millis() as u64,
-                        "source stalled (no frame, no error); reconnecting"
-                    );
-                    PipelineState::Stalled {
-                        since: self.stats.source.silent_since(),
-                        attempt,
-                    }
-                }
-                None => {
-                    tracing::warn!(
-                        pipeline = %self.name,
-                        source = %self.source,
-                        attempt,
-                        delay_ms,
-                        %error,
-                        "source lost; reconnecting"
-                    );
-                    PipelineState::Reconnecting {
-                        attempt,
-                        last_error: error,
-                    }
-                }
-            };
+            let state = self.announce_retry(error, silent, attempt, delay);
             // The first attempt after the source was up (or starting) opens an outage.
             if !self.stats.state().is_outage() {
                 self.stats.outages.fetch_add(1, Ordering::Relaxed);
@@ -166,6 +136,48 @@ impl Supervisor {
             self.stats.set_state(state);
             if self.sleep_unless_shutdown(delay) {
                 return self.settle(PipelineState::Finished, last_error);
+            }
+        }
+    }
+
+    /// Logs the reconnect about to be made (one line per attempt) and the state it puts the
+    /// pipeline in: `stalled` after a silent session, else `reconnecting`.
+    fn announce_retry(
+        &self,
+        error: String,
+        silent: Option<Duration>,
+        attempt: u32,
+        delay: Duration,
+    ) -> PipelineState {
+        let delay_ms = delay.as_millis() as u64;
+        match silent {
+            Some(silent) => {
+                tracing::warn!(
+                    pipeline = %self.name,
+                    source = %self.source,
+                    attempt,
+                    delay_ms,
+                    silent_ms = silent.as_millis() as u64,
+                    "source stalled (no frame, no error); reconnecting"
+                );
+                PipelineState::Stalled {
+                    since: self.stats.source.silent_since(),
+                    attempt,
+                }
+            }
+            None => {
+                tracing::warn!(
+                    pipeline = %self.name,
+                    source = %self.source,
+                    attempt,
+                    delay_ms,
+                    %error,
+                    "source lost; reconnecting"
+                );
+                PipelineState::Reconnecting {
+                    attempt,
+                    last_error: error,
+                }
             }
         }
     }
@@ -227,6 +239,8 @@ impl Supervisor {
     /// One life of the source, from build to `Null` (when the session is dropped). The
     /// pipeline is `playing` from the session's first frame on.
     fn session(&self, deliver: impl Fn(Frame) + Send + Sync + 'static) -> SessionEnd {
+        // The new session's timestamps resume after the outage's length (recordings keep it).
+        self.identity.begin_session();
         let activity = self.stats.clone();
         activity.source.new_session();
         let deliver = move |frame: Frame| {

@@ -458,6 +458,7 @@ mod tests {
             pts: None,
             duration: None,
             captured: Instant::now(),
+            resumed: false,
             width: 2,
             height: 2,
             fps,

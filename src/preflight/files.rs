@@ -1,5 +1,7 @@
-//! Files a pipeline reads (a `file://` source) and the directories it writes into.
+//! Files a pipeline reads (a `file://` source, a V4L2 device) and the directories it writes
+//! into.
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use crate::config::{FileErrors, MetadataConfig, PipelineConfig, SinkConfig, SourceKind, paths};
@@ -14,6 +16,11 @@ pub fn check_pipeline(pipeline: &PipelineConfig, errors: &mut FileErrors<'_>) {
             "source.uri",
             format!("file {} does not exist", path.display()),
         );
+    }
+    if let SourceKind::V4l2(v4l2) = &pipeline.source.kind
+        && let Err(message) = check_video_device(&v4l2.device)
+    {
+        errors.push("source.v4l2.device", message);
     }
     for (index, sink) in pipeline.sinks.iter().enumerate() {
         let path = match sink {
@@ -31,6 +38,23 @@ pub fn check_pipeline(pipeline: &PipelineConfig, errors: &mut FileErrors<'_>) {
         {
             errors.push(format!("metadata[{index}].jsonl.path"), message);
         }
+    }
+}
+
+/// A V4L2 device is a character device node (`/dev/video0`); a camera unplugged, or a path
+/// that names something else, fails here rather than at the pipeline's first start.
+fn check_video_device(device: &Path) -> Result<(), String> {
+    match std::fs::metadata(device) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "{} does not exist (is the camera plugged in? `v4l2-ctl --list-devices` lists the devices)",
+            device.display()
+        )),
+        Err(error) => Err(format!("cannot look at {}: {error}", device.display())),
+        Ok(meta) if !meta.file_type().is_char_device() => Err(format!(
+            "{} is not a video device (not a character device)",
+            device.display()
+        )),
+        Ok(_) => Ok(()),
     }
 }
 

@@ -1,7 +1,8 @@
 //! Checks that probe the machine before anything starts: can it run what the configuration
 //! describes? Model folders and the Hugging Face cache (through the loader's own inspection,
-//! never downloading), the CUDA devices models ask for, files and writable directories, and the
-//! GStreamer elements and gst-launch fragments the pipelines name.
+//! never downloading), the CUDA devices models ask for, files, V4L2 devices and writable
+//! directories, the environment variables holding passwords, and the GStreamer elements and
+//! gst-launch fragments the pipelines name.
 //!
 //! [`load`] is what `visiond check` and `visiond run` use: the configuration read and
 //! shape-checked by `crate::config`, then these checks, every error of both reported at once.
@@ -10,6 +11,7 @@ pub mod files;
 mod gst;
 pub mod limits;
 mod models;
+mod secrets;
 
 use std::path::Path;
 
@@ -50,6 +52,7 @@ pub fn check(config: &Config, errors: &mut Vec<ConfigError>, warnings: &mut Vec<
     for (name, model) in &config.daemon.models {
         models::check(name, model, &mut daemon_errors, warnings);
     }
+    secrets::check_daemon(config, &mut daemon_errors);
     if let Some(token_file) = &config.daemon.http.token_file
         && let Err(message) = files::read_token(token_file)
     {
@@ -84,6 +87,7 @@ pub fn check(config: &Config, errors: &mut Vec<ConfigError>, warnings: &mut Vec<
             errors,
         };
         files::check_pipeline(&pipeline.config, &mut file_errors);
+        secrets::check_pipeline(&pipeline.config, &mut file_errors);
         gst.check_pipeline(&pipeline.config, &mut file_errors);
     }
 }

@@ -1,12 +1,16 @@
 //! Helpers shared by the engine tests: configuration trees in temporary folders (pipeline
-//! files from the builder in `yaml.rs`), reading metadata and recordings back.
+//! files from the builder in `yaml.rs`), reading metadata and recordings back, and a camera
+//! stand-in (`camera.rs`).
 
 // Each test binary uses its own subset of these.
 #![allow(dead_code)]
 
+mod camera;
 mod yaml;
 
 // As above: not every binary uses every one.
+#[allow(unused_imports)]
+pub use camera::Camera;
 #[allow(unused_imports)]
 pub use yaml::{Pipeline, Source, model_yaml};
 
