@@ -16,7 +16,10 @@
 //! (`device`, `kind` allocated or reserved). For the process: `visiond_build_info` (labels `version`,
 //! `libtorch`, `gstreamer`) and the standard `process_resident_memory_bytes`,
 //! `process_cpu_seconds_total`, `process_open_fds`, `process_threads`,
-//! `process_start_time_seconds`.
+//! `process_start_time_seconds`. The control plane's own connections
+//! ([`render_connections`]): `visiond_http_connections_open`, `visiond_http_connections_max`,
+//! `visiond_http_connections_closed_total` (+ `reason`), `visiond_http_connections_refused_total`
+//! and `visiond_http_accept_errors_total`.
 //!
 //! The latency histogram's `le` bounds are edges of the engine's own log buckets (5% wide),
 //! the ones nearest 1 ms, 2.5 ms, 5 ms, … 10 s, so every `_bucket` count is exact rather
@@ -26,6 +29,7 @@ use std::fmt::{Display, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::connections::{Closed, ConnectionStats};
 use super::process::ProcessStats;
 use crate::pipeline::stats::{LatencyHistogram, Loss, PipelineState, seconds};
 use crate::pipeline::view::EngineView;
@@ -338,6 +342,54 @@ pub fn render(view: &EngineView) -> String {
     render_batch_sizes(&mut out, view);
     render_gpu_memory(&mut out, view);
     render_process(&mut out);
+    out.text
+}
+
+/// The control plane's connections: how many are open against the cap, and every one the
+/// server closed or refused.
+pub fn render_connections(stats: &ConnectionStats) -> String {
+    let mut out = Exposition::default();
+    out.family(
+        "visiond_http_connections_open",
+        "gauge",
+        "Control plane connections open now.",
+    );
+    out.sample("visiond_http_connections_open", &[], stats.open());
+    out.family(
+        "visiond_http_connections_max",
+        "gauge",
+        "The cap on control plane connections (http.max_connections).",
+    );
+    out.sample("visiond_http_connections_max", &[], stats.max());
+    let closed = "visiond_http_connections_closed_total";
+    out.family(
+        closed,
+        "counter",
+        "Control plane connections the server closed: headers too slow (header_timeout), quiet too long (idle_timeout), or displaced at the cap by a new connection (evicted).",
+    );
+    for reason in Closed::ALL {
+        out.sample(closed, &[("reason", reason.as_str())], stats.closed(reason));
+    }
+    out.family(
+        "visiond_http_connections_refused_total",
+        "counter",
+        "Connections closed unanswered: the cap was reached and no slot freed within a second.",
+    );
+    out.sample(
+        "visiond_http_connections_refused_total",
+        &[],
+        stats.refused(),
+    );
+    out.family(
+        "visiond_http_accept_errors_total",
+        "counter",
+        "Failed accepts on the control plane's socket (the process out of file descriptors, say).",
+    );
+    out.sample(
+        "visiond_http_accept_errors_total",
+        &[],
+        stats.accept_errors(),
+    );
     out.text
 }
 

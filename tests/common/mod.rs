@@ -136,18 +136,32 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(file: &Path, env: &[(&str, &str)]) -> Self {
-        use std::io::BufRead;
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_visiond"));
-        command
-            .arg("run")
-            .arg("-c")
-            .arg(file)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
+        command.arg("run").arg("-c").arg(file);
         for (name, value) in env {
             command.env(name, value);
         }
+        Self::start(command)
+    }
+
+    /// `visiond run -c FILE` allowed at most `limit` file descriptors (soft and hard, as
+    /// systemd's `LimitNOFILE=` sets them). `exec` keeps the daemon's process id the child's.
+    pub fn spawn_with_fd_limit(file: &Path, limit: u64) -> Self {
+        let mut command = std::process::Command::new("bash");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\" run -c \"$1\""))
+            .arg(env!("CARGO_BIN_EXE_visiond"))
+            .arg(file);
+        Self::start(command)
+    }
+
+    fn start(mut command: std::process::Command) -> Self {
+        use std::io::BufRead;
+        command
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
         let mut child = command.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
@@ -274,5 +288,16 @@ impl Daemon {
             self.seen.push(format!("killed by signal {signal}"));
         }
         (status.code(), self.log())
+    }
+}
+
+impl Drop for Daemon {
+    /// A test that fails half-way leaves no daemon behind (holding its ports and files, and
+    /// the CPU other tests need).
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
