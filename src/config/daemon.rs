@@ -106,6 +106,11 @@ pub struct WritesConfig {
     /// a `file://` source); none by default. Resolved against the daemon file's directory.
     #[serde(default)]
     pub dirs: Vec<PathBuf>,
+    /// The environment variables such a pipeline may name in `credentials.password_env`; none
+    /// by default. Otherwise a write could send any variable's value (a token, another
+    /// camera's password) to a server of its choosing.
+    #[serde(default)]
+    pub password_envs: Vec<String>,
 }
 
 /// Accepts any scalar so that `listen: 9090` gets a message that says what is wanted.

@@ -10,6 +10,9 @@
 //!   `http.writes.dirs`, judged where it really is (symbolic links followed, `..` folded), so
 //!   neither `dirs/../etc` nor a link inside a directory to a file outside gets through.
 //!
+//! - Secrets: `credentials.password_env` sends the variable's value to the source's server, so
+//!   only the variables `http.writes.password_envs` lists may be named.
+//!
 //! These checks run before anything else looks at the pipeline (the preflight probes the
 //! directories it writes into), so a refused pipeline touches nothing.
 
@@ -25,6 +28,17 @@ use crate::config::{
 pub fn check(pipeline: &PipelineConfig, writes: &WritesConfig, errors: &mut FileErrors<'_>) {
     if !writes.allow_launch {
         check_gstreamer_text(pipeline, errors);
+    }
+    if let Some(credentials) = &pipeline.source.credentials
+        && !writes.password_envs.contains(&credentials.password_env)
+    {
+        errors.push(
+            "source.credentials.password_env",
+            format!(
+                "a pipeline written over HTTP may name only the environment variables listed in `http.writes.password_envs` (it would send the variable's value to the source's server); add {} there to allow it",
+                credentials.password_env
+            ),
+        );
     }
     let allowed = Allowed::new(&writes.dirs);
     if let SourceKind::Uri(uri) = &pipeline.source.kind
