@@ -415,7 +415,10 @@ fn a_full_disk_fails_the_recording_alone_backs_off_and_recovers_when_space_retur
     );
     std::thread::sleep(Duration::from_millis(1500));
     let (exit, log) = daemon.terminate();
-    assert_eq!(exit, Some(0), "{log}");
+    // The frames the recording missed while the disk was full are counted, and the pipeline
+    // does not end as a clean finish.
+    assert_eq!(exit, Some(1), "{log}");
+    assert!(log.contains("recording missed"), "{log}");
     // No empty files were left behind, and what is there plays.
     let files = files_in(&disk.0);
     assert!(!files.is_empty(), "{log}");
@@ -765,7 +768,7 @@ fn a_paused_rtsp_client_costs_its_media_a_bounded_queue_and_counted_drops() {
     let server = RtspServer::start(&RtspServerConfig {
         address: "127.0.0.1".parse().unwrap(),
         port: 0,
-        auth: None,
+        ..RtspServerConfig::default()
     })
     .unwrap();
     let drops = Arc::new(DropCounter::default());
@@ -873,4 +876,177 @@ fn a_second_sigint_exits_at_once_and_cleanly_with_a_model_loaded() {
             assert!(!log.contains(symptom), "run {run}: '{symptom}' in:\n{log}");
         }
     }
+}
+
+/// The soft and hard limits on open files of process `pid`.
+fn fd_limits(pid: u32) -> (u64, u64) {
+    let (_, stdout, stderr) = output(Command::new("prlimit").args([
+        "--pid",
+        &pid.to_string(),
+        "--nofile",
+        "--output=SOFT,HARD",
+        "--noheadings",
+        "--raw",
+    ]));
+    let mut fields = stdout.split_whitespace().map(|v| v.parse().unwrap_or(0));
+    match (fields.next(), fields.next()) {
+        (Some(soft), Some(hard)) => (soft, hard),
+        _ => panic!("prlimit: {stdout} {stderr}"),
+    }
+}
+
+/// Sets the soft limit on open files of the running process `pid`, as `prlimit` does.
+fn set_fd_limit(pid: u32, soft: u64, hard: u64) {
+    let (code, _, stderr) = output(Command::new("prlimit").args([
+        "--pid",
+        &pid.to_string(),
+        &format!("--nofile={soft}:{hard}"),
+    ]));
+    assert_eq!(code, Some(0), "prlimit: {stderr}");
+}
+
+#[test]
+fn a_recording_that_ran_out_of_file_descriptors_writes_again_once_they_are_free() {
+    // The daemon runs out of file descriptors for a few seconds (its limit lowered under it,
+    // as a flood of connections would): the segmented recording cannot open its next segment
+    // ("Too many open files"), and its rebuilds meanwhile get pipelines whose bus never
+    // wakes. Once descriptors are free again it must be seen for what it is (down, not up),
+    // rebuilt, and write again, and the frames it missed counted.
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    std::fs::create_dir(&rec).unwrap();
+    let file = write_tree(
+        dir.path(),
+        "outputs: { retry_initial_ms: 300, retry_max_ms: 1000 }\n",
+        &[Pipeline::new("cam")
+            .source(Source::test(64, 48).fps(30))
+            .model("none")
+            .file_sink_with(&rec.join("cam.mkv"), "segment_s: 1")],
+    );
+    let mut daemon = Daemon::spawn(&file, &[]);
+    let http = daemon.field(
+        "control plane listening",
+        "address",
+        Duration::from_secs(20),
+    );
+    let segments = || std::fs::read_dir(&rec).unwrap().count();
+    wait_until("the first segments", Duration::from_secs(20), || {
+        segments() >= 2
+    });
+    let pid = daemon.pid();
+    let (soft, hard) = fd_limits(pid);
+    set_fd_limit(pid, 8, hard);
+    daemon.line("Too many open files", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(3));
+    set_fd_limit(pid, soft, hard);
+    let after = segments();
+    wait_until(
+        "new segments once descriptors are free",
+        Duration::from_secs(40),
+        || segments() >= after + 3,
+    );
+    let api = get(&format!("http://{http}/api/pipelines"));
+    let health = recording_health(&api);
+    assert_eq!(health["state"], "up", "{api}");
+    assert!(health["failures"].as_u64().unwrap() >= 1, "{api}");
+    let missed = api[0]["lost"]["recording missed"].as_u64().unwrap_or(0);
+    assert!(
+        missed > 0,
+        "the frames the recording missed are not counted: {api}"
+    );
+    // Frames were lost to the recording: not a clean finish.
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("recording missed"), "{log}");
+}
+
+/// A counter or gauge's value in Prometheus text, `None` when the sample is absent.
+fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+}
+
+#[test]
+fn a_flood_of_idle_rtsp_connections_is_bounded_and_recordings_and_viewers_go_on() {
+    // 150 TCP connections to the RTSP server that never say a word, under a descriptor limit
+    // they would exhaust: the server keeps at most rtsp.max_clients, closes the rest at once
+    // and the idle ones after rtsp.setup_timeout_ms, and meanwhile the recording writes, the
+    // control plane answers, and a real viewer can watch.
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    std::fs::create_dir(&rec).unwrap();
+    let file = write_tree(
+        dir.path(),
+        "",
+        &[Pipeline::new("cam")
+            .source(Source::test(64, 48).fps(30))
+            .model("none")
+            .encoder("{ keyframe_interval: 15 }")
+            .file_sink_with(&rec.join("cam.mkv"), "segment_s: 1")
+            .rtsp_sink("/cam")],
+    );
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(
+            "rtsp: { port: 0 }",
+            "rtsp: { address: 127.0.0.1, port: 0, max_clients: 16, setup_timeout_ms: 2000 }",
+        )
+        .replace(
+            "http: { listen: \"127.0.0.1:0\" }",
+            "http: { listen: \"127.0.0.1:0\", max_connections: 8 }",
+        );
+    std::fs::write(&file, text).unwrap();
+    let mut daemon = Daemon::spawn_with_fd_limit(&file, 170);
+    let port: u16 = daemon
+        .field("RTSP server listening", "port", Duration::from_secs(20))
+        .parse()
+        .unwrap();
+    let http = daemon.field(
+        "control plane listening",
+        "address",
+        Duration::from_secs(20),
+    );
+    let segments = || std::fs::read_dir(&rec).unwrap().count();
+    wait_until("the first segments", Duration::from_secs(20), || {
+        segments() >= 2
+    });
+    let flood: Vec<_> = (0..150)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    let scrape = || {
+        ureq::get(&format!("http://{http}/metrics"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
+    };
+    // Every connection of the flood is closed by the server, at the cap or after the setup
+    // timeout, never more than the cap connected at once, and the recording goes on.
+    let during = segments();
+    wait_until(
+        "the flood closed by the server",
+        Duration::from_secs(60),
+        || {
+            let metrics = scrape();
+            let clients = metric(&metrics, "visiond_rtsp_clients ").unwrap();
+            assert!(clients <= 16.0, "{clients} clients connected:\n{metrics}");
+            let closed = |reason: &str| {
+                let sample = format!("visiond_rtsp_clients_closed_total{{reason=\"{reason}\"}}");
+                metric(&metrics, &sample).unwrap()
+            };
+            closed("max_clients") + closed("setup_timeout") >= flood.len() as f64
+        },
+    );
+    wait_until("segments during the flood", Duration::from_secs(30), || {
+        segments() >= during + 3
+    });
+    // A viewer gets in, with the flood's sockets still open on its side.
+    let (code, stdout, stderr) = decode_rtsp(&port.to_string(), "/cam", 2);
+    assert_eq!(code, Some(0), "ffmpeg failed: {stderr}");
+    let frames = stdout.lines().filter(|l| !l.starts_with('#')).count();
+    assert!(frames >= 20, "{frames} frames: {stderr}");
+    drop(flood);
+    let (exit, log) = daemon.terminate();
+    assert_eq!(exit, Some(0), "{log}");
+    assert!(!log.contains("Too many open files"), "{log}");
 }

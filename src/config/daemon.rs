@@ -205,6 +205,14 @@ pub struct RtspServerConfig {
     /// it never sits in a world-readable file or a log line.
     #[serde(default)]
     pub auth: Option<BasicAuth>,
+    /// Clients connected at once, every mount together; one more is closed at once. Each
+    /// holds a descriptor or three: without a bound, idle connections can take them all.
+    #[serde(default = "default_rtsp_max_clients")]
+    pub max_clients: usize,
+    /// How long a connected client may take to set up a session before it is closed (an
+    /// idle connection holds a descriptor and gives nothing).
+    #[serde(default = "default_rtsp_setup_timeout_ms")]
+    pub setup_timeout_ms: u64,
 }
 
 impl Default for RtspServerConfig {
@@ -213,8 +221,18 @@ impl Default for RtspServerConfig {
             address: default_rtsp_address(),
             port: default_rtsp_port(),
             auth: None,
+            max_clients: default_rtsp_max_clients(),
+            setup_timeout_ms: default_rtsp_setup_timeout_ms(),
         }
     }
+}
+
+fn default_rtsp_max_clients() -> usize {
+    64
+}
+
+fn default_rtsp_setup_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_rtsp_address() -> IpAddr {

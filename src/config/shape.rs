@@ -85,6 +85,18 @@ fn check_daemon(daemon: &DaemonConfig, errors: &mut FileErrors<'_>) {
     if let Some(auth) = &daemon.rtsp.auth {
         check_env_name("rtsp.auth.password_env", &auth.password_env, errors);
     }
+    if !(1..=MAX_HTTP_CONNECTIONS).contains(&daemon.rtsp.max_clients) {
+        errors.push(
+            "rtsp.max_clients",
+            format!("must be between 1 and {MAX_HTTP_CONNECTIONS}"),
+        );
+    }
+    if daemon.rtsp.setup_timeout_ms < MIN_HTTP_TIMEOUT_MS {
+        errors.push(
+            "rtsp.setup_timeout_ms",
+            format!("must be at least {MIN_HTTP_TIMEOUT_MS}"),
+        );
+    }
     if daemon.models.contains_key(NO_MODEL) || daemon.declared_models.contains(NO_MODEL) {
         errors.push(
             format!("models.{NO_MODEL}"),

@@ -13,7 +13,8 @@
 //! `visiond_inference_batches_total`, `visiond_inference_frames_total`,
 //! `visiond_inference_failed_frames_total`, `visiond_batch_size_max` and the histogram
 //! `visiond_inference_batch_size`. Per CUDA device a model runs on: `visiond_gpu_memory_bytes`
-//! (`device`, `kind` allocated or reserved). For the process: `visiond_build_info` (labels `version`,
+//! (`device`, `kind` allocated or reserved). For the RTSP server: `visiond_rtsp_clients` and
+//! `visiond_rtsp_clients_closed_total` (+ `reason`). For the process: `visiond_build_info` (labels `version`,
 //! `libtorch`, `gstreamer`) and the standard `process_resident_memory_bytes`,
 //! `process_cpu_seconds_total`, `process_open_fds`, `process_threads`,
 //! `process_start_time_seconds`. The control plane's own connections
@@ -341,6 +342,7 @@ pub fn render(view: &EngineView) -> String {
     }
     render_batch_sizes(&mut out, view);
     render_gpu_memory(&mut out, view);
+    render_rtsp_clients(&mut out, view);
     render_process(&mut out);
     out.text
 }
@@ -429,6 +431,38 @@ fn render_batch_sizes(out: &mut Exposition, view: &EngineView) {
 }
 
 /// GPU memory libtorch holds on each CUDA device a model runs on.
+/// The RTSP server's clients, when it runs.
+fn render_rtsp_clients(out: &mut Exposition, view: &EngineView) {
+    let Some(stats) = view.rtsp_clients() else {
+        return;
+    };
+    out.family(
+        "visiond_rtsp_clients",
+        "gauge",
+        "Clients connected to the RTSP server now (rtsp.max_clients at most).",
+    );
+    out.sample(
+        "visiond_rtsp_clients",
+        &[],
+        stats.clients.load(Ordering::Relaxed),
+    );
+    out.family(
+        "visiond_rtsp_clients_closed_total",
+        "counter",
+        "RTSP clients the server closed: past rtsp.max_clients, or without a session after rtsp.setup_timeout_ms.",
+    );
+    for (reason, count) in [
+        ("max_clients", &stats.refused),
+        ("setup_timeout", &stats.idle_closed),
+    ] {
+        out.sample(
+            "visiond_rtsp_clients_closed_total",
+            &[("reason", reason)],
+            count.load(Ordering::Relaxed),
+        );
+    }
+}
+
 fn render_gpu_memory(out: &mut Exposition, view: &EngineView) {
     let name = "visiond_gpu_memory_bytes";
     out.family(

@@ -42,11 +42,17 @@ pub enum MediaError {
     Rtsp(String),
     #[error("cannot start thread {name}: {reason}")]
     Thread { name: String, reason: String },
+    /// Frames waited in an output's queue with none taken, and no error said why.
+    #[error("{what} took no frame for {} s; taken for stuck", .waited.as_secs())]
+    Stalled {
+        what: String,
+        waited: std::time::Duration,
+    },
 }
 
 impl MediaError {
     /// Why an output failed, in the words an operator counts by: `disk full`, `permission
-    /// denied`, `cannot open file`, `write error`, `frame refused`, `cannot start`,
+    /// denied`, `cannot open file`, `write error`, `frame refused`, `not writing`, `cannot start`,
     /// `cannot build`, or `sink error` for the rest.
     pub fn reason(&self) -> &'static str {
         let text = self.to_string();
@@ -61,6 +67,7 @@ impl MediaError {
         } else {
             match self {
                 Self::Refused { .. } => "frame refused",
+                Self::Stalled { .. } => "not writing",
                 Self::Start { .. } => "cannot start",
                 Self::Build { .. } | Self::Element { .. } | Self::Property { .. } => "cannot build",
                 _ => "sink error",

@@ -4,6 +4,7 @@
 
 pub mod bus;
 mod error;
+pub mod flow;
 pub mod glib_log;
 pub mod output;
 pub mod recorder;

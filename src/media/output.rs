@@ -9,6 +9,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
+use super::flow::{self, FlowWatch};
 use super::recorder::{self, Recorder, RecorderInlet, Timeline};
 use super::rtsp_server::{RtspFeed, RtspMounts};
 use super::snapshot::LatestFrame;
@@ -517,9 +518,24 @@ impl VideoOutput {
         }
     }
 
-    /// An error the output pipeline reported since the last call.
+    /// An error the output pipeline reported since the last call, or that it stopped taking
+    /// frames without one.
     pub fn poll_error(&self) -> Option<MediaError> {
-        bus::take_error(&self.pipeline).map(MediaError::Bus)
+        if let Some(error) = bus::take_error(&self.pipeline) {
+            return Some(MediaError::Bus(error));
+        }
+        let queues = self
+            .video
+            .iter()
+            .map(|v| &v.queue)
+            .chain(self.depth.iter().map(|d| &d.queue));
+        queues.filter_map(AppsrcQueue::stalled).next()
+    }
+
+    /// What counts the encoded frames its recordings did not get; it outlives the output
+    /// (frames missed while it finishes count too).
+    pub fn recording_misses(&self) -> RecordingMisses {
+        RecordingMisses(self.recordings.iter().map(|r| r.inlet.clone()).collect())
     }
 }
 
@@ -622,17 +638,30 @@ fn connect_rtsp(
     Ok(feeds)
 }
 
+/// The encoded frames one output's recordings did not get.
+pub struct RecordingMisses(Vec<RecorderInlet>);
+
+impl RecordingMisses {
+    /// So far, all recordings together.
+    pub fn count(&self) -> u64 {
+        self.0.iter().map(RecorderInlet::missed).sum()
+    }
+}
+
 /// An output appsrc and the accounting of what its bounded queue drops.
 struct AppsrcQueue {
     appsrc: gst_app::AppSrc,
     policy: WhenFull,
     drops: Arc<DropCounter>,
     what: String,
+    /// Whether the encoder takes what it is given.
+    flow: FlowWatch,
 }
 
 impl AppsrcQueue {
     fn new(appsrc: gst_app::AppSrc, policy: WhenFull, drops: Arc<DropCounter>, what: &str) -> Self {
         Self {
+            flow: FlowWatch::new(&appsrc, flow::STALL),
             appsrc,
             policy,
             drops,
@@ -650,6 +679,9 @@ impl AppsrcQueue {
                 if let Some(error) = bus::take_error(gate.pipeline) {
                     return Err(error.into());
                 }
+                if let Some(error) = self.stalled() {
+                    return Err(error);
+                }
                 if (gate.give_up)() {
                     return Ok(false);
                 }
@@ -666,6 +698,16 @@ impl AppsrcQueue {
                 what: self.what.clone(),
                 reason: format!("{e:?}"),
             })
+    }
+}
+
+impl AppsrcQueue {
+    /// Frames have waited in the queue with none taken, for [`flow::STALL`].
+    fn stalled(&self) -> Option<MediaError> {
+        self.flow.stalled().map(|waited| MediaError::Stalled {
+            what: self.what.clone(),
+            waited,
+        })
     }
 }
 

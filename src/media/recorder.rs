@@ -23,8 +23,9 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
+use super::flow::{self, FlowWatch};
 use super::segments::{Retention, SegmentNames};
-use super::{MediaError, bus, quote, registry};
+use super::{BusError, MediaError, bus, quote, registry};
 use crate::config::{Container, FileSink};
 use crate::frames::Frame;
 
@@ -206,6 +207,9 @@ impl Timeline {
 pub struct RecorderInlet {
     feed: Arc<Mutex<Option<Feed>>>,
     timeline: Timeline,
+    /// Encoded frames this recording did not get: it was down, waiting for a keyframe to
+    /// start at, or could not keep up (a live source's recording drops rather than wait).
+    missed: Arc<AtomicU64>,
 }
 
 struct Feed {
@@ -243,16 +247,26 @@ impl RecorderInlet {
         Self {
             feed: Arc::default(),
             timeline,
+            missed: Arc::default(),
         }
     }
 
-    /// Passes one encoded frame on; while the recording is down it is not recorded.
+    /// Encoded frames the recording did not get so far (see [`RecorderInlet::push`]).
+    pub fn missed(&self) -> u64 {
+        self.missed.load(Ordering::Relaxed)
+    }
+
+    /// Passes one encoded frame on; while the recording is down it is not recorded (and
+    /// counted as missed).
     pub fn push(&self, sample: &gst::Sample) {
+        let miss = || {
+            self.missed.fetch_add(1, Ordering::Relaxed);
+        };
         let Ok(mut feed) = self.feed.lock() else {
-            return;
+            return miss();
         };
         let Some(current) = feed.as_mut() else {
-            return;
+            return miss();
         };
         let Some(buffer) = sample.buffer() else {
             return;
@@ -260,7 +274,7 @@ impl RecorderInlet {
         let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
         if !current.started {
             if !keyframe {
-                return;
+                return miss();
             }
             current.started = true;
             current.appsrc.set_caps(sample.caps_owned().as_ref());
@@ -268,14 +282,14 @@ impl RecorderInlet {
         loop {
             if current.failed.load(Ordering::Relaxed) {
                 *feed = None;
-                return;
+                return miss();
             }
             let queued: u64 = current.appsrc.property("current-level-buffers");
             if queued < RECORDER_QUEUE {
                 break;
             }
             if !current.block {
-                return;
+                return miss();
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -297,7 +311,10 @@ impl RecorderInlet {
                 current.frames.fetch_add(1, Ordering::Relaxed);
             }
             // Flushing or stopped: the recording failed and is being taken down.
-            Err(_) => *feed = None,
+            Err(_) => {
+                *feed = None;
+                miss();
+            }
         }
     }
 
@@ -449,6 +466,11 @@ impl SegmentKeeper {
 pub struct Recorder {
     pipeline: gst::Pipeline,
     appsrc: gst_app::AppSrc,
+    /// Whether the frames it is given are written (leave its appsrc).
+    flow: FlowWatch,
+    /// The first error its pipeline posted, as the bus's own thread saw it.
+    fault: Arc<Mutex<Option<BusError>>>,
+    what: String,
     inlet: RecorderInlet,
     frames: Arc<AtomicU64>,
     /// The file this life writes: a segmented recording's current segment once it has one.
@@ -550,16 +572,25 @@ impl Recorder {
         }
         let appsrc = registry::named::<gst_app::AppSrc>(&pipeline, "visiond_recording", &what)?;
         let failed = Arc::new(AtomicBool::new(false));
+        let fault = Arc::new(Mutex::new(None));
         if let Some(bus) = pipeline.bus() {
-            let failed = failed.clone();
+            let (failed, fault) = (failed.clone(), fault.clone());
             bus.set_sync_handler(move |_, message| {
-                if message.type_() == gst::MessageType::Error {
-                    failed.store(true, Ordering::Relaxed);
+                if let gst::MessageView::Error(error) = message.view()
+                    && !failed.swap(true, Ordering::Relaxed)
+                    && let Ok(mut fault) = fault.lock()
+                {
+                    // Kept here too: a bus made while the process was out of file
+                    // descriptors never hands its messages on.
+                    *fault = Some(BusError::from_message(error));
                 }
                 gst::BusSyncReply::Pass
             });
         }
         let recorder = Self {
+            fault,
+            flow: FlowWatch::new(&appsrc, flow::STALL),
+            what: what.clone(),
             pipeline,
             appsrc,
             inlet: inlet.clone(),
@@ -593,9 +624,17 @@ impl Recorder {
         self.frames.load(Ordering::Relaxed)
     }
 
-    /// An error the recording reported since the last call (a full disk, a failed write).
+    /// An error the recording reported since the last call (a full disk, a failed write), or
+    /// that it stopped writing without one (frames wait in its queue, none is taken).
     pub fn poll_error(&self) -> Option<MediaError> {
-        bus::take_error(&self.pipeline).map(MediaError::Bus)
+        let seen = self.fault.lock().ok().and_then(|mut fault| fault.take());
+        if let Some(error) = bus::take_error(&self.pipeline).or(seen) {
+            return Some(MediaError::Bus(error));
+        }
+        self.flow.stalled().map(|waited| MediaError::Stalled {
+            what: self.what.clone(),
+            waited,
+        })
     }
 
     /// The file being written: the current segment of a segmented recording (none before its

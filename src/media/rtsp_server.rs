@@ -7,6 +7,7 @@
 //! media's clock, so clients see the camera's steady frame intervals, not the bursts in which
 //! batches of frames leave the model.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -33,6 +34,7 @@ const MAX_DRIFT: gst::ClockTime = gst::ClockTime::from_seconds(2);
 /// clients connected until the process ends.
 pub struct RtspServer {
     server: rtsp::RTSPServer,
+    stats: Arc<RtspServerStats>,
     context: glib::MainContext,
     main_loop: glib::MainLoop,
     source: Option<glib::SourceId>,
@@ -61,6 +63,8 @@ impl RtspServer {
             server.set_auth(Some(&checker));
         }
         let context = glib::MainContext::new();
+        let stats = Arc::new(RtspServerStats::default());
+        bound_clients(&server, &context, config, &stats);
         let source = server.attach(Some(&context)).map_err(|e| {
             MediaError::Rtsp(format!(
                 "cannot listen on {}:{}: {}",
@@ -88,6 +92,7 @@ impl RtspServer {
         tracing::info!(address = %config.address, port, "RTSP server listening");
         Ok(Self {
             server,
+            stats,
             context,
             main_loop,
             source: Some(source),
@@ -99,6 +104,11 @@ impl RtspServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Its clients: connected now, and those it closed.
+    pub fn stats(&self) -> Arc<RtspServerStats> {
+        self.stats.clone()
     }
 
     /// Whether clients must authenticate (mounts then grant access to the `viewer` role).
@@ -142,6 +152,76 @@ impl RtspServer {
             let _ = thread.join();
         }
     }
+}
+
+/// What the server counts of its clients.
+#[derive(Debug, Default)]
+pub struct RtspServerStats {
+    /// Connected now.
+    pub clients: AtomicU64,
+    /// Closed at once: `rtsp.max_clients` were connected already.
+    pub refused: AtomicU64,
+    /// Closed after `rtsp.setup_timeout_ms` without a session.
+    pub idle_closed: AtomicU64,
+}
+
+/// Keeps the server's clients bounded: one past `rtsp.max_clients` is closed at once, and one
+/// that has set up no session after `rtsp.setup_timeout_ms` is closed then. Every client holds
+/// a descriptor; without this, idle connections can take them all, and then nothing else in
+/// the process (a recording's next segment, a camera's reconnect) can open a file.
+fn bound_clients(
+    server: &rtsp::RTSPServer,
+    context: &glib::MainContext,
+    config: &RtspServerConfig,
+    stats: &Arc<RtspServerStats>,
+) {
+    let (max, setup) = (
+        config.max_clients as u64,
+        std::time::Duration::from_millis(config.setup_timeout_ms),
+    );
+    let (context, stats) = (context.clone(), stats.clone());
+    server.connect_client_connected(move |_, client| {
+        let connected = stats.clients.fetch_add(1, Ordering::Relaxed) + 1;
+        let weak = client.downgrade();
+        if connected > max {
+            // Never counted as connected: it is gone as soon as the server has attached it.
+            stats.clients.fetch_sub(1, Ordering::Relaxed);
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            // Closed once the server has attached it (it does so after this signal).
+            let source = glib::idle_source_new(
+                Some("visiond-rtsp-refuse"),
+                glib::Priority::DEFAULT,
+                move || {
+                    if let Some(client) = weak.upgrade() {
+                        client.close();
+                    }
+                    glib::ControlFlow::Break
+                },
+            );
+            source.attach(Some(&context));
+            return;
+        }
+        let counted = stats.clone();
+        client.connect_closed(move |_| {
+            counted.clients.fetch_sub(1, Ordering::Relaxed);
+        });
+        let idle = stats.clone();
+        let source = glib::timeout_source_new(
+            setup,
+            Some("visiond-rtsp-setup"),
+            glib::Priority::DEFAULT,
+            move || {
+                if let Some(client) = weak.upgrade()
+                    && client.session_filter(None).is_empty()
+                {
+                    idle.idle_closed.fetch_add(1, Ordering::Relaxed);
+                    client.close();
+                }
+                glib::ControlFlow::Break
+            },
+        );
+        source.attach(Some(&context));
+    });
 }
 
 /// Why the server's address cannot be bound, in the system's words ("address in use"),

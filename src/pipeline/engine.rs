@@ -320,6 +320,7 @@ impl Engine {
             pipelines,
             workers,
             rtsp_port: self.rtsp.as_ref().map(RtspServer::port),
+            rtsp_clients: self.rtsp.as_ref().map(RtspServer::stats),
         });
     }
 

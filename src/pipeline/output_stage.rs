@@ -13,7 +13,7 @@ use super::stop::StopSignal;
 use crate::config::SinkConfig;
 use crate::frames::{DropCounter, HopReceiver, Processed};
 use crate::media::MediaError;
-use crate::media::output::{OutputCounters, OutputSettings, VideoOutput};
+use crate::media::output::{OutputCounters, OutputSettings, RecordingMisses, VideoOutput};
 use crate::media::rtsp_server::RtspMounts;
 
 /// A pipeline's drop counters, as its metadata lines and metrics report them.
@@ -78,6 +78,9 @@ pub struct OutputStage {
     stop: StopSignal,
     /// What every life of the video output counts its drops in.
     counters: OutputCounters,
+    /// The frames the current video output's recordings missed, and how many of them are
+    /// already counted as lost.
+    misses: Option<(RecordingMisses, u64)>,
 }
 
 impl OutputStage {
@@ -119,7 +122,9 @@ impl OutputStage {
             reported: Drops::default(),
             stop,
             counters,
+            misses: None,
         };
+        stage.misses = stage.video.as_ref().map(|v| (v.recording_misses(), 0));
         if let Some(video) = &stage.video {
             video.watch_snapshot(&stage.stats.latest_frame);
             stage.life.retry.up();
@@ -146,6 +151,24 @@ impl OutputStage {
         {
             tracing::warn!(pipeline = %self.settings.pipeline, %error, "output did not finish cleanly");
         }
+        self.count_misses();
+    }
+
+    /// Counts the frames the recordings missed since the last call as lost.
+    fn count_misses(&mut self) {
+        if let Some((misses, counted)) = &mut self.misses {
+            let now = misses.count();
+            self.stats
+                .lose(Loss::RecordingMissed, now.saturating_sub(*counted));
+            *counted = now;
+        }
+    }
+
+    /// Takes `video` as the output's new life.
+    fn adopt(&mut self, video: Option<VideoOutput>) {
+        self.count_misses();
+        self.misses = video.as_ref().map(|v| (v.recording_misses(), 0));
+        self.video = video;
     }
 
     /// Publishes one frame. It counts as out once its picture is handed to the encoder (or,
@@ -222,7 +245,7 @@ impl OutputStage {
                     if let Some(video) = &video {
                         video.watch_snapshot(&self.stats.latest_frame);
                     }
-                    self.video = video;
+                    self.adopt(video);
                     self.life.retry.up();
                     self.report(None);
                     self.start_recordings(false);
@@ -283,6 +306,7 @@ impl OutputStage {
 
     /// Takes down the recordings that failed and restarts those whose wait is over.
     fn tend_recordings(&mut self) {
+        self.count_misses();
         let Some(video) = self.video.as_mut() else {
             return;
         };

@@ -10,6 +10,7 @@ use super::stats::{PipelineState, PipelineStats};
 use super::worker::WorkerStats;
 use crate::config::ModelRef;
 use crate::frames::{DropCounter, HopSender};
+use crate::media::rtsp_server::RtspServerStats;
 
 /// Reads the current depth of a pipeline's first hop without keeping the hop open.
 pub enum QueueProbe {
@@ -142,6 +143,7 @@ pub struct EngineView {
     pub(super) pipelines: Vec<Arc<PipelineHandle>>,
     pub(super) workers: Vec<Arc<WorkerHandle>>,
     pub(super) rtsp_port: Option<u16>,
+    pub(super) rtsp_clients: Option<Arc<RtspServerStats>>,
 }
 
 impl EngineView {
@@ -150,6 +152,7 @@ impl EngineView {
             pipelines: Vec::new(),
             workers: Vec::new(),
             rtsp_port: None,
+            rtsp_clients: None,
         }
     }
 
@@ -177,6 +180,11 @@ impl EngineView {
     /// The RTSP server's port, when a pipeline publishes over RTSP.
     pub fn rtsp_port(&self) -> Option<u16> {
         self.rtsp_port
+    }
+
+    /// The RTSP server's clients, when a pipeline publishes over RTSP.
+    pub fn rtsp_clients(&self) -> Option<&RtspServerStats> {
+        self.rtsp_clients.as_deref()
     }
 }
 

@@ -15,8 +15,10 @@ const PER_RTSP_SOURCE: u64 = 16;
 const PER_HTTP_SOURCE: u64 = 8;
 /// A recording: its own pipeline and the open file.
 const PER_FILE: u64 = 6;
-/// An RTSP mount with a few clients (each a socket or a pair of UDP sockets).
-const PER_RTSP_SINK: u64 = 24;
+/// An RTSP mount: its media's pipeline (clients are counted apart).
+const PER_RTSP_SINK: u64 = 8;
+/// An RTSP client: its connection, and RTP/RTCP sockets over UDP.
+const PER_RTSP_CLIENT: u64 = 3;
 /// A UDP or launch sink.
 const PER_OTHER_SINK: u64 = 6;
 
@@ -66,6 +68,15 @@ pub fn descriptors_needed(config: &Config) -> u64 {
         }
         need += pipeline.metadata.len() as u64;
     }
+    let serves_rtsp = config.pipelines.iter().any(|p| {
+        p.config
+            .sinks
+            .iter()
+            .any(|s| matches!(s, SinkConfig::Rtsp(_)))
+    });
+    if serves_rtsp {
+        need += PER_RTSP_CLIENT * config.daemon.rtsp.max_clients as u64;
+    }
     need
 }
 
@@ -75,7 +86,7 @@ pub fn check_descriptors(config: &Config, limit: u64) -> Result<(), String> {
     if need > limit {
         return Err(format!(
             "the {} configured pipelines and {} control-plane connections (http.max_connections) need about {need} file descriptors, but this process may open {limit}: \
-             raise the limit (LimitNOFILE= in the systemd unit, or ulimit -n), run fewer pipelines or lower http.max_connections",
+             raise the limit (LimitNOFILE= in the systemd unit, or ulimit -n), run fewer pipelines or lower http.max_connections (and rtsp.max_clients)",
             config.pipelines.len(),
             config.daemon.http.max_connections
         ));
