@@ -352,6 +352,30 @@ impl SourceActivity {
     }
 }
 
+/// What a pipeline's observer is told: its state changed, or an output went down or came back.
+pub enum Observed<'a> {
+    State(&'a PipelineState),
+    Output(&'a OutputHealth),
+}
+
+/// Told of every change [`Observed`] names (the daemon's events on its brokers). Called on
+/// the thread that made the change; it must not wait.
+pub type Observer = Box<dyn Fn(&Observed<'_>) + Send + Sync>;
+
+/// The observer, set once when the pipeline is built.
+#[derive(Default)]
+pub struct ObserverSlot(std::sync::OnceLock<Observer>);
+
+impl std::fmt::Debug for ObserverSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "ObserverSlot(set)"
+        } else {
+            "ObserverSlot(unset)"
+        })
+    }
+}
+
 /// Everything counted for one pipeline.
 #[derive(Debug, Default)]
 pub struct PipelineStats {
@@ -387,6 +411,7 @@ pub struct PipelineStats {
     pub latest_frame: std::sync::Arc<LatestFrame>,
     /// When the source last delivered a frame.
     pub source: SourceActivity,
+    observer: ObserverSlot,
 }
 
 /// Why a frame was lost, rather than dropped by a queue's `when_full` policy. A pipeline
@@ -484,6 +509,17 @@ impl PipelineStats {
             .unwrap_or(PipelineState::Starting)
     }
 
+    /// Sets who is told of state and output changes from now on (once).
+    pub fn observe(&self, observer: Observer) {
+        let _ = self.observer.0.set(observer);
+    }
+
+    fn notify(&self, observed: &Observed<'_>) {
+        if let Some(observer) = self.observer.0.get() {
+            observer(observed);
+        }
+    }
+
     pub fn set_state(&self, state: PipelineState) {
         let ended = matches!(
             state,
@@ -496,8 +532,16 @@ impl PipelineStats {
                 None
             };
         }
-        if let Ok(mut current) = self.state.lock() {
-            *current = Some(state);
+        let changed = match self.state.lock() {
+            Ok(mut current) => {
+                let changed = current.as_ref() != Some(&state);
+                *current = Some(state.clone());
+                changed
+            }
+            Err(_) => false,
+        };
+        if changed {
+            self.notify(&Observed::State(&state));
         }
     }
 
@@ -536,12 +580,24 @@ impl PipelineStats {
     }
 
     /// Sets the health of `health.output`, adding it the first time.
+    /// The observer hears of an output going down (the first failure) and coming back.
     pub fn set_output(&self, health: OutputHealth) {
-        if let Ok(mut outputs) = self.outputs.lock() {
-            match outputs.iter_mut().find(|o| o.output == health.output) {
-                Some(slot) => *slot = health,
-                None => outputs.push(health),
+        let turned = match self.outputs.lock() {
+            Ok(mut outputs) => {
+                let turned = match outputs.iter().find(|o| o.output == health.output) {
+                    Some(slot) => slot.up != health.up,
+                    None => !health.up,
+                };
+                match outputs.iter_mut().find(|o| o.output == health.output) {
+                    Some(slot) => *slot = health.clone(),
+                    None => outputs.push(health.clone()),
+                }
+                turned
             }
+            Err(_) => false,
+        };
+        if turned {
+            self.notify(&Observed::Output(&health));
         }
     }
 

@@ -44,6 +44,8 @@ pub struct PipelineHandle {
     capacity: usize,
     /// Whether it publishes video (so it has frames to show as snapshots).
     pub video: bool,
+    /// Its published sinks (MQTT, Kafka), for the control plane.
+    pub sinks: Vec<Arc<crate::publish::SinkShared>>,
     started: Instant,
 }
 
@@ -66,6 +68,7 @@ impl PipelineHandle {
             queue,
             capacity,
             video,
+            sinks: Vec::new(),
             started: Instant::now(),
         }
     }
@@ -142,6 +145,7 @@ pub struct EngineView {
     pub(super) pipelines: Vec<Arc<PipelineHandle>>,
     pub(super) workers: Vec<Arc<WorkerHandle>>,
     pub(super) rtsp_port: Option<u16>,
+    pub(super) brokers: Vec<Arc<crate::publish::Outbox>>,
 }
 
 impl EngineView {
@@ -150,6 +154,7 @@ impl EngineView {
             pipelines: Vec::new(),
             workers: Vec::new(),
             rtsp_port: None,
+            brokers: Vec::new(),
         }
     }
 
@@ -172,6 +177,11 @@ impl EngineView {
             .iter()
             .find(|w| w.model == model)
             .map(|w| w.stats.clone())
+    }
+
+    /// Every broker connection, in name order.
+    pub fn brokers(&self) -> &[Arc<crate::publish::Outbox>] {
+        &self.brokers
     }
 
     /// The RTSP server's port, when a pipeline publishes over RTSP.
