@@ -22,7 +22,7 @@ mod spool;
 mod tls;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 pub use events::{EventFeed, OutputEvent, StateEvent};
@@ -59,6 +59,8 @@ pub struct Publishing {
     runtime: Option<tokio::runtime::Runtime>,
     daemon: String,
     connections: BTreeMap<String, Connection>,
+    /// Every sink made, for the totals logged at shutdown (weak: a removed pipeline's go).
+    made: Mutex<Vec<Weak<SinkShared>>>,
 }
 
 impl Publishing {
@@ -68,6 +70,7 @@ impl Publishing {
             runtime: None,
             daemon: daemon_name(config),
             connections: BTreeMap::new(),
+            made: Mutex::new(Vec::new()),
         };
         publishing.ensure(config);
         publishing
@@ -202,6 +205,10 @@ impl Publishing {
             };
             let shared = Arc::new(SinkShared::new(target, connection.outbox.clone()));
             connection.outbox.register(shared.clone());
+            if let Ok(mut made) = self.made.lock() {
+                made.retain(|sink| sink.strong_count() > 0);
+                made.push(Arc::downgrade(&shared));
+            }
             sinks.push(Some(Sink::new(shared, sampling)));
         }
         Ok(sinks)
@@ -253,6 +260,24 @@ impl Publishing {
             connection.outbox.abandon_spooled();
         }
         runtime.shutdown_timeout(Duration::from_millis(200));
+        self.log_totals();
+    }
+
+    /// One line per sink: what it published and what it dropped, by reason (every result is
+    /// one or the other).
+    fn log_totals(&self) {
+        let made = self.made.lock().map(|m| m.clone()).unwrap_or_default();
+        for sink in made.iter().filter_map(Weak::upgrade) {
+            tracing::info!(
+                pipeline = %sink.pipeline,
+                sink = %sink.name,
+                published = sink.published(),
+                dropped_buffer_full = sink.dropped_for(DropReason::BufferFull),
+                dropped_rejected = sink.dropped_for(DropReason::Rejected),
+                dropped_shutdown = sink.dropped_for(DropReason::Shutdown),
+                "published sink totals"
+            );
+        }
     }
 }
 

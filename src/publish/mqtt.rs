@@ -204,7 +204,12 @@ fn connected(tracking: &Shared, outbox: &Outbox) {
     if let Some(online) = events::availability(outbox, true) {
         greeting.push(outbox.adopt(online));
     }
-    greeting.extend(outbox.states().into_iter().map(|state| outbox.adopt(state)));
+    // After a reconnection each pipeline's state is sent again (a broker that restarted
+    // without persistence lost the retained ones); on the first, every state change since
+    // the start still waits in the events' spool.
+    if outbox.connects() > 1 {
+        greeting.extend(outbox.states().into_iter().map(|state| outbox.adopt(state)));
+    }
     let mut tracking = lock(tracking);
     for sent in greeting.into_iter().rev() {
         tracking.resend.push_front((0, sent));
@@ -343,7 +348,10 @@ pub fn describe(error: &ConnectionError) -> String {
         ConnectionError::ConnectionRefused(code) => {
             let why = match code {
                 Code::BadUserNamePassword => "bad user name or password",
-                Code::NotAuthorized => "not authorized",
+                // What mosquitto answers a wrong password with, too.
+                Code::NotAuthorized => {
+                    "not authorized (check username and password_env, and the broker's access rules)"
+                }
                 Code::BadClientId => "client identifier rejected",
                 Code::RefusedProtocolVersion => "MQTT 3.1.1 not accepted",
                 Code::ServiceUnavailable => "service unavailable",

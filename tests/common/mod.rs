@@ -5,6 +5,7 @@
 // Each test binary uses its own subset of these.
 #![allow(dead_code)]
 
+pub mod brokers;
 mod camera;
 mod yaml;
 
