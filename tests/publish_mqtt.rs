@@ -37,7 +37,11 @@ fn states(received: &[Received], pipeline: &str) -> Vec<Value> {
 
 /// The control plane's address, from the daemon's log.
 fn http(daemon: &mut Daemon) -> String {
-    daemon.field("control plane listening", "address", Duration::from_secs(30))
+    daemon.field_read_or_next(
+        "control plane listening",
+        "address",
+        Duration::from_secs(30),
+    )
 }
 
 fn get(address: &str, path: &str) -> String {
@@ -93,7 +97,8 @@ fn sixty_frames_at_qos_1_arrive_once_each_as_the_jsonl_lines_with_their_states()
 
     subscriber.until("60 results and the offline", Duration::from_secs(20), |r| {
         results(r, "door").len() >= 60
-            && r.iter().any(|m| m.topic == "visiond/box-1/availability" && m.payload == "offline")
+            && r.iter()
+                .any(|m| m.topic == "visiond/box-1/availability" && m.payload == "offline")
     });
     // Anything sent twice would have come by now.
     std::thread::sleep(Duration::from_millis(500));
@@ -101,7 +106,10 @@ fn sixty_frames_at_qos_1_arrive_once_each_as_the_jsonl_lines_with_their_states()
     let published = results(&subscriber.received, "door");
     let written = jsonl(&lines);
     assert_eq!(written.len(), 60);
-    assert_eq!(published, written, "the MQTT messages are the jsonl lines, once each, in order");
+    assert_eq!(
+        published, written,
+        "the MQTT messages are the jsonl lines, once each, in order"
+    );
     assert_eq!(total(&log, "published"), 60, "{log}");
 
     let seen: Vec<String> = states(&subscriber.received, "door")
@@ -109,15 +117,26 @@ fn sixty_frames_at_qos_1_arrive_once_each_as_the_jsonl_lines_with_their_states()
         .map(|s| s["state"].as_str().unwrap().to_string())
         .collect();
     // (60 test frames are made faster than the supervisor looks: no `playing` in between.)
-    assert_eq!(seen.first().map(String::as_str), Some("starting"), "{seen:?}");
-    assert_eq!(seen.last().map(String::as_str), Some("finished"), "{seen:?}");
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("starting"),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("finished"),
+        "{seen:?}"
+    );
     let availability: Vec<&str> = subscriber
         .on("visiond/box-1/availability")
         .iter()
         .map(|m| m.payload.as_str())
         .collect();
     assert_eq!(availability, ["online", "offline"]);
-    for message in published.iter().chain(&states(&subscriber.received, "door")) {
+    for message in published
+        .iter()
+        .chain(&states(&subscriber.received, "door"))
+    {
         check_schema(message);
     }
 
@@ -157,15 +176,19 @@ fn a_broker_away_for_ten_seconds_costs_no_result_silently_and_publishing_resumes
     );
     let mut daemon = Daemon::spawn(&file, &[]);
     let address = http(&mut daemon);
-    subscriber.until("results flowing", Duration::from_secs(30), |r| r.len() >= 30);
+    subscriber.until("results flowing", Duration::from_secs(30), |r| {
+        r.len() >= 30
+    });
     let connected = "visiond_broker_connected{broker=\"site\",kind=\"mqtt\"}";
     assert_eq!(metric(&address, connected), Some(1.0));
 
     broker.kill();
     drop(subscriber);
-    wait_until("the daemon to see the broker gone", Duration::from_secs(10), || {
-        metric(&address, connected) == Some(0.0)
-    });
+    wait_until(
+        "the daemon to see the broker gone",
+        Duration::from_secs(10),
+        || metric(&address, connected) == Some(0.0),
+    );
     std::thread::sleep(Duration::from_secs(10));
     let last_before = jsonl(&lines).len();
     broker.restart();
@@ -174,11 +197,17 @@ fn a_broker_away_for_ten_seconds_costs_no_result_silently_and_publishing_resumes
         metric(&address, connected) == Some(1.0)
     });
     let resumed = restarted.elapsed();
-    assert!(resumed <= Duration::from_secs(5), "reconnected only after {resumed:?}");
+    assert!(
+        resumed <= Duration::from_secs(5),
+        "reconnected only after {resumed:?}"
+    );
     let status: Value = serde_json::from_str(&get(&address, "/api/pipelines")).unwrap();
     let sink = &status[0]["sinks"][0];
     assert_eq!(sink["sink"], "mqtt:site");
-    assert!(sink["dropped"]["buffer_full"].as_u64().unwrap() > 0, "{sink}");
+    assert!(
+        sink["dropped"]["buffer_full"].as_u64().unwrap() > 0,
+        "{sink}"
+    );
 
     // Results made after the restart arrive.
     let mut after = Subscriber::start(&broker, "visiond/door/results", &[]);
@@ -321,7 +350,10 @@ fn the_last_will_says_offline_when_the_daemon_is_killed() {
         r.iter()
             .any(|m| m.topic == "visiond/box-1/availability" && m.payload == "offline")
     });
-    assert!(broker.log().contains("box-1"), "the will came from the daemon's client");
+    assert!(
+        broker.log().contains("box-1"),
+        "the will came from the daemon's client"
+    );
 }
 
 fn quoted(path: &Path) -> String {

@@ -37,7 +37,9 @@ fn program(name: &str) -> String {
             return path.display().to_string();
         }
     }
-    panic!("{name} is not installed; scripts/setup installs it (Debian package mosquitto / mosquitto-clients)")
+    panic!(
+        "{name} is not installed; scripts/setup installs it (Debian package mosquitto / mosquitto-clients)"
+    )
 }
 
 /// A mosquitto broker on loopback, with its own configuration file in `dir`.
@@ -186,12 +188,23 @@ impl Subscriber {
     }
 
     /// Reads what has arrived until `done` says enough (or `timeout`, then panics with all).
-    pub fn until(&mut self, what: &str, timeout: Duration, mut done: impl FnMut(&[Received]) -> bool) {
+    pub fn until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&[Received]) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         while !done(&self.received) {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out waiting for {what}; received:\n{:#?}", self.received);
-            if let Ok(message) = self.lines.recv_timeout(left.min(Duration::from_millis(100)))
+            assert!(
+                !left.is_zero(),
+                "timed out waiting for {what}; received:\n{:#?}",
+                self.received
+            );
+            if let Ok(message) = self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(100)))
                 && message.topic != "visiond-test/ready"
             {
                 self.received.push(message);
@@ -262,8 +275,19 @@ pub fn certificates(dir: &Path) -> Certificates {
         );
     };
     run(&[
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=visiond test CA",
-        "-keyout", "ca.key", "-out", "ca.pem",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=visiond test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
     ]);
     std::fs::write(
         dir.join("server.ext"),
@@ -277,12 +301,32 @@ pub fn certificates(dir: &Path) -> Certificates {
     .unwrap();
     for (name, subject) in [("server", "/CN=localhost"), ("client", "/CN=visiond")] {
         run(&[
-            "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout",
-            &format!("{name}.key"), "-out", &format!("{name}.csr"),
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            subject,
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
         ]);
         run(&[
-            "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", &format!("{name}.ext"), "-out",
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
             &format!("{name}.pem"),
         ]);
     }
@@ -297,7 +341,8 @@ pub fn certificates(dir: &Path) -> Certificates {
 
 /// Checks `message` against the published schema in docs/, panicking with what is wrong.
 pub fn check_schema(message: &serde_json::Value) {
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema/visiond-messages.schema.json");
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema/visiond-messages.schema.json");
     let schema: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
     let id = schema["$id"].as_str().unwrap().to_string();
@@ -325,7 +370,9 @@ impl Tansu {
             .unwrap_or_else(|| {
                 let cache = std::env::var_os("XDG_CACHE_HOME")
                     .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"));
+                    .unwrap_or_else(|| {
+                        PathBuf::from(std::env::var("HOME").unwrap()).join(".cache")
+                    });
                 cache.join("visiond/tansu-0.6")
             });
         let binary = root.join("bin/tansu");
