@@ -244,6 +244,12 @@ fn check_pipeline(
         }
         if let (Some(sampling), Some(buffer)) = (item.sampling(), item.buffer()) {
             check_sampling(&key, sampling, buffer, errors);
+            if sampling.on_change && pipeline.model == ModelRef::None {
+                errors.push(
+                    format!("{key}.on_change"),
+                    "compares the best class of a classification model, and this pipeline has none (model: none)",
+                );
+            }
         }
     }
 }
@@ -261,7 +267,7 @@ fn check_broker_reference(
         Some(found) if found.kind() != kind => errors.push(
             format!("{key}.broker"),
             format!(
-                "broker '{broker}' in {daemon_file} is a {} broker, not a {kind} one",
+                "broker '{broker}' in {daemon_file} is of kind {}, not {kind}",
                 found.kind()
             ),
         ),
