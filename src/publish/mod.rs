@@ -15,6 +15,7 @@
 mod backoff;
 pub mod events;
 mod kafka;
+pub mod link;
 mod mqtt;
 pub mod outbox;
 pub mod sink;
@@ -203,7 +204,7 @@ impl Publishing {
                 },
                 MetadataConfig::Jsonl(_) => unreachable!("jsonl has no broker"),
             };
-            let shared = Arc::new(SinkShared::new(target, connection.outbox.clone()));
+            let shared = Arc::new(SinkShared::new(target, connection.outbox.link.clone()));
             connection.outbox.register(shared.clone());
             if let Ok(mut made) = self.made.lock() {
                 made.retain(|sink| sink.strong_count() > 0);
@@ -403,18 +404,18 @@ pub struct SinkStatus {
 
 impl SinkStatus {
     pub fn of(sink: &SinkShared) -> Self {
-        let connected = sink.outbox.is_connected();
+        let connected = sink.link.is_connected();
         Self {
             sink: sink.name.clone(),
             kind: sink.kind,
-            broker: sink.outbox.name.clone(),
+            broker: sink.link.name.clone(),
             topic: sink.topic.to_string(),
             state: if connected {
                 "connected"
             } else {
                 "disconnected"
             },
-            error: sink.last_error().or_else(|| sink.outbox.last_error()),
+            error: sink.last_error().or_else(|| sink.link.last_error()),
             buffered: sink.spool.len(),
             buffer: sink.spool.capacity(),
             published: sink.published(),

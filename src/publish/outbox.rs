@@ -3,12 +3,13 @@
 //! Shared between the frame path (which only pushes into spools) and the connection's task.
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 
+use super::link::Link;
 use super::sink::{DropReason, SinkShared};
 use super::spool::Spool;
 
@@ -23,6 +24,15 @@ pub enum EventRoute {
     Mqtt { prefix: String },
     /// One topic, keyed by pipeline (by daemon for availability).
     Kafka { topic: String },
+}
+
+/// An outbox reads as its link: `outbox.name`, `outbox.is_connected()`.
+impl Deref for Outbox {
+    type Target = Link;
+
+    fn deref(&self) -> &Link {
+        &self.link
+    }
 }
 
 /// One event as a broker gets it.
@@ -105,24 +115,16 @@ impl Outgoing {
 }
 
 pub struct Outbox {
-    /// The broker's name in the daemon file.
-    pub name: String,
-    pub kind: &'static str,
-    /// Where it connects, without credentials.
-    pub address: String,
+    /// Which broker, and whether it is connected (what its sinks and the API read).
+    pub link: Arc<Link>,
     /// The daemon's name in availability topics and events.
     pub daemon: String,
-    /// Woken by every push, acknowledgement and stop.
-    pub wake: Arc<Notify>,
     pub route: Option<EventRoute>,
     events: Spool<EventMessage>,
     sinks: Mutex<Vec<Arc<SinkShared>>>,
     cursor: AtomicUsize,
     /// Taken out and neither delivered nor dropped yet.
     in_flight: AtomicUsize,
-    connected: AtomicBool,
-    connects: AtomicU64,
-    last_error: Mutex<Option<String>>,
     events_published: AtomicU64,
     events_dropped: AtomicU64,
     /// Each pipeline's latest state message, sent again at every connection: a broker that
@@ -140,21 +142,15 @@ impl Outbox {
         daemon: &str,
         route: Option<EventRoute>,
     ) -> Self {
-        let wake = Arc::new(Notify::new());
+        let link = Arc::new(Link::new(name, kind, address));
         Self {
-            name: name.to_string(),
-            kind,
-            address,
+            events: Spool::new(EVENT_SPOOL, link.wake.clone()),
+            link,
             daemon: daemon.to_string(),
-            events: Spool::new(EVENT_SPOOL, wake.clone()),
-            wake,
             route,
             sinks: Mutex::new(Vec::new()),
             cursor: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
-            connected: AtomicBool::new(false),
-            connects: AtomicU64::new(0),
-            last_error: Mutex::new(None),
             events_published: AtomicU64::new(0),
             events_dropped: AtomicU64::new(0),
             states: Mutex::new(BTreeMap::new()),
@@ -242,34 +238,6 @@ impl Outbox {
                 }
             }
         }
-    }
-
-    pub fn set_connected(&self) {
-        self.connected.store(true, Ordering::Relaxed);
-        self.connects.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut last) = self.last_error.lock() {
-            *last = None;
-        }
-    }
-
-    pub fn set_disconnected(&self, error: String) {
-        self.connected.store(false, Ordering::Relaxed);
-        if let Ok(mut last) = self.last_error.lock() {
-            *last = Some(error);
-        }
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
-    }
-
-    /// Why the connection is down (or the last attempt failed); `None` while connected.
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|e| e.clone())
-    }
-
-    pub fn connects(&self) -> u64 {
-        self.connects.load(Ordering::Relaxed)
     }
 
     pub fn events_published(&self) -> u64 {

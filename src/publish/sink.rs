@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::outbox::Outbox;
+use super::link::Link;
 use super::spool::Spool;
 use crate::config::Sampling;
 
@@ -49,7 +49,8 @@ pub struct SinkShared {
     pub qos: u8,
     pub retain: bool,
     pub spool: Spool<Bytes>,
-    pub outbox: Arc<Outbox>,
+    /// The connection it publishes through.
+    pub link: Arc<Link>,
     published: AtomicU64,
     rejected: AtomicU64,
     abandoned: AtomicU64,
@@ -72,9 +73,9 @@ pub struct SinkTarget {
 }
 
 impl SinkShared {
-    pub fn new(target: SinkTarget, outbox: Arc<Outbox>) -> Self {
+    pub fn new(target: SinkTarget, link: Arc<Link>) -> Self {
         Self {
-            spool: Spool::new(target.buffer, outbox.wake.clone()),
+            spool: Spool::new(target.buffer, link.wake.clone()),
             pipeline: target.pipeline,
             name: target.name,
             kind: target.kind,
@@ -82,7 +83,7 @@ impl SinkShared {
             key: target.key.map(Into::into),
             qos: target.qos,
             retain: target.retain,
-            outbox,
+            link,
             published: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
@@ -131,7 +132,7 @@ impl SinkShared {
 
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
-        self.outbox.wake.notify_one();
+        self.link.wake.notify_one();
     }
 
     pub fn is_closed(&self) -> bool {
