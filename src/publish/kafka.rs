@@ -30,6 +30,9 @@ const STATISTICS_MS: &str = "500";
 struct Context {
     outbox: Arc<Outbox>,
     up: AtomicBool,
+    /// An error was logged since the cluster was last up: librdkafka repeats its errors at
+    /// every reconnection attempt, the log says it once.
+    warned: AtomicBool,
 }
 
 impl ClientContext for Context {
@@ -40,6 +43,7 @@ impl ClientContext for Context {
             .any(|broker| broker.state == "UP");
         let was = self.up.swap(up, Ordering::Relaxed);
         if up && !was {
+            self.warned.store(false, Ordering::Relaxed);
             self.outbox.set_connected();
             tracing::info!(broker = %self.outbox.name, address = %self.outbox.address, "connected to the Kafka cluster");
         } else if !up && was {
@@ -52,8 +56,11 @@ impl ClientContext for Context {
 
     fn error(&self, error: KafkaError, reason: &str) {
         let message = format!("{error}: {reason}");
-        if self.outbox.last_error().as_deref() != Some(message.as_str()) {
-            tracing::warn!(broker = %self.outbox.name, address = %self.outbox.address, error = %message, "Kafka client error");
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(broker = %self.outbox.name, address = %self.outbox.address, error = %message,
+                "Kafka client error; retrying (results wait in the sinks' buffers)");
+        } else {
+            tracing::debug!(broker = %self.outbox.name, error = %message, "Kafka client error");
         }
         if !self.up.load(Ordering::Relaxed) {
             self.outbox.set_disconnected(message);
@@ -102,6 +109,7 @@ pub fn spawn(
     let context = Context {
         outbox: outbox.clone(),
         up: AtomicBool::new(false),
+        warned: AtomicBool::new(false),
     };
     let producer: Producer_ = config(broker, &outbox)
         .create_with_context(context)
