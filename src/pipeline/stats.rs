@@ -676,6 +676,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_observer_hears_state_changes_and_outputs_going_down_and_up_once_each() {
+        let stats = PipelineStats::default();
+        let heard = std::sync::Arc::new(Mutex::new(Vec::<String>::new()));
+        stats.observe(Box::new({
+            let heard = heard.clone();
+            move |observed| {
+                let said = match observed {
+                    Observed::State(state) => state.name().to_string(),
+                    Observed::Output(health) => format!("{} up={}", health.output, health.up),
+                };
+                heard.lock().unwrap().push(said);
+            }
+        }));
+        let video = |up: bool| OutputHealth {
+            output: "video".into(),
+            up,
+            reason: (!up).then(|| "disk full".into()),
+            error: None,
+            failures: u32::from(!up),
+            retry_at: None,
+        };
+        stats.set_state(PipelineState::Playing);
+        stats.set_state(PipelineState::Playing);
+        stats.set_output(video(true));
+        stats.set_output(video(false));
+        stats.set_output(video(false));
+        stats.set_output(video(true));
+        stats.set_state(PipelineState::Finished);
+        assert_eq!(
+            *heard.lock().unwrap(),
+            ["playing", "video up=false", "video up=true", "finished"]
+        );
+    }
+
+    #[test]
     fn quantiles_fall_within_one_bucket_of_the_truth() {
         let histogram = LatencyHistogram::default();
         for ms in 1..=100 {

@@ -138,3 +138,82 @@ fn message(topic: String, key: &str, body: Map<String, Value>, retain: bool) -> 
         retain,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::outbox::Outgoing;
+
+    fn event(outbox: &Outbox) -> (String, Value) {
+        match outbox.next() {
+            Some(Outgoing::Event(event)) => (
+                event.topic.to_string(),
+                serde_json::from_slice(&event.payload).unwrap(),
+            ),
+            _ => panic!("no event"),
+        }
+    }
+
+    #[test]
+    fn output_and_state_events_go_to_their_topics_as_documented() {
+        let mqtt = Arc::new(Outbox::new(
+            "site",
+            "mqtt",
+            "mqtt://x".into(),
+            "box-1",
+            Some(EventRoute::Mqtt {
+                prefix: "visiond".into(),
+            }),
+        ));
+        let kafka = Arc::new(Outbox::new(
+            "bus",
+            "kafka",
+            "x:9092".into(),
+            "box-1",
+            Some(EventRoute::Kafka {
+                topic: "visiond.events".into(),
+            }),
+        ));
+        let feed = EventFeed::new(vec![mqtt.clone(), kafka.clone()]);
+        feed.output(
+            "door",
+            &OutputEvent {
+                output: "file /rec/door.mp4".into(),
+                up: false,
+                reason: Some("disk full".into()),
+                error: Some("No space left on device".into()),
+                failures: 2,
+            },
+        );
+        feed.state(
+            "door",
+            &StateEvent {
+                state: "reconnecting",
+                reason: Some("connection refused".into()),
+                attempt: Some(3),
+            },
+        );
+        let (topic, output) = event(&mqtt);
+        assert_eq!(topic, "visiond/door/events");
+        assert_eq!(output["type"], "output");
+        assert_eq!(output["state"], "down");
+        assert_eq!(output["reason"], "disk full");
+        let (topic, state) = event(&mqtt);
+        assert_eq!(topic, "visiond/door/state");
+        assert_eq!(state["attempt"], 3);
+        let (topic, on_kafka) = event(&kafka);
+        assert_eq!(topic, "visiond.events");
+        assert_eq!(on_kafka["output"], "file /rec/door.mp4");
+        // The JSON Schema in docs/ takes them.
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/schema/visiond-messages.schema.json");
+        let schema: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        let id = schema["$id"].as_str().unwrap().to_string();
+        let mut schemas = boon::Schemas::new();
+        let mut compiler = boon::Compiler::new();
+        compiler.add_resource(&id, schema).unwrap();
+        let index = compiler.compile(&id, &mut schemas).unwrap();
+        for message in [&output, &state, &on_kafka] {
+            schemas.validate(message, index).unwrap();
+        }
+    }
+}
