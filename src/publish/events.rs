@@ -205,7 +205,10 @@ mod tests {
         assert_eq!(topic, "visiond.events");
         assert_eq!(on_kafka["output"], "file /rec/door.mp4");
         // The JSON Schema in docs/ takes them.
-        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/schema/visiond-messages.schema.json");
+        let file = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/schema/visiond-messages.schema.json"
+        );
         let schema: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
         let id = schema["$id"].as_str().unwrap().to_string();
         let mut schemas = boon::Schemas::new();
