@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 
-use crate::config::{Config, ConfigErrors, Overlay, paths};
+use crate::config::{Config, ConfigErrors, FileErrors, Overlay, paths};
 use crate::control::requests::{Answer, Request, Requests};
 use crate::control::systemd::{self, Notifier};
 use crate::control::{Api, ControlServer, Writes, signals};
@@ -67,7 +67,7 @@ pub fn run(file: &Path) -> Outcome {
     // Bound before any pipeline starts: a taken port fails the start, like the RTSP port.
     let listen = config.daemon.http.listen;
     let server = match runtime.block_on(ControlServer::bind(listen)) {
-        Ok(server) => server,
+        Ok(server) => server.configure(&config.daemon.http),
         Err(error) => {
             tracing::error!(address = %listen, %error, "cannot listen for the control plane");
             return Outcome::CannotStart;
@@ -243,11 +243,13 @@ impl Daemon {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
-        if config.daemon.http.listen != self.config.daemon.http.listen
+        if config.daemon.http.server_differs(&self.config.daemon.http)
             || config.daemon.rtsp != self.config.daemon.rtsp
             || config.daemon.log != self.config.daemon.log
         {
-            tracing::warn!("http, rtsp and log settings take effect at the next restart");
+            tracing::warn!(
+                "http (but for http.writes), rtsp and log settings take effect at the next restart"
+            );
         }
         let applied = self.engine.apply(&config, &runtime::loader(&config));
         match applied {
@@ -264,7 +266,8 @@ impl Daemon {
     }
 
     /// Validates `body` as pipeline `name` with every other file, writes it atomically, and
-    /// applies the result.
+    /// applies the result. What `http.writes` does not allow is refused first, before the
+    /// validation looks at the files and directories the pipeline names.
     fn put(&mut self, name: &str, body: &str) -> Answer {
         let target = match self.pipeline_file(name) {
             Ok(target) => target,
@@ -273,19 +276,51 @@ impl Daemon {
         let text = match pipeline_text(name, body) {
             Ok(text) => text,
             Err(error) => {
-                return Answer::Invalid(vec![format!("{}: {error}", paths::display(&target))]);
+                return Answer::Invalid(vec![format!("{}: {error}", paths::display(&target.path))]);
             }
         };
         let created = self.config.pipeline(name).is_none();
-        let overlay = Overlay::from([(target.clone(), Some(text.clone()))]);
+        let overlay = Overlay::from([(target.path.clone(), Some(text.clone()))]);
+        let refusals = self.refusals(&target.path, &overlay);
+        if !refusals.is_empty() {
+            for refusal in &refusals {
+                tracing::warn!(pipeline = name, "PUT refused: {refusal}");
+            }
+            return Answer::Forbidden(refusals);
+        }
         if let Err(errors) = preflight::load_with(&self.file, &overlay) {
             return Answer::Invalid(errors.0.iter().map(ToString::to_string).collect());
         }
-        if let Err(error) = write_atomically(&target, &text) {
-            return Answer::Failed(format!("cannot write {}: {error}", target.display()));
+        if let Err(error) = write_pipeline_file(&target, &text) {
+            return Answer::Failed(format!("cannot write {}: {error}", target.path.display()));
         }
-        tracing::info!(pipeline = name, file = %target.display(), "pipeline written over HTTP");
+        tracing::info!(pipeline = name, file = %target.path.display(), "pipeline written over HTTP");
         self.apply(&Overlay::new(), created)
+    }
+
+    /// What the pipeline in `file`, as `overlay` has it, uses that `http.writes` (as running)
+    /// does not allow. A file that does not parse has nothing to check: the validation that
+    /// follows refuses it, and looks at nothing it names.
+    fn refusals(&self, file: &Path, overlay: &Overlay) -> Vec<String> {
+        let reading = Config::read_with(&self.file, overlay);
+        let Some(pipeline) = reading
+            .config
+            .as_ref()
+            .and_then(|config| config.pipelines.iter().find(|p| p.file == file))
+        else {
+            return Vec::new();
+        };
+        let display = paths::display(file);
+        let mut refusals = Vec::new();
+        crate::control::policy::check(
+            &pipeline.config,
+            &self.config.daemon.http.writes,
+            &mut FileErrors {
+                file: &display,
+                errors: &mut refusals,
+            },
+        );
+        refusals.iter().map(ToString::to_string).collect()
     }
 
     /// Removes pipeline `name`'s file (when the rest stays valid) and applies the result.
@@ -305,9 +340,11 @@ impl Daemon {
     }
 
     /// The file pipeline `name` lives in, or would: its current file, else `<name>.yaml` in the
-    /// pipelines directory. A name that could escape that directory is refused.
+    /// pipelines directory when nothing is there yet. A name that could escape that directory
+    /// is refused, and so is a new name whose file exists (it holds another pipeline, or
+    /// something that is not one: never overwritten).
     #[allow(clippy::result_large_err)]
-    fn pipeline_file(&self, name: &str) -> Result<PathBuf, Answer> {
+    fn pipeline_file(&self, name: &str) -> Result<Target, Answer> {
         let valid = !name.is_empty()
             && !name.starts_with('.')
             && name
@@ -318,13 +355,33 @@ impl Daemon {
                 "'{name}' is not a valid pipeline name: use letters, digits, '-', '_' and '.' (not first)"
             )]));
         }
-        Ok(match self.config.pipeline(name) {
-            Some(existing) => existing.file.clone(),
-            None => self
-                .config
-                .daemon
-                .pipelines_dir
-                .join(format!("{name}.yaml")),
+        if let Some(existing) = self.config.pipeline(name) {
+            return Ok(Target {
+                path: existing.file.clone(),
+                replace: true,
+            });
+        }
+        let path = self
+            .config
+            .daemon
+            .pipelines_dir
+            .join(format!("{name}.yaml"));
+        if std::fs::symlink_metadata(&path).is_ok() {
+            let shown = paths::display(&path);
+            let holder = self.config.pipelines.iter().find(|p| p.file == path);
+            return Err(Answer::Conflict(match holder {
+                Some(other) => format!(
+                    "{shown} holds pipeline '{}', not '{name}'; nothing was written (PUT /api/pipelines/{} changes that one; a new pipeline needs a file of its own)",
+                    other.config.name, other.config.name
+                ),
+                None => format!(
+                    "{shown} already exists and is not pipeline '{name}''s file; nothing was written (move it away, or fix it and reload)"
+                ),
+            }));
+        }
+        Ok(Target {
+            path,
+            replace: false,
         })
     }
 
@@ -358,18 +415,61 @@ fn pipeline_text(name: &str, body: &str) -> Result<String, String> {
     serde_yaml::to_string(&value).map_err(|error| error.to_string())
 }
 
-/// Writes `text` to `target` so that a reader sees the old file or the new one, never a part.
-fn write_atomically(target: &Path, text: &str) -> std::io::Result<()> {
+/// Where a `PUT` writes its pipeline.
+struct Target {
+    path: PathBuf,
+    /// The pipeline's own file, replaced; otherwise a new file, which must not exist.
+    replace: bool,
+}
+
+/// Writes `text` as `target` so that a reader sees the old file or the new one, never a part.
+/// The temporary file is created new under a name of its own (never an existing file, nor a
+/// symbolic link someone planted), and removed whatever fails. A new file is linked into
+/// place only if nothing took its name meanwhile.
+fn write_pipeline_file(target: &Target, text: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = paths::parent_dir(target);
-    let name = target.file_name().unwrap_or_default().to_string_lossy();
-    // Hidden and not `.yaml`: the loader never reads it, even if a crash leaves it behind.
-    let temporary = dir.join(format!(".{name}.tmp"));
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, target)?;
+    let dir = paths::parent_dir(&target.path);
+    let (temporary, mut file) = create_temporary(&dir, &target.path)?;
+    let placed = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            drop(file);
+            if target.replace {
+                std::fs::rename(&temporary, &target.path)
+            } else {
+                std::fs::hard_link(&temporary, &target.path)
+            }
+        });
+    // Replaced, the temporary file became the target; otherwise it goes.
+    let left = placed.is_err() || !target.replace;
+    if left && let Err(error) = std::fs::remove_file(&temporary) {
+        tracing::warn!(file = %temporary.display(), %error, "cannot remove a temporary file");
+    }
+    placed?;
     std::fs::File::open(&dir)?.sync_all()
+}
+
+/// A new, empty file beside `target`: hidden and not `.yaml`, so the loader never reads one
+/// that a crash left behind.
+fn create_temporary(dir: &Path, target: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    let mut tries = 0;
+    loop {
+        let temporary = dir.join(format!(".{name}.{:016x}.tmp", fastrand::u64(..)));
+        // create_new: O_CREAT | O_EXCL, which fails on any existing name, links included.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temporary)
+        {
+            Ok(file) => return Ok((temporary, file)),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && tries < 8 => {
+                tries += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 fn log_changes(changes: &Changes) {

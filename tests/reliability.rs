@@ -673,3 +673,204 @@ fn a_taken_rtsp_port_is_reported_as_address_in_use() {
         "{stderr}"
     );
 }
+
+/// Each video packet's (pts, dts) in seconds as ffprobe reads `url` for `seconds`, and what
+/// ffprobe complained about.
+fn rtsp_packets(url: &str, seconds: u32) -> (Vec<(f64, f64)>, String) {
+    let (_, stdout, stderr) = output(Command::new("ffprobe").args([
+        "-v",
+        "warning",
+        "-rtsp_transport",
+        "tcp",
+        "-select_streams",
+        "v:0",
+        "-show_entries",
+        "packet=pts_time,dts_time",
+        "-of",
+        "csv=p=0",
+        "-read_intervals",
+        &format!("%+{seconds}"),
+        url,
+    ]));
+    let packets = stdout
+        .lines()
+        .filter_map(|line| {
+            let (pts, dts) = line.split_once(',')?;
+            Some((pts.parse().ok()?, dts.parse().ok()?))
+        })
+        .collect();
+    (packets, stderr)
+}
+
+#[test]
+fn rtsp_clients_see_the_cameras_steady_frame_intervals_when_frames_leave_the_model_in_batches() {
+    // A 25 fps camera into a model that takes four frames at a time: the output gets them in
+    // bursts of four every 160 ms. The stream must still say 40 ms between frames, each
+    // decoding time after the last.
+    let dir = tempfile::tempdir().unwrap();
+    let models = format!(
+        "models:\n{}",
+        model_yaml(
+            "depth",
+            "dpt-vit",
+            "device: cpu, batch: { max_size: 4, max_wait_ms: 150 }"
+        )
+    );
+    let file = write_tree(
+        dir.path(),
+        &models,
+        &[Pipeline::new("cam")
+            .source(Source::test(64, 48).fps(25))
+            .model("depth")
+            .rtsp_sink("/cam")],
+    );
+    let mut daemon = Daemon::spawn(&file, &[]);
+    let port = daemon.field("RTSP server listening", "port", Duration::from_secs(20));
+    daemon.field("source playing", "pipeline", Duration::from_secs(20));
+    let (packets, stderr) = rtsp_packets(&format!("rtsp://127.0.0.1:{port}/cam"), 5);
+    let (exit, log) = daemon.terminate();
+    assert_eq!(exit, Some(0), "{log}");
+    assert!(packets.len() >= 20, "{} packets: {stderr}", packets.len());
+    for pair in packets.windows(2) {
+        assert!(
+            pair[1].1 > pair[0].1,
+            "decoding time went back or repeated: {pair:?}"
+        );
+    }
+    // Every gap is the camera's 40 ms, or a whole number of them where a loaded machine
+    // dropped frames (live sources drop the oldest): never the bursts the model's batches
+    // leave in.
+    for pair in packets.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        let frames = (gap / 0.040).round();
+        assert!(
+            frames >= 1.0 && (gap - frames * 0.040).abs() < 0.005,
+            "a gap of {:.1} ms between {pair:?}",
+            gap * 1e3
+        );
+    }
+    assert!(!stderr.contains("non monotonically increasing"), "{stderr}");
+}
+
+#[test]
+fn a_paused_rtsp_client_costs_its_media_a_bounded_queue_and_counted_drops() {
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+    use std::sync::Arc;
+    use visiond::config::RtspServerConfig;
+    use visiond::frames::DropCounter;
+    use visiond::media::rtsp_server::{MEDIA_QUEUE, RtspServer};
+
+    visiond::media::registry::init().unwrap();
+    let server = RtspServer::start(&RtspServerConfig {
+        address: "127.0.0.1".parse().unwrap(),
+        port: 0,
+        auth: None,
+    })
+    .unwrap();
+    let drops = Arc::new(DropCounter::default());
+    let feed = server.mount("/cam", drops.clone()).unwrap();
+    // Real H.264 access units, keyframe every 15, as an output's tee hands them over.
+    let (encoder, frames) = play(
+        "videotestsrc num-buffers=400 ! video/x-raw,width=64,height=48,framerate=30/1 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 \
+         ! h264parse config-interval=-1 \
+         ! video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=sink sync=false",
+    );
+    let next = || {
+        frames
+            .pull_sample()
+            .ok()
+            .and_then(|s| s.buffer_owned())
+            .unwrap()
+    };
+    let client = gst::parse::launch(&format!(
+        "rtspsrc location=rtsp://127.0.0.1:{}/cam protocols=tcp latency=0 ! fakesink sync=false",
+        server.port()
+    ))
+    .unwrap();
+    client.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while feed.client_count() == 0 && Instant::now() < deadline {
+        feed.push(&next());
+        std::thread::sleep(Duration::from_millis(33));
+    }
+    assert_eq!(feed.client_count(), 1, "the client never connected");
+    for _ in 0..30 {
+        feed.push(&next());
+        std::thread::sleep(Duration::from_millis(33));
+    }
+    // The client pauses (RTSP PAUSE): its media takes nothing from its queue any more.
+    client.set_state(gst::State::Paused).unwrap();
+    let _ = client.state(gst::ClockTime::from_seconds(5));
+    std::thread::sleep(Duration::from_millis(500));
+    let before = drops.get();
+    for _ in 0..300 {
+        feed.push(&next());
+    }
+    let deepest = feed.deepest_queue();
+    assert!(
+        deepest <= MEDIA_QUEUE,
+        "the paused media holds {deepest} frames"
+    );
+    // The media may still take a few frames while its PAUSE takes effect.
+    assert!(
+        drops.get() - before >= 300 - MEDIA_QUEUE - 10,
+        "{} drops counted",
+        drops.get() - before
+    );
+    let _ = client.set_state(gst::State::Null);
+    let _ = encoder.set_state(gst::State::Null);
+    server.stop();
+}
+
+#[test]
+fn a_second_sigint_exits_at_once_and_cleanly_with_a_model_loaded() {
+    // Two SIGINTs 50 ms apart while a model runs: the second exits with 130 at once, every
+    // time, without a crash or libtorch tearing itself down under its own threads.
+    let dir = tempfile::tempdir().unwrap();
+    let models = format!("models:\n{}", model_yaml("depth", "dpt-vit", "device: cpu"));
+    let file = write_tree(
+        dir.path(),
+        &models,
+        &[Pipeline::new("cam")
+            .source(Source::test(64, 48).fps(30))
+            .model("depth")
+            .file_sink(&dir.path().join("cam.mp4"))],
+    );
+    for run in 0..5 {
+        let mut daemon = Daemon::spawn(&file, &[]);
+        daemon.field("source playing", "pipeline", Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(300 + 100 * run));
+        let pid = daemon.pid().to_string();
+        let started = Instant::now();
+        for i in 0..2 {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(
+                Command::new("kill")
+                    .args(["-INT", &pid])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+        let (code, log) = daemon.wait_for_exit(Duration::from_secs(15));
+        let took = started.elapsed();
+        assert_eq!(code, Some(130), "run {run}: {log}");
+        assert!(
+            took < Duration::from_secs(3),
+            "run {run} took {took:?}:\n{log}"
+        );
+        for symptom in [
+            "terminate called",
+            "Exception raised",
+            "Assertion",
+            "panicked",
+            "killed by signal",
+        ] {
+            assert!(!log.contains(symptom), "run {run}: '{symptom}' in:\n{log}");
+        }
+    }
+}

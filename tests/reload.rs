@@ -252,7 +252,7 @@ fn pipelines_are_put_and_deleted_over_http_with_a_token() {
     std::fs::write(out.join("token"), format!("{token}\n")).unwrap();
     let file = write_tree(
         out,
-        "http: { listen: \"127.0.0.1:0\", token_file: token }\n",
+        "http: { listen: \"127.0.0.1:0\", token_file: token, writes: { dirs: [.] } }\n",
         &[live("one", out)],
     );
     // write_tree's base already sets http; the later key would be a duplicate: rewrite it.

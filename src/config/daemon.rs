@@ -55,6 +55,27 @@ pub struct HttpConfig {
     /// without it those endpoints are off. Resolved against the daemon file's directory.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Connections open at once. At the cap a new one takes the place of the one longest
+    /// without a request in hand, or waits a moment for a slot; so idle sockets cannot use up
+    /// the process's file descriptors or keep `/healthz` from answering.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a request's headers may take to arrive, from their first byte.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// How long a connection may stay quiet (nothing read or written, no request being
+    /// handled) before it is closed: a keep-alive connection between requests, a client that
+    /// connected and sent nothing, or one that stopped reading its response.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// When set, only requests whose `Host` is one of these (a name or address, with or
+    /// without `:port`) are answered; others get 421. Keeps a web page on another site from
+    /// reaching the control plane through DNS rebinding.
+    #[serde(default)]
+    pub allowed_hosts: Option<Vec<String>>,
+    /// What a pipeline written over HTTP (`PUT`) may use.
+    #[serde(default)]
+    pub writes: WritesConfig,
 }
 
 impl Default for HttpConfig {
@@ -62,8 +83,45 @@ impl Default for HttpConfig {
         Self {
             listen: default_http_listen(),
             token_file: None,
+            max_connections: default_max_connections(),
+            header_timeout_ms: default_header_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            allowed_hosts: None,
+            writes: WritesConfig::default(),
         }
     }
+}
+
+impl HttpConfig {
+    /// Whether `other` differs in what the server was started with (everything but `writes`,
+    /// which the daemon reads on every write).
+    pub fn server_differs(&self, other: &Self) -> bool {
+        let server = |http: &Self| Self {
+            writes: WritesConfig::default(),
+            ..http.clone()
+        };
+        server(self) != server(other)
+    }
+}
+
+/// `http.writes`: a pipeline written with `PUT` can name files the daemon reads and writes,
+/// and GStreamer text it runs; the operator says which, in the daemon file.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WritesConfig {
+    /// Whether such a pipeline may use what hands GStreamer text to run: a `launch` source or
+    /// sink, `encoder.properties`. Off by default: they can read and write any file.
+    #[serde(default)]
+    pub allow_launch: bool,
+    /// The directories whose files such a pipeline may name (recordings, `depth16`, `jsonl`,
+    /// a `file://` source); none by default. Resolved against the daemon file's directory.
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
+    /// The environment variables such a pipeline may name in `credentials.password_env`; none
+    /// by default. Otherwise a write could send any variable's value (a token, another
+    /// camera's password) to a server of its choosing.
+    #[serde(default)]
+    pub password_envs: Vec<String>,
 }
 
 /// Accepts any scalar so that `listen: 9090` gets a message that says what is wanted.
@@ -87,6 +145,21 @@ fn socket_address<'de, D: serde::Deserializer<'de>>(
 
 fn default_http_listen() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090)
+}
+
+/// A few browser tabs, a scraper and probes need a handful each; the cap is counted in the
+/// file-descriptor estimate the daemon checks at start.
+fn default_max_connections() -> usize {
+    64
+}
+
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+
+/// Longer than Prometheus's usual 15 s scrape interval, so a scraper keeps its connection.
+fn default_idle_timeout_ms() -> u64 {
+    60_000
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use super::broker::{BrokerConfig, KafkaBroker, MqttAddress, MqttBroker};
-use super::daemon::DaemonConfig;
+use super::daemon::{DaemonConfig, HttpConfig};
 use super::error::{ConfigError, FileErrors};
 use super::paths;
 use super::pipeline::*;
@@ -91,6 +91,7 @@ fn check_daemon(daemon: &DaemonConfig, errors: &mut FileErrors<'_>) {
             ),
         );
     }
+    check_http(&daemon.http, errors);
     let http_port = daemon.http.listen.port();
     if http_port != 0 && http_port == daemon.rtsp.port {
         errors.push(
@@ -107,6 +108,51 @@ fn check_daemon(daemon: &DaemonConfig, errors: &mut FileErrors<'_>) {
             format!("models.{NO_MODEL}"),
             format!("'{NO_MODEL}' is reserved for pipelines without inference; pick another name"),
         );
+    }
+}
+
+/// Shorter would cut off ordinary clients on a slow link.
+const MIN_HTTP_TIMEOUT_MS: u64 = 100;
+/// More than a process's usual descriptor limit is a typo.
+const MAX_HTTP_CONNECTIONS: usize = 65_536;
+
+fn check_http(http: &HttpConfig, errors: &mut FileErrors<'_>) {
+    if !(1..=MAX_HTTP_CONNECTIONS).contains(&http.max_connections) {
+        errors.push(
+            "http.max_connections",
+            format!("must be between 1 and {MAX_HTTP_CONNECTIONS}"),
+        );
+    }
+    for (key, value) in [
+        ("http.header_timeout_ms", http.header_timeout_ms),
+        ("http.idle_timeout_ms", http.idle_timeout_ms),
+    ] {
+        if value < MIN_HTTP_TIMEOUT_MS {
+            errors.push(key, format!("must be at least {MIN_HTTP_TIMEOUT_MS}"));
+        }
+    }
+    if let Some(hosts) = &http.allowed_hosts {
+        if hosts.is_empty() {
+            errors.push(
+                "http.allowed_hosts",
+                "lists no host, so every request would be refused; list the names clients use (e.g. [\"127.0.0.1\", \"localhost\"]) or leave it out",
+            );
+        }
+        for (index, host) in hosts.iter().enumerate() {
+            let valid = !host.is_empty()
+                && host.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']')
+                });
+            if !valid {
+                errors.push(
+                    format!("http.allowed_hosts[{index}]"),
+                    format!(
+                        "'{}' is not a host name or address, with or without :port",
+                        super::limits::shown(host)
+                    ),
+                );
+            }
+        }
     }
 }
 

@@ -11,32 +11,54 @@
 //! | `GET /metrics` | Prometheus text format 0.0.4 ([`super::metrics`]) |
 //!
 //! Other paths are 404 and other methods 405. Handlers only read the shared
-//! `EngineView`; they never block on the frame path.
+//! `EngineView`; they never block on the frame path. Every response is `nosniff`; with
+//! `http.allowed_hosts`, a request for another host is refused ([`super::guard`]).
+//! Connections are capped and timed ([`super::connections`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
+use axum::{Extension, Router};
 use tokio::net::TcpListener;
 
 use super::api::Api;
+use super::connections::{self, ConnectionLimits, ConnectionStats};
+use super::guard::{self, AllowedHosts};
 use super::{reads, writes};
+use crate::config::HttpConfig;
 
 /// The control plane's listening socket, bound before it serves (so a taken port is an error
 /// at start, and port 0 tells its real port before any request).
 pub struct ControlServer {
     listener: TcpListener,
     address: SocketAddr,
+    limits: ConnectionLimits,
+    hosts: AllowedHosts,
 }
 
 impl ControlServer {
-    /// Binds `address` (port 0 picks a free port).
+    /// Binds `address` (port 0 picks a free port), with the default `http` settings.
     pub async fn bind(address: SocketAddr) -> std::io::Result<Self> {
         let listener = TcpListener::bind(address).await?;
         let address = listener.local_addr()?;
-        Ok(Self { listener, address })
+        Ok(Self {
+            listener,
+            address,
+            limits: ConnectionLimits::default(),
+            hosts: AllowedHosts::default(),
+        })
+    }
+
+    /// Takes the connection limits and the allowed hosts from `http`.
+    pub fn configure(self, http: &HttpConfig) -> Self {
+        Self {
+            limits: ConnectionLimits::of(http),
+            hosts: AllowedHosts::new(http.allowed_hosts.as_deref()),
+            ..self
+        }
     }
 
     /// The bound address, with the real port when 0 was asked for.
@@ -52,16 +74,16 @@ impl ControlServer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         tracing::info!(address = %self.address, "control plane listening");
-        axum::serve(self.listener, router(api.into()))
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let stats = Arc::new(ConnectionStats::new(self.limits.max_connections));
+        let routes = router(api.into(), self.hosts, stats.clone());
+        connections::serve(self.listener, routes, self.limits, stats, shutdown).await;
         tracing::info!(address = %self.address, "control plane stopped");
         Ok(())
     }
 }
 
-/// The routes, on `api`.
-pub fn router(api: Api) -> Router {
+/// The routes, on `api`; `/metrics` also reports `connections`.
+pub fn router(api: Api, hosts: AllowedHosts, connections: Arc<ConnectionStats>) -> Router {
     Router::new()
         .route("/", get(reads::status_page))
         .route("/healthz", get(reads::healthz))
@@ -77,5 +99,7 @@ pub fn router(api: Api) -> Router {
         .route("/metrics", get(reads::metrics))
         .fallback(reads::not_found)
         .layer(DefaultBodyLimit::max(writes::BODY_LIMIT))
+        .layer(Extension(connections))
+        .layer(axum::middleware::from_fn_with_state(hosts, guard::guard))
         .with_state(api)
 }

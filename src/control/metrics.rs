@@ -7,7 +7,8 @@
 //! `visiond_snapshots_refused_total`, `visiond_source_outages_total`,
 //! `visiond_reconnect_attempts_total` (and its earlier name `visiond_reconnects_total`),
 //! `visiond_output_up` (+ `output`), `visiond_output_failures_total` (+ `reason`),
-//! `visiond_output_restarts_total`, `visiond_recording_segments_deleted_total` and the histogram
+//! `visiond_output_restarts_total`, `visiond_frames_lost_total` (+ `reason`),
+//! `visiond_rtsp_dropped_total`, `visiond_recording_segments_deleted_total` and the histogram
 //! `visiond_frame_latency_seconds`; per published sink (+ `sink`): `visiond_metadata_published_total`,
 //! `visiond_metadata_dropped_total` (+ `reason`), `visiond_metadata_buffered`. Per broker
 //! (label `broker`): `visiond_broker_connected` (+ `kind`), `visiond_broker_connects_total`,
@@ -18,7 +19,10 @@
 //! (`device`, `kind` allocated or reserved). For the process: `visiond_build_info` (labels `version`,
 //! `libtorch`, `gstreamer`) and the standard `process_resident_memory_bytes`,
 //! `process_cpu_seconds_total`, `process_open_fds`, `process_threads`,
-//! `process_start_time_seconds`.
+//! `process_start_time_seconds`. The control plane's own connections
+//! ([`render_connections`]): `visiond_http_connections_open`, `visiond_http_connections_max`,
+//! `visiond_http_connections_closed_total` (+ `reason`), `visiond_http_connections_refused_total`
+//! and `visiond_http_accept_errors_total`.
 //!
 //! The latency histogram's `le` bounds are edges of the engine's own log buckets (5% wide),
 //! the ones nearest 1 ms, 2.5 ms, 5 ms, … 10 s, so every `_bucket` count is exact rather
@@ -28,8 +32,9 @@ use std::fmt::{Display, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::connections::{Closed, ConnectionStats};
 use super::process::ProcessStats;
-use crate::pipeline::stats::{LatencyHistogram, PipelineState, seconds};
+use crate::pipeline::stats::{LatencyHistogram, Loss, PipelineState, seconds};
 use crate::pipeline::view::EngineView;
 use crate::pipeline::worker::{BATCH_SIZE_BUCKETS, WorkerStats};
 
@@ -227,6 +232,34 @@ pub fn render(view: &EngineView) -> String {
         );
     }
     out.family(
+        "visiond_frames_lost_total",
+        "counter",
+        "Frames lost to a failure rather than dropped by a queue's policy, by reason.",
+    );
+    for p in pipelines {
+        let losses = p.stats.losses();
+        for loss in Loss::ALL {
+            let count = losses.get(loss.label()).copied().unwrap_or(0);
+            out.sample(
+                "visiond_frames_lost_total",
+                &[("pipeline", &p.name), ("reason", loss.label())],
+                count,
+            );
+        }
+    }
+    out.family(
+        "visiond_rtsp_dropped_total",
+        "counter",
+        "Frames an RTSP media's bounded queue dropped while its clients were paused or slow.",
+    );
+    for p in pipelines {
+        out.sample(
+            "visiond_rtsp_dropped_total",
+            &[("pipeline", &p.name)],
+            p.stats.rtsp_dropped.get(),
+        );
+    }
+    out.family(
         "visiond_recording_segments_deleted_total",
         "counter",
         "Recording segments deleted by their retention (max_age, max_bytes).",
@@ -413,6 +446,54 @@ fn render_publishing(out: &mut Exposition, view: &EngineView) {
             broker.events_dropped(),
         );
     }
+}
+
+/// The control plane's connections: how many are open against the cap, and every one the
+/// server closed or refused.
+pub fn render_connections(stats: &ConnectionStats) -> String {
+    let mut out = Exposition::default();
+    out.family(
+        "visiond_http_connections_open",
+        "gauge",
+        "Control plane connections open now.",
+    );
+    out.sample("visiond_http_connections_open", &[], stats.open());
+    out.family(
+        "visiond_http_connections_max",
+        "gauge",
+        "The cap on control plane connections (http.max_connections).",
+    );
+    out.sample("visiond_http_connections_max", &[], stats.max());
+    let closed = "visiond_http_connections_closed_total";
+    out.family(
+        closed,
+        "counter",
+        "Control plane connections the server closed: headers too slow (header_timeout), quiet too long (idle_timeout), or displaced at the cap by a new connection (evicted).",
+    );
+    for reason in Closed::ALL {
+        out.sample(closed, &[("reason", reason.as_str())], stats.closed(reason));
+    }
+    out.family(
+        "visiond_http_connections_refused_total",
+        "counter",
+        "Connections closed unanswered: the cap was reached and no slot freed within a second.",
+    );
+    out.sample(
+        "visiond_http_connections_refused_total",
+        &[],
+        stats.refused(),
+    );
+    out.family(
+        "visiond_http_accept_errors_total",
+        "counter",
+        "Failed accepts on the control plane's socket (the process out of file descriptors, say).",
+    );
+    out.sample(
+        "visiond_http_accept_errors_total",
+        &[],
+        stats.accept_errors(),
+    );
+    out.text
 }
 
 /// The batch sizes each model's worker ran, as a histogram.

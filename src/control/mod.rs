@@ -2,6 +2,9 @@
 //!
 //! - [`http`]: the HTTP server on `http.listen` (`/healthz`, `/readyz`, `/api/pipelines`,
 //!   `/metrics`), reading the engine's shared [`EngineView`](crate::pipeline::engine::EngineView).
+//! - [`connections`]: its connections, capped and timed so that no client can starve it;
+//!   [`guard`]: the `Host` allow-list and the headers every response carries.
+//! - [`writes`] and [`policy`]: pipelines put and deleted over HTTP, and what those may use.
 //! - [`metrics`]: the Prometheus text exposition of that view.
 //! - [`signals`]: SIGINT/SIGTERM start a drain; a second one exits at once.
 //! - [`systemd`]: `Type=notify` readiness, status, watchdog and stopping notifications.
@@ -11,8 +14,12 @@
 //! already keeps, read without locking anything the frame path takes.
 
 pub mod api;
+pub mod connections;
+pub mod guard;
 pub mod http;
 pub mod metrics;
+pub mod page;
+pub mod policy;
 pub mod process;
 pub mod reads;
 pub mod requests;

@@ -2,13 +2,16 @@
 //! and the Prometheus metrics. They only read the shared view; they never block on the frame
 //! path.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::connections::ConnectionStats;
 use crate::media::snapshot::Snapshot;
 use crate::pipeline::stats::{PipelineState, seconds};
 use crate::pipeline::view::{PipelineHandle, SharedView};
@@ -19,8 +22,12 @@ pub async fn status_page() -> Response {
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                super::page::content_security_policy(),
+            ),
         ],
-        include_str!("status.html"),
+        super::page::PAGE,
     )
         .into_response()
 }
@@ -81,8 +88,13 @@ pub struct PipelineStatus<'a> {
     /// none has come).
     pub last_frame_age_s: f64,
     pub frames_in: u64,
+    /// Frames handed to the encoder (or, without video, whose metadata was written).
     pub frames_out: u64,
     pub dropped: HopCounts,
+    /// Frames lost to a failure (not a queue's policy), by reason; empty when none was.
+    pub lost: std::collections::BTreeMap<&'static str, u64>,
+    /// Frames the RTSP media's queue dropped while its clients were paused or slow.
+    pub rtsp_dropped: u64,
     pub queue: Queue,
     pub latency_ms: Latency,
     /// Reconnect attempts (each try counts).
@@ -142,6 +154,8 @@ impl<'a> PipelineStatus<'a> {
                 input: pipeline.input_drops.get(),
                 output: pipeline.output_drops.get(),
             },
+            lost: pipeline.stats.losses(),
+            rtsp_dropped: pipeline.stats.rtsp_dropped.get(),
             queue: Queue { depth, capacity },
             latency_ms: Latency {
                 p50: ms(0.5),
@@ -171,12 +185,13 @@ pub async fn pipelines(State(view): State<SharedView>) -> Response {
     axum::Json(statuses).into_response()
 }
 
-pub async fn metrics(State(view): State<SharedView>) -> Response {
-    (
-        [(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)],
-        super::metrics::render(&view.current()),
-    )
-        .into_response()
+pub async fn metrics(
+    State(view): State<SharedView>,
+    Extension(connections): Extension<Arc<ConnectionStats>>,
+) -> Response {
+    let mut text = super::metrics::render(&view.current());
+    text.push_str(&super::metrics::render_connections(&connections));
+    ([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response()
 }
 
 /// How long a snapshot request waits for a frame when nobody was looking before.

@@ -35,6 +35,10 @@ pub enum Answer {
     Applied { changes: Changes, created: bool },
     /// Refused, with every error found (file and key in each); nothing changed.
     Invalid(Vec<String>),
+    /// It uses what `http.writes` does not allow (file and key in each); nothing changed.
+    Forbidden(Vec<String>),
+    /// The file the pipeline would be written to holds something else; nothing changed.
+    Conflict(String),
     /// No pipeline of that name.
     NotFound(String),
     /// Valid but could not be carried out (the file could not be written, say).

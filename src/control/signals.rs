@@ -92,8 +92,21 @@ pub fn watch(
             _ = terminate.recv() => {}
         }
         tracing::warn!("second signal; exiting without draining");
-        std::process::exit(130);
+        exit_now(130);
     })
+}
+
+/// Ends the process at once with `code`, without running the destructors of static objects:
+/// `std::process::exit` runs them (libtorch's among them) while the frame path's threads are
+/// still inside a forward, which then fails on torn-down state or crashes the process. Files
+/// need nothing from an orderly exit: recordings are written crash-safe.
+pub fn exit_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stderr().flush();
+    let _ = std::io::stdout().flush();
+    // SAFETY: `_exit` takes no pointers and never returns; skipping atexit handlers and static
+    // destructors is the point (see above), and the kernel closes every descriptor.
+    unsafe { libc::_exit(code) }
 }
 
 /// Ends the process after `deadline`, drained or not. On an OS thread: the control plane's
@@ -107,6 +120,6 @@ fn exit_after(deadline: Duration) {
                 waited_ms = deadline.as_millis() as u64,
                 "the drain did not end within the grace period and its margin; exiting without it"
             );
-            std::process::exit(1);
+            exit_now(1);
         });
 }

@@ -72,6 +72,16 @@ impl OutputSettings {
     }
 }
 
+/// Where an output counts what it drops; they outlive each life of the output (a rebuilt
+/// output counts on).
+#[derive(Debug, Clone, Default)]
+pub struct OutputCounters {
+    /// Frames the encoder's bounded queue dropped (leaky policies).
+    pub encoder_queue: Arc<DropCounter>,
+    /// Frames an RTSP media's bounded queue dropped while its clients were paused or slow.
+    pub rtsp_media: Arc<DropCounter>,
+}
+
 /// The running output pipeline of one visiond pipeline: the state built from its settings.
 pub struct VideoOutput {
     pipeline: gst::Pipeline,
@@ -283,10 +293,10 @@ impl VideoOutput {
     pub fn start(
         settings: &OutputSettings,
         rtsp: Option<&RtspMounts>,
-        drops: Arc<DropCounter>,
+        counters: &OutputCounters,
     ) -> Result<Option<Self>, MediaError> {
         set_aside_recordings(settings);
-        let output = Self::build(settings, rtsp, drops)?;
+        let output = Self::build(settings, rtsp, counters)?;
         if let Some(output) = &output {
             output
                 .pipeline
@@ -303,8 +313,9 @@ impl VideoOutput {
     pub fn build(
         settings: &OutputSettings,
         rtsp: Option<&RtspMounts>,
-        drops: Arc<DropCounter>,
+        counters: &OutputCounters,
     ) -> Result<Option<Self>, MediaError> {
+        let drops = counters.encoder_queue.clone();
         let Some(text) = description(settings)? else {
             return Ok(None);
         };
@@ -351,7 +362,7 @@ impl VideoOutput {
                     .unwrap_or_default(),
             }),
         };
-        let feeds = connect_rtsp(settings, rtsp, &pipeline)?;
+        let feeds = connect_rtsp(settings, rtsp, &pipeline, &counters.rtsp_media)?;
         let timeline = Timeline::default();
         let recordings = connect_recordings(settings, &pipeline, &timeline)?;
         Ok(Some(Self {
@@ -578,6 +589,7 @@ fn connect_rtsp(
     settings: &OutputSettings,
     rtsp: Option<&RtspMounts>,
     pipeline: &gst::Pipeline,
+    drops: &Arc<DropCounter>,
 ) -> Result<Vec<RtspFeed>, MediaError> {
     let mut feeds = Vec::new();
     for (index, sink) in settings.sinks.iter().enumerate() {
@@ -587,7 +599,7 @@ fn connect_rtsp(
         let mounts = rtsp.ok_or_else(|| {
             MediaError::Rtsp("an rtsp sink needs the RTSP server, which is not running".into())
         })?;
-        let feed = mounts.mount(&mount.mount)?;
+        let feed = mounts.mount(&mount.mount, drops.clone())?;
         let appsink = registry::named::<gst_app::AppSink>(
             pipeline,
             &format!("visiond_rtsp_{index}"),
@@ -860,8 +872,9 @@ mod tests {
             when_full: WhenFull::Block,
             draw_label: false,
         };
-        let drops = Arc::new(DropCounter::default());
-        let mut output = VideoOutput::start(&settings, None, drops).unwrap().unwrap();
+        let mut output = VideoOutput::start(&settings, None, &OutputCounters::default())
+            .unwrap()
+            .unwrap();
         let appsrc = output.video.as_ref().unwrap().queue.appsrc.clone();
         let out_size = output.video.as_ref().unwrap().out_size.clone();
         // Whether the appsrc had announced caps already when the size filter got its size:

@@ -1,5 +1,11 @@
 //! The daemon's one RTSP server: each pipeline with an `rtsp` sink gets a mount, and every
 //! client of a mount shares one media fed with the pipeline's encoded H.264.
+//!
+//! A media's queue is bounded and leaky: while its clients are paused or slow, it keeps the
+//! newest [`MEDIA_QUEUE`] frames and counts the rest, instead of growing for as long as they
+//! stay away. Frames keep the timing the encoder gave them (the source's), moved onto the
+//! media's clock, so clients see the camera's steady frame intervals, not the bursts in which
+//! batches of frames leave the model.
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -13,6 +19,15 @@ use gstreamer_rtsp_server::prelude::*;
 
 use super::{MediaError, registry, secret};
 use crate::config::RtspServerConfig;
+use crate::frames::DropCounter;
+
+/// Encoded frames one media holds for its clients (two seconds at 30 fps) before it drops the
+/// oldest.
+pub const MEDIA_QUEUE: u64 = 60;
+
+/// How far a frame's time on the media's clock may drift from the clock itself (a camera
+/// whose clock runs fast or slow, an outage) before the mapping is made again.
+const MAX_DRIFT: gst::ClockTime = gst::ClockTime::from_seconds(2);
 
 /// The running server. Dropping it without [`RtspServer::stop`] leaks nothing but keeps
 /// clients connected until the process ends.
@@ -99,9 +114,10 @@ impl RtspServer {
         }
     }
 
-    /// Adds `path` and returns the feed that publishes a pipeline's H.264 there.
-    pub fn mount(&self, path: &str) -> Result<RtspFeed, MediaError> {
-        self.mounts().mount(path)
+    /// Adds `path` and returns the feed that publishes a pipeline's H.264 there; frames its
+    /// media drops are counted in `drops`.
+    pub fn mount(&self, path: &str, drops: Arc<DropCounter>) -> Result<RtspFeed, MediaError> {
+        self.mounts().mount(path, drops)
     }
 
     /// Disconnects every client and stops the main loop thread.
@@ -156,8 +172,9 @@ impl RtspMounts {
         }
     }
 
-    /// Adds (or replaces) `path` and returns the feed that publishes a pipeline's H.264 there.
-    pub fn mount(&self, path: &str) -> Result<RtspFeed, MediaError> {
+    /// Adds (or replaces) `path` and returns the feed that publishes a pipeline's H.264 there;
+    /// frames its media drops (clients paused or slow) are counted in `drops`.
+    pub fn mount(&self, path: &str, drops: Arc<DropCounter>) -> Result<RtspFeed, MediaError> {
         let authenticated = self.authenticated;
         let mounts = self
             .server
@@ -167,10 +184,11 @@ impl RtspMounts {
         let factory = rtsp::RTSPMediaFactory::new();
         // One media shared by every client: the pipeline encodes once, whatever the audience.
         factory.set_shared(true);
-        factory.set_launch(
-            "( appsrc name=visiond_feed is-live=true format=time do-timestamp=true \
-             ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 )",
-        );
+        factory.set_launch(&format!(
+            "( appsrc name=visiond_feed is-live=true format=time max-buffers={MEDIA_QUEUE} \
+             max-bytes=0 max-time=0 leaky-type=downstream \
+             ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+        ));
         if authenticated {
             factory.add_role_from_structure(
                 &gst::Structure::builder("viewer")
@@ -179,7 +197,10 @@ impl RtspMounts {
                     .build(),
             );
         }
-        let feed = RtspFeed::default();
+        let feed = RtspFeed {
+            clients: Arc::default(),
+            drops,
+        };
         let clients = feed.clients.clone();
         factory.connect_media_configure(move |_, media| {
             let Some(appsrc) = media
@@ -201,6 +222,7 @@ impl RtspMounts {
                 clients.push(Client {
                     appsrc,
                     waiting_for_keyframe: true,
+                    timing: None,
                 });
             }
         });
@@ -220,12 +242,78 @@ struct Client {
     /// A client that joins mid-stream is sent nothing until the next keyframe, so its
     /// decoder never sees a delta frame without its reference.
     waiting_for_keyframe: bool,
+    /// How the encoder's timestamps map onto this media's running time.
+    timing: Option<Timing>,
+}
+
+/// A frame's time on the media's clock: `base` plus how far it is past `first`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Timing {
+    first: gst::ClockTime,
+    base: gst::ClockTime,
+}
+
+impl Timing {
+    fn map(&self, time: Option<gst::ClockTime>) -> Option<gst::ClockTime> {
+        time.map(|t| self.base + t.saturating_sub(self.first))
+    }
+}
+
+impl Client {
+    /// `buffer` with its timestamps on the media's clock. The mapping is made at the first
+    /// frame, and again whenever a frame's mapped time is more than [`MAX_DRIFT`] away from
+    /// the clock (or went backwards): the intervals between frames are kept as they are.
+    fn stamped(&mut self, buffer: &gst::Buffer) -> gst::Buffer {
+        let reference = buffer.dts().or(buffer.pts());
+        let now = self.appsrc.current_running_time();
+        if let Some(reference) = reference {
+            self.timing = Some(retime(self.timing, reference, now));
+        }
+        let mut stamped = buffer.copy();
+        {
+            let stamped = stamped.make_mut();
+            let timing = self.timing;
+            stamped.set_pts(timing.and_then(|t| t.map(buffer.pts())));
+            stamped.set_dts(timing.and_then(|t| t.map(buffer.dts())));
+        }
+        stamped
+    }
+}
+
+/// The mapping for a frame at `reference` (the encoder's time) arriving when the media's
+/// running time is `now`: `current`, unless there is none yet, the frame is before its start,
+/// or it would put the frame more than [`MAX_DRIFT`] from `now`.
+fn retime(
+    current: Option<Timing>,
+    reference: gst::ClockTime,
+    now: Option<gst::ClockTime>,
+) -> Timing {
+    let now = now.unwrap_or(gst::ClockTime::ZERO);
+    let fresh = Timing {
+        first: reference,
+        base: now,
+    };
+    let Some(timing) = current else {
+        return fresh;
+    };
+    if reference < timing.first {
+        return fresh;
+    }
+    let mapped = timing.base + (reference - timing.first);
+    let drift = if mapped > now {
+        mapped - now
+    } else {
+        now - mapped
+    };
+    if drift > MAX_DRIFT { fresh } else { timing }
 }
 
 /// The publishing end of a mount; cheap to clone into an appsink callback.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RtspFeed {
     clients: Arc<Mutex<Vec<Client>>>,
+    /// Frames a media's full queue dropped (its clients paused or slow).
+    drops: Arc<DropCounter>,
 }
 
 impl RtspFeed {
@@ -238,13 +326,7 @@ impl RtspFeed {
             return;
         }
         let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
-        // The media has its own clock and timestamps on arrival (do-timestamp).
-        let mut stamped = buffer.copy();
-        {
-            let stamped = stamped.make_mut();
-            stamped.set_pts(gst::ClockTime::NONE);
-            stamped.set_dts(gst::ClockTime::NONE);
-        }
+        let drops = &self.drops;
         clients.retain_mut(|client| {
             if client.waiting_for_keyframe {
                 if !keyframe {
@@ -252,7 +334,12 @@ impl RtspFeed {
                 }
                 client.waiting_for_keyframe = false;
             }
-            client.appsrc.push_buffer(stamped.clone()).is_ok()
+            // A full queue drops its oldest frame on this push (it is leaky): count it.
+            if client.appsrc.property::<u64>("current-level-buffers") >= MEDIA_QUEUE {
+                drops.add();
+            }
+            let stamped = client.stamped(buffer);
+            client.appsrc.push_buffer(stamped).is_ok()
         });
     }
 
@@ -267,5 +354,62 @@ impl RtspFeed {
 
     pub fn client_count(&self) -> usize {
         self.clients.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// The most frames any of its media holds now.
+    pub fn deepest_queue(&self) -> u64 {
+        self.clients
+            .lock()
+            .map(|clients| {
+                clients
+                    .iter()
+                    .map(|c| c.appsrc.property::<u64>("current-level-buffers"))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    }
+
+    /// Frames its media dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.drops.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: fn(u64) -> gst::ClockTime = gst::ClockTime::from_mseconds;
+
+    #[test]
+    fn frames_keep_their_intervals_on_the_medias_clock() {
+        // The first frame maps to the clock's time; the next ones keep their spacing whenever
+        // they arrive (a batch of four arrives at once, 160 ms late).
+        let first = retime(None, MS(1_000_000), Some(MS(500)));
+        assert_eq!(first.map(Some(MS(1_000_000))), Some(MS(500)));
+        let mut timing = first;
+        for (n, arrival) in [(1u64, 700u64), (2, 700), (3, 700), (4, 700)] {
+            timing = retime(Some(timing), MS(1_000_000 + 40 * n), Some(MS(arrival)));
+            assert_eq!(timing, first, "frame {n}");
+            assert_eq!(
+                timing.map(Some(MS(1_000_000 + 40 * n))),
+                Some(MS(500 + 40 * n))
+            );
+        }
+    }
+
+    #[test]
+    fn a_jump_or_a_drift_beyond_two_seconds_makes_the_mapping_again() {
+        let timing = retime(None, MS(10_000), Some(MS(0)));
+        // An outage: the next frame is 60 s later in the encoder's time, 60 s later on the
+        // clock too: no drift, the mapping stays.
+        assert_eq!(retime(Some(timing), MS(70_000), Some(MS(60_000))), timing);
+        // A camera clock 3 s ahead of the media's: mapped again at this frame.
+        let ahead = retime(Some(timing), MS(13_000), Some(MS(0)));
+        assert_eq!(ahead.map(Some(MS(13_000))), Some(MS(0)));
+        // Timestamps that went back (an output rebuilt from an earlier point).
+        let back = retime(Some(timing), MS(5_000), Some(MS(100)));
+        assert_eq!(back.map(Some(MS(5_000))), Some(MS(100)));
     }
 }

@@ -13,7 +13,7 @@ use super::stop::StopSignal;
 use crate::config::SinkConfig;
 use crate::frames::{DropCounter, HopReceiver, Processed};
 use crate::media::MediaError;
-use crate::media::output::{OutputSettings, VideoOutput};
+use crate::media::output::{OutputCounters, OutputSettings, VideoOutput};
 use crate::media::rtsp_server::RtspMounts;
 
 /// A pipeline's drop counters, as its metadata lines and metrics report them.
@@ -76,6 +76,8 @@ pub struct OutputStage {
     publishes_pictures: bool,
     /// The pipeline's stop: once its drain is abandoned, nothing waits for room any more.
     stop: StopSignal,
+    /// What every life of the video output counts its drops in.
+    counters: OutputCounters,
 }
 
 impl OutputStage {
@@ -92,7 +94,11 @@ impl OutputStage {
         policy: RetryPolicy,
         stop: StopSignal,
     ) -> Result<Self, MediaError> {
-        let video = VideoOutput::start(&settings, rtsp.as_ref(), drops.output.clone())?;
+        let counters = OutputCounters {
+            encoder_queue: drops.output.clone(),
+            rtsp_media: stats.rtsp_dropped.clone(),
+        };
+        let video = VideoOutput::start(&settings, rtsp.as_ref(), &counters)?;
         let recordings = video.as_ref().map_or(Vec::new(), |video| {
             (0..video.recording_count())
                 .map(|index| Life::new(video.recording_name(index), policy))
@@ -112,6 +118,7 @@ impl OutputStage {
             drops,
             reported: Drops::default(),
             stop,
+            counters,
         };
         if let Some(video) = &stage.video {
             video.watch_snapshot(&stage.stats.latest_frame);
@@ -209,11 +216,7 @@ impl OutputStage {
                 return false;
             }
             self.life.down_until = None;
-            match VideoOutput::start(
-                &self.settings,
-                self.rtsp.as_ref(),
-                self.drops.output.clone(),
-            ) {
+            match VideoOutput::start(&self.settings, self.rtsp.as_ref(), &self.counters) {
                 Ok(video) => {
                     tracing::info!(pipeline = %self.settings.pipeline, "output rebuilt");
                     if let Some(video) = &video {

@@ -402,6 +402,9 @@ pub struct PipelineStats {
     outputs: Mutex<Vec<OutputHealth>>,
     /// Output failures by reason (`disk full`, `write error`, ...).
     output_failures: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Frames the RTSP media's bounded queue dropped while its clients were paused or slow
+    /// (per viewer: the pipeline lost nothing).
+    pub rtsp_dropped: std::sync::Arc<crate::frames::DropCounter>,
     /// Frames lost to a failure rather than dropped by a queue's policy, by reason
     /// ([`Loss`]); an encoded frame that a recording missed counts here too.
     losses: Mutex<std::collections::BTreeMap<&'static str, u64>>,

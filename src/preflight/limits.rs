@@ -46,7 +46,8 @@ pub fn raise_descriptor_limit() -> u64 {
 
 /// About how many file descriptors `config`'s pipelines need at most.
 pub fn descriptors_needed(config: &Config) -> u64 {
-    let mut need = BASE;
+    // Each control-plane connection is a socket.
+    let mut need = BASE + config.daemon.http.max_connections as u64;
     for pipeline in &config.pipelines {
         let pipeline = &pipeline.config;
         need += PER_PIPELINE;
@@ -73,9 +74,10 @@ pub fn check_descriptors(config: &Config, limit: u64) -> Result<(), String> {
     let need = descriptors_needed(config);
     if need > limit {
         return Err(format!(
-            "the {} configured pipelines need about {need} file descriptors, but this process may open {limit}: \
-             raise the limit (LimitNOFILE= in the systemd unit, or ulimit -n) or run fewer pipelines",
-            config.pipelines.len()
+            "the {} configured pipelines and {} control-plane connections (http.max_connections) need about {need} file descriptors, but this process may open {limit}: \
+             raise the limit (LimitNOFILE= in the systemd unit, or ulimit -n), run fewer pipelines or lower http.max_connections",
+            config.pipelines.len(),
+            config.daemon.http.max_connections
         ));
     }
     Ok(())

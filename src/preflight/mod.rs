@@ -65,6 +65,14 @@ pub fn check(config: &Config, errors: &mut Vec<ConfigError>, warnings: &mut Vec<
     {
         daemon_errors.push("http.token_file", message);
     }
+    for (index, dir) in config.daemon.http.writes.dirs.iter().enumerate() {
+        if !dir.is_dir() {
+            daemon_errors.push(
+                format!("http.writes.dirs[{index}]"),
+                format!("{} is not a directory", dir.display()),
+            );
+        }
+    }
     let listed: Vec<(&str, &crate::config::ModelConfig)> = config
         .daemon
         .models

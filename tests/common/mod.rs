@@ -137,18 +137,32 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(file: &Path, env: &[(&str, &str)]) -> Self {
-        use std::io::BufRead;
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_visiond"));
-        command
-            .arg("run")
-            .arg("-c")
-            .arg(file)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
+        command.arg("run").arg("-c").arg(file);
         for (name, value) in env {
             command.env(name, value);
         }
+        Self::start(command)
+    }
+
+    /// `visiond run -c FILE` allowed at most `limit` file descriptors (soft and hard, as
+    /// systemd's `LimitNOFILE=` sets them). `exec` keeps the daemon's process id the child's.
+    pub fn spawn_with_fd_limit(file: &Path, limit: u64) -> Self {
+        let mut command = std::process::Command::new("bash");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\" run -c \"$1\""))
+            .arg(env!("CARGO_BIN_EXE_visiond"))
+            .arg(file);
+        Self::start(command)
+    }
+
+    fn start(mut command: std::process::Command) -> Self {
+        use std::io::BufRead;
+        command
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
         let mut child = command.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
@@ -254,26 +268,29 @@ impl Daemon {
 
     /// `count` SIGTERMs (100 ms apart), then waits (at most 15 s) for the exit; returns the
     /// exit code and the whole log.
-    pub fn signal_and_wait(mut self, count: usize) -> (Option<i32>, String) {
+    pub fn signal_and_wait(self, count: usize) -> (Option<i32>, String) {
         for i in 0..count {
             if i > 0 {
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let status = std::process::Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status()
-                .unwrap();
-            assert!(status.success());
+            self.signal("TERM");
         }
+        self.wait_for_exit(Duration::from_secs(15))
+    }
+
+    /// Waits (at most `timeout`) for the process to exit; returns its exit code and the whole
+    /// log, which ends with `killed by signal N` when a signal ended it.
+    pub fn wait_for_exit(mut self, timeout: Duration) -> (Option<i32>, String) {
+        use std::os::unix::process::ExitStatusExt;
         let started = Instant::now();
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
             }
-            if started.elapsed() > Duration::from_secs(15) {
+            if started.elapsed() > timeout {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("visiond did not exit after SIGTERM:\n{}", self.log());
+                panic!("visiond did not exit in {timeout:?}:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         };
@@ -281,6 +298,20 @@ impl Daemon {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.seen.push(line);
         }
+        if let Some(signal) = status.signal() {
+            self.seen.push(format!("killed by signal {signal}"));
+        }
         (status.code(), self.log())
+    }
+}
+
+impl Drop for Daemon {
+    /// A test that fails half-way leaves no daemon behind (holding its ports and files, and
+    /// the CPU other tests need).
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
