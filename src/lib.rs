@@ -43,4 +43,5 @@ pub mod models;
 pub mod pipeline;
 pub mod preflight;
 pub mod processing;
+pub mod publish;
 pub mod runtime;

@@ -30,6 +30,10 @@ enum Command {
         /// The daemon file.
         #[arg(short, long, default_value = "/etc/visiond/visiond.yaml")]
         config: PathBuf,
+        /// Also connect to every broker under `brokers` once (with its credentials and TLS),
+        /// and say whether it answered. Without it nothing is connected to.
+        #[arg(long)]
+        probe: bool,
     },
     /// Run every pipeline until finite sources end or SIGINT/SIGTERM drains them.
     Run {
@@ -55,7 +59,7 @@ fn main() -> ExitCode {
     visiond::control::process::bound_malloc_arenas();
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config, probe } => check(&config, probe),
         Command::Infer(args) => infer(&args),
         Command::Bench(args) => bench(&args),
         Command::Run { config } => run(&config),
@@ -146,7 +150,27 @@ fn run(file: &std::path::Path) -> ExitCode {
     }
 }
 
-fn check(file: &std::path::Path) -> ExitCode {
+/// `visiond check --probe`: one line per broker; exit 1 when one could not be reached.
+fn probe_brokers(config: &visiond::config::Config) -> ExitCode {
+    let mut failed = 0;
+    for (name, outcome) in visiond::publish::probe(config) {
+        match outcome {
+            Ok(found) => println!("  broker {name}: {found}"),
+            Err(error) => {
+                failed += 1;
+                eprintln!("broker {name}: cannot connect: {error}");
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("{failed} broker(s) could not be reached");
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn check(file: &std::path::Path, probe: bool) -> ExitCode {
     visiond::logging::init(&LogConfig::default());
     match preflight::load(file) {
         Ok(config) => {
@@ -188,6 +212,9 @@ fn check(file: &std::path::Path) -> ExitCode {
                     ""
                 };
                 println!("  {}: encoder {chosen}{how}", pipeline.config.name);
+            }
+            if probe {
+                return probe_brokers(&config);
             }
             ExitCode::SUCCESS
         }

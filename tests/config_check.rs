@@ -105,7 +105,7 @@ fn unknown_keys_are_named_with_their_path() {
                 "{d}: models.depth.batch.max_sise: unknown field `max_sise`, expected `max_size` or `max_wait_ms`"
             ),
             format!(
-                "{d}: logg: unknown key; expected one of: http, log, rtsp, shutdown, outputs, pipelines_dir, models"
+                "{d}: logg: unknown key; expected one of: name, http, log, rtsp, shutdown, outputs, pipelines_dir, models, brokers"
             ),
             format!(
                 "{p}: source.test.colour: unknown field `colour`, expected one of `pattern`, `width`, `height`, `fps`, `frames`"

@@ -7,9 +7,11 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::broker::BrokerConfig;
 use super::model::ModelConfig;
 /// Keys of the daemon file, in the order they are documented.
 pub const DAEMON_KEYS: &[&str] = &[
+    "name",
     "http",
     "log",
     "rtsp",
@@ -17,10 +19,14 @@ pub const DAEMON_KEYS: &[&str] = &[
     "outputs",
     "pipelines_dir",
     "models",
+    "brokers",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DaemonConfig {
+    /// The daemon's name in event topics and messages (`{daemon}`); the host name when
+    /// absent.
+    pub name: Option<String>,
     pub http: HttpConfig,
     pub log: LogConfig,
     pub rtsp: RtspServerConfig,
@@ -32,6 +38,11 @@ pub struct DaemonConfig {
     /// Every name under `models`, including ones whose settings are invalid (already reported),
     /// so a pipeline naming them is not reported a second time as naming an undefined model.
     pub declared_models: BTreeSet<String>,
+    /// Broker connections by name, shared by the pipelines that publish there.
+    pub brokers: BTreeMap<String, BrokerConfig>,
+    /// Every name under `brokers`, including ones whose settings are invalid (already
+    /// reported), so a sink naming them is not reported again.
+    pub declared_brokers: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -76,9 +76,21 @@ pub fn check_pipeline(pipeline: &PipelineConfig, errors: &mut FileErrors<'_>) {
             SinkConfig::Display(_) => {}
         }
     }
-    for (index, MetadataConfig::Jsonl(jsonl)) in pipeline.metadata.iter().enumerate() {
-        if let Some(path) = &jsonl.path {
-            check_path(&format!("metadata[{index}].jsonl.path"), path, errors);
+    for (index, item) in pipeline.metadata.iter().enumerate() {
+        let key = format!("metadata[{index}].{}", item.kind());
+        match item {
+            MetadataConfig::Jsonl(jsonl) => {
+                if let Some(path) = &jsonl.path {
+                    check_path(&format!("{key}.path"), path, errors);
+                }
+            }
+            MetadataConfig::Mqtt(mqtt) => {
+                check_length(&format!("{key}.broker"), &mqtt.broker, MAX_NAME, errors);
+            }
+            MetadataConfig::Kafka(kafka) => {
+                check_length(&format!("{key}.broker"), &kafka.broker, MAX_NAME, errors);
+                check_length(&format!("{key}.key"), &kafka.key, MAX_MOUNT, errors);
+            }
         }
     }
 }

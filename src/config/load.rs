@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use super::broker::BrokerConfig;
 use super::daemon::*;
 use super::error::{ConfigError, FileErrors, Unreadable};
 use super::model::{ModelConfig, ModelSection};
@@ -123,6 +124,7 @@ fn read_daemon(
     let mapping = parse_mapping(&text, errors)?;
     let base = paths::parent_dir(file);
     let mut sections = Sections::new(mapping, errors, unreadable);
+    let name = sections.optional::<Option<String>>("name");
     let http = sections.optional::<HttpConfig>("http");
     let log = sections.optional::<LogConfig>("log");
     let rtsp = sections.optional::<RtspServerConfig>("rtsp");
@@ -130,6 +132,7 @@ fn read_daemon(
     let outputs = sections.optional::<OutputsConfig>("outputs");
     let pipelines_dir = sections.required::<PathBuf>("pipelines_dir");
     let (models, declared_models) = read_models(&mut sections, &base);
+    let (brokers, declared_brokers) = read_brokers(&mut sections, &base);
     sections.finish(DAEMON_KEYS);
     let mut http = http.unwrap_or_default();
     http.token_file = http.token_file.map(|path| paths::resolve(&base, &path));
@@ -137,6 +140,7 @@ fn read_daemon(
         *dir = paths::resolve(&base, dir);
     }
     Some(DaemonConfig {
+        name: name.flatten(),
         http,
         log: log.unwrap_or_default(),
         rtsp: rtsp.unwrap_or_default(),
@@ -145,7 +149,39 @@ fn read_daemon(
         pipelines_dir: paths::resolve(&base, &pipelines_dir?),
         models,
         declared_models,
+        brokers,
+        declared_brokers,
     })
+}
+
+/// Brokers are decoded one by one, like models; their certificate files are resolved against
+/// the daemon file's directory.
+fn read_brokers(
+    sections: &mut Sections<'_, '_>,
+    base: &Path,
+) -> (BTreeMap<String, BrokerConfig>, BTreeSet<String>) {
+    let raw = sections
+        .optional::<BTreeMap<String, serde_yaml::Value>>("brokers")
+        .unwrap_or_default();
+    let declared = raw.keys().cloned().collect();
+    let mut brokers = BTreeMap::new();
+    for (name, value) in raw {
+        let key = format!("brokers.{name}");
+        let Some(mut broker) = sections.decode::<BrokerConfig>(&key, value) else {
+            continue;
+        };
+        if let BrokerConfig::Mqtt(mqtt) = &mut broker {
+            for file in [
+                &mut mqtt.ca_file,
+                &mut mqtt.client_cert,
+                &mut mqtt.client_key,
+            ] {
+                *file = file.take().map(|path| paths::resolve(base, &path));
+            }
+        }
+        brokers.insert(name, broker);
+    }
+    (brokers, declared)
 }
 
 /// Models are decoded one by one, so that one bad model does not hide the next. Returns the
@@ -257,9 +293,12 @@ pub fn read_pipeline(
                 stdout: true,
             }))
         })
-        .map(|MetadataConfig::Jsonl(mut jsonl)| {
-            jsonl.path = jsonl.path.map(|path| paths::resolve(&base, &path));
-            MetadataConfig::Jsonl(jsonl)
+        .map(|item| match item {
+            MetadataConfig::Jsonl(mut jsonl) => {
+                jsonl.path = jsonl.path.map(|path| paths::resolve(&base, &path));
+                MetadataConfig::Jsonl(jsonl)
+            }
+            other => other,
         })
         .collect();
     let fallback_name = || {

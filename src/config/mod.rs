@@ -6,6 +6,7 @@
 //! machine can run what the files describe (model folders, the Hugging Face cache, GStreamer
 //! elements, writable directories, CUDA) is checked by `crate::preflight`.
 
+mod broker;
 mod daemon;
 mod error;
 mod limits;
@@ -17,8 +18,10 @@ mod reader;
 pub mod redact;
 mod shape;
 mod source;
+pub mod template;
 mod tree;
 
+pub use broker::*;
 pub use daemon::*;
 pub use error::{ConfigError, ConfigErrors, FileErrors};
 pub use limits::{MAX_NAME, shown};

@@ -461,11 +461,136 @@ pub struct Depth16Sink {
     pub path: PathBuf,
 }
 
-/// Per-frame results for machines: `- jsonl: { path: meta.jsonl }` or `{ stdout: true }`.
+/// Per-frame results for machines: `- jsonl: { path: meta.jsonl }` or `{ stdout: true }`, or
+/// published on a broker of the daemon file: `- mqtt: { broker: site }`, `- kafka: { broker: bus }`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum MetadataConfig {
     Jsonl(JsonlSink),
+    Mqtt(MqttSink),
+    Kafka(KafkaSink),
+}
+
+impl MetadataConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Jsonl(_) => "jsonl",
+            Self::Mqtt(_) => "mqtt",
+            Self::Kafka(_) => "kafka",
+        }
+    }
+
+    /// The broker it publishes on, for the published kinds.
+    pub fn broker(&self) -> Option<&str> {
+        match self {
+            Self::Jsonl(_) => None,
+            Self::Mqtt(mqtt) => Some(&mqtt.broker),
+            Self::Kafka(kafka) => Some(&kafka.broker),
+        }
+    }
+
+    /// Which frames it takes, for the published kinds.
+    pub fn sampling(&self) -> Option<Sampling> {
+        match self {
+            Self::Jsonl(_) => None,
+            Self::Mqtt(mqtt) => Some(Sampling {
+                every: mqtt.every,
+                max_hz: mqtt.max_hz,
+                on_change: mqtt.on_change,
+            }),
+            Self::Kafka(kafka) => Some(Sampling {
+                every: kafka.every,
+                max_hz: kafka.max_hz,
+                on_change: kafka.on_change,
+            }),
+        }
+    }
+
+    /// How many messages wait for the broker at most, for the published kinds.
+    pub fn buffer(&self) -> Option<usize> {
+        match self {
+            Self::Jsonl(_) => None,
+            Self::Mqtt(mqtt) => Some(mqtt.buffer),
+            Self::Kafka(kafka) => Some(kafka.buffer),
+        }
+    }
+}
+
+/// Which frames a published sink takes: every `every`th, at most `max_hz` a second, and with
+/// `on_change` only those whose best class differs from the last one published.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    pub every: u32,
+    pub max_hz: Option<f64>,
+    pub on_change: bool,
+}
+
+/// `- mqtt: { broker, topic, qos, ... }`: one message per frame taken, the jsonl line's object.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSink {
+    /// A key of the daemon file's `brokers`, an MQTT one.
+    pub broker: String,
+    /// A template: `{pipeline}` and `{daemon}` are filled in.
+    #[serde(default = "default_mqtt_topic")]
+    pub topic: String,
+    /// 0: at most once; 1: at least once (kept and resent until the broker acknowledges it).
+    #[serde(default)]
+    pub qos: u8,
+    /// The broker keeps the last message for subscribers that come later.
+    #[serde(default)]
+    pub retain: bool,
+    #[serde(default = "default_every")]
+    pub every: u32,
+    #[serde(default)]
+    pub max_hz: Option<f64>,
+    #[serde(default)]
+    pub on_change: bool,
+    /// Messages kept while the broker is away; past it the oldest are dropped, and counted.
+    #[serde(default = "default_buffer")]
+    pub buffer: usize,
+}
+
+/// `- kafka: { broker, topic, key, ... }`: one record per frame taken, the jsonl line's object.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSink {
+    /// A key of the daemon file's `brokers`, a Kafka one.
+    pub broker: String,
+    /// A template, as for MQTT; the topic must exist (brokers rarely create them on demand).
+    #[serde(default = "default_kafka_topic")]
+    pub topic: String,
+    /// The record key (a template): records with one key keep their order.
+    #[serde(default = "default_kafka_key")]
+    pub key: String,
+    #[serde(default = "default_every")]
+    pub every: u32,
+    #[serde(default)]
+    pub max_hz: Option<f64>,
+    #[serde(default)]
+    pub on_change: bool,
+    #[serde(default = "default_buffer")]
+    pub buffer: usize,
+}
+
+fn default_mqtt_topic() -> String {
+    "visiond/{pipeline}/results".into()
+}
+
+fn default_kafka_topic() -> String {
+    "visiond.results".into()
+}
+
+fn default_kafka_key() -> String {
+    "{pipeline}".into()
+}
+
+fn default_every() -> u32 {
+    1
+}
+
+fn default_buffer() -> usize {
+    1000
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

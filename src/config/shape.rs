@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use super::broker::{BrokerConfig, KafkaBroker, MqttAddress, MqttBroker};
 use super::daemon::{DaemonConfig, HttpConfig};
 use super::error::{ConfigError, FileErrors};
 use super::paths;
@@ -44,6 +45,22 @@ pub fn check(config: &Config, errors: &mut Vec<ConfigError>, warnings: &mut Vec<
             key: "rtsp.address".into(),
             message: warning,
         });
+    }
+    for (name, broker) in &config.daemon.brokers {
+        let used = config.pipelines.iter().any(|p| {
+            p.config
+                .metadata
+                .iter()
+                .any(|item| item.broker() == Some(name.as_str()))
+        });
+        if !used && !broker.carries_events() {
+            warnings.push(ConfigError {
+                file: daemon_file.clone(),
+                key: format!("brokers.{name}"),
+                message: "no pipeline publishes here and `events` is off; it will not be connected"
+                    .into(),
+            });
+        }
     }
     for name in config.daemon.models.keys() {
         let used = config
@@ -97,6 +114,7 @@ fn check_daemon(daemon: &DaemonConfig, errors: &mut FileErrors<'_>) {
             format!("must be at least {MIN_HTTP_TIMEOUT_MS}"),
         );
     }
+    check_brokers(daemon, errors);
     if daemon.models.contains_key(NO_MODEL) || daemon.declared_models.contains(NO_MODEL) {
         errors.push(
             format!("models.{NO_MODEL}"),
@@ -248,14 +266,264 @@ fn check_pipeline(
             errors,
         );
     }
-    for (index, MetadataConfig::Jsonl(jsonl)) in pipeline.metadata.iter().enumerate() {
-        if jsonl.path.is_some() == jsonl.stdout {
+    for (index, item) in pipeline.metadata.iter().enumerate() {
+        let key = format!("metadata[{index}].{}", item.kind());
+        match item {
+            MetadataConfig::Jsonl(jsonl) => {
+                if jsonl.path.is_some() == jsonl.stdout {
+                    errors.push(key.as_str(), "set exactly one of `path` and `stdout: true`");
+                }
+            }
+            MetadataConfig::Mqtt(mqtt) => {
+                if mqtt.qos > 1 {
+                    errors.push(
+                        format!("{key}.qos"),
+                        format!(
+                            "qos {} is not offered; use 0 (at most once) or 1 (at least once: kept until the broker acknowledges it)",
+                            mqtt.qos
+                        ),
+                    );
+                }
+                if let Some(problem) = super::template::mqtt_topic_problem(&mqtt.topic) {
+                    errors.push(format!("{key}.topic"), problem);
+                }
+            }
+            MetadataConfig::Kafka(kafka) => {
+                if let Some(problem) = super::template::kafka_topic_problem(&kafka.topic) {
+                    errors.push(format!("{key}.topic"), problem);
+                }
+                if let Err(problem) = super::template::Template::parse(&kafka.key) {
+                    errors.push(format!("{key}.key"), problem);
+                }
+            }
+        }
+        if let Some(broker) = item.broker() {
+            check_broker_reference(&key, item.kind(), broker, daemon, daemon_file, errors);
+        }
+        if let (Some(sampling), Some(buffer)) = (item.sampling(), item.buffer()) {
+            check_sampling(&key, sampling, buffer, errors);
+            if sampling.on_change && pipeline.model == ModelRef::None {
+                errors.push(
+                    format!("{key}.on_change"),
+                    "compares the best class of a classification model, and this pipeline has none (model: none)",
+                );
+            }
+        }
+    }
+}
+
+/// A published sink names a broker of the daemon file, of its own kind.
+fn check_broker_reference(
+    key: &str,
+    kind: &str,
+    broker: &str,
+    daemon: &DaemonConfig,
+    daemon_file: &str,
+    errors: &mut FileErrors<'_>,
+) {
+    match daemon.brokers.get(broker) {
+        Some(found) if found.kind() != kind => errors.push(
+            format!("{key}.broker"),
+            format!(
+                "broker '{broker}' in {daemon_file} is of kind {}, not {kind}",
+                found.kind()
+            ),
+        ),
+        Some(_) => {}
+        // Declared but invalid: reported where it is declared.
+        None if daemon.declared_brokers.contains(broker) => {}
+        None => {
+            let defined: Vec<&str> = daemon
+                .brokers
+                .iter()
+                .filter(|(_, b)| b.kind() == kind)
+                .map(|(name, _)| name.as_str())
+                .collect();
             errors.push(
-                format!("metadata[{index}].jsonl"),
-                "set exactly one of `path` and `stdout: true`",
+                format!("{key}.broker"),
+                format!(
+                    "broker '{}' is not defined under `brokers` in {daemon_file} ({kind} brokers defined: {})",
+                    super::limits::shown(broker),
+                    if defined.is_empty() { "none".to_string() } else { defined.join(", ") }
+                ),
             );
         }
     }
+}
+
+/// Largest spool a sink may ask for: a million results is hours of one camera's frames, and
+/// a bound on the memory a typo can take.
+const MAX_BUFFER: usize = 1_000_000;
+
+fn check_sampling(
+    key: &str,
+    sampling: super::pipeline::Sampling,
+    buffer: usize,
+    errors: &mut FileErrors<'_>,
+) {
+    if sampling.every == 0 {
+        errors.push(format!("{key}.every"), "must be at least 1 (every frame)");
+    }
+    if let Some(hz) = sampling.max_hz
+        && !(hz > 0.0 && hz.is_finite())
+    {
+        errors.push(
+            format!("{key}.max_hz"),
+            "must be a positive number of messages per second",
+        );
+    }
+    if !(1..=MAX_BUFFER).contains(&buffer) {
+        errors.push(
+            format!("{key}.buffer"),
+            format!("must be between 1 and {MAX_BUFFER} messages"),
+        );
+    }
+}
+
+/// Every broker's own settings: addresses, names, credentials and TLS files that go together.
+fn check_brokers(daemon: &DaemonConfig, errors: &mut FileErrors<'_>) {
+    if let Some(name) = &daemon.name
+        && !is_plain_name(name)
+    {
+        errors.push(
+            "name",
+            format!(
+                "'{}' is not a valid daemon name: use letters, digits, '-', '_' and '.' (it goes into topics)",
+                super::limits::shown(name)
+            ),
+        );
+    }
+    for (name, broker) in &daemon.brokers {
+        let key = format!("brokers.{name}");
+        if !is_plain_name(name) {
+            errors.push(
+                key.as_str(),
+                "a broker's name uses letters, digits, '-', '_' and '.'",
+            );
+        }
+        let key = format!("{key}.{}", broker.kind());
+        let reconnect = match broker {
+            BrokerConfig::Mqtt(mqtt) => {
+                check_mqtt_broker(&key, mqtt, errors);
+                mqtt.reconnect
+            }
+            BrokerConfig::Kafka(kafka) => {
+                check_kafka_broker(&key, kafka, errors);
+                kafka.reconnect
+            }
+        };
+        if reconnect.initial_ms == 0 {
+            errors.push(format!("{key}.reconnect.initial_ms"), "must be at least 1");
+        }
+        if reconnect.max_ms < reconnect.initial_ms {
+            errors.push(
+                format!("{key}.reconnect.max_ms"),
+                format!("must not be below initial_ms ({})", reconnect.initial_ms),
+            );
+        }
+    }
+}
+
+fn check_mqtt_broker(key: &str, mqtt: &MqttBroker, errors: &mut FileErrors<'_>) {
+    let tls = match MqttAddress::parse(&mqtt.url) {
+        Ok(address) => address.tls,
+        Err(problem) => {
+            errors.push(format!("{key}.url"), problem);
+            true
+        }
+    };
+    if let Some(variable) = &mqtt.password_env {
+        check_env_name(&format!("{key}.password_env"), variable, errors);
+        if mqtt.username.is_none() {
+            errors.push(
+                format!("{key}.password_env"),
+                "a password needs a `username` beside it",
+            );
+        }
+    }
+    if mqtt.client_cert.is_some() != mqtt.client_key.is_some() {
+        errors.push(
+            format!("{key}.client_cert"),
+            "set both `client_cert` and `client_key`, or neither",
+        );
+    }
+    for (field, set) in [
+        ("ca_file", mqtt.ca_file.is_some()),
+        ("client_cert", mqtt.client_cert.is_some()),
+        ("client_key", mqtt.client_key.is_some()),
+    ] {
+        if set && !tls {
+            errors.push(
+                format!("{key}.{field}"),
+                "is for TLS connections: use an mqtts:// URL",
+            );
+        }
+    }
+    if !(5..=65_535).contains(&mqtt.keep_alive_s) {
+        errors.push(
+            format!("{key}.keep_alive_s"),
+            "must be between 5 and 65535 seconds",
+        );
+    }
+    if mqtt.inflight == 0 {
+        errors.push(format!("{key}.inflight"), "must be at least 1");
+    }
+    if let Some(client_id) = &mqtt.client_id
+        && (client_id.is_empty() || client_id.len() > 256)
+    {
+        errors.push(
+            format!("{key}.client_id"),
+            "must be 1 to 256 characters long",
+        );
+    }
+    if let Some(problem) = super::template::mqtt_topic_problem(&format!("{}/x", mqtt.topic_prefix))
+    {
+        errors.push(format!("{key}.topic_prefix"), problem);
+    }
+}
+
+fn check_kafka_broker(key: &str, kafka: &KafkaBroker, errors: &mut FileErrors<'_>) {
+    let servers: Vec<&str> = kafka.bootstrap.split(',').map(str::trim).collect();
+    for server in servers {
+        if let Err(problem) = super::broker::split_host_port(server, 9092) {
+            errors.push(
+                format!("{key}.bootstrap"),
+                format!("{problem}; expected host:port[,host:port...]"),
+            );
+        }
+    }
+    if kafka.inflight == 0 {
+        errors.push(format!("{key}.inflight"), "must be at least 1");
+    }
+    if let Some(problem) = super::template::kafka_topic_problem(&kafka.events_topic) {
+        errors.push(format!("{key}.events_topic"), problem);
+    }
+    for name in kafka.properties.keys() {
+        if OWN_KAFKA_PROPERTIES.contains(&name.as_str()) {
+            errors.push(
+                format!("{key}.properties.{name}"),
+                "is set by visiond itself (from bootstrap, client_id and reconnect)",
+            );
+        }
+    }
+}
+
+/// librdkafka settings visiond sets from its own keys.
+const OWN_KAFKA_PROPERTIES: [&str; 5] = [
+    "bootstrap.servers",
+    "client.id",
+    "reconnect.backoff.ms",
+    "reconnect.backoff.max.ms",
+    "message.timeout.ms",
+];
+
+/// Letters, digits, `-`, `_` and `.`: names that go into topics, labels and file names.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= super::limits::MAX_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// The options every source kind takes (the kind itself was checked when it was parsed).
@@ -521,8 +789,10 @@ impl Seen {
                 _ => {}
             }
         }
-        for (index, MetadataConfig::Jsonl(jsonl)) in pipeline.metadata.iter().enumerate() {
-            if let Some(path) = &jsonl.path {
+        for (index, item) in pipeline.metadata.iter().enumerate() {
+            if let MetadataConfig::Jsonl(jsonl) = item
+                && let Some(path) = &jsonl.path
+            {
                 self.output(path, format!("metadata[{index}].jsonl.path"), file, errors);
             }
         }

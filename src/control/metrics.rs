@@ -9,7 +9,10 @@
 //! `visiond_output_up` (+ `output`), `visiond_output_failures_total` (+ `reason`),
 //! `visiond_output_restarts_total`, `visiond_frames_lost_total` (+ `reason`),
 //! `visiond_rtsp_dropped_total`, `visiond_recording_segments_deleted_total` and the histogram
-//! `visiond_frame_latency_seconds`. Per inference worker (label `model`):
+//! `visiond_frame_latency_seconds`; per published sink (+ `sink`): `visiond_metadata_published_total`,
+//! `visiond_metadata_dropped_total` (+ `reason`), `visiond_metadata_buffered`. Per broker
+//! (label `broker`): `visiond_broker_connected` (+ `kind`), `visiond_broker_connects_total`,
+//! `visiond_events_published_total`, `visiond_events_dropped_total`. Per inference worker (label `model`):
 //! `visiond_inference_batches_total`, `visiond_inference_frames_total`,
 //! `visiond_inference_failed_frames_total`, `visiond_batch_size_max` and the histogram
 //! `visiond_inference_batch_size`. Per CUDA device a model runs on: `visiond_gpu_memory_bytes`
@@ -340,11 +343,111 @@ pub fn render(view: &EngineView) -> String {
             );
         }
     }
+    render_publishing(&mut out, view);
     render_batch_sizes(&mut out, view);
     render_gpu_memory(&mut out, view);
     render_rtsp_clients(&mut out, view);
     render_process(&mut out);
     out.text
+}
+
+/// The published sinks (MQTT, Kafka) of every pipeline, and every broker connection.
+fn render_publishing(out: &mut Exposition, view: &EngineView) {
+    let sinks: Vec<(&str, &crate::publish::SinkShared)> = view
+        .pipelines()
+        .iter()
+        .flat_map(|p| p.sinks.iter().map(move |s| (p.name.as_str(), s.as_ref())))
+        .collect();
+    out.family(
+        "visiond_metadata_published_total",
+        "counter",
+        "Results the broker took from the pipeline's published sink (acknowledged for qos 1 and Kafka).",
+    );
+    for (pipeline, sink) in &sinks {
+        out.sample(
+            "visiond_metadata_published_total",
+            &[("pipeline", pipeline), ("sink", &sink.name)],
+            sink.published(),
+        );
+    }
+    out.family(
+        "visiond_metadata_dropped_total",
+        "counter",
+        "Results a published sink did not deliver, by reason: buffer_full (the oldest, while the broker was away or slow), rejected (by the broker), shutdown.",
+    );
+    for (pipeline, sink) in &sinks {
+        for reason in crate::publish::DropReason::ALL {
+            out.sample(
+                "visiond_metadata_dropped_total",
+                &[
+                    ("pipeline", pipeline),
+                    ("sink", &sink.name),
+                    ("reason", reason.label()),
+                ],
+                sink.dropped_for(reason),
+            );
+        }
+    }
+    out.family(
+        "visiond_metadata_buffered",
+        "gauge",
+        "Results waiting in a published sink's buffer for its broker.",
+    );
+    for (pipeline, sink) in &sinks {
+        out.sample(
+            "visiond_metadata_buffered",
+            &[("pipeline", pipeline), ("sink", &sink.name)],
+            sink.spool.len(),
+        );
+    }
+    out.family(
+        "visiond_broker_connected",
+        "gauge",
+        "1 while the daemon is connected to the broker (MQTT) or to a broker of the cluster (Kafka).",
+    );
+    for broker in view.brokers() {
+        out.sample(
+            "visiond_broker_connected",
+            &[("broker", &broker.name), ("kind", broker.kind)],
+            u8::from(broker.is_connected()),
+        );
+    }
+    out.family(
+        "visiond_broker_connects_total",
+        "counter",
+        "Times the daemon connected to the broker (1 plus its reconnections).",
+    );
+    for broker in view.brokers() {
+        out.sample(
+            "visiond_broker_connects_total",
+            &[("broker", &broker.name)],
+            broker.connects(),
+        );
+    }
+    out.family(
+        "visiond_events_published_total",
+        "counter",
+        "Events (states, output failures, availability) the broker took.",
+    );
+    for broker in view.brokers() {
+        out.sample(
+            "visiond_events_published_total",
+            &[("broker", &broker.name)],
+            broker.events_published(),
+        );
+    }
+    out.family(
+        "visiond_events_dropped_total",
+        "counter",
+        "Events not delivered to the broker (its event buffer full, refused, or left at shutdown).",
+    );
+    for broker in view.brokers() {
+        out.sample(
+            "visiond_events_dropped_total",
+            &[("broker", &broker.name)],
+            broker.events_dropped(),
+        );
+    }
 }
 
 /// The control plane's connections: how many are open against the cap, and every one the

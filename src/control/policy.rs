@@ -64,8 +64,12 @@ pub fn check(pipeline: &PipelineConfig, writes: &WritesConfig, errors: &mut File
             errors,
         );
     }
-    for (index, MetadataConfig::Jsonl(jsonl)) in pipeline.metadata.iter().enumerate() {
-        if let Some(path) = &jsonl.path {
+    // Published sinks (mqtt, kafka) reach only the brokers the daemon file names: nothing to
+    // hold back here.
+    for (index, item) in pipeline.metadata.iter().enumerate() {
+        if let MetadataConfig::Jsonl(jsonl) = item
+            && let Some(path) = &jsonl.path
+        {
             allowed.check(&format!("metadata[{index}].jsonl.path"), path, errors);
         }
     }

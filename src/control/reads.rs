@@ -107,6 +107,9 @@ pub struct PipelineStatus<'a> {
     pub uptime_s: f64,
     /// Whether `snapshot.jpg` can show its latest frame (it publishes video).
     pub snapshot: bool,
+    /// Each published sink (MQTT, Kafka): its broker's state, buffer, what it published and
+    /// dropped.
+    pub sinks: Vec<crate::publish::SinkStatus>,
 }
 
 /// Frames dropped at each hop.
@@ -163,6 +166,11 @@ impl<'a> PipelineStatus<'a> {
             outputs: pipeline.stats.outputs(),
             uptime_s: (pipeline.uptime().as_secs_f64() * 1e3).round() / 1e3,
             snapshot: pipeline.video,
+            sinks: pipeline
+                .sinks
+                .iter()
+                .map(|sink| crate::publish::SinkStatus::of(sink))
+                .collect(),
         }
     }
 }

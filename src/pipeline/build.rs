@@ -8,10 +8,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::PipelineError;
-use super::metadata::JsonlTarget;
+use super::metadata::{JsonlTarget, MetadataTarget};
 use super::output_stage::{HopDrops, OutputStage};
 use super::plan::PipelinePlan;
-use super::stats::{Loss, PipelineStats};
+use super::stats::{Loss, Observed, OutputHealth, PipelineState, PipelineStats};
 use super::stop::{StopHandle, StopSignal};
 use super::supervisor::Supervisor;
 use super::view::{PipelineHandle, QueueProbe};
@@ -22,6 +22,7 @@ use crate::frames::{
     SendOutcome, hop,
 };
 use crate::media::rtsp_server::RtspMounts;
+use crate::publish::{EventFeed, OutputEvent, Sink, StateEvent};
 use crate::runtime::FrameStager;
 
 /// One pipeline, built and ready to spawn.
@@ -36,6 +37,14 @@ pub struct Pieces {
     /// The pipeline's lane into its model's worker, and the model's name.
     pub lane: Option<(String, Lane)>,
     pub handle: PipelineHandle,
+}
+
+/// A pipeline's share of the daemon's publishing: one published sink per metadata item
+/// (`None` for the `jsonl` ones), and where its events go.
+#[derive(Default)]
+pub struct Published {
+    pub sinks: Vec<Option<Sink>>,
+    pub events: EventFeed,
 }
 
 /// The first hop after the source.
@@ -104,8 +113,10 @@ pub fn build(
     stop: StopSignal,
     own: StopHandle,
     grace: Duration,
+    published: Published,
 ) -> Result<Pieces, PipelineError> {
     let stats = Arc::new(PipelineStats::default());
+    announce_events(&stats, &plan.name, published.events);
     // A send that waits for room lets go once the drain after a stop has been abandoned.
     let give_up: GiveUp = Arc::new({
         let stop = stop.clone();
@@ -119,7 +130,13 @@ pub fn build(
         give_up,
     };
     let (feed, lane, drops, queue) = first_hop(&plan, stager, out_tx, output_drops, lanes)?;
-    let targets = open_metadata(&plan.metadata)?;
+    let sinks: Vec<_> = published
+        .sinks
+        .iter()
+        .flatten()
+        .map(|sink| sink.shared().clone())
+        .collect();
+    let targets = open_metadata(&plan.metadata, published.sinks)?;
     let output = OutputStage::start(
         plan.output.clone(),
         rtsp,
@@ -139,7 +156,7 @@ pub fn build(
         stop,
         grace,
     };
-    let handle = PipelineHandle::new(
+    let mut handle = PipelineHandle::new(
         plan.name.clone(),
         plan.model_ref(),
         stats.clone(),
@@ -148,6 +165,7 @@ pub fn build(
         plan.capacity,
         plan.output.has_video(),
     );
+    handle.sinks = sinks;
     Ok(Pieces {
         name: plan.name,
         stats,
@@ -215,15 +233,77 @@ fn first_hop(
     })
 }
 
-fn open_metadata(items: &[MetadataConfig]) -> Result<Vec<JsonlTarget>, PipelineError> {
+/// One target per metadata item: a `jsonl` file (or stdout) opened here, or its published sink.
+fn open_metadata(
+    items: &[MetadataConfig],
+    sinks: Vec<Option<Sink>>,
+) -> Result<Vec<MetadataTarget>, PipelineError> {
+    let mut sinks = sinks.into_iter();
     items
         .iter()
-        .map(|MetadataConfig::Jsonl(jsonl)| match &jsonl.path {
-            Some(path) => JsonlTarget::open(path).map_err(|error| PipelineError::Metadata {
-                path: path.clone(),
-                reason: error.to_string(),
+        .map(|item| match (item, sinks.next().flatten()) {
+            (_, Some(sink)) => Ok(MetadataTarget::Published(sink)),
+            (MetadataConfig::Jsonl(jsonl), None) => match &jsonl.path {
+                Some(path) => JsonlTarget::open(path)
+                    .map(MetadataTarget::Jsonl)
+                    .map_err(|error| PipelineError::Metadata {
+                        path: path.clone(),
+                        reason: error.to_string(),
+                    }),
+                None => Ok(MetadataTarget::Jsonl(JsonlTarget::Stdout)),
+            },
+            (other, None) => Err(PipelineError::Unpublished {
+                kind: other.kind(),
+                broker: other.broker().unwrap_or_default().to_string(),
             }),
-            None => Ok(JsonlTarget::Stdout),
         })
         .collect()
+}
+
+/// Sends the pipeline's state changes and its outputs going down or coming back to the
+/// brokers that carry events, starting with `starting`.
+fn announce_events(stats: &PipelineStats, pipeline: &str, events: EventFeed) {
+    if events.is_empty() {
+        return;
+    }
+    let pipeline = pipeline.to_string();
+    stats.observe(Box::new(move |observed| match observed {
+        Observed::State(state) => events.state(&pipeline, &state_event(state)),
+        Observed::Output(health) => events.output(&pipeline, &output_event(health)),
+    }));
+    stats.set_state(PipelineState::Starting);
+}
+
+/// A state as its event says it.
+pub fn state_event(state: &PipelineState) -> StateEvent {
+    let (reason, attempt) = match state {
+        PipelineState::Stalled { since, attempt } => (
+            Some(format!(
+                "stalled: no frame for {:.1} s",
+                since.elapsed().as_secs_f64()
+            )),
+            Some(*attempt),
+        ),
+        PipelineState::Reconnecting {
+            attempt,
+            last_error,
+        } => (Some(last_error.clone()), Some(*attempt)),
+        PipelineState::Failed { error } => (Some(error.clone()), None),
+        PipelineState::Starting | PipelineState::Playing | PipelineState::Finished => (None, None),
+    };
+    StateEvent {
+        state: state.name(),
+        reason,
+        attempt,
+    }
+}
+
+fn output_event(health: &OutputHealth) -> OutputEvent {
+    OutputEvent {
+        output: health.output.clone(),
+        up: health.up,
+        reason: health.reason.clone(),
+        error: health.error.clone(),
+        failures: health.failures,
+    }
 }

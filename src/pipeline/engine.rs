@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::build::{self, Pieces};
+use super::build::{self, Pieces, Published};
 use super::output_stage::RetryPolicy;
 use super::plan::{
     Changes, PipelineFailure, PipelinePlan, Tasks, batch_policy, models_in_use, retry_policy,
@@ -24,6 +24,7 @@ use super::{EngineError, PipelineError};
 use crate::config::{Config, ModelConfig, PipelineConfig, SinkConfig, Task};
 use crate::media::registry;
 use crate::media::rtsp_server::RtspServer;
+use crate::publish::{Publishing, StateEvent};
 use crate::runtime::{FrameStager, LoadError, ModelLoader};
 
 /// The daemon-wide shutdown, shared with signal handlers and tests.
@@ -58,6 +59,8 @@ pub struct Engine {
     /// The order of the last configuration's pipelines, for the view and the reports.
     order: Vec<String>,
     rtsp: Option<RtspServer>,
+    /// The broker connections (MQTT, Kafka) the pipelines publish on.
+    publishing: Publishing,
     shutdown: ShutdownHandle,
     shutdown_signal: Receiver<()>,
     grace: Duration,
@@ -79,6 +82,7 @@ impl Engine {
             workers: BTreeMap::new(),
             order: Vec::new(),
             rtsp: None,
+            publishing: Publishing::start(config),
             shutdown,
             shutdown_signal,
             grace: Duration::from_millis(config.daemon.shutdown.grace_ms),
@@ -130,6 +134,7 @@ impl Engine {
         self.retry = retry_policy(config);
         let tasks = self.load_models(config, loader)?;
         self.ensure_rtsp(config)?;
+        self.publishing.ensure(config);
         for name in changes.to_start() {
             if let Some(file) = config.pipeline(name) {
                 self.start_pipeline(&file.config, &tasks);
@@ -260,6 +265,14 @@ impl Engine {
             Err(failure) => {
                 let error = failure.error.to_string();
                 tracing::error!(pipeline = %failure.name, %error, "pipeline cannot be built");
+                self.publishing.events().state(
+                    &failure.name,
+                    &StateEvent {
+                        state: "failed",
+                        reason: Some(error.clone()),
+                        attempt: None,
+                    },
+                );
                 (
                     Arc::new(PipelineHandle::failed(failure.name, failure.model, error)),
                     None,
@@ -294,7 +307,15 @@ impl Engine {
             .and_then(|(model, _)| self.workers.get(model))
             .map(|worker| worker.stager.clone());
         let rtsp = self.rtsp.as_ref().map(RtspServer::mounts);
-        let pieces = build::build(plan, stager, rtsp, stop, own, self.grace).map_err(failure)?;
+        let published = Published {
+            sinks: self
+                .publishing
+                .sinks(&plan.name, &plan.metadata)
+                .map_err(|error| failure(error.into()))?,
+            events: self.publishing.events(),
+        };
+        let pieces =
+            build::build(plan, stager, rtsp, stop, own, self.grace, published).map_err(failure)?;
         let (handle, thread, lane) = spawn_pipeline(pieces, self.grace).map_err(failure)?;
         if let Some((model, lane)) = lane
             && let Some(worker) = self.workers.get(&model)
@@ -321,6 +342,7 @@ impl Engine {
             workers,
             rtsp_port: self.rtsp.as_ref().map(RtspServer::port),
             rtsp_clients: self.rtsp.as_ref().map(RtspServer::stats),
+            brokers: self.publishing.outboxes(),
         });
     }
 
@@ -388,6 +410,7 @@ impl Engine {
         if let Some(rtsp) = self.rtsp.take() {
             rtsp.stop();
         }
+        self.publishing.close(self.grace);
         reports
     }
 }

@@ -9,6 +9,36 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::frames::{FrameResults, Processed};
+use crate::publish::Sink;
+
+/// Where a pipeline's metadata lines go: a file or stdout, written here; or a broker's sink,
+/// whose spool takes the line without waiting (the broker connection sends it).
+pub enum MetadataTarget {
+    Jsonl(JsonlTarget),
+    Published(Sink),
+}
+
+impl MetadataTarget {
+    /// Writes (or spools) one frame's line; `results` decide a sink's `on_change`.
+    pub fn write(&mut self, line: &str, results: Option<&FrameResults>) -> std::io::Result<()> {
+        match self {
+            Self::Jsonl(jsonl) => jsonl.write_line(line),
+            Self::Published(sink) => {
+                sink.offer(line, top_label(results));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The best class of a classification result (`None` without one above `min_score`, and for
+/// other tasks).
+fn top_label(results: Option<&FrameResults>) -> Option<&str> {
+    match results? {
+        FrameResults::Classes { top_k } => top_k.first().map(|(label, _)| label.as_str()),
+        _ => None,
+    }
+}
 
 /// Where lines go.
 pub enum JsonlTarget {

@@ -45,6 +45,18 @@ pub enum PipelineError {
     Media(#[from] MediaError),
     #[error("cannot open metadata file {}: {reason}", path.display())]
     Metadata { path: PathBuf, reason: String },
+    #[error("a {kind} sink publishes on broker '{broker}', which is not connected")]
+    Unpublished { kind: &'static str, broker: String },
+    #[error("{0}")]
+    Publish(#[from] crate::publish::PublishError),
+    #[error(
+        "metadata[{index}].{kind}.on_change compares the best class, and model {model} is not a classification model"
+    )]
+    OnChangeWithoutLabels {
+        index: usize,
+        kind: &'static str,
+        model: String,
+    },
     #[error("cannot start thread {name}: {reason}")]
     Thread { name: String, reason: String },
 }

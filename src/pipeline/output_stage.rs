@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::backoff::Retry;
-use super::metadata::{self, Drops, JsonlTarget};
+use super::metadata::{self, Drops, MetadataTarget};
 use super::stats::{Loss, OutputHealth, PipelineStats};
 use super::stop::StopSignal;
 use crate::config::SinkConfig;
@@ -68,7 +68,7 @@ pub struct OutputStage {
     life: Life,
     /// One per `file` sink of the video output, in sink order.
     recordings: Vec<Life>,
-    targets: Vec<JsonlTarget>,
+    targets: Vec<MetadataTarget>,
     stats: Arc<PipelineStats>,
     drops: HopDrops,
     reported: Drops,
@@ -91,7 +91,7 @@ impl OutputStage {
         settings: OutputSettings,
         rtsp: Option<RtspMounts>,
         model: String,
-        targets: Vec<JsonlTarget>,
+        targets: Vec<MetadataTarget>,
         stats: Arc<PipelineStats>,
         drops: HopDrops,
         policy: RetryPolicy,
@@ -216,7 +216,7 @@ impl OutputStage {
         let line = metadata::render(&self.settings.pipeline, &self.model, processed, since);
         let mut written = true;
         for target in &mut self.targets {
-            if let Err(error) = target.write_line(&line) {
+            if let Err(error) = target.write(&line, processed.results.as_ref()) {
                 written = false;
                 tracing::error!(pipeline = %self.settings.pipeline, %error, "cannot write metadata");
             }

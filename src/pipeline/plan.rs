@@ -103,6 +103,15 @@ fn plan(
             model: pipeline.model.to_string(),
         });
     }
+    for (index, item) in pipeline.metadata.iter().enumerate() {
+        if item.sampling().is_some_and(|s| s.on_change) && task != Some(Task::Classification) {
+            return Err(PipelineError::OnChangeWithoutLabels {
+                index,
+                kind: item.kind(),
+                model: pipeline.model.to_string(),
+            });
+        }
+    }
     let live = pipeline.source.is_live();
     let when_full = pipeline.queue.when_full.unwrap_or(if live {
         WhenFull::DropOldest

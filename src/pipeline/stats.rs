@@ -352,6 +352,30 @@ impl SourceActivity {
     }
 }
 
+/// What a pipeline's observer is told: its state changed, or an output went down or came back.
+pub enum Observed<'a> {
+    State(&'a PipelineState),
+    Output(&'a OutputHealth),
+}
+
+/// Told of every change [`Observed`] names (the daemon's events on its brokers). Called on
+/// the thread that made the change; it must not wait.
+pub type Observer = Box<dyn Fn(&Observed<'_>) + Send + Sync>;
+
+/// The observer, set once when the pipeline is built.
+#[derive(Default)]
+pub struct ObserverSlot(std::sync::OnceLock<Observer>);
+
+impl std::fmt::Debug for ObserverSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "ObserverSlot(set)"
+        } else {
+            "ObserverSlot(unset)"
+        })
+    }
+}
+
 /// Everything counted for one pipeline.
 #[derive(Debug, Default)]
 pub struct PipelineStats {
@@ -390,6 +414,7 @@ pub struct PipelineStats {
     pub latest_frame: std::sync::Arc<LatestFrame>,
     /// When the source last delivered a frame.
     pub source: SourceActivity,
+    observer: ObserverSlot,
 }
 
 /// Why a frame was lost, rather than dropped by a queue's `when_full` policy. A pipeline
@@ -487,6 +512,17 @@ impl PipelineStats {
             .unwrap_or(PipelineState::Starting)
     }
 
+    /// Sets who is told of state and output changes from now on (once).
+    pub fn observe(&self, observer: Observer) {
+        let _ = self.observer.0.set(observer);
+    }
+
+    fn notify(&self, observed: &Observed<'_>) {
+        if let Some(observer) = self.observer.0.get() {
+            observer(observed);
+        }
+    }
+
     pub fn set_state(&self, state: PipelineState) {
         let ended = matches!(
             state,
@@ -499,8 +535,16 @@ impl PipelineStats {
                 None
             };
         }
-        if let Ok(mut current) = self.state.lock() {
-            *current = Some(state);
+        let changed = match self.state.lock() {
+            Ok(mut current) => {
+                let changed = current.as_ref() != Some(&state);
+                *current = Some(state.clone());
+                changed
+            }
+            Err(_) => false,
+        };
+        if changed {
+            self.notify(&Observed::State(&state));
         }
     }
 
@@ -539,12 +583,24 @@ impl PipelineStats {
     }
 
     /// Sets the health of `health.output`, adding it the first time.
+    /// The observer hears of an output going down (the first failure) and coming back.
     pub fn set_output(&self, health: OutputHealth) {
-        if let Ok(mut outputs) = self.outputs.lock() {
-            match outputs.iter_mut().find(|o| o.output == health.output) {
-                Some(slot) => *slot = health,
-                None => outputs.push(health),
+        let turned = match self.outputs.lock() {
+            Ok(mut outputs) => {
+                let turned = match outputs.iter().find(|o| o.output == health.output) {
+                    Some(slot) => slot.up != health.up,
+                    None => !health.up,
+                };
+                match outputs.iter_mut().find(|o| o.output == health.output) {
+                    Some(slot) => *slot = health.clone(),
+                    None => outputs.push(health.clone()),
+                }
+                turned
             }
+            Err(_) => false,
+        };
+        if turned {
+            self.notify(&Observed::Output(&health));
         }
     }
 
@@ -621,6 +677,41 @@ impl PipelineStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_observer_hears_state_changes_and_outputs_going_down_and_up_once_each() {
+        let stats = PipelineStats::default();
+        let heard = std::sync::Arc::new(Mutex::new(Vec::<String>::new()));
+        stats.observe(Box::new({
+            let heard = heard.clone();
+            move |observed| {
+                let said = match observed {
+                    Observed::State(state) => state.name().to_string(),
+                    Observed::Output(health) => format!("{} up={}", health.output, health.up),
+                };
+                heard.lock().unwrap().push(said);
+            }
+        }));
+        let video = |up: bool| OutputHealth {
+            output: "video".into(),
+            up,
+            reason: (!up).then(|| "disk full".into()),
+            error: None,
+            failures: u32::from(!up),
+            retry_at: None,
+        };
+        stats.set_state(PipelineState::Playing);
+        stats.set_state(PipelineState::Playing);
+        stats.set_output(video(true));
+        stats.set_output(video(false));
+        stats.set_output(video(false));
+        stats.set_output(video(true));
+        stats.set_state(PipelineState::Finished);
+        assert_eq!(
+            *heard.lock().unwrap(),
+            ["playing", "video up=false", "video up=true", "finished"]
+        );
+    }
 
     #[test]
     fn quantiles_fall_within_one_bucket_of_the_truth() {

@@ -45,6 +45,8 @@ pub struct PipelineHandle {
     capacity: usize,
     /// Whether it publishes video (so it has frames to show as snapshots).
     pub video: bool,
+    /// Its published sinks (MQTT, Kafka), for the control plane.
+    pub sinks: Vec<Arc<crate::publish::SinkShared>>,
     started: Instant,
 }
 
@@ -67,6 +69,7 @@ impl PipelineHandle {
             queue,
             capacity,
             video,
+            sinks: Vec::new(),
             started: Instant::now(),
         }
     }
@@ -144,6 +147,7 @@ pub struct EngineView {
     pub(super) workers: Vec<Arc<WorkerHandle>>,
     pub(super) rtsp_port: Option<u16>,
     pub(super) rtsp_clients: Option<Arc<RtspServerStats>>,
+    pub(super) brokers: Vec<Arc<crate::publish::Outbox>>,
 }
 
 impl EngineView {
@@ -153,6 +157,7 @@ impl EngineView {
             workers: Vec::new(),
             rtsp_port: None,
             rtsp_clients: None,
+            brokers: Vec::new(),
         }
     }
 
@@ -175,6 +180,11 @@ impl EngineView {
             .iter()
             .find(|w| w.model == model)
             .map(|w| w.stats.clone())
+    }
+
+    /// Every broker connection, in name order.
+    pub fn brokers(&self) -> &[Arc<crate::publish::Outbox>] {
+        &self.brokers
     }
 
     /// The RTSP server's port, when a pipeline publishes over RTSP.

@@ -32,8 +32,9 @@ pub fn check_pipeline(pipeline: &PipelineConfig, errors: &mut FileErrors<'_>) {
             errors.push(format!("sinks[{index}].{}.path", sink.kind()), message);
         }
     }
-    for (index, MetadataConfig::Jsonl(jsonl)) in pipeline.metadata.iter().enumerate() {
-        if let Some(path) = &jsonl.path
+    for (index, item) in pipeline.metadata.iter().enumerate() {
+        if let MetadataConfig::Jsonl(jsonl) = item
+            && let Some(path) = &jsonl.path
             && let Err(message) = check_writable_parent(path)
         {
             errors.push(format!("metadata[{index}].jsonl.path"), message);

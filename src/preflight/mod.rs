@@ -53,6 +53,13 @@ pub fn check(config: &Config, errors: &mut Vec<ConfigError>, warnings: &mut Vec<
         models::check(name, model, &mut daemon_errors, warnings);
     }
     secrets::check_daemon(config, &mut daemon_errors);
+    for (name, broker) in &config.daemon.brokers {
+        if let crate::config::BrokerConfig::Mqtt(mqtt) = broker {
+            for (key, problem) in crate::publish::check_tls_files(mqtt) {
+                daemon_errors.push(format!("brokers.{name}.mqtt.{key}"), problem);
+            }
+        }
+    }
     if let Some(token_file) = &config.daemon.http.token_file
         && let Err(message) = files::read_token(token_file)
     {

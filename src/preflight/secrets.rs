@@ -1,8 +1,9 @@
 //! The environment variables the configuration names for passwords (`password_env`): set
 //! here, as `visiond run` will read them. Checked only where `run` reads them: the RTSP
-//! server's when a pipeline publishes over RTSP, a camera's when its source is RTSP.
+//! server's when a pipeline publishes over RTSP, a camera's when its source is RTSP, a
+//! broker's when it connects.
 
-use crate::config::{Config, FileErrors, PipelineConfig, SinkConfig, is_env_name};
+use crate::config::{BrokerConfig, Config, FileErrors, PipelineConfig, SinkConfig, is_env_name};
 
 /// The RTSP server's password, read when the server starts.
 pub fn check_daemon(config: &Config, errors: &mut FileErrors<'_>) {
@@ -16,6 +17,17 @@ pub fn check_daemon(config: &Config, errors: &mut FileErrors<'_>) {
         && publishes
     {
         check_variable("rtsp.auth.password_env", &auth.password_env, errors);
+    }
+    for (name, broker) in &config.daemon.brokers {
+        if let BrokerConfig::Mqtt(mqtt) = broker
+            && let Some(variable) = &mqtt.password_env
+        {
+            check_variable(
+                &format!("brokers.{name}.mqtt.password_env"),
+                variable,
+                errors,
+            );
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 // Each test binary uses its own subset of these.
 #![allow(dead_code)]
 
+pub mod brokers;
 mod camera;
 mod yaml;
 
@@ -203,6 +204,19 @@ impl Daemon {
                 return value.to_string();
             }
         }
+    }
+
+    /// [`Daemon::field`], looking first in the lines already read (whose order with other
+    /// lines may vary).
+    pub fn field_read_or_next(&mut self, message: &str, field: &str, timeout: Duration) -> String {
+        let found = self.seen.iter().find_map(|line| {
+            line.contains(message)
+                .then(|| line.split(&format!("{field}=")).nth(1))
+                .flatten()
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_string)
+        });
+        found.unwrap_or_else(|| self.field(message, field, timeout))
     }
 
     fn log(&self) -> String {

@@ -223,6 +223,12 @@ impl Pipeline {
         self
     }
 
+    /// Any other `metadata:` item, as a flow mapping: `"mqtt: { broker: site, qos: 1 }"`.
+    pub fn metadata(mut self, item: &str) -> Self {
+        self.metadata.push(item.to_string());
+        self
+    }
+
     /// `- jsonl: { stdout: true }` under `metadata:`.
     pub fn jsonl_stdout(mut self) -> Self {
         self.metadata.push("jsonl: { stdout: true }".to_string());
