@@ -30,6 +30,10 @@ enum Command {
         /// The daemon file.
         #[arg(short, long, default_value = "/etc/visiond/visiond.yaml")]
         config: PathBuf,
+        /// Also ask each served model's server (`remote`) whether it is ready and whether the
+        /// model's inputs and outputs fit its processor (ServerReady, ModelMetadata, ModelReady).
+        #[arg(long)]
+        probe: bool,
     },
     /// Run every pipeline until finite sources end or SIGINT/SIGTERM drains them.
     Run {
@@ -55,7 +59,7 @@ fn main() -> ExitCode {
     visiond::control::process::bound_malloc_arenas();
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config, probe } => check(&config, probe),
         Command::Infer(args) => infer(&args),
         Command::Bench(args) => bench(&args),
         Command::Run { config } => run(&config),
@@ -146,7 +150,7 @@ fn run(file: &std::path::Path) -> ExitCode {
     }
 }
 
-fn check(file: &std::path::Path) -> ExitCode {
+fn check(file: &std::path::Path, probe: bool) -> ExitCode {
     visiond::logging::init(&LogConfig::default());
     match preflight::load(file) {
         Ok(config) => {
@@ -177,6 +181,16 @@ fn check(file: &std::path::Path) -> ExitCode {
             );
             for line in preflight::model_summaries(&config) {
                 println!("{line}");
+            }
+            if probe {
+                let failures = preflight::probe(&config);
+                if !failures.is_empty() {
+                    for failure in &failures {
+                        eprintln!("{failure}");
+                    }
+                    eprintln!("{} error(s); served model(s) not usable", failures.len());
+                    return ExitCode::from(2);
+                }
             }
             for pipeline in &config.pipelines {
                 let encoder = &pipeline.config.encoder.element;
