@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 mod camera;
+pub mod mlserver;
 mod yaml;
 
 // As above: not every binary uses every one.

@@ -163,12 +163,19 @@ pub fn classify(status: &Status) -> RemoteFailure {
 
 /// A status as people read it: its message, and its code when that says more.
 pub fn describe(status: &Status) -> String {
-    let message = status.message().trim();
-    let message = if message.is_empty() {
-        "no message"
-    } else {
-        message
-    };
+    let mut message = status.message().trim().to_owned();
+    if message.is_empty() {
+        message = "no message".to_owned();
+    }
+    // A transport failure's cause ("Connection refused") sits in the error's sources.
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        source = cause.source();
+    }
     format!("{message} (gRPC {:?})", status.code())
 }
 
