@@ -117,7 +117,11 @@ impl MlServer {
         for model in models {
             let dir = repository.path().join(&model.name);
             std::fs::create_dir(&dir).unwrap();
-            std::fs::write(dir.join("model-settings.json"), model.settings().to_string()).unwrap();
+            std::fs::write(
+                dir.join("model-settings.json"),
+                model.settings().to_string(),
+            )
+            .unwrap();
         }
         let mut server = Self {
             repository,
