@@ -240,7 +240,13 @@ fn a_slow_server_keeps_requests_and_latency_bounded_and_counts_what_timed_out() 
     let report = &reports[0];
     assert!(most_in_flight <= 2, "{most_in_flight} requests outstanding");
     let timeouts = remote.failures(RemoteFailure::Timeout);
-    assert!(timeouts >= 3, "{timeouts} timeouts");
+    let counts = format!(
+        "requests {}, failures {:?}, losses {:?}, {report}",
+        remote.requests.load(std::sync::atomic::Ordering::Relaxed),
+        RemoteFailure::ALL.map(|f| remote.failures(f)),
+        cam.stats.losses()
+    );
+    assert!(timeouts >= 3, "{timeouts} timeouts: {counts}");
     // No request took much longer than its timeout: latency is bounded by it.
     let cumulative = remote.latency_cumulative();
     let bounds = visiond::runtime::remote::stats::LATENCY_BOUNDS_S;

@@ -137,6 +137,15 @@ impl NotReady {
 pub fn classify(status: &Status) -> RemoteFailure {
     match status.code() {
         Code::DeadlineExceeded => RemoteFailure::Timeout,
+        // tonic ends a call whose `grpc-timeout` ran out on this side as "Timeout expired".
+        Code::Cancelled
+            if status
+                .message()
+                .to_ascii_lowercase()
+                .contains("timeout expired") =>
+        {
+            RemoteFailure::Timeout
+        }
         Code::Unavailable | Code::Cancelled => RemoteFailure::Unavailable,
         // A connection that broke under a call surfaces as an HTTP/2 or transport error.
         Code::Unknown | Code::Internal => {
