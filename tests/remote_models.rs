@@ -135,7 +135,7 @@ fn a_server_away_for_10_s_leaves_the_pipeline_waiting_and_it_resumes_by_itself()
     let models = remote_yaml("depth", &url, "depth", "");
     let file = write_tree(
         dir.path(),
-        &format!("http: {{ listen: \"127.0.0.1:0\" }}\nmodels:\n{models}"),
+        &format!("models:\n{models}"),
         &[Pipeline::new("cam")
             .source(Source::test(96, 72).fps(10))
             .model("depth")
@@ -197,7 +197,10 @@ fn a_server_away_for_10_s_leaves_the_pipeline_waiting_and_it_resumes_by_itself()
     let (status, body) = get(&format!("http://{http}/readyz"));
     assert_eq!(status, 200, "{body}");
     let (code, log) = daemon.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    // Frames were lost to the outage, so the pipeline does not end a clean `finished`: the
+    // summary says how many and why.
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("remote unavailable"), "{log}");
     // Every frame is published or counted as dropped.
     let (frames_in, out, dropped) = summary_counts(&log, "cam");
     assert_eq!(frames_in, out + dropped, "{log}");
