@@ -356,3 +356,64 @@ fn a_wrong_name_shape_datatype_or_address_is_a_clear_error_at_check_probe_and_at
     assert!(away_error.contains("remote unavailable"), "{away_error}");
     assert_eq!(away.stats.losses().get("remote unavailable"), Some(&5));
 }
+
+#[test]
+fn export_triton_writes_a_repository_whose_uint8_model_matches_the_local_one() {
+    let _serial = serial();
+    let repository = tempfile::tempdir().unwrap();
+    let python = common::mlserver::venv().join("bin/python");
+    let output = std::process::Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/export_triton.py"))
+        .arg(fixture("dpt-vit"))
+        .args(["--repository"])
+        .arg(repository.path())
+        .args([
+            "--name",
+            "depth",
+            "--size",
+            "64x64",
+            "--input",
+            "uint8",
+            "--max-batch",
+            "4",
+        ])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("input: uint8, output_name: predicted_depth__0"),
+        "{stdout}"
+    );
+    let pbtxt = std::fs::read_to_string(repository.path().join("depth/config.pbtxt")).unwrap();
+    for expected in [
+        "platform: \"pytorch_libtorch\"",
+        "max_batch_size: 4",
+        "{ name: \"pixel_values\", data_type: TYPE_UINT8, dims: [ 3, 64, 64 ] }",
+        "{ name: \"predicted_depth__0\", data_type: TYPE_FP32, dims: [ 64, 64 ] }",
+        "dynamic_batching",
+    ] {
+        assert!(pbtxt.contains(expected), "{expected} not in:\n{pbtxt}");
+    }
+    // The served module normalises uint8 images itself, as visiond's processor would.
+    let module = tch::CModule::load(repository.path().join("depth/1/model.pt")).unwrap();
+    let images = tch::Tensor::randint(256, [2, 3, 64, 64], (tch::Kind::Uint8, tch::Device::Cpu));
+    let served = tch::no_grad(|| module.forward_ts(&[&images])).unwrap();
+    let loaded = visiond::models::checkpoint::open(
+        &visiond::config::ModelSource::Path(fixture("dpt-vit")),
+        &Default::default(),
+    )
+    .unwrap();
+    let pixel_values = (images.to_kind(tch::Kind::Float) * (1.0 / 255.0) - 0.5) / 0.5;
+    let local = tch::no_grad(|| loaded.model.forward(&pixel_values)).unwrap();
+    assert_eq!(served.size(), local.size());
+    let error = (&served - &local).abs().max().double_value(&[]);
+    let scale = local.abs().max().double_value(&[]).max(1.0);
+    assert!(error <= 1e-4 * scale, "max abs error {error:e}");
+}
