@@ -30,12 +30,11 @@ use self::link::Link;
 use self::signature::Signature;
 pub use self::stats::RemoteStats;
 use super::batch::BatchFrames;
-use super::contract::{FrameFormats, ModelRuntime};
-use super::load::LoadError;
 use super::stage::{FramePlan, TorchStager};
 use crate::config::{ModelConfig, RemoteConfig};
 use crate::models::ModelError;
 use crate::models::checkpoint::hub::Fetch;
+use crate::runtime::{FrameFormats, LoadError, ModelRuntime};
 
 /// A served model ready for a worker: its processor read, the server checked (a server that
 /// is away is waited for; one that serves another model is an error).
