@@ -278,7 +278,7 @@ fn run_pipelined(
             }
         };
         route_pipelined(model, &mut queues, results, &stats);
-        mark_waiting(&queues, &admission, &mut marked);
+        mark_waiting(model, &queues, &admission, &mut marked);
         match admission {
             Admission::Full => {
                 // Only what frees a slot (a batch back), room for waiting results, or a join.
@@ -350,7 +350,7 @@ const MAX_DROPPED_AT_ONCE: usize = 64;
 
 /// Marks every lane's pipeline `waiting` (with why) while the served model cannot take
 /// requests, and clears the mark once it can.
-fn mark_waiting(queues: &[Queue], admission: &Admission, marked: &mut Option<String>) {
+fn mark_waiting(model: &str, queues: &[Queue], admission: &Admission, marked: &mut Option<String>) {
     let reason = match admission {
         Admission::Waiting(reason) => Some(reason.clone()),
         Admission::Open | Admission::Full => None,
@@ -365,9 +365,9 @@ fn mark_waiting(queues: &[Queue], admission: &Admission, marked: &mut Option<Str
     if reason != *marked {
         match &reason {
             Some(why) => {
-                tracing::warn!(reason = %why, "served model unavailable; its pipelines wait")
+                tracing::warn!(model, reason = %why, "served model unavailable; its pipelines wait")
             }
-            None => tracing::info!("served model available again; its pipelines resume"),
+            None => tracing::info!(model, "served model available again; its pipelines resume"),
         }
     }
     *marked = reason;
