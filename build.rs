@@ -19,6 +19,7 @@ const SHIM: &str = "src/runtime/native/shim.cpp";
 const KERNELS: &str = "src/runtime/native/kernels.cuh";
 
 fn main() {
+    generate_kserve_client();
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-env-changed=VISIOND_CUDA_INCLUDE");
@@ -42,6 +43,23 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
     compile_shim(&libtorch, has_cuda);
+}
+
+/// The KServe v2 gRPC client (`src/runtime/remote/proto.rs` includes it) from the `.proto`
+/// written from the Open Inference Protocol's specification, compiled by the protoc that
+/// `protoc-bin-vendored` ships (a machine needs no protobuf-compiler package).
+fn generate_kserve_client() {
+    const PROTO: &str = "proto/grpc_predict_v2.proto";
+    println!("cargo:rerun-if-changed={PROTO}");
+    let protoc = protoc_bin_vendored::protoc_bin_path()
+        .expect("protoc-bin-vendored has a protoc for this platform");
+    // SAFETY: the build script has one thread at this point, so nothing reads the environment
+    // while it changes; prost-build finds protoc through PROTOC.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_protos(&[PROTO], &["proto"])
+        .expect("proto/grpc_predict_v2.proto compiles");
 }
 
 fn compile_shim(libtorch: &Path, has_cuda: bool) {

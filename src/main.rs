@@ -30,8 +30,10 @@ enum Command {
         /// The daemon file.
         #[arg(short, long, default_value = "/etc/visiond/visiond.yaml")]
         config: PathBuf,
-        /// Also connect to every broker under `brokers` once (with its credentials and TLS),
-        /// and say whether it answered. Without it nothing is connected to.
+        /// Also connect: ask each served model's server (`remote`) whether it is ready and
+        /// whether the model's inputs and outputs fit its processor (ServerReady, ModelMetadata,
+        /// ModelReady), and connect to every broker under `brokers` once (with its credentials
+        /// and TLS). Without it nothing is connected to.
         #[arg(long)]
         probe: bool,
     },
@@ -201,6 +203,16 @@ fn check(file: &std::path::Path, probe: bool) -> ExitCode {
             );
             for line in preflight::model_summaries(&config) {
                 println!("{line}");
+            }
+            if probe {
+                let failures = preflight::probe(&config);
+                if !failures.is_empty() {
+                    for failure in &failures {
+                        eprintln!("{failure}");
+                    }
+                    eprintln!("{} error(s); served model(s) not usable", failures.len());
+                    return ExitCode::from(2);
+                }
             }
             for pipeline in &config.pipelines {
                 let encoder = &pipeline.config.encoder.element;

@@ -1009,3 +1009,59 @@ fn check_warns_when_the_rtsp_server_is_reachable_beyond_loopback_without_auth() 
     tree.pipeline("door.yaml", GOOD_PIPELINE);
     assert_eq!(check_lines(&tree, &[], &[]), (Some(0), vec![]));
 }
+
+#[test]
+fn served_models_are_checked_for_shape_and_processor_files_without_a_server() {
+    let tree = Tree::new(
+        "pipelines_dir: pipelines\nmodels:\n  depth: { path: model }\n\
+         \x20 served:\n    remote: { url: \"grpc://127.0.0.1:8001\", model: dpt, version: 1 }\n    processor: { path: model }\n\
+         \x20 both:\n    remote: { url: \"grpc://127.0.0.1:8001\", model: dpt }\n    path: model\n    cuda_graphs: false\n\
+         \x20 bare:\n    remote: { url: \"triton:8001\", model: \"\", max_in_flight: 0, timeout_ms: 0 }\n\
+         \x20 plain_tls:\n    remote: { url: \"grpc://h:1\", model: m, tls: { cert_file: c.pem } }\n    processor: { path: model }\n\
+         \x20 no_config:\n    remote: { url: \"grpcs://h:1\", model: m, token_file: missing-token }\n    processor: { path: out }\n\
+         \x20 stray:\n    path: model\n    processor: { path: model }\n",
+    );
+    let errors = tree.errors();
+    let file = tree.file("visiond.yaml");
+    let expected = [
+        format!("{file}: models.both.path: not for a served model (`remote`)"),
+        format!("{file}: models.both.cuda_graphs: not for a served model (`remote`)"),
+        format!("{file}: models.both.processor: a served model needs `processor: {{ path: DIR }}`"),
+        format!(
+            "{file}: models.bare.remote.url: 'triton:8001' is not a gRPC address: expected grpc://host:port (plain) or grpcs://host:port (TLS)"
+        ),
+        format!("{file}: models.bare.remote.model: the model's name on the server is empty"),
+        format!("{file}: models.bare.remote.timeout_ms: must be at least 1"),
+        format!("{file}: models.bare.remote.max_in_flight: must be 1 to 64"),
+        format!("{file}: models.bare.processor: a served model needs `processor: {{ path: DIR }}`"),
+        format!(
+            "{file}: models.plain_tls.remote.tls: set, but the url is plain (grpc://): use grpcs://host:port for TLS"
+        ),
+        format!(
+            "{file}: models.plain_tls.remote.tls: mutual TLS needs both cert_file and key_file"
+        ),
+        format!(
+            "{file}: models.no_config.processor.path: {}: not found",
+            tree.path("out").join("config.json").display()
+        ),
+        format!(
+            "{file}: models.no_config.remote.token_file: cannot read {}",
+            tree.path("missing-token").display()
+        ),
+        format!("{file}: models.stray.processor: only for a served model (`remote`)"),
+    ];
+    for line in &expected {
+        assert!(
+            errors.iter().any(|e| e.starts_with(line.as_str())),
+            "missing: {line}\nin:\n{}",
+            errors.join("\n")
+        );
+    }
+    // The valid served model is not reported at all.
+    assert!(
+        !errors.iter().any(|e| e.contains("models.served")),
+        "{}",
+        errors.join("\n")
+    );
+    assert_eq!(errors.len(), expected.len(), "{}", errors.join("\n"));
+}

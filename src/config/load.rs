@@ -202,6 +202,20 @@ fn read_models(
         };
         section.path = section.path.map(|path| paths::resolve(base, &path));
         section.labels = section.labels.map(|path| paths::resolve(base, &path));
+        if let Some(processor) = &mut section.processor {
+            processor.path = processor
+                .path
+                .take()
+                .map(|path| paths::resolve(base, &path));
+        }
+        if let Some(remote) = &mut section.remote {
+            remote.token_file = remote.token_file.take().map(|p| paths::resolve(base, &p));
+            if let Some(tls) = &mut remote.tls {
+                for file in [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file] {
+                    *file = file.take().map(|p| paths::resolve(base, &p));
+                }
+            }
+        }
         if let Some(model) = section.parse(&key, sections.errors()) {
             models.insert(name, model);
         }

@@ -9,6 +9,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 use super::error::FileErrors;
+use super::remote::{RemoteConfig, RemoteSection};
 
 /// The hub revision used when none is given.
 pub const DEFAULT_REVISION: &str = "main";
@@ -203,7 +204,12 @@ pub fn is_valid_revision(revision: &str) -> bool {
 /// A model shared by every pipeline that names it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
+    /// The checkpoint; for a served model (`remote`), the folder or hub repository its
+    /// processor comes from (config.json and preprocessor_config.json, no weights).
     pub source: ModelSource,
+    /// Served by an inference server rather than run here: image processing and
+    /// post-processing stay on `device`, the forward runs on the server.
+    pub remote: Option<RemoteConfig>,
     pub device: DeviceSpec,
     pub dtype: DType,
     pub batch: BatchConfig,
@@ -245,14 +251,29 @@ pub struct ModelSection {
     pub labels: Option<PathBuf>,
     #[serde(default)]
     pub input_size: Option<[u32; 2]>,
-    #[serde(default = "enabled")]
-    pub allow_tf32: bool,
-    #[serde(default = "enabled")]
-    pub cuda_graphs: bool,
+    #[serde(default)]
+    pub allow_tf32: Option<bool>,
+    #[serde(default)]
+    pub cuda_graphs: Option<bool>,
+    /// A model served elsewhere (see [`RemoteSection`]); needs `processor`, excludes `path`/`hub`.
+    #[serde(default)]
+    pub remote: Option<RemoteSection>,
+    /// A served model's processor: `{ path }` or `{ hub, revision }`.
+    #[serde(default)]
+    pub processor: Option<ProcessorSection>,
 }
 
-fn enabled() -> bool {
-    true
+/// `models.<name>.processor`: where a served model's config.json and preprocessor_config.json
+/// are (a folder, or a hub repository of which only those two files are fetched).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorSection {
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub hub: Option<String>,
+    #[serde(default)]
+    pub revision: Option<String>,
 }
 
 impl ModelSection {
@@ -260,42 +281,51 @@ impl ModelSection {
     /// Every problem of the entry is reported, not only the first.
     pub fn parse(self, key: &str, errors: &mut FileErrors<'_>) -> Option<ModelConfig> {
         let before = errors.len();
-        let source = match (self.path, self.hub) {
-            (Some(_), Some(_)) => {
-                errors.push(key, "set either `path` or `hub`, not both");
-                None
-            }
-            (None, None) => {
-                errors.push(
-                    key,
-                    "set `path` (a checkpoint folder) or `hub` (a Hugging Face id such as Intel/dpt-large)",
-                );
-                None
-            }
-            (Some(path), None) => {
-                if self.revision.is_some() {
-                    errors.push(format!("{key}.revision"), "only meaningful with `hub`");
+        let (source, remote) = match self.remote {
+            Some(remote) => {
+                for (name, set) in [
+                    ("path", self.path.is_some()),
+                    ("hub", self.hub.is_some()),
+                    ("revision", self.revision.is_some()),
+                    ("labels", self.labels.is_some()),
+                    ("allow_tf32", self.allow_tf32.is_some()),
+                    ("cuda_graphs", self.cuda_graphs.is_some()),
+                ] {
+                    if set {
+                        errors.push(
+                            format!("{key}.{name}"),
+                            "not for a served model (`remote`): its forward runs on the server, and its processor comes from `processor:` (config.json + preprocessor_config.json)",
+                        );
+                    }
                 }
-                Some(ModelSource::Path(path))
+                let remote = remote.parse(&format!("{key}.remote"), errors);
+                let source = match self.processor {
+                    Some(processor) => source_of(
+                        &format!("{key}.processor"),
+                        processor.path,
+                        processor.hub,
+                        processor.revision,
+                        errors,
+                    ),
+                    None => {
+                        errors.push(
+                            format!("{key}.processor"),
+                            "a served model needs `processor: { path: DIR }` or `processor: { hub: org/name }`: its config.json and preprocessor_config.json (no weights)",
+                        );
+                        None
+                    }
+                };
+                (source, remote)
             }
-            (None, Some(repo)) => {
-                let revision = self
-                    .revision
-                    .unwrap_or_else(|| DEFAULT_REVISION.to_string());
-                if !is_repo_id(&repo) {
+            None => {
+                if self.processor.is_some() {
                     errors.push(
-                        format!("{key}.hub"),
-                        format!(
-                            "'{repo}' is not a hub id; expected org/name, e.g. Intel/dpt-large"
-                        ),
-                    );
-                } else if !is_valid_revision(&revision) {
-                    errors.push(
-                        format!("{key}.revision"),
-                        format!("'{revision}' is not a revision name"),
+                        format!("{key}.processor"),
+                        "only for a served model (`remote`); a local model's processor comes from its own folder",
                     );
                 }
-                Some(ModelSource::Hub { repo, revision })
+                let source = source_of(key, self.path, self.hub, self.revision, errors);
+                (source, None)
             }
         };
         if self.batch.max_size == 0 {
@@ -314,15 +344,60 @@ impl ModelSection {
         }
         Some(ModelConfig {
             source: source?,
+            remote,
             device: self.device,
             dtype: self.dtype,
             batch: self.batch,
             task: self.task,
             labels: self.labels,
             input_size: self.input_size,
-            allow_tf32: self.allow_tf32,
-            cuda_graphs: self.cuda_graphs,
+            allow_tf32: self.allow_tf32.unwrap_or(true),
+            cuda_graphs: self.cuda_graphs.unwrap_or(true),
         })
+    }
+}
+
+/// `path` or `hub` (+ `revision`), exactly one, under `key`.
+fn source_of(
+    key: &str,
+    path: Option<PathBuf>,
+    hub: Option<String>,
+    revision: Option<String>,
+    errors: &mut FileErrors<'_>,
+) -> Option<ModelSource> {
+    match (path, hub) {
+        (Some(_), Some(_)) => {
+            errors.push(key, "set either `path` or `hub`, not both");
+            None
+        }
+        (None, None) => {
+            errors.push(
+                key,
+                "set `path` (a checkpoint folder) or `hub` (a Hugging Face id such as Intel/dpt-large)",
+            );
+            None
+        }
+        (Some(path), None) => {
+            if revision.is_some() {
+                errors.push(format!("{key}.revision"), "only meaningful with `hub`");
+            }
+            Some(ModelSource::Path(path))
+        }
+        (None, Some(repo)) => {
+            let revision = revision.unwrap_or_else(|| DEFAULT_REVISION.to_string());
+            if !is_repo_id(&repo) {
+                errors.push(
+                    format!("{key}.hub"),
+                    format!("'{repo}' is not a hub id; expected org/name, e.g. Intel/dpt-large"),
+                );
+            } else if !is_valid_revision(&revision) {
+                errors.push(
+                    format!("{key}.revision"),
+                    format!("'{revision}' is not a revision name"),
+                );
+            }
+            Some(ModelSource::Hub { repo, revision })
+        }
     }
 }
 

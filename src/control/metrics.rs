@@ -3,7 +3,7 @@
 //! Per pipeline (label `pipeline`): `visiond_frames_in_total`, `visiond_frames_out_total`,
 //! `visiond_frames_dropped_total` (+ `hop="input"|"output"`), `visiond_queue_depth` and
 //! `visiond_queue_capacity` (the first hop), `visiond_pipeline_state` (+ `state`: 1 for the
-//! current one, 0 for the other five), `visiond_source_last_frame_age_seconds`,
+//! current one, 0 for the other six), `visiond_source_last_frame_age_seconds`,
 //! `visiond_snapshots_refused_total`, `visiond_source_outages_total`,
 //! `visiond_reconnect_attempts_total` (and its earlier name `visiond_reconnects_total`),
 //! `visiond_output_up` (+ `output`), `visiond_output_failures_total` (+ `reason`),
@@ -15,7 +15,10 @@
 //! `visiond_events_published_total`, `visiond_events_dropped_total`. Per inference worker (label `model`):
 //! `visiond_inference_batches_total`, `visiond_inference_frames_total`,
 //! `visiond_inference_failed_frames_total`, `visiond_batch_size_max` and the histogram
-//! `visiond_inference_batch_size`. Per CUDA device a model runs on: `visiond_gpu_memory_bytes`
+//! `visiond_inference_batch_size`; for a served model (`remote`) also
+//! `visiond_remote_requests_total`, `visiond_remote_in_flight`, `visiond_remote_up`,
+//! `visiond_remote_request_failures_total` (+ `reason`: timeout, unavailable, error) and the
+//! histogram `visiond_remote_request_seconds`. Per CUDA device a model runs on: `visiond_gpu_memory_bytes`
 //! (`device`, `kind` allocated or reserved). For the RTSP server: `visiond_rtsp_clients` and
 //! `visiond_rtsp_clients_closed_total` (+ `reason`). For the process: `visiond_build_info` (labels `version`,
 //! `libtorch`, `gstreamer`) and the standard `process_resident_memory_bytes`,
@@ -345,6 +348,7 @@ pub fn render(view: &EngineView) -> String {
     }
     render_publishing(&mut out, view);
     render_batch_sizes(&mut out, view);
+    render_remote(&mut out, view);
     render_gpu_memory(&mut out, view);
     render_rtsp_clients(&mut out, view);
     render_process(&mut out);
@@ -530,6 +534,100 @@ fn render_batch_sizes(out: &mut Exposition, view: &EngineView) {
             worker.stats.frames.load(Ordering::Relaxed),
         );
         out.sample(&format!("{name}_count"), &model, cumulative);
+    }
+}
+
+/// The clients of served models: requests, outstanding ones, failures by reason, whether the
+/// server takes requests, and the requests' latency.
+fn render_remote(out: &mut Exposition, view: &EngineView) {
+    use crate::runtime::RemoteFailure;
+    use crate::runtime::remote::stats::LATENCY_BOUNDS_S;
+    let served: Vec<_> = view
+        .workers()
+        .iter()
+        .filter_map(|w| w.remote.as_ref().map(|stats| (w.model.as_str(), stats)))
+        .collect();
+    if served.is_empty() {
+        return;
+    }
+    out.family(
+        "visiond_remote_requests_total",
+        "counter",
+        "Inference requests (one batch each) sent to the served model's server.",
+    );
+    for (model, stats) in &served {
+        out.sample(
+            "visiond_remote_requests_total",
+            &[("model", model)],
+            stats.requests.load(Ordering::Relaxed),
+        );
+    }
+    out.family(
+        "visiond_remote_in_flight",
+        "gauge",
+        "Requests sent to the served model's server and not answered yet (at most remote.max_in_flight).",
+    );
+    for (model, stats) in &served {
+        out.sample(
+            "visiond_remote_in_flight",
+            &[("model", model)],
+            stats.in_flight.load(Ordering::Relaxed),
+        );
+    }
+    out.family(
+        "visiond_remote_up",
+        "gauge",
+        "1 while the served model's server takes requests, 0 while its pipelines wait for it.",
+    );
+    for (model, stats) in &served {
+        out.sample(
+            "visiond_remote_up",
+            &[("model", model)],
+            u8::from(stats.is_up()),
+        );
+    }
+    out.family(
+        "visiond_remote_request_failures_total",
+        "counter",
+        "Requests to the served model that failed, by reason: timeout, unavailable, error. Their frames are dropped.",
+    );
+    for (model, stats) in &served {
+        for failure in RemoteFailure::ALL {
+            out.sample(
+                "visiond_remote_request_failures_total",
+                &[("model", model), ("reason", failure.as_str())],
+                stats.failures(failure),
+            );
+        }
+    }
+    let name = "visiond_remote_request_seconds";
+    out.family(
+        name,
+        "histogram",
+        "Time from sending a request to the served model to its answer (or failure).",
+    );
+    for (model, stats) in &served {
+        let cumulative = stats.latency_cumulative();
+        for (bound, count) in LATENCY_BOUNDS_S.iter().zip(&cumulative) {
+            let le = format_bound(*bound);
+            out.sample(
+                &format!("{name}_bucket"),
+                &[("model", model), ("le", &le)],
+                count,
+            );
+        }
+        let total = cumulative.last().copied().unwrap_or(0);
+        out.sample(
+            &format!("{name}_bucket"),
+            &[("model", model), ("le", "+Inf")],
+            total,
+        );
+        out.sample(
+            &format!("{name}_sum"),
+            &[("model", model)],
+            stats.latency_sum().as_secs_f64(),
+        );
+        out.sample(&format!("{name}_count"), &[("model", model)], total);
     }
 }
 

@@ -289,6 +289,7 @@ pub fn state_event(state: &PipelineState) -> StateEvent {
             last_error,
         } => (Some(last_error.clone()), Some(*attempt)),
         PipelineState::Failed { error } => (Some(error.clone()), None),
+        PipelineState::Waiting { reason } => (Some(reason.clone()), None),
         PipelineState::Starting | PipelineState::Playing | PipelineState::Finished => (None, None),
     };
     StateEvent {

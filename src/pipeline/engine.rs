@@ -213,6 +213,7 @@ impl Engine {
             };
             let (joins, joined) = crossbeam_channel::unbounded();
             let stats = Arc::new(WorkerStats::default());
+            let remote = runtime.inference.remote_stats();
             let thread = spawn(format!("infer-{model}"), {
                 let (stats, name) = (stats.clone(), model.clone());
                 let policy = batch_policy(&model_config.batch);
@@ -223,6 +224,7 @@ impl Engine {
                 model: model.clone(),
                 stats,
                 cuda_device: runtime.cuda_device,
+                remote,
             });
             let worker = Worker {
                 config: model_config.clone(),

@@ -33,17 +33,24 @@ pub enum PipelineState {
     },
     /// A finite source ended and everything it produced was written.
     Finished,
+    /// The source plays but its served model's server cannot take requests (down, not ready,
+    /// serving another model): frames are dropped until it can, which it is checked for on
+    /// its own. Reported over `playing` and `starting`, never over the source's own troubles.
+    Waiting {
+        reason: String,
+    },
 }
 
 impl PipelineState {
     /// Every state's name, as `name()` and the serialized `state` field spell it.
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 7] = [
         "starting",
         "playing",
         "stalled",
         "reconnecting",
         "failed",
         "finished",
+        "waiting",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -54,6 +61,7 @@ impl PipelineState {
             Self::Reconnecting { .. } => Self::NAMES[3],
             Self::Failed { .. } => Self::NAMES[4],
             Self::Finished => Self::NAMES[5],
+            Self::Waiting { .. } => Self::NAMES[6],
         }
     }
 
@@ -87,6 +95,7 @@ impl serde::Serialize for PipelineState {
                 map.serialize_entry("last_error", last_error)?;
             }
             Self::Failed { error } => map.serialize_entry("error", error)?,
+            Self::Waiting { reason } => map.serialize_entry("reason", reason)?,
             Self::Starting | Self::Playing | Self::Finished => {}
         }
         map.end()
@@ -410,6 +419,9 @@ pub struct PipelineStats {
     losses: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Warnings about how the pipeline ended (a truncated input), for the summary.
     notes: Mutex<Vec<String>>,
+    /// Why its served model cannot take frames now, while it cannot (set by the model's
+    /// worker): shown as the `waiting` state over `playing`/`starting`.
+    model_waiting: Mutex<Option<String>>,
     /// The latest published frame, captured while the status page looks at it.
     pub latest_frame: std::sync::Arc<LatestFrame>,
     /// When the source last delivered a frame.
@@ -437,11 +449,17 @@ pub enum Loss {
     MetadataFailed,
     /// A recording was down, or could not keep up, when the frame was encoded.
     RecordingMissed,
+    /// A served model's request got no answer in time.
+    RemoteTimeout,
+    /// A served model's server was down or not ready.
+    RemoteUnavailable,
+    /// A served model's server refused the request or answered something unusable.
+    RemoteError,
 }
 
 impl Loss {
     /// Every reason, as metrics label them.
-    pub const ALL: [Loss; 8] = [
+    pub const ALL: [Loss; 11] = [
         Loss::OutputFailed,
         Loss::CopyBackFailed,
         Loss::InferenceFailed,
@@ -450,6 +468,9 @@ impl Loss {
         Loss::Abandoned,
         Loss::MetadataFailed,
         Loss::RecordingMissed,
+        Loss::RemoteTimeout,
+        Loss::RemoteUnavailable,
+        Loss::RemoteError,
     ];
 
     pub fn label(self) -> &'static str {
@@ -462,6 +483,9 @@ impl Loss {
             Loss::Abandoned => "abandoned at shutdown",
             Loss::MetadataFailed => "metadata write failed",
             Loss::RecordingMissed => "recording missed",
+            Loss::RemoteTimeout => "remote timeout",
+            Loss::RemoteUnavailable => "remote unavailable",
+            Loss::RemoteError => "remote error",
         }
     }
 }
@@ -506,10 +530,26 @@ impl serde::Serialize for OutputHealth {
 
 impl PipelineStats {
     pub fn state(&self) -> PipelineState {
-        self.state
+        let state = self
+            .state
             .lock()
             .map(|s| s.clone().unwrap_or(PipelineState::Starting))
-            .unwrap_or(PipelineState::Starting)
+            .unwrap_or(PipelineState::Starting);
+        if matches!(state, PipelineState::Playing | PipelineState::Starting)
+            && let Some(reason) = self.model_waiting.lock().ok().and_then(|w| w.clone())
+        {
+            return PipelineState::Waiting { reason };
+        }
+        state
+    }
+
+    /// Marks the pipeline as waiting for its served model (with why), or no longer.
+    pub fn set_model_waiting(&self, reason: Option<String>) {
+        if let Ok(mut waiting) = self.model_waiting.lock()
+            && *waiting != reason
+        {
+            *waiting = reason;
+        }
     }
 
     /// Sets who is told of state and output changes from now on (once).
@@ -766,6 +806,9 @@ mod tests {
                 error: "bad".into(),
             },
             PipelineState::Finished,
+            PipelineState::Waiting {
+                reason: "server down".into(),
+            },
         ];
         for (state, name) in states.iter().zip(PipelineState::NAMES) {
             assert_eq!(state.name(), name);
@@ -788,6 +831,10 @@ mod tests {
         );
         assert_eq!(states[4].to_string(), "failed: bad");
         assert_eq!(states[5].to_string(), "finished");
+        assert_eq!(
+            serde_json::to_value(&states[6]).unwrap(),
+            serde_json::json!({"state": "waiting", "reason": "server down"})
+        );
         assert!(states[2].is_outage() && states[3].is_outage());
         assert!(!states[1].is_outage());
     }
@@ -818,6 +865,29 @@ mod tests {
         assert_eq!(activity.session_first_frame(), None);
         assert_eq!(activity.session_span(), Duration::ZERO);
         assert!(activity.last_frame().is_some());
+    }
+
+    #[test]
+    fn a_waiting_model_shows_over_a_playing_source_only() {
+        let stats = PipelineStats::default();
+        stats.set_state(PipelineState::Playing);
+        stats.set_model_waiting(Some("server down".into()));
+        assert_eq!(
+            stats.state(),
+            PipelineState::Waiting {
+                reason: "server down".into()
+            }
+        );
+        // The source's own trouble says more.
+        let reconnecting = PipelineState::Reconnecting {
+            attempt: 1,
+            last_error: "gone".into(),
+        };
+        stats.set_state(reconnecting.clone());
+        assert_eq!(stats.state(), reconnecting);
+        stats.set_state(PipelineState::Playing);
+        stats.set_model_waiting(None);
+        assert_eq!(stats.state(), PipelineState::Playing);
     }
 
     #[test]

@@ -138,6 +138,8 @@ pub struct WorkerHandle {
     pub stats: Arc<WorkerStats>,
     /// The CUDA device the model runs on; `None` on the CPU.
     pub cuda_device: Option<usize>,
+    /// A served model's client counters; `None` for a model run here.
+    pub remote: Option<Arc<crate::runtime::remote::RemoteStats>>,
 }
 
 /// Everything the control plane reads of a running engine, at one moment: a reload makes a

@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, Select, TryRecvError};
 use super::stats::{Loss, PipelineStats};
 use super::stop::StopHandle;
 use crate::frames::{Frame, HopReceiver, HopSender, Processed, SendOutcome};
-use crate::runtime::{Annotation, BatchInference, FrameFailure};
+use crate::runtime::{Admission, Annotation, BatchInference, FrameFailure, RemoteFailure};
 
 /// Counters of one worker, for metrics and tests.
 #[derive(Debug, Default)]
@@ -128,6 +128,9 @@ struct Queue {
     lane: Lane,
     closed: bool,
     waiting: VecDeque<Processed>,
+    /// Frames sent to a served model whose results have not come back: the lane stays until
+    /// they have.
+    in_flight: u64,
 }
 
 impl Queue {
@@ -167,9 +170,9 @@ impl Queue {
         }
     }
 
-    /// Done: its input is closed and nothing waits to go out.
+    /// Done: its input is closed and nothing waits to go out or to come back.
     fn is_done(&self) -> bool {
-        self.closed && self.waiting.is_empty()
+        self.closed && self.waiting.is_empty() && self.in_flight == 0
     }
 }
 
@@ -191,21 +194,16 @@ pub fn run(
     mut inference: Box<dyn BatchInference>,
     stats: Arc<WorkerStats>,
 ) {
+    if inference.pipelined().is_some() {
+        return run_pipelined(model, joins, policy, inference, stats);
+    }
     let max_size = policy.max_size.max(1);
     let mut queues: Vec<Queue> = Vec::new();
     let mut joins = Some(joins);
     // The lane the next turn starts at.
     let mut next_lane = 0;
     loop {
-        for queue in &mut queues {
-            queue.flush();
-        }
-        queues.retain(|queue| {
-            if queue.is_done() {
-                tracing::debug!(pipeline = %queue.lane.name, "input closed; worker lane done");
-            }
-            !queue.is_done()
-        });
+        retire_done(&mut queues);
         if !admit(&mut joins, &mut queues, inference.as_mut()) {
             return;
         }
@@ -214,11 +212,11 @@ pub fn run(
         if batch.is_empty() {
             // Nothing queued: sleep until some lane has a frame (or closes) or room for what
             // waits, or a pipeline joins.
-            wait_any(&queues, joins.as_ref(), None);
+            wait_any(&queues, joins.as_ref(), None, None);
             continue;
         }
         let deadline = Instant::now() + policy.max_wait;
-        while batch.len() < max_size && wait_any(&queues, None, Some(deadline)) {
+        while batch.len() < max_size && wait_any(&queues, None, None, Some(deadline)) {
             let before = batch.len();
             gather_round_robin(&mut queues, &mut next_lane, &mut batch, max_size);
             // Woken without a frame to take (a lane closed, an output got room): run what we
@@ -232,6 +230,207 @@ pub fn run(
             return;
         }
     }
+}
+
+/// [`run`] for a model whose batches go to a server ([`Pipelined`]): batches are submitted
+/// without waiting, up to the model's `max_in_flight`, and their results routed as they come
+/// back. While the model cannot take more, frames wait in each pipeline's queue (whose
+/// `when_full` decides what goes); while its server cannot take requests at all, the
+/// pipelines show `waiting` and the frames that reach the model are dropped, counted as
+/// `remote unavailable`.
+fn run_pipelined(
+    model: &str,
+    joins: Receiver<Join>,
+    policy: BatchPolicy,
+    mut inference: Box<dyn BatchInference>,
+    stats: Arc<WorkerStats>,
+) {
+    let max_size = policy.max_size.max(1);
+    let mut queues: Vec<Queue> = Vec::new();
+    let mut joins = Some(joins);
+    let mut next_lane = 0;
+    let wakeups = match inference.pipelined() {
+        Some(pipelined) => pipelined.wakeups(),
+        None => return,
+    };
+    // Why the pipelines were last marked waiting, while they are.
+    let mut marked: Option<String> = None;
+    loop {
+        retire_done(&mut queues);
+        if !admit(&mut joins, &mut queues, inference.as_mut()) {
+            return;
+        }
+        let collected = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inference
+                .pipelined()
+                .map(|served| (served.collect(), served.admission()))
+        }));
+        let (results, admission) = match collected {
+            Ok(Some(collected)) => collected,
+            Ok(None) => return,
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                for queue in &queues {
+                    lose_at_output(&queue.lane, Loss::WorkerStopped, queue.in_flight);
+                }
+                fail_every_lane(model, &mut queues, joins.take(), &message);
+                return;
+            }
+        };
+        route_pipelined(model, &mut queues, results, &stats);
+        mark_waiting(model, &queues, &admission, &mut marked);
+        match admission {
+            Admission::Full => {
+                // Only what frees a slot (a batch back), room for waiting results, or a join.
+                wait_for(&queues, joins.as_ref(), &wakeups, false);
+            }
+            Admission::Waiting(_) => {
+                let mut dropped = Vec::new();
+                gather_round_robin(
+                    &mut queues,
+                    &mut next_lane,
+                    &mut dropped,
+                    MAX_DROPPED_AT_ONCE,
+                );
+                if dropped.is_empty() {
+                    wait_for(&queues, joins.as_ref(), &wakeups, true);
+                }
+                for frame in dropped {
+                    if let Some(queue) = queues.iter().find(|q| q.lane.pipeline == frame.pipeline) {
+                        lose_at_output(&queue.lane, Loss::RemoteUnavailable, 1);
+                    }
+                }
+            }
+            Admission::Open => {
+                let mut batch = Vec::new();
+                gather_round_robin(&mut queues, &mut next_lane, &mut batch, max_size);
+                if batch.is_empty() {
+                    wait_for(&queues, joins.as_ref(), &wakeups, true);
+                    continue;
+                }
+                let deadline = Instant::now() + policy.max_wait;
+                while batch.len() < max_size && wait_any(&queues, None, None, Some(deadline)) {
+                    let before = batch.len();
+                    gather_round_robin(&mut queues, &mut next_lane, &mut batch, max_size);
+                    if batch.len() == before {
+                        break;
+                    }
+                }
+                for frame in &batch {
+                    if let Some(queue) = queues
+                        .iter_mut()
+                        .find(|q| q.lane.pipeline == frame.pipeline)
+                    {
+                        queue.in_flight += 1;
+                    }
+                }
+                stats.begin_batch(batch.len() as u64);
+                let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if let Some(served) = inference.pipelined() {
+                        served.submit(batch);
+                    }
+                }));
+                stats.end_batch();
+                if let Err(panic) = sent {
+                    let message = panic_message(panic.as_ref());
+                    for queue in &queues {
+                        lose_at_output(&queue.lane, Loss::WorkerStopped, queue.in_flight);
+                    }
+                    fail_every_lane(model, &mut queues, joins.take(), &message);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// At most this many frames are dropped per turn while a served model waits, so the worker
+/// still looks at its wakeups and joins in between.
+const MAX_DROPPED_AT_ONCE: usize = 64;
+
+/// Marks every lane's pipeline `waiting` (with why) while the served model cannot take
+/// requests, and clears the mark once it can.
+fn mark_waiting(model: &str, queues: &[Queue], admission: &Admission, marked: &mut Option<String>) {
+    let reason = match admission {
+        Admission::Waiting(reason) => Some(reason.clone()),
+        Admission::Open | Admission::Full => None,
+    };
+    if reason.is_none() && marked.is_none() {
+        return;
+    }
+    // Every turn while waiting: a pipeline that joined meanwhile is marked too.
+    for queue in queues {
+        queue.lane.stats.set_model_waiting(reason.clone());
+    }
+    if reason != *marked {
+        match &reason {
+            Some(why) => {
+                tracing::warn!(model, reason = %why, "served model unavailable; its pipelines wait")
+            }
+            None => tracing::info!(model, "served model available again; its pipelines resume"),
+        }
+    }
+    *marked = reason;
+}
+
+/// Routes a served model's results, each frame no longer in flight for its lane.
+fn route_pipelined(
+    model: &str,
+    queues: &mut [Queue],
+    results: Vec<Result<Processed, FrameFailure>>,
+    stats: &WorkerStats,
+) {
+    if results.is_empty() {
+        return;
+    }
+    for result in &results {
+        let pipeline = match result {
+            Ok(processed) => processed.frame.pipeline,
+            Err(failure) => failure.frame.pipeline,
+        };
+        if let Some(queue) = queues.iter_mut().find(|q| q.lane.pipeline == pipeline) {
+            queue.in_flight = queue.in_flight.saturating_sub(1);
+        }
+    }
+    route(model, queues, results, stats);
+}
+
+/// Sleeps until a served model has news (`wakeups`), a lane whose results wait has room, a
+/// pipeline joins, or (with `frames`) a lane has a frame or closes.
+fn wait_for(
+    queues: &[Queue],
+    joins: Option<&Receiver<Join>>,
+    wakeups: &Receiver<()>,
+    frames: bool,
+) {
+    if frames {
+        wait_any(queues, joins, Some(wakeups), None);
+        return;
+    }
+    let mut select = Select::new();
+    for queue in queues.iter().filter(|q| !q.waiting.is_empty()) {
+        select.send(queue.lane.output.channel());
+    }
+    if let Some(joins) = joins {
+        select.recv(joins);
+    }
+    select.recv(wakeups);
+    select.ready();
+    // A wakeup is a bare signal: take it, or the next wait would return at once.
+    while wakeups.try_recv().is_ok() {}
+}
+
+/// Drops the lanes that are done, flushing what waits in the others first.
+fn retire_done(queues: &mut Vec<Queue>) {
+    for queue in queues.iter_mut() {
+        queue.flush();
+    }
+    queues.retain(|queue| {
+        if queue.is_done() {
+            tracing::debug!(pipeline = %queue.lane.name, "input closed; worker lane done");
+        }
+        !queue.is_done()
+    });
 }
 
 /// Takes the pipelines waiting to join (blocking for one when there is no lane at all);
@@ -257,6 +456,7 @@ fn admit(
                     lane: join.lane,
                     closed: false,
                     waiting: VecDeque::new(),
+                    in_flight: 0,
                 });
             }
             Err(TryRecvError::Empty) => return true,
@@ -299,6 +499,18 @@ fn run_batch(
             return Err(message);
         }
     };
+    route(model, queues, results, stats);
+    Ok(())
+}
+
+/// Hands each result to its pipeline's lane; a failed frame is counted lost there, under the
+/// reason its failure gives.
+fn route(
+    model: &str,
+    queues: &mut [Queue],
+    results: Vec<Result<Processed, FrameFailure>>,
+    stats: &WorkerStats,
+) {
     for result in results {
         match result {
             Ok(processed) => {
@@ -315,20 +527,30 @@ fn run_batch(
                     .iter()
                     .map(|q| &q.lane)
                     .find(|lane| lane.pipeline == frame.pipeline);
+                let loss = match error.remote_failure() {
+                    None => Loss::InferenceFailed,
+                    Some(RemoteFailure::Timeout) => Loss::RemoteTimeout,
+                    Some(RemoteFailure::Unavailable) => Loss::RemoteUnavailable,
+                    Some(RemoteFailure::Error) => Loss::RemoteError,
+                };
                 if let Some(lane) = lane {
-                    lose_at_output(lane, Loss::InferenceFailed, 1);
+                    lose_at_output(lane, loss, 1);
                 }
-                tracing::error!(
-                    model,
-                    pipeline = lane.map(|l| l.name.as_str()).unwrap_or("?"),
-                    seq = frame.seq,
-                    %error,
-                    "inference failed for a frame"
-                );
+                if error.remote_failure().is_some() {
+                    // One line per failed request is logged where it failed, not per frame.
+                    tracing::debug!(model, seq = frame.seq, %error, "a served model's frame was dropped");
+                } else {
+                    tracing::error!(
+                        model,
+                        pipeline = lane.map(|l| l.name.as_str()).unwrap_or("?"),
+                        seq = frame.seq,
+                        %error,
+                        "inference failed for a frame"
+                    );
+                }
             }
         }
     }
-    Ok(())
 }
 
 /// Frames that never reach the output hop count as dropped there, with why.
@@ -411,7 +633,12 @@ fn gather_round_robin(
 
 /// Waits until a lane that takes frames has one (or closed), a lane whose results wait has
 /// room for them, or a pipeline joins, at most until `deadline`; false on timeout.
-fn wait_any(queues: &[Queue], joins: Option<&Receiver<Join>>, deadline: Option<Instant>) -> bool {
+fn wait_any(
+    queues: &[Queue],
+    joins: Option<&Receiver<Join>>,
+    wakeups: Option<&Receiver<()>>,
+    deadline: Option<Instant>,
+) -> bool {
     let mut select = Select::new();
     let mut operations = 0;
     for queue in queues {
@@ -427,16 +654,25 @@ fn wait_any(queues: &[Queue], joins: Option<&Receiver<Join>>, deadline: Option<I
         select.recv(joins);
         operations += 1;
     }
+    if let Some(wakeups) = wakeups {
+        select.recv(wakeups);
+        operations += 1;
+    }
     if operations == 0 {
         return false;
     }
-    match deadline {
+    let ready = match deadline {
         Some(deadline) => select.ready_deadline(deadline).is_ok(),
         None => {
             select.ready();
             true
         }
+    };
+    // A wakeup is a bare signal: take it, or the next wait would return at once.
+    if let Some(wakeups) = wakeups {
+        while wakeups.try_recv().is_ok() {}
     }
+    ready
 }
 
 #[cfg(test)]

@@ -28,6 +28,28 @@ pub fn model_summaries(config: &Config) -> Vec<String> {
         .collect()
 }
 
+/// `visiond check --probe`: asks each served model's server whether the model is ready and
+/// fits its processor. Prints one line per served model that is; returns the errors of the
+/// others, each naming the daemon file and the model's key.
+pub fn probe(config: &Config) -> Vec<ConfigError> {
+    let file = paths::display(&config.file);
+    let mut failures = Vec::new();
+    for (name, model) in &config.daemon.models {
+        let Some(remote) = &model.remote else {
+            continue;
+        };
+        match crate::runtime::remote::probe(model, remote) {
+            Ok(line) => println!("  model {name}: {line}"),
+            Err(message) => failures.push(ConfigError {
+                file: file.clone(),
+                key: format!("models.{name}.remote"),
+                message,
+            }),
+        }
+    }
+    failures
+}
+
 /// Reads `file`, checks its shape and what it needs of this machine; every error at once.
 pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
     load_with(file, &Overlay::new())

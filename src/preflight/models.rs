@@ -18,6 +18,10 @@ pub fn check(
     warnings: &mut Vec<ConfigError>,
 ) {
     let key = format!("models.{name}");
+    if let Some(remote) = &model.remote {
+        check_remote(&key, model, remote, errors, warnings);
+        return;
+    }
     let task_declared = model.task.is_some();
     match &model.source {
         ModelSource::Path(path) => {
@@ -39,6 +43,73 @@ pub fn check(
             format!("{key}.labels"),
             format!("label file {} does not exist", labels.display()),
         );
+    }
+}
+
+/// A served model: its processor's files (config.json, preprocessor_config.json) read as
+/// `run` reads them, the device for its processing, and the files of its TLS and token.
+fn check_remote(
+    key: &str,
+    model: &ModelConfig,
+    remote: &crate::config::RemoteConfig,
+    errors: &mut FileErrors<'_>,
+    warnings: &mut Vec<ConfigError>,
+) {
+    use crate::runtime::remote::processor;
+    let processor_key = match &model.source {
+        ModelSource::Path(_) => format!("{key}.processor.path"),
+        ModelSource::Hub { .. } => format!("{key}.processor.hub"),
+    };
+    match processor::folder(&model.source, hub::Fetch::CacheOnly) {
+        Ok(dir) => {
+            if let Err(error) = processor::read(&dir, model) {
+                errors.push(processor_key, error.to_string());
+            }
+        }
+        Err(error) => match &model.source {
+            ModelSource::Hub { repo, revision } if !hub::HubSettings::from_env().offline => {
+                warnings.push(ConfigError {
+                    file: errors.file.to_string(),
+                    key: processor_key,
+                    message: format!(
+                        "{repo}@{revision}'s processor is not in the Hugging Face cache; its config.json and preprocessor_config.json will be downloaded at start"
+                    ),
+                })
+            }
+            _ => errors.push(processor_key, error.to_string()),
+        },
+    }
+    if let Err(message) = device::torch_device(model.device) {
+        errors.push(format!("{key}.device"), message);
+    }
+    if let Some(file) = &remote.token_file {
+        match std::fs::read_to_string(file) {
+            Ok(token) if token.trim().is_empty() => errors.push(
+                format!("{key}.remote.token_file"),
+                format!("{} is empty", file.display()),
+            ),
+            Ok(_) => {}
+            Err(error) => errors.push(
+                format!("{key}.remote.token_file"),
+                format!("cannot read {}: {error}", file.display()),
+            ),
+        }
+    }
+    if let Some(tls) = &remote.tls {
+        for (name, file) in [
+            ("ca_file", &tls.ca_file),
+            ("cert_file", &tls.cert_file),
+            ("key_file", &tls.key_file),
+        ] {
+            if let Some(file) = file
+                && let Err(error) = std::fs::metadata(file)
+            {
+                errors.push(
+                    format!("{key}.remote.tls.{name}"),
+                    format!("cannot read {}: {error}", file.display()),
+                );
+            }
+        }
     }
 }
 
@@ -163,6 +234,23 @@ fn check_hub(
 /// precision choices stated (dtype, TF32) and whether its forwards replay CUDA graphs.
 pub fn summary(name: &str, model: &ModelConfig) -> String {
     let resolved = device::torch_device(model.device);
+    if let Some(remote) = &model.remote {
+        return format!(
+            "  model {name}: served by {} at {} (max_in_flight {}, timeout {} ms), sends {} {}, processing on {}",
+            remote.served_name(),
+            remote.url,
+            remote.max_in_flight,
+            remote.timeout_ms,
+            remote.input,
+            model.dtype,
+            match (&model.device, &resolved) {
+                (crate::config::DeviceSpec::Auto, Ok(Device::Cpu)) => "auto (cpu here)".to_owned(),
+                (crate::config::DeviceSpec::Auto, Ok(Device::Cuda(i))) =>
+                    format!("auto (cuda:{i} here)"),
+                (spec, _) => spec.to_string(),
+            }
+        );
+    }
     let device = match (&model.device, &resolved) {
         (crate::config::DeviceSpec::Auto, Ok(Device::Cpu)) => "auto (cpu here)".to_owned(),
         (crate::config::DeviceSpec::Auto, Ok(Device::Cuda(i))) => format!("auto (cuda:{i} here)"),
@@ -214,7 +302,9 @@ pub fn tf32_conflict(models: &[(&str, &ModelConfig)]) -> Option<String> {
     let f32_cuda: Vec<&(&str, &ModelConfig)> = models
         .iter()
         .filter(|(_, m)| {
-            m.dtype == DType::F32 && matches!(device::torch_device(m.device), Ok(Device::Cuda(_)))
+            m.remote.is_none()
+                && m.dtype == DType::F32
+                && matches!(device::torch_device(m.device), Ok(Device::Cuda(_)))
         })
         .collect();
     let off: Vec<&str> = f32_cuda

@@ -19,6 +19,9 @@ use super::config::{self, ProcessorConfig, Resample, ResizeRule};
 #[derive(Debug)]
 pub struct Preprocessor {
     config: ProcessorConfig,
+    /// Stop after the resize and crop, returning uint8: for a served model that rescales,
+    /// normalises and pads itself (`remote.input: uint8`).
+    resized_only: bool,
 }
 
 impl Preprocessor {
@@ -72,7 +75,44 @@ impl Preprocessor {
 
     /// From settings built elsewhere (TorchScript models carry no processor file).
     pub fn from_config(config: ProcessorConfig) -> Result<Self, ProcessingError> {
-        Ok(Self { config })
+        Ok(Self {
+            config,
+            resized_only: false,
+        })
+    }
+
+    /// This processor without its last steps (rescale, normalise, pad): [`Preprocessor::run`]
+    /// returns the resized (and cropped) image as uint8, whatever kind it is asked for.
+    pub fn resized_only(mut self) -> Self {
+        self.resized_only = true;
+        self
+    }
+
+    /// The processed size when it is the same for every frame (a fixed resize or crop), else
+    /// `None` (it follows the frame's size).
+    pub fn fixed_output_size(&self) -> Option<(i64, i64)> {
+        let fixed = match (self.config.center_crop, self.config.resize) {
+            (Some([h, w]), _) => (h, w),
+            (None, Some(ResizeRule::Exact { height, width })) => (height, width),
+            (
+                None,
+                Some(ResizeRule::Dpt {
+                    height,
+                    width,
+                    keep_aspect_ratio: false,
+                    multiple,
+                }),
+            ) => {
+                let constrain =
+                    |v: i64| ((v as f64 / multiple as f64).round_ties_even() as i64) * multiple;
+                (constrain(height), constrain(width))
+            }
+            _ => return None,
+        };
+        match (self.config.pad_to_multiple, self.resized_only) {
+            (Some(m), false) => Some(((fixed.0 + m - 1) / m * m, (fixed.1 + m - 1) / m * m)),
+            _ => Some(fixed),
+        }
     }
 
     pub fn config(&self) -> &ProcessorConfig {
@@ -134,7 +174,9 @@ impl Preprocessor {
         if let Some([ch, cw]) = self.config.center_crop {
             (h, w) = (ch, cw);
         }
-        if let Some(m) = self.config.pad_to_multiple {
+        if let Some(m) = self.config.pad_to_multiple
+            && !self.resized_only
+        {
             h = (h + m - 1).div_euclid(m) * m;
             w = (w + m - 1).div_euclid(m) * m;
         }
@@ -193,6 +235,10 @@ impl Preprocessor {
         } else {
             Tensor::f_cat(&parts, 0)?
         };
+        if self.resized_only {
+            // Whole numbers 0..=255 already (PIL's rounding): the cast is exact.
+            return Ok(batch.f_to_kind(Kind::Uint8)?);
+        }
         self.normalize_and_pad(batch)?
             .f_to_kind(kind)
             .map_err(Into::into)

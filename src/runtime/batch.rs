@@ -28,6 +28,21 @@ use crate::processing::{AnnotatedOnDevice, Annotator, BatchItem, Preprocessor, a
 pub struct TorchInference {
     /// The model, run eagerly or replayed from CUDA graphs.
     model: ModelRunner,
+    frames: BatchFrames,
+}
+
+/// A staged frame and where it sits in the batch it came in.
+pub(super) struct Staged {
+    pub position: usize,
+    pub frame: Frame,
+    pub pixels: StagedFrame,
+}
+
+/// Everything of a batch but its forward: the staged frames taken out and grouped by processed
+/// size, and each group's output annotated per pipeline into results left on the device.
+/// Shared by the forward run here ([`TorchInference`]) and the one run by a server
+/// ([`super::remote`]).
+pub(super) struct BatchFrames {
     info: ModelInfo,
     stager: Arc<TorchStager>,
     annotators: Vec<Annotator>,
@@ -35,66 +50,66 @@ pub struct TorchInference {
     slots: HashMap<usize, usize>,
 }
 
-/// A staged frame and where it sits in the batch it came in.
-struct Staged {
-    position: usize,
-    frame: Frame,
-    pixels: StagedFrame,
+/// A batch's frames grouped for their forwards, and those that could not be taken.
+pub(super) struct Grouped {
+    /// Frames whose processed sizes agree, each group in the order its frames came.
+    pub groups: Vec<Vec<Staged>>,
+    pub failed: Vec<(usize, FrameFailure)>,
 }
 
-impl TorchInference {
-    pub fn new(model: ModelRunner, info: ModelInfo, preprocessor: Preprocessor) -> Self {
-        let plan = FramePlan::new(FrameFormats::Auto, info.device);
-        let stager = TorchStager::new(
-            info.device,
-            torch_kind(info.dtype),
-            Arc::new(preprocessor),
-            plan,
-        );
-        if info.device.is_cuda() {
-            // Which way this model's frames go, said once: a shim without CUDA keeps them on
-            // the default stream rather than failing each one.
-            tracing::info!(model = %info.name, "{}", stager.side_streams());
-        }
+impl BatchFrames {
+    pub(super) fn new(info: ModelInfo, stager: Arc<TorchStager>) -> Self {
         Self {
-            model,
             info,
-            stager: Arc::new(stager),
+            stager,
             annotators: Vec::new(),
             slots: HashMap::new(),
         }
     }
 
-    /// Takes frames from sources in `formats` instead of the device's default.
-    pub fn with_frames(mut self, formats: FrameFormats) -> Self {
-        let old = &self.stager;
-        let stager = TorchStager::new(
-            self.info.device,
-            torch_kind(self.info.dtype),
-            old.preprocessor(),
-            FramePlan::new(formats, self.info.device),
-        );
-        self.stager = Arc::new(stager);
-        self
+    pub(super) fn info(&self) -> &ModelInfo {
+        &self.info
     }
 
-    /// What the model's pipelines' sources call to stage their frames.
-    pub fn stager(&self) -> Arc<dyn FrameStager> {
-        self.stager.clone()
+    pub(super) fn attach(&mut self, pipeline: usize, annotation: &Annotation) {
+        let annotator = Annotator::new(
+            &annotation.overlay,
+            self.info.task,
+            self.info.id2label.clone(),
+        )
+        .with_raw_depth(annotation.raw_depth)
+        .with_picture(annotation.picture);
+        self.slots.insert(pipeline, self.annotators.len());
+        self.annotators.push(annotator);
     }
 
-    /// The model ready for a worker, with its stager.
-    pub fn into_runtime(self) -> ModelRuntime {
-        let task = self.info.task;
-        let cuda_device = match self.info.device {
-            tch::Device::Cuda(index) => Some(index),
-            _ => None,
-        };
-        ModelRuntime {
-            stager: self.stager(),
-            inference: Box::new(self),
-            task,
-            cuda_device,
+    /// Takes each frame's staged pixels and groups the frames whose processed sizes agree
+    /// (each group shares one forward).
+    pub(super) fn group(&self, frames: Vec<Frame>) -> Grouped {
+        let mut groups: BTreeMap<Vec<i64>, Vec<Staged>> = BTreeMap::new();
+        let mut failed = Vec::new();
+        for (position, mut frame) in frames.into_iter().enumerate() {
+            match self.take_staged(&mut frame) {
+                Ok(pixels) => groups
+                    .entry(pixels.pixel_values.size())
+                    .or_default()
+                    .push(Staged {
+                        position,
+                        frame,
+                        pixels,
+                    }),
+                Err(error) => failed.push((
+                    position,
+                    FrameFailure {
+                        frame: Box::new(frame),
+                        error: Arc::new(error),
+                    },
+                )),
+            }
+        }
+        Grouped {
+            groups: groups.into_values().collect(),
+            failed,
         }
     }
 
@@ -143,36 +158,16 @@ impl TorchInference {
         }
     }
 
-    /// Forward and post-processing of frames that share a processed size; every result stays
-    /// on the device.
-    fn run_group(&mut self, group: Vec<Staged>) -> Vec<(usize, Result<Processed, FrameFailure>)> {
-        let inputs: Vec<&Tensor> = group.iter().map(|s| &s.pixels.pixel_values).collect();
-        let forward = Tensor::f_cat(&inputs, 0)
-            .map_err(|e| InferenceError::Preprocessing(e.into()))
-            .and_then(|batch| {
-                tensors::forward(&mut self.model, &batch).map_err(|e| match e {
-                    ForwardError::Preprocessing(e) => InferenceError::Preprocessing(e),
-                    ForwardError::Model(error) => InferenceError::Model {
-                        model: self.info.name.clone(),
-                        error: Box::new(error),
-                    },
-                })
-            });
-        let output = match forward {
+    /// A group's results from its forward's output (f32 on the device): each frame annotated
+    /// and left on the device, or the forward's error for every frame of the group.
+    pub(super) fn finish(
+        &mut self,
+        group: Vec<Staged>,
+        output: Result<Tensor, InferenceError>,
+    ) -> Vec<(usize, Result<Processed, FrameFailure>)> {
+        let output = match output {
             Ok(output) => output,
-            Err(error) => {
-                let error = Arc::new(error);
-                return group
-                    .into_iter()
-                    .map(|s| {
-                        let failure = FrameFailure {
-                            frame: Box::new(s.frame),
-                            error: error.clone(),
-                        };
-                        (s.position, Err(failure))
-                    })
-                    .collect();
-            }
+            Err(error) => return fail_group(group, error),
         };
         let annotated = self.annotate(&group, &output);
         let ready = self.results_ready();
@@ -251,45 +246,111 @@ impl TorchInference {
     }
 }
 
+/// Every frame of a group fails with one shared error.
+pub(super) fn fail_group(
+    group: Vec<Staged>,
+    error: InferenceError,
+) -> Vec<(usize, Result<Processed, FrameFailure>)> {
+    let error = Arc::new(error);
+    group
+        .into_iter()
+        .map(|s| {
+            let failure = FrameFailure {
+                frame: Box::new(s.frame),
+                error: error.clone(),
+            };
+            (s.position, Err(failure))
+        })
+        .collect()
+}
+
+impl TorchInference {
+    pub fn new(model: ModelRunner, info: ModelInfo, preprocessor: Preprocessor) -> Self {
+        let plan = FramePlan::new(FrameFormats::Auto, info.device);
+        let stager = TorchStager::new(
+            info.device,
+            torch_kind(info.dtype),
+            Arc::new(preprocessor),
+            plan,
+        );
+        if info.device.is_cuda() {
+            // Which way this model's frames go, said once: a shim without CUDA keeps them on
+            // the default stream rather than failing each one.
+            tracing::info!(model = %info.name, "{}", stager.side_streams());
+        }
+        Self {
+            model,
+            frames: BatchFrames::new(info, Arc::new(stager)),
+        }
+    }
+
+    /// Takes frames from sources in `formats` instead of the device's default.
+    pub fn with_frames(mut self, formats: FrameFormats) -> Self {
+        let info = self.frames.info.clone();
+        let stager = TorchStager::new(
+            info.device,
+            torch_kind(info.dtype),
+            self.frames.stager.preprocessor(),
+            FramePlan::new(formats, info.device),
+        );
+        self.frames = BatchFrames::new(info, Arc::new(stager));
+        self
+    }
+
+    /// What the model's pipelines' sources call to stage their frames.
+    pub fn stager(&self) -> Arc<dyn FrameStager> {
+        self.frames.stager.clone()
+    }
+
+    /// The model ready for a worker, with its stager.
+    pub fn into_runtime(self) -> ModelRuntime {
+        let task = self.frames.info.task;
+        let cuda_device = match self.frames.info.device {
+            tch::Device::Cuda(index) => Some(index),
+            _ => None,
+        };
+        ModelRuntime {
+            stager: self.stager(),
+            inference: Box::new(self),
+            task,
+            cuda_device,
+        }
+    }
+
+    /// Forward of frames that share a processed size (f32 output on the device).
+    fn forward(&mut self, group: &[Staged]) -> Result<Tensor, InferenceError> {
+        let inputs: Vec<&Tensor> = group.iter().map(|s| &s.pixels.pixel_values).collect();
+        let name = &self.frames.info.name;
+        Tensor::f_cat(&inputs, 0)
+            .map_err(|e| InferenceError::Preprocessing(e.into()))
+            .and_then(|batch| {
+                tensors::forward(&mut self.model, &batch).map_err(|e| match e {
+                    ForwardError::Preprocessing(e) => InferenceError::Preprocessing(e),
+                    ForwardError::Model(error) => InferenceError::Model {
+                        model: name.clone(),
+                        error: Box::new(error),
+                    },
+                })
+            })
+    }
+}
+
 impl BatchInference for TorchInference {
     fn attach(&mut self, pipeline: usize, annotation: &Annotation) {
-        let annotator = Annotator::new(
-            &annotation.overlay,
-            self.info.task,
-            self.info.id2label.clone(),
-        )
-        .with_raw_depth(annotation.raw_depth)
-        .with_picture(annotation.picture);
-        self.slots.insert(pipeline, self.annotators.len());
-        self.annotators.push(annotator);
+        self.frames.attach(pipeline, annotation);
     }
 
     fn process(&mut self, frames: Vec<Frame>) -> Vec<Result<Processed, FrameFailure>> {
         let count = frames.len();
         let mut results: Vec<Option<Result<Processed, FrameFailure>>> =
             (0..count).map(|_| None).collect();
-        // Frames whose processed sizes agree share one forward; the others get their own.
-        let mut groups: BTreeMap<Vec<i64>, Vec<Staged>> = BTreeMap::new();
-        for (position, mut frame) in frames.into_iter().enumerate() {
-            match self.take_staged(&mut frame) {
-                Ok(pixels) => groups
-                    .entry(pixels.pixel_values.size())
-                    .or_default()
-                    .push(Staged {
-                        position,
-                        frame,
-                        pixels,
-                    }),
-                Err(error) => {
-                    results[position] = Some(Err(FrameFailure {
-                        frame: Box::new(frame),
-                        error: Arc::new(error),
-                    }))
-                }
-            }
+        let grouped = self.frames.group(frames);
+        for (position, failure) in grouped.failed {
+            results[position] = Some(Err(failure));
         }
-        for (_, group) in groups {
-            for (position, outcome) in self.run_group(group) {
+        for group in grouped.groups {
+            let output = self.forward(&group);
+            for (position, outcome) in self.frames.finish(group, output) {
                 results[position] = Some(outcome);
             }
         }

@@ -21,6 +21,77 @@ pub trait BatchInference: Send {
     /// model's [`FrameStager`]; results may be left on the device ([`Processed::pending`]) for
     /// the output thread to copy back.
     fn process(&mut self, frames: Vec<Frame>) -> Vec<Result<Processed, FrameFailure>>;
+
+    /// A model whose batches run elsewhere (an inference server) and overlap: the worker then
+    /// submits batches and collects their results through [`Pipelined`] instead of calling
+    /// [`BatchInference::process`]. `None` for a model run in this process.
+    fn pipelined(&mut self) -> Option<&mut dyn Pipelined> {
+        None
+    }
+
+    /// A served model's client counters, for `/metrics`.
+    fn remote_stats(&self) -> Option<Arc<super::remote::RemoteStats>> {
+        None
+    }
+}
+
+/// Inference whose batches are sent off without waiting and come back later, several at once
+/// (`max_in_flight`), so that one batch's round trip hides behind the next.
+pub trait Pipelined {
+    /// Whether a batch may go out now.
+    fn admission(&self) -> Admission;
+
+    /// Sends a batch; never blocks. Its results come back through [`Pipelined::collect`],
+    /// failures included (a frame the request could not carry fails there).
+    fn submit(&mut self, frames: Vec<Frame>);
+
+    /// Ready whenever something changed: a batch came back, or the server came or went.
+    fn wakeups(&self) -> crossbeam_channel::Receiver<()>;
+
+    /// The results of the batches that came back, in the order the batches were submitted
+    /// (each pipeline's frames stay in order), one per frame.
+    fn collect(&mut self) -> Vec<Result<Processed, FrameFailure>>;
+}
+
+/// Whether a [`Pipelined`] model takes a batch now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    Open,
+    /// As many batches are outstanding as it may have: wait for one to come back.
+    Full,
+    /// The server cannot take requests (down, not ready, or serving another model), and why:
+    /// the frames that reach the model meanwhile are dropped as `unavailable`.
+    Waiting(String),
+}
+
+/// Why a served model's request failed, which decides how its frames' loss is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RemoteFailure {
+    /// No answer within `timeout_ms`.
+    Timeout,
+    /// The server could not be reached, or is not ready.
+    Unavailable,
+    /// The server refused the request or answered something unusable.
+    Error,
+}
+
+impl RemoteFailure {
+    pub const ALL: [RemoteFailure; 3] = [Self::Timeout, Self::Unavailable, Self::Error];
+
+    /// The metrics' `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Unavailable => "unavailable",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for RemoteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What a pipeline's own threads call before a frame enters the model's queue: the copy to the
@@ -144,4 +215,21 @@ pub enum InferenceError {
     Stage(#[from] StageError),
     #[error("the frame was not staged on the model's device")]
     NotStaged,
+    /// A served model's request failed.
+    #[error("served model {model}: {failure}: {message}")]
+    Remote {
+        model: String,
+        failure: RemoteFailure,
+        message: String,
+    },
+}
+
+impl InferenceError {
+    /// How a served model's request failed, for the loss's reason.
+    pub fn remote_failure(&self) -> Option<RemoteFailure> {
+        match self {
+            Self::Remote { failure, .. } => Some(*failure),
+            _ => None,
+        }
+    }
 }

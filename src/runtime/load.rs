@@ -39,6 +39,9 @@ pub fn load_with(
     model: &ModelConfig,
     formats: FrameFormats,
 ) -> Result<ModelRuntime, LoadError> {
+    if let Some(remote) = &model.remote {
+        return super::remote::load(name, model, remote, formats);
+    }
     let options = LoadOptions {
         device: model.device,
         dtype: model.dtype,

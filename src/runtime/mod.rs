@@ -11,23 +11,26 @@
 //!   exactly the daemon's path;
 //! - [`graphs`]: how a forward runs: eagerly, or padded to fixed batch sizes and replayed from
 //!   CUDA graphs ([`ModelRunner`]);
+//! - [`remote`]: [`BatchInference`] on a model served by an inference server (KServe v2 over
+//!   gRPC: Triton, MLServer): processing stays here, the forward goes over the network;
 //! - [`native`]: the C++ shim for what tch does not bind (CUDA graphs, channels-last tensors,
 //!   TF32 switches, the profiler).
 
-mod batch;
+pub(crate) mod batch;
 mod contract;
 mod download;
 pub mod fused;
 pub mod graphs;
 mod load;
 pub mod native;
+pub mod remote;
 mod stage;
 pub mod tensors;
 
 pub use batch::TorchInference;
 pub use contract::{
-    Annotation, BatchInference, FrameFailure, FrameFormats, FrameStager, HostFrames,
-    InferenceError, ModelRuntime, StageCounters, StageError,
+    Admission, Annotation, BatchInference, FrameFailure, FrameFormats, FrameStager, HostFrames,
+    InferenceError, ModelRuntime, Pipelined, RemoteFailure, StageCounters, StageError,
 };
 pub use download::download_picture;
 pub use graphs::{Execution, ModelRunner};

@@ -1,12 +1,13 @@
 //! Helpers shared by the engine tests: configuration trees in temporary folders (pipeline
-//! files from the builder in `yaml.rs`), reading metadata and recordings back, and a camera
-//! stand-in (`camera.rs`).
+//! files from the builder in `yaml.rs`), reading metadata and recordings back, a camera
+//! stand-in (`camera.rs`), and a real KServe v2 server for served models (`mlserver.rs`).
 
 // Each test binary uses its own subset of these.
 #![allow(dead_code)]
 
 pub mod brokers;
 mod camera;
+pub mod mlserver;
 mod yaml;
 
 // As above: not every binary uses every one.

@@ -33,6 +33,18 @@ pub const SUPPORTED: &[&str] = &[
     DEPTH_ANYTHING,
 ];
 
+/// What an architecture computes, without building it (a served model's processor folder has
+/// its config.json but no weights).
+pub fn task_of(architecture: &str) -> Option<crate::config::Task> {
+    use crate::config::Task;
+    match architecture {
+        DPT_DEPTH | DEPTH_ANYTHING => Some(Task::Depth),
+        DPT_SEGMENTATION => Some(Task::Segmentation),
+        BEIT_CLASSIFICATION | DINOV2_CLASSIFICATION => Some(Task::Classification),
+        _ => None,
+    }
+}
+
 /// Stored-but-unused entries: old checkpoints keep BEiT's relative position index buffers,
 /// and the masked-image-modelling token is for pre-training only.
 const BEIT_KNOWN_UNUSED: &[&str] = &["*relative_position_index", "*embeddings.mask_token"];

@@ -191,6 +191,69 @@ pub fn resolve(
         })
 }
 
+/// The snapshot folder holding `repo@revision`'s config.json and (when the repository has one)
+/// preprocessor_config.json, for a model served elsewhere: only those two files are fetched on
+/// a miss, never the weights.
+pub fn resolve_processor(
+    settings: &HubSettings,
+    repo: &str,
+    revision: &str,
+    fetch: Fetch,
+) -> Result<PathBuf, ModelError> {
+    let miss = |reason: String| ModelError::HubMiss {
+        repo: repo.to_owned(),
+        revision: revision.to_owned(),
+        cache: settings.cache_dir.clone(),
+        reason,
+        command: format!(
+            "hf download {repo} --revision {revision} {CONFIG_FILE} {PREPROCESSOR_FILE}"
+        ),
+    };
+    let why_not_cached = match cached_snapshot(&settings.cache_dir, repo, revision) {
+        Ok(snapshot) if snapshot.join(CONFIG_FILE).is_file() => return Ok(snapshot),
+        Ok(snapshot) => format!(
+            "the cached snapshot {} has no {CONFIG_FILE}",
+            snapshot.display()
+        ),
+        Err(why) => why,
+    };
+    if settings.offline {
+        return Err(miss(format!(
+            "{why_not_cached}, and HF_HUB_OFFLINE is set, so it was not downloaded"
+        )));
+    }
+    if fetch == Fetch::CacheOnly {
+        return Err(miss(why_not_cached));
+    }
+    use hf_hub::api::sync::ApiBuilder;
+    use hf_hub::{Cache, Repo, RepoType};
+    let mut builder =
+        ApiBuilder::from_cache(Cache::new(settings.cache_dir.clone())).with_progress(false);
+    if let Some(endpoint) = &settings.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
+    }
+    if settings.token.is_some() {
+        builder = builder.with_token(settings.token.clone());
+    }
+    let failed =
+        |e: &dyn std::fmt::Display| miss(format!("{why_not_cached}; downloading failed: {e}"));
+    let api = builder.build().map_err(|e| failed(&e))?;
+    let remote = api.repo(Repo::with_revision(
+        repo.to_owned(),
+        RepoType::Model,
+        revision.to_owned(),
+    ));
+    let config = remote.get(CONFIG_FILE).map_err(|e| failed(&e))?;
+    // Optional: without it the architecture's published settings apply.
+    if let Err(error) = remote.get(PREPROCESSOR_FILE) {
+        tracing::info!(repo, %error, "no {PREPROCESSOR_FILE} downloaded");
+    }
+    config
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| miss("nothing was downloaded".to_owned()))
+}
+
 /// Whether a snapshot holds a TorchScript module or a config.json with some weights file.
 fn has_checkpoint_files(snapshot: &Path) -> bool {
     let has = |name: &str| snapshot.join(name).is_file();
