@@ -6,7 +6,7 @@ CARGO ?= cargo
 .PHONY: demo test lint setup install soak bench
 
 # Soak length in minutes (`make soak SOAK_MINUTES=5` for a quick one).
-SOAK_MINUTES ?= 30
+SOAK_MINUTES ?= 90
 
 setup:
 	@scripts/setup
