@@ -412,6 +412,10 @@ struct SegmentKeeper {
     current: Arc<Mutex<Option<PathBuf>>>,
     /// Segments retention deleted, for the pipeline's metrics.
     deleted: Arc<AtomicU64>,
+    /// The last segment's start: names never go back in time. A source faster than real time
+    /// (a file) maps its frames to the wall clock only roughly, and a later segment could
+    /// otherwise be named before an earlier one.
+    last_start: Mutex<Option<SystemTime>>,
 }
 
 impl SegmentKeeper {
@@ -425,6 +429,14 @@ impl SegmentKeeper {
             .zip(origin)
             .and_then(|(pts, origin)| self.timeline.wall_time(pts + origin))
             .unwrap_or_else(SystemTime::now);
+        let start = match self.last_start.lock() {
+            Ok(mut last) => {
+                let start = last.map_or(start, |last| start.max(last));
+                *last = Some(start);
+                start
+            }
+            Err(_) => start,
+        };
         let path = self.names.path(index, start);
         if self.retention.is_set() {
             self.retire();
@@ -527,6 +539,7 @@ impl Recorder {
                     origin: origin.clone(),
                     current: Arc::default(),
                     deleted,
+                    last_start: Mutex::new(None),
                 };
                 (tail, Some(keeper))
             }
