@@ -830,7 +830,10 @@ fn a_paused_rtsp_client_costs_its_media_a_bounded_queue_and_counted_drops() {
 #[test]
 fn a_second_sigint_exits_at_once_and_cleanly_with_a_model_loaded() {
     // Two SIGINTs 50 ms apart while a model runs: the second exits with 130 at once, every
-    // time, without a crash or libtorch tearing itself down under its own threads.
+    // time, without a crash or libtorch tearing itself down under its own threads. The sink
+    // takes 100 ms a frame and every queue blocks, so the drain the first signal starts lasts
+    // seconds, the model working through the queues as the sink frees room: the second signal
+    // always comes during it.
     let dir = tempfile::tempdir().unwrap();
     let models = format!("models:\n{}", model_yaml("depth", "dpt-vit", "device: cpu"));
     let file = write_tree(
@@ -839,7 +842,9 @@ fn a_second_sigint_exits_at_once_and_cleanly_with_a_model_loaded() {
         &[Pipeline::new("cam")
             .source(Source::test(64, 48).fps(30))
             .model("depth")
-            .file_sink(&dir.path().join("cam.mp4"))],
+            .queue("{ capacity: 16, when_full: block }")
+            .file_sink(&dir.path().join("cam.mp4"))
+            .launch_sink("identity sleep-time=100000 ! fakesink")],
     );
     for run in 0..5 {
         let mut daemon = Daemon::spawn(&file, &[]);
