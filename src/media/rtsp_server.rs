@@ -1,11 +1,12 @@
 //! The daemon's one RTSP server: each pipeline with an `rtsp` sink gets a mount, and every
 //! client of a mount shares one media fed with the pipeline's encoded H.264.
 //!
-//! A media's queue is bounded and leaky: while its clients are paused or slow, it keeps the
-//! newest [`MEDIA_QUEUE`] frames and counts the rest, instead of growing for as long as they
-//! stay away. Frames keep the timing the encoder gave them (the source's), moved onto the
-//! media's clock, so clients see the camera's steady frame intervals, not the bursts in which
-//! batches of frames leave the model.
+//! Nothing is queued for a media that is not playing (its client set it up and has not
+//! started it, or paused it), and a playing media's queue is bounded and leaky: while its
+//! clients are slow it keeps the newest [`MEDIA_QUEUE`] frames and counts the rest, instead of
+//! growing for as long as they stay behind. Frames keep the timing the encoder gave them (the
+//! source's), moved onto the media's clock, so clients see the camera's steady frame
+//! intervals, not the bursts in which batches of frames leave the model.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,9 +27,14 @@ use crate::frames::DropCounter;
 /// oldest.
 pub const MEDIA_QUEUE: u64 = 60;
 
-/// How far a frame's time on the media's clock may drift from the clock itself (a camera
-/// whose clock runs fast or slow, an outage) before the mapping is made again.
-const MAX_DRIFT: gst::ClockTime = gst::ClockTime::from_seconds(2);
+/// How far ahead of the media's clock a frame may be stamped. The media's sinks send each frame
+/// at its time: frames that leave the model in a burst are paced out at the camera's
+/// intervals, never held longer than this (a camera clock running fast makes the mapping again).
+const MAX_EARLY: gst::ClockTime = gst::ClockTime::from_mseconds(300);
+
+/// How far behind the media's clock a frame may be stamped (sent at once) before the mapping
+/// is made again: a camera clock running slow, a stream that fell behind.
+const MAX_LATE: gst::ClockTime = gst::ClockTime::from_seconds(1);
 
 /// The running server. Dropping it without [`RtspServer::stop`] leaks nothing but keeps
 /// clients connected until the process ends.
@@ -303,6 +309,7 @@ impl RtspMounts {
                     appsrc,
                     waiting_for_keyframe: true,
                     timing: None,
+                    last: None,
                 });
             }
         });
@@ -324,6 +331,8 @@ struct Client {
     waiting_for_keyframe: bool,
     /// How the encoder's timestamps map onto this media's running time.
     timing: Option<Timing>,
+    /// The decoding time of the last frame sent: a new mapping never goes back before it.
+    last: Option<gst::ClockTime>,
 }
 
 /// A frame's time on the media's clock: `base` plus how far it is past `first`.
@@ -341,13 +350,14 @@ impl Timing {
 
 impl Client {
     /// `buffer` with its timestamps on the media's clock. The mapping is made at the first
-    /// frame, and again whenever a frame's mapped time is more than [`MAX_DRIFT`] away from
-    /// the clock (or went backwards): the intervals between frames are kept as they are.
+    /// frame, and again whenever a frame's mapped time is more than [`MAX_EARLY`] ahead of the
+    /// clock or [`MAX_LATE`] behind it (or went backwards): the intervals between frames are
+    /// kept as they are.
     fn stamped(&mut self, buffer: &gst::Buffer) -> gst::Buffer {
         let reference = buffer.dts().or(buffer.pts());
         let now = self.appsrc.current_running_time();
         if let Some(reference) = reference {
-            self.timing = Some(retime(self.timing, reference, now));
+            self.timing = Some(retime(self.timing, reference, now, self.last));
         }
         let mut stamped = buffer.copy();
         {
@@ -355,6 +365,7 @@ impl Client {
             let timing = self.timing;
             stamped.set_pts(timing.and_then(|t| t.map(buffer.pts())));
             stamped.set_dts(timing.and_then(|t| t.map(buffer.dts())));
+            self.last = stamped.dts().or(stamped.pts()).or(self.last);
         }
         stamped
     }
@@ -362,16 +373,20 @@ impl Client {
 
 /// The mapping for a frame at `reference` (the encoder's time) arriving when the media's
 /// running time is `now`: `current`, unless there is none yet, the frame is before its start,
-/// or it would put the frame more than [`MAX_DRIFT`] from `now`.
+/// or it would put the frame more than [`MAX_EARLY`] ahead of `now` or [`MAX_LATE`] behind.
+/// A new mapping starts at `now`, but never at or before `last`, the last frame sent: decoding
+/// times only increase.
 fn retime(
     current: Option<Timing>,
     reference: gst::ClockTime,
     now: Option<gst::ClockTime>,
+    last: Option<gst::ClockTime>,
 ) -> Timing {
     let now = now.unwrap_or(gst::ClockTime::ZERO);
+    let after_last = last.map(|last| last + gst::ClockTime::from_mseconds(1));
     let fresh = Timing {
         first: reference,
-        base: now,
+        base: after_last.map_or(now, |after| after.max(now)),
     };
     let Some(timing) = current else {
         return fresh;
@@ -385,7 +400,12 @@ fn retime(
     } else {
         now - mapped
     };
-    if drift > MAX_DRIFT { fresh } else { timing }
+    let too_far = if mapped > now {
+        drift > MAX_EARLY
+    } else {
+        drift > MAX_LATE
+    };
+    if too_far { fresh } else { timing }
 }
 
 /// The publishing end of a mount; cheap to clone into an appsink callback.
@@ -408,6 +428,18 @@ impl RtspFeed {
         let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
         let drops = &self.drops;
         clients.retain_mut(|client| {
+            // Its media was torn down (its last viewer left): the bin let go of the appsrc.
+            if client.appsrc.parent().is_none() {
+                return false;
+            }
+            // Not playing (set up and not started yet, or paused): nothing is held for it, as
+            // what it would get later is stale; it starts again at a keyframe, on the clock
+            // as it is then.
+            if client.appsrc.current_state() != gst::State::Playing {
+                client.waiting_for_keyframe = true;
+                client.timing = None;
+                return true;
+            }
             if client.waiting_for_keyframe {
                 if !keyframe {
                     return true;
@@ -466,11 +498,16 @@ mod tests {
     fn frames_keep_their_intervals_on_the_medias_clock() {
         // The first frame maps to the clock's time; the next ones keep their spacing whenever
         // they arrive (a batch of four arrives at once, 160 ms late).
-        let first = retime(None, MS(1_000_000), Some(MS(500)));
+        let first = retime(None, MS(1_000_000), Some(MS(500)), None);
         assert_eq!(first.map(Some(MS(1_000_000))), Some(MS(500)));
         let mut timing = first;
         for (n, arrival) in [(1u64, 700u64), (2, 700), (3, 700), (4, 700)] {
-            timing = retime(Some(timing), MS(1_000_000 + 40 * n), Some(MS(arrival)));
+            timing = retime(
+                Some(timing),
+                MS(1_000_000 + 40 * n),
+                Some(MS(arrival)),
+                None,
+            );
             assert_eq!(timing, first, "frame {n}");
             assert_eq!(
                 timing.map(Some(MS(1_000_000 + 40 * n))),
@@ -480,16 +517,28 @@ mod tests {
     }
 
     #[test]
-    fn a_jump_or_a_drift_beyond_two_seconds_makes_the_mapping_again() {
-        let timing = retime(None, MS(10_000), Some(MS(0)));
-        // An outage: the next frame is 60 s later in the encoder's time, 60 s later on the
-        // clock too: no drift, the mapping stays.
-        assert_eq!(retime(Some(timing), MS(70_000), Some(MS(60_000))), timing);
-        // A camera clock 3 s ahead of the media's: mapped again at this frame.
-        let ahead = retime(Some(timing), MS(13_000), Some(MS(0)));
-        assert_eq!(ahead.map(Some(MS(13_000))), Some(MS(0)));
+    fn a_frame_too_early_or_too_late_maps_again_but_never_back_in_time() {
+        let timing = retime(None, MS(10_000), Some(MS(0)), None);
+        // An outage: the next frame is 60 s later in the encoder's time and on the clock
+        // too: the mapping stays.
+        assert_eq!(
+            retime(Some(timing), MS(70_000), Some(MS(60_000)), Some(MS(40))),
+            timing
+        );
+        // A camera clock running fast: this frame would be held 400 ms. Mapped again at the
+        // clock, but after the last frame sent (390 ms), never before it.
+        let fast = retime(Some(timing), MS(10_400), Some(MS(0)), Some(MS(390)));
+        assert_eq!(fast.map(Some(MS(10_400))), Some(MS(391)));
+        // Held up to 300 ms is kept: that is how a burst is paced out.
+        assert_eq!(
+            retime(Some(timing), MS(10_280), Some(MS(0)), Some(MS(240))),
+            timing
+        );
+        // A stream 1.1 s behind: mapped again at the clock.
+        let slow = retime(Some(timing), MS(10_100), Some(MS(1_200)), Some(MS(60)));
+        assert_eq!(slow.map(Some(MS(10_100))), Some(MS(1_200)));
         // Timestamps that went back (an output rebuilt from an earlier point).
-        let back = retime(Some(timing), MS(5_000), Some(MS(100)));
-        assert_eq!(back.map(Some(MS(5_000))), Some(MS(100)));
+        let back = retime(Some(timing), MS(5_000), Some(MS(100)), Some(MS(200)));
+        assert_eq!(back.map(Some(MS(5_000))), Some(MS(201)));
     }
 }
