@@ -60,15 +60,16 @@ fn wait_for_progress(engine: &Engine, pipeline: &str, frames: u64, why: &str) {
 
 #[test]
 fn a_sink_that_fails_under_block_neither_hangs_its_output_nor_stalls_the_model() {
-    // The finite pipeline's sink errors after 10 frames in every life of its output: the
-    // encoder's queue (block) fills behind the error. Its output must notice and rebuild, and
+    // The finite pipeline's sink is slow (50 ms a frame) and errors after 40 frames in every
+    // life of its output: a backlog waits in the encoder's queue (block) when the error comes,
+    // and more than the appsrc holds arrives behind it. Its output must notice and rebuild, and
     // the live pipeline on the same model must never wait for it.
     let (_dir, config) = tree(&[
         Pipeline::new("doc")
             .source(Source::test(64, 48).fps(30).frames(150))
             .model("depth")
             .queue("{ capacity: 2, when_full: block }")
-            .launch_sink("identity error-after=10 ! fakesink"),
+            .launch_sink("identity sleep-time=50000 error-after=40 ! fakesink"),
         live("live"),
     ]);
     let engine = Engine::start(&config, &runtime::loader(&config)).unwrap();
