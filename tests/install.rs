@@ -163,6 +163,47 @@ fn the_unit_verifies_and_its_exposure_is_at_most_four() {
     assert!(exposure <= 4.0, "exposure {exposure}:\n{report}");
 }
 
+/// This checkout's HEAD as git abbreviates it for build.rs (12 hex digits); `unknown` outside
+/// a git checkout, or what `VISIOND_COMMIT` exported at build time says.
+fn head_commit() -> String {
+    if let Ok(exported) = std::env::var("VISIOND_COMMIT") {
+        return exported;
+    }
+    Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short=12",
+            "HEAD",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let output = Command::new(env!("CARGO_BIN_EXE_visiond"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let version = String::from_utf8_lossy(&output.stdout);
+    let commit = head_commit();
+    assert_eq!(
+        version.trim(),
+        format!("visiond {} (commit {commit})", env!("CARGO_PKG_VERSION")),
+        "`visiond --version` must name this checkout's HEAD"
+    );
+    if commit != "unknown" {
+        assert_eq!(commit.len(), 12, "{commit}");
+        assert!(commit.bytes().all(|b| b.is_ascii_hexdigit()), "{commit}");
+    }
+}
+
 /// Every value under a `password_env` key, anywhere in a YAML document.
 fn password_envs(value: &serde_yaml::Value, found: &mut Vec<String>) {
     match value {
