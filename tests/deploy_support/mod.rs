@@ -1,6 +1,9 @@
 //! What the deployment tests share: running the real binary as it would run where it is
-//! deployed, with the absolute paths its files name (`/var/lib/visiond`, `/run/secrets/…`)
-//! backed by a test's temporary directories.
+//! deployed, with the absolute paths its files name (`/var/lib/visiond`) backed by a test's
+//! temporary directories.
+
+// Each test binary uses a part of it.
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::{Command, Output};
