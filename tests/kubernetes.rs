@@ -388,7 +388,7 @@ fn check_workload(label: &str, objects: &[Value], scratch: &Path) {
 
     // Lay out every volume mounted under the daemon file's directory from its ConfigMaps, as
     // the kubelet would: keys at the root, or at their items' paths.
-    let etc = scratch.join(format!("{label}/etc"));
+    let etc = scratch.join(label).join(config_dir.trim_start_matches('/'));
     let mounts = daemon.get("volumeMounts").unwrap().as_sequence().unwrap();
     let mount_of = |volume: &str| {
         mounts
@@ -567,7 +567,7 @@ fn check_workload(label: &str, objects: &[Value], scratch: &Path) {
     }
 
     // The environment the pod gives both containers: its env and the Secret's keys.
-    let secret_keys = |container: &Value| -> Vec<(String, String)> {
+    let environment = |container: &Value| -> Vec<(String, String)> {
         let mut env = Vec::new();
         for from in container
             .get("envFrom")
@@ -605,10 +605,10 @@ fn check_workload(label: &str, objects: &[Value], scratch: &Path) {
         env.sort();
         env
     };
-    let env = secret_keys(daemon);
+    let env = environment(daemon);
     assert_eq!(
         env,
-        secret_keys(check),
+        environment(check),
         "{label}: the check sees another environment than run"
     );
     let mut needed = Vec::new();
