@@ -1,7 +1,7 @@
 //! `deploy/kubernetes`: every overlay, alone and with every component, rendered by the real
-//! `kubectl kustomize` and validated offline against the Kubernetes 1.32 schemas by
-//! `kubernetes-validate --strict` (PyPI; scripts/setup installs both). Then what a schema cannot
-//! see: the ConfigMap's daemon and pipeline files, laid out as the pod's volume lays them, pass
+//! `kubectl kustomize` and validated against the Kubernetes 1.32 schemas by
+//! `kubernetes-validate --strict` (PyPI; scripts/setup installs both) in a network namespace
+//! of its own, so offline. Then what a schema cannot see: the ConfigMap's daemon and pipeline files, laid out as the pod's volume lays them, pass
 //! the real `visiond check` with the Secret's passwords; the probes and Services reach the
 //! ports the daemon file configures; the pods are as locked down as the systemd unit; SIGTERM's
 //! drain fits in the termination grace period; the GPU DaemonSet asks for a GPU.
@@ -189,11 +189,12 @@ fn subset(selector: &BTreeMap<String, String>, of: &BTreeMap<String, String>) ->
 fn validate(label: &str, text: &str, objects: &[Value], dir: &Path) {
     let file = dir.join(format!("{}.yaml", label.replace('+', "-")));
     std::fs::write(&file, text).unwrap();
-    let output = Command::new(kubernetes_validate())
-        .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
-        .arg(&file)
-        .output()
-        .unwrap();
+    // Offline: its schemas are the ones it bundles.
+    let output = deploy_support::run(
+        deploy_support::offline(&kubernetes_validate())
+            .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
+            .arg(&file),
+    );
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

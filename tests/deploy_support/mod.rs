@@ -34,7 +34,7 @@ pub fn namespaced(binds: &[(&Path, &str)], program: &Path, args: &[&str]) -> Com
     command
 }
 
-/// Runs it, failing the test with what was said when the namespace cannot be made.
+/// Runs it, failing the test with what was said when a namespace cannot be made.
 pub fn run(command: &mut Command) -> Output {
     let output = command
         .output()
@@ -42,7 +42,7 @@ pub fn run(command: &mut Command) -> Output {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         !(stderr.starts_with("unshare:") || stderr.starts_with("mount:")),
-        "these tests run the binary in a private mount namespace (unshare --mount, or \
+        "these tests run programs in namespaces of their own (unshare --mount or --net, with \
          --user --map-root-user for a user other than root), which this machine refused:\n{stderr}"
     );
     output
@@ -65,4 +65,16 @@ pub fn environment_file(text: &str) -> Vec<(String, String)> {
             (name.trim().to_owned(), unquoted.to_owned())
         })
         .collect()
+}
+
+/// A command that runs `program` in a network namespace of its own, with no interface but
+/// loopback: whatever it needs from the network, it does not get.
+pub fn offline(program: &Path) -> Command {
+    let mut command = Command::new("unshare");
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        command.args(["--user", "--map-root-user"]);
+    }
+    command.args(["--net", "--"]).arg(program);
+    command
 }
