@@ -11,6 +11,10 @@
 //!   scripts/setup installs), unless `VISIOND_CUDA_GRAPHS=off`. Elsewhere those functions
 //!   report that the shim has no CUDA: models run eagerly, the frame path stays on the default
 //!   stream and converts with tensor ops.
+//! - `VISIOND_COMMIT`, the git commit this is built from (`visiond --version`, the
+//!   `visiond_build_info` metric): `git rev-parse` of this checkout, an exported
+//!   `VISIOND_COMMIT` (a build from a tarball or a container context without `.git`), else
+//!   `unknown`.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +24,7 @@ const KERNELS: &str = "src/runtime/native/kernels.cuh";
 
 fn main() {
     generate_kserve_client();
+    git_commit();
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-env-changed=VISIOND_CUDA_INCLUDE");
@@ -43,6 +48,53 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
     compile_shim(&libtorch, has_cuda);
+}
+
+/// `cargo:rustc-env=VISIOND_COMMIT=<12 hex digits>`: the commit of this checkout's HEAD.
+/// Reruns when HEAD moves (a commit, a checkout): `HEAD` itself, the branch's ref and
+/// `packed-refs`, each only where it exists (cargo reruns on every build for a missing one).
+/// A worktree's `HEAD` lives in its own git directory, its refs in the common one.
+fn git_commit() {
+    println!("cargo:rerun-if-env-changed=VISIOND_COMMIT");
+    let exported = std::env::var("VISIOND_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty());
+    let commit = exported.unwrap_or_else(|| {
+        let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
+        let git = |args: &[&str]| -> Option<String> {
+            let output = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&manifest)
+                .args(args)
+                .output()
+                .ok()?;
+            let text = String::from_utf8(output.stdout).ok()?.trim().to_owned();
+            (output.status.success() && !text.is_empty()).then_some(text)
+        };
+        // Only this checkout's own repository: a tarball unpacked inside some other repository
+        // (a home directory kept in git) is not that repository's commit.
+        let top = git(&["rev-parse", "--show-toplevel"]).map(PathBuf::from);
+        let ours = top.is_some_and(|top| top.canonicalize().ok() == manifest.canonicalize().ok());
+        if !ours {
+            return "unknown".to_owned();
+        }
+        let mut watched = Vec::new();
+        if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]).map(PathBuf::from) {
+            watched.push(dir.join("HEAD"));
+        }
+        if let Some(common) = git(&["rev-parse", "--git-common-dir"]) {
+            let common = manifest.join(common);
+            if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"]) {
+                watched.push(common.join(reference));
+            }
+            watched.push(common.join("packed-refs"));
+        }
+        for path in watched.iter().filter(|p| p.exists()) {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+        git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned())
+    });
+    println!("cargo:rustc-env=VISIOND_COMMIT={}", commit.trim());
 }
 
 /// The KServe v2 gRPC client (`src/runtime/remote/proto.rs` includes it) from the `.proto`

@@ -9,8 +9,21 @@ use clap::{CommandFactory, Parser, Subcommand};
 use visiond::config::LogConfig;
 use visiond::{daemon, preflight};
 
+/// `visiond 0.1.0 (commit 1a2b3c4d5e6f)`: the commit from build.rs (`unknown` outside a git
+/// checkout), as the `visiond_build_info` metric's `commit` label carries it.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("VISIOND_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
-#[command(name = "visiond", version, about = "Vision transformers on live video")]
+#[command(
+    name = "visiond",
+    version = VERSION,
+    about = "Vision transformers on live video"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

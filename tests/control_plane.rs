@@ -410,6 +410,28 @@ fn every_endpoint_reports_the_running_engine() {
     // The process: what this build is, and what it holds.
     let build = find(&first, "visiond_build_info", &[]);
     assert_eq!(build.labels.get("version"), Some(env!("CARGO_PKG_VERSION")));
+    // The commit this was built from: this checkout's HEAD, asked of git here.
+    let head = std::process::Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short=12",
+            "HEAD",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let expected = std::env::var("VISIOND_COMMIT")
+        .ok()
+        .or(head)
+        .unwrap_or_else(|| "unknown".to_owned());
+    assert_eq!(
+        build.labels.get("commit"),
+        Some(expected.as_str()),
+        "visiond_build_info's commit label"
+    );
     assert_eq!(build.labels.get("libtorch"), Some("2.11.0"));
     assert!(
         build

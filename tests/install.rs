@@ -2,6 +2,8 @@
 //! names the installed binary, an operator's edited configuration survives a reinstall, and the
 //! unit passes `systemd-analyze verify` and rates ≤ 4.0 on `systemd-analyze security`.
 
+mod deploy_support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -159,4 +161,310 @@ fn the_unit_verifies_and_its_exposure_is_at_most_four() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure in:\n{report}"));
     assert!(exposure <= 4.0, "exposure {exposure}:\n{report}");
+}
+
+/// This checkout's HEAD as git abbreviates it for build.rs (12 hex digits); `unknown` outside
+/// a git checkout, or what `VISIOND_COMMIT` exported at build time says.
+fn head_commit() -> String {
+    if let Ok(exported) = std::env::var("VISIOND_COMMIT") {
+        return exported;
+    }
+    Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short=12",
+            "HEAD",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let output = Command::new(env!("CARGO_BIN_EXE_visiond"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let version = String::from_utf8_lossy(&output.stdout);
+    let commit = head_commit();
+    assert_eq!(
+        version.trim(),
+        format!("visiond {} (commit {commit})", env!("CARGO_PKG_VERSION")),
+        "`visiond --version` must name this checkout's HEAD"
+    );
+    if commit != "unknown" {
+        assert_eq!(commit.len(), 12, "{commit}");
+        assert!(commit.bytes().all(|b| b.is_ascii_hexdigit()), "{commit}");
+    }
+}
+
+/// Every value under a `password_env` key, anywhere in a YAML document.
+fn password_envs(value: &serde_yaml::Value, found: &mut Vec<String>) {
+    match value {
+        serde_yaml::Value::Mapping(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value.as_str()) {
+                    (Some("password_env"), Some(name)) => found.push(name.to_owned()),
+                    _ => password_envs(value, found),
+                }
+            }
+        }
+        serde_yaml::Value::Sequence(items) => items.iter().for_each(|v| password_envs(v, found)),
+        _ => {}
+    }
+}
+
+/// The files a pipeline file writes: `(key, path)` of its recordings, depth16 and jsonl files.
+fn written_paths(pipeline: &serde_yaml::Value) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for (list, kinds) in [
+        ("sinks", &["file", "depth16"][..]),
+        ("metadata", &["jsonl"][..]),
+    ] {
+        let items = pipeline.get(list).and_then(|v| v.as_sequence());
+        for (i, item) in items.into_iter().flatten().enumerate() {
+            for kind in kinds {
+                if let Some(path) = item.get(kind).and_then(|k| k.get("path")) {
+                    let path = path.as_str().unwrap_or_default().to_owned();
+                    found.push((format!("{list}[{i}].{kind}.path"), path));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// `make install`, then the README's recipe: the example pipelines copied into
+/// /etc/visiond/pipelines as they are installed, the passwords they name added to
+/// /etc/visiond/env. The unit's `ExecStartPre=` check then runs with the unit's environment
+/// (`Environment=`, `EnvironmentFile=`) in a mount namespace where /var/lib is the install's
+/// own, so `/var/lib/visiond` (the unit's `StateDirectory=`) is the staged directory and every
+/// path the examples name is read exactly as it is written.
+#[test]
+fn the_installed_examples_pass_check_writing_under_the_state_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    install(root);
+    let unit = read(&root.join("usr/lib/systemd/system/visiond.service"));
+    let settings = |key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|line| line.strip_prefix(key))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(settings("StateDirectory="), ["visiond"], "{unit}");
+    let state = "/var/lib/visiond";
+    // What systemd creates for StateDirectory= before ExecStartPre= runs.
+    std::fs::create_dir_all(root.join("var/lib/visiond")).unwrap();
+
+    // The examples write under the state directory, by absolute paths.
+    let examples = root.join("usr/share/doc/visiond/examples/pipelines");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&examples)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let mut envs = Vec::new();
+    let daemon: serde_yaml::Value =
+        serde_yaml::from_str(&read(&root.join("etc/visiond/visiond.yaml"))).unwrap();
+    password_envs(&daemon, &mut envs);
+    // A restart (an upgrade) drains on SIGTERM for at most shutdown.grace_ms and exits at the
+    // latest 5 s later: systemd must not SIGKILL it before that.
+    let grace_ms = daemon
+        .get("shutdown")
+        .and_then(|s| s.get("grace_ms"))
+        .and_then(serde_yaml::Value::as_u64)
+        .unwrap_or(5000);
+    let stop: u64 = settings("TimeoutStopSec=")[0].parse().unwrap();
+    assert!(
+        stop * 1000 > grace_ms + 5000,
+        "TimeoutStopSec={stop} must exceed shutdown.grace_ms {grace_ms} ms + 5 s"
+    );
+    let mut written = 0;
+    for file in &files {
+        let pipeline: serde_yaml::Value = serde_yaml::from_str(&read(file)).unwrap();
+        for (key, path) in written_paths(&pipeline) {
+            assert!(
+                path.starts_with(&format!("{state}/")),
+                "{}: {key}: {path} is not under {state}, the unit's StateDirectory= (the unit makes /etc read-only)",
+                file.display()
+            );
+            written += 1;
+        }
+        password_envs(&pipeline, &mut envs);
+    }
+    assert!(written >= 2, "the examples write no file at all: {files:?}");
+
+    // The passwords they name, in /etc/visiond/env as the README says.
+    envs.sort();
+    envs.dedup();
+    assert!(envs.contains(&"FRONT_DOOR_PASSWORD".to_owned()), "{envs:?}");
+    let env_file = root.join("etc/visiond/env");
+    let mut env_text = read(&env_file);
+    for name in &envs {
+        env_text.push_str(&format!("{name}=example-{}\n", name.to_lowercase()));
+    }
+    std::fs::write(&env_file, env_text).unwrap();
+
+    // ExecStartPre= as the unit has it: /usr/bin/visiond check -c /etc/visiond/visiond.yaml.
+    let pre = settings("ExecStartPre=");
+    let pre: Vec<&str> = pre[0].split_whitespace().collect();
+    assert_eq!(
+        pre,
+        [
+            "/usr/bin/visiond",
+            "check",
+            "-c",
+            "/etc/visiond/visiond.yaml"
+        ]
+    );
+    let binary = root.join("usr/bin/visiond");
+    let config = root.join("etc/visiond/visiond.yaml");
+    let check = || {
+        let mut command = deploy_support::namespaced(
+            &[(&root.join("var/lib"), "/var/lib")],
+            &binary,
+            &["check", "-c", &config.display().to_string()],
+        );
+        for name in ["HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_ENDPOINT"] {
+            command.env_remove(name);
+        }
+        for line in settings("Environment=") {
+            for assignment in line.split_whitespace() {
+                let (name, value) = assignment.split_once('=').unwrap();
+                command.env(name, value);
+            }
+        }
+        for file in settings("EnvironmentFile=") {
+            let file = file.trim_start_matches('-').trim_start_matches('/');
+            for (name, value) in deploy_support::environment_file(&read(&root.join(file))) {
+                command.env(name, value);
+            }
+        }
+        let output = deploy_support::run(&mut command);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code(), said)
+    };
+
+    // Every example but the USB camera's passes on any machine.
+    let pipelines = root.join("etc/visiond/pipelines");
+    let usb = "document-desk.yaml";
+    for file in files.iter().filter(|f| !f.ends_with(usb)) {
+        std::fs::copy(file, pipelines.join(file.file_name().unwrap())).unwrap();
+    }
+    let (code, said) = check();
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains(&format!("{}: OK: ", config.display()))
+            && said.contains("front-door")
+            && said.contains("lab-pattern"),
+        "{said}"
+    );
+
+    // The USB camera's needs /dev/video0: without one, that is the one error.
+    std::fs::copy(examples.join(usb), pipelines.join(usb)).unwrap();
+    let has_camera = std::fs::metadata("/dev/video0")
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()));
+    let (code, said) = check();
+    if has_camera {
+        assert_eq!(code, Some(0), "{said}");
+    } else {
+        assert_eq!(code, Some(2), "{said}");
+        let errors: Vec<&str> = said.lines().filter(|l| l.contains(".yaml: ")).collect();
+        assert_eq!(errors.len(), 1, "{said}");
+        assert!(
+            errors[0]
+                .contains("document-desk.yaml: source.v4l2.device: /dev/video0 does not exist"),
+            "{said}"
+        );
+        assert!(
+            said.contains("1 error(s); configuration not valid"),
+            "{said}"
+        );
+    }
+}
+
+/// The README's "Point it at your RTSP camera": its two files, written where their first line
+/// says, pass `visiond check` as the unit runs it (its HF_HOME, /var/lib/visiond its state
+/// directory), with the passwords its `printf` line puts in /etc/visiond/env.
+#[test]
+fn the_readmes_camera_section_passes_check() {
+    let readme = read(&repo().join("README.md"));
+    let section = readme
+        .split("## Point it at your RTSP camera")
+        .nth(1)
+        .expect("README has a section \"Point it at your RTSP camera\"")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut written = Vec::new();
+    let mut envs = Vec::new();
+    for block in section.split("```yaml\n").skip(1) {
+        let block = block.split("```").next().unwrap();
+        let target = block
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# /"))
+            .expect("each YAML block starts with `# /its/path`");
+        let file = root.join(target);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, block).unwrap();
+        let value: serde_yaml::Value = serde_yaml::from_str(block).unwrap();
+        password_envs(&value, &mut envs);
+        written.push(target.to_owned());
+    }
+    assert_eq!(
+        written,
+        [
+            "etc/visiond/visiond.yaml",
+            "etc/visiond/pipelines/camera.yaml"
+        ]
+    );
+    let printf = section
+        .lines()
+        .find(|l| l.starts_with("printf '") && l.contains("/etc/visiond/env"))
+        .expect("a printf line that fills /etc/visiond/env");
+    for name in &envs {
+        assert!(
+            printf.contains(&format!("{name}=")),
+            "the README's printf line does not set {name}: {printf}"
+        );
+    }
+    std::fs::create_dir_all(root.join("var/lib/visiond")).unwrap();
+    let config = root.join("etc/visiond/visiond.yaml");
+    let mut command = deploy_support::namespaced(
+        &[(&root.join("var/lib"), "/var/lib")],
+        Path::new(env!("CARGO_BIN_EXE_visiond")),
+        &["check", "-c", &config.display().to_string()],
+    );
+    for name in ["HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_ENDPOINT"] {
+        command.env_remove(name);
+    }
+    command.env("HF_HOME", "/var/lib/visiond/huggingface");
+    for name in &envs {
+        command.env(name, "example");
+    }
+    let output = deploy_support::run(&mut command);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("OK: 1 model(s), 1 pipeline(s) (camera)"),
+        "{said}"
+    );
 }

@@ -21,7 +21,7 @@
 //! histogram `visiond_remote_request_seconds`. Per CUDA device a model runs on: `visiond_gpu_memory_bytes`
 //! (`device`, `kind` allocated or reserved). For the RTSP server: `visiond_rtsp_clients` and
 //! `visiond_rtsp_clients_closed_total` (+ `reason`). For the process: `visiond_build_info` (labels `version`,
-//! `libtorch`, `gstreamer`) and the standard `process_resident_memory_bytes`,
+//! `commit`, `libtorch`, `gstreamer`) and the standard `process_resident_memory_bytes`,
 //! `process_cpu_seconds_total`, `process_open_fds`, `process_threads`,
 //! `process_start_time_seconds`. The control plane's own connections
 //! ([`render_connections`]): `visiond_http_connections_open`, `visiond_http_connections_max`,
@@ -699,13 +699,14 @@ fn render_process(out: &mut Exposition) {
     out.family(
         "visiond_build_info",
         "gauge",
-        "Always 1; the labels say which visiond, libtorch and GStreamer this is.",
+        "Always 1; the labels say which visiond (version and git commit), libtorch and GStreamer this is.",
     );
     let gstreamer = crate::media::registry::version();
     out.sample(
         "visiond_build_info",
         &[
             ("version", env!("CARGO_PKG_VERSION")),
+            ("commit", env!("VISIOND_COMMIT")),
             ("libtorch", crate::runtime::LIBTORCH_VERSION),
             ("gstreamer", &gstreamer),
         ],
