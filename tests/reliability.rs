@@ -762,7 +762,7 @@ fn a_paused_rtsp_client_costs_its_media_no_queue_and_the_mount_serves_the_next_v
     use std::sync::Arc;
     use visiond::config::RtspServerConfig;
     use visiond::frames::DropCounter;
-    use visiond::media::rtsp_server::{MEDIA_QUEUE, RtspServer};
+    use visiond::media::rtsp_server::RtspServer;
 
     visiond::media::registry::init().unwrap();
     let server = RtspServer::start(&RtspServerConfig {
