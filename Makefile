@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test lint setup install soak bench
+.PHONY: demo test lint setup install dist soak bench
 
 # Soak length in minutes (`make soak SOAK_MINUTES=5` for a quick one).
 SOAK_MINUTES ?= 90
@@ -27,14 +27,23 @@ soak: setup
 	$(CARGO) build --release --quiet
 	scripts/soak --minutes $(SOAK_MINUTES) target/release/visiond
 
-# Installs the binary, the systemd unit, an example /etc/visiond (an operator's edits are kept),
-# man pages and shell completions. PREFIX (default /usr/local) and DESTDIR are respected; BIN
-# installs an already built binary instead of building the release one.
+# Installs the binary with the libraries it needs beyond the distribution's (libtorch, and its
+# CUDA libraries in a CUDA build) in $(PREFIX)/lib/visiond, the systemd unit, an example
+# /etc/visiond (an operator's edits are kept), man pages and shell completions. PREFIX (default
+# /usr/local) and DESTDIR are respected; BIN installs an already built binary instead of
+# building the release one; BUNDLE=link hard-links the libraries instead of copying them.
 PREFIX ?= /usr/local
 BIN ?=
 install:
 	@if [ -z "$(BIN)" ]; then scripts/setup && $(CARGO) build --release --quiet; fi
-	PREFIX="$(PREFIX)" DESTDIR="$(DESTDIR)" scripts/install "$(if $(BIN),$(BIN),target/release/visiond)"
+	PREFIX="$(PREFIX)" DESTDIR="$(DESTDIR)" BUNDLE="$(BUNDLE)" scripts/install "$(if $(BIN),$(BIN),target/release/visiond)"
+
+# A tarball of the same self-contained install for a box without a toolchain, in dist/:
+# VARIANT=cuda (default; libtorch's CUDA libraries, ~3.3 GB installed) or VARIANT=cpu (a build
+# that links no CUDA library: libtorch_cpu and c10 only). BIN packs an already built binary.
+VARIANT ?= cuda
+dist: setup
+	scripts/dist "$(VARIANT)" $(BIN)
 
 # visiond against transformers eager on this CPU (fixture checkpoints): out/bench.json and
 # out/bench.png, and the table with the ratio. See scripts/bench.

@@ -11,6 +11,8 @@
 //!   scripts/setup installs), unless `VISIOND_CUDA_GRAPHS=off`. Elsewhere those functions
 //!   report that the shim has no CUDA: models run eagerly, the frame path stays on the default
 //!   stream and converts with tensor ops.
+//! - `VISIOND_TORCH=cpu`: a CPU-only build from the same libtorch (no CUDA library linked), for
+//!   the smaller install `make dist VARIANT=cpu` makes.
 //! - `VISIOND_COMMIT`, the git commit this is built from (`visiond --version`, the
 //!   `visiond_build_info` metric): `git rev-parse` of this checkout, an exported
 //!   `VISIOND_COMMIT` (a build from a tarball or a container context without `.git`), else
@@ -29,6 +31,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-env-changed=VISIOND_CUDA_INCLUDE");
     println!("cargo:rerun-if-env-changed=VISIOND_CUDA_GRAPHS");
+    println!("cargo:rerun-if-env-changed=VISIOND_TORCH");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={SHIM}");
     println!("cargo:rerun-if-changed={KERNELS}");
@@ -40,7 +43,11 @@ fn main() {
     let libtorch = libtorch.canonicalize().unwrap_or(libtorch);
     let lib = libtorch.join("lib");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    let has_cuda = lib.join("libtorch_cuda.so").exists();
+    // VISIOND_TORCH=cpu builds for a box without a GPU from the same CUDA libtorch: nothing
+    // links libtorch_cuda or c10_cuda, so an install carries libtorch_cpu and c10 (and the
+    // small CUDA runtime libtorch_cpu itself names) instead of gigabytes of CUDA libraries.
+    let cpu_only = std::env::var("VISIOND_TORCH").is_ok_and(|v| v == "cpu");
+    let has_cuda = !cpu_only && lib.join("libtorch_cuda.so").exists();
     if has_cuda {
         println!("cargo:rustc-link-arg=-L{}", lib.display());
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

@@ -1,6 +1,8 @@
-//! `make install DESTDIR=… PREFIX=…`: the files land where a distribution puts them, the unit
-//! names the installed binary, an operator's edited configuration survives a reinstall, and the
-//! unit passes `systemd-analyze verify` and rates ≤ 4.0 on `systemd-analyze security`.
+//! `make install DESTDIR=… PREFIX=…`: the files land where a distribution puts them, the
+//! installed binary runs from its own libraries as an unprivileged user who cannot read the
+//! builder's home, the unit names the installed binary, an operator's edited configuration
+//! survives a reinstall, and the unit passes `systemd-analyze verify` and rates ≤ 4.0 on
+//! `systemd-analyze security`.
 
 mod deploy_support;
 
@@ -11,13 +13,19 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `make install` of the binary under test into `destdir`.
+/// `make install` of the binary under test into `destdir`, its libraries hard-linked (the
+/// self-contained install's own test copies them, as an operator's install does).
 fn install(destdir: &Path) -> String {
+    install_with(destdir, "link")
+}
+
+fn install_with(destdir: &Path, bundle: &str) -> String {
     let output = Command::new("make")
         .arg("--no-print-directory")
         .arg("install")
         .arg(format!("DESTDIR={}", destdir.display()))
         .arg("PREFIX=/usr")
+        .arg(format!("BUNDLE={bundle}"))
         .arg(format!("BIN={}", env!("CARGO_BIN_EXE_visiond")))
         .current_dir(repo())
         .output()
@@ -467,4 +475,304 @@ fn the_readmes_camera_section_passes_check() {
         said.contains("OK: 1 model(s), 1 pipeline(s) (camera)"),
         "{said}"
     );
+}
+
+/// Uid and gid of `nobody`, whom the self-contained install runs as.
+const NOBODY: u32 = 65534;
+
+/// The libtorch tree the binary under test was linked against (the torch venv's site-packages,
+/// or a libtorch archive's top directory): what the installed binary must not need.
+fn libtorch_tree() -> PathBuf {
+    let c10 = String::from_utf8(
+        Command::new("ldd")
+            .arg(env!("CARGO_BIN_EXE_visiond"))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .lines()
+    .find_map(|l| l.trim().strip_prefix("libc10.so => "))
+    .map(|rest| PathBuf::from(rest.split(" (").next().unwrap()))
+    .expect("the binary under test links libc10.so");
+    let lib = c10.canonicalize().unwrap().parent().unwrap().to_owned();
+    let top = lib.parent().unwrap();
+    if top.file_name().is_some_and(|n| n == "torch") {
+        top.parent().unwrap().to_owned()
+    } else {
+        top.to_owned()
+    }
+}
+
+/// `program args…` as `nobody` with nothing of the caller's environment but `env`, in a mount
+/// namespace where the builder's home and the libtorch tree are empty, unreadable tmpfs: the
+/// installed binary finds nothing of the build. (As a user other than root: in a user
+/// namespace of one's own, as that same unprivileged user.)
+fn as_nobody_without_the_build(
+    home: &Path,
+    env: &[(&str, &str)],
+    program: &Path,
+    args: &[&str],
+) -> Command {
+    let builder_home = std::env::var("HOME").unwrap_or_else(|_| "/root".to_owned());
+    // The deeper first: once the home is covered, a tree inside it has no mount point left.
+    let hidden = [libtorch_tree(), PathBuf::from(builder_home)];
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut command = Command::new("unshare");
+    if !root {
+        command.args(["--user", "--map-root-user"]);
+    }
+    let switch = if root {
+        format!("setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups")
+    } else {
+        String::new()
+    };
+    command.args([
+        "--mount",
+        "--",
+        "sh",
+        "-ec",
+        &format!(
+            r#"while [ "$1" != -- ]; do mount -t tmpfs -o size=1m,mode=0700 none "$1"; shift; done; shift; exec {switch} "$@""#
+        ),
+        "sh",
+    ]);
+    command.args(&hidden).arg("--").arg("env").arg("-i");
+    command.arg(format!("HOME={}", home.display()));
+    command.arg("PATH=/usr/bin:/bin");
+    for (name, value) in env {
+        command.arg(format!("{name}={value}"));
+    }
+    command.arg(program).args(args);
+    command
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The status line and body of `GET path`, or None while nothing answers.
+fn http_get(port: u16, path: &str) -> Option<(String, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_owned(), body.to_owned()))
+}
+
+/// Issue 18's test of a self-contained install: `make install` copies the libraries the binary
+/// needs beyond the distribution's into /usr/lib/visiond and points the binary there
+/// (`$ORIGIN/../lib/visiond`); then, as `nobody`, with `HOME` an empty directory and the
+/// builder's home and libtorch tree unreadable, `ldd` resolves every library inside the install,
+/// `visiond check` passes and `visiond run` serves `/healthz` and runs a model on frames.
+#[test]
+fn the_installed_binary_runs_from_its_own_libraries_as_an_unprivileged_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let said = install_with(root, "copy");
+    assert!(said.contains("libraries"), "{said}");
+    let binary = root.join("usr/bin/visiond");
+    let libdir = root.join("usr/lib/visiond");
+
+    // Nothing the loader reads points at the build: the binary's RUNPATH is relative, and so is
+    // every bundled library's.
+    let runpath = |file: &Path| -> Vec<String> {
+        let output = Command::new("readelf")
+            .arg("-d")
+            .arg(file)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|l| l.contains("(RUNPATH)") || l.contains("(RPATH)"))
+            .filter_map(|l| l.split('[').nth(1))
+            .flat_map(|l| {
+                l.trim_end_matches(']')
+                    .split(':')
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    assert_eq!(runpath(&binary), ["$ORIGIN/../lib/visiond"]);
+    let bundled: Vec<PathBuf> = std::fs::read_dir(&libdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        bundled.iter().any(|p| p.ends_with("libtorch_cpu.so")),
+        "{bundled:?}"
+    );
+    for library in &bundled {
+        for entry in runpath(library) {
+            assert!(
+                entry.starts_with("$ORIGIN") || entry.starts_with("${ORIGIN}"),
+                "{}: RUNPATH {entry}",
+                library.display()
+            );
+        }
+        // Copies, not links into the build's tree.
+        assert_eq!(
+            std::fs::metadata(library).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::nlink(&std::fs::metadata(library).unwrap()),
+            1,
+            "{}",
+            library.display()
+        );
+    }
+
+    // An empty home, the model (a tiny fixture) inside the install, a daemon file on free ports
+    // with one pipeline that runs the model.
+    let home = root.join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).ok();
+    let model = root.join("usr/share/visiond-test/dpt-hybrid");
+    std::fs::create_dir_all(&model).unwrap();
+    for entry in std::fs::read_dir(repo().join("tests/fixtures/models/dpt-hybrid")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    let (http, rtsp) = (free_port(), free_port());
+    let config = root.join("etc/visiond/visiond.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "http: {{ listen: \"127.0.0.1:{http}\" }}\n\
+             rtsp: {{ port: {rtsp}, address: 127.0.0.1 }}\n\
+             pipelines_dir: pipelines\n\
+             models:\n  depth: {{ path: {}, device: cpu, dtype: f32 }}\n",
+            model.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/visiond/pipelines/pattern.yaml"),
+        format!(
+            "name: pattern\nsource:\n  test: {{ pattern: ball, width: 96, height: 64, fps: 10 }}\n\
+             model: depth\nsinks:\n  - rtsp: {{ mount: /pattern }}\nmetadata:\n  - jsonl: {{ path: {}/results.jsonl }}\n",
+            home.display()
+        ),
+    )
+    .unwrap();
+    let config_arg = config.display().to_string();
+
+    // The loader's view, as nobody: every library found, every non-system one in the install.
+    let ldd = deploy_support::run(&mut as_nobody_without_the_build(
+        &home,
+        &[],
+        Path::new("/usr/bin/ldd"),
+        &[&binary.display().to_string()],
+    ));
+    let listing = String::from_utf8_lossy(&ldd.stdout).into_owned();
+    assert!(
+        ldd.status.success(),
+        "{listing}{}",
+        String::from_utf8_lossy(&ldd.stderr)
+    );
+    assert!(!listing.contains("not found"), "{listing}");
+    let tree = libtorch_tree();
+    for line in listing.lines() {
+        let Some((name, target)) = line.trim().split_once(" => ") else {
+            continue;
+        };
+        let target = PathBuf::from(target.split(" (").next().unwrap());
+        assert!(
+            !target.starts_with(&tree),
+            "{name} from the build's tree: {listing}"
+        );
+        if !target.starts_with("/lib") && !target.starts_with("/usr/lib") {
+            assert!(
+                target
+                    .canonicalize()
+                    .unwrap()
+                    .starts_with(libdir.canonicalize().unwrap()),
+                "{name} resolves outside the install: {listing}"
+            );
+        }
+    }
+    for name in ["libtorch_cpu.so", "libc10.so"] {
+        assert!(
+            listing.contains(&format!(
+                "{name} => {}",
+                binary
+                    .parent()
+                    .unwrap()
+                    .join("../lib/visiond")
+                    .join(name)
+                    .display()
+            )),
+            "{name}: {listing}"
+        );
+    }
+
+    // check, then run, as nobody.
+    let check = deploy_support::run(&mut as_nobody_without_the_build(
+        &home,
+        &[],
+        &binary,
+        &["check", "-c", &config_arg],
+    ));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_eq!(check.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("OK: 1 model(s), 1 pipeline(s) (pattern)"),
+        "{said}"
+    );
+
+    let log = std::fs::File::create(root.join("run.log")).unwrap();
+    let mut daemon = as_nobody_without_the_build(&home, &[], &binary, &["run", "-c", &config_arg])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(root.join("run.log")).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut frames = 0;
+    while std::time::Instant::now() < deadline && frames < 10 {
+        if let Ok(Some(status)) = daemon.try_wait() {
+            panic!("visiond run exited ({status}):\n{}", log());
+        }
+        if let Some((_, body)) = http_get(http, "/api/pipelines") {
+            let pipelines: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            frames = pipelines[0]["frames_out"].as_u64().unwrap_or(0);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let health = http_get(http, "/healthz");
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let status = daemon.wait().unwrap();
+    let log = log();
+    assert!(
+        frames >= 10,
+        "the model ran on {frames} frames in 60 s:\n{log}"
+    );
+    assert_eq!(
+        health.map(|h| h.0),
+        Some("HTTP/1.1 200 OK".to_owned()),
+        "{log}"
+    );
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(home.join("results.jsonl").is_file(), "{log}");
 }
