@@ -1,4 +1,4 @@
-//! Link-time glue for libtorch; see README "Building against libtorch".
+//! Link-time glue for libtorch; see docs/setup.md ("Setup and building").
 //!
 //! - An rpath to libtorch's real directory, so binaries and tests run without LD_LIBRARY_PATH.
 //! - `libtorch_cuda.so` kept as a DT_NEEDED entry: nothing references its symbols directly, so

@@ -90,6 +90,12 @@ fn make_install_lays_out_the_files_and_keeps_an_operators_configuration() {
         root.join("usr/share/doc/visiond/examples/pipelines/front-door.yaml")
             .is_file()
     );
+    for page in ["README.md", "docs/deployment.md", "docs/configuration.md"] {
+        assert!(
+            root.join("usr/share/doc/visiond").join(page).is_file(),
+            "{page}"
+        );
+    }
 
     // The example configuration validates as installed (no pipeline is enabled yet).
     let config = root.join("etc/visiond/visiond.yaml");
@@ -248,7 +254,7 @@ fn written_paths(pipeline: &serde_yaml::Value) -> Vec<(String, String)> {
     found
 }
 
-/// `make install`, then the README's recipe: the example pipelines copied into
+/// `make install`, then docs/deployment.md's recipe: the example pipelines copied into
 /// /etc/visiond/pipelines as they are installed, the passwords they name added to
 /// /etc/visiond/env. The unit's `ExecStartPre=` check then runs with the unit's environment
 /// (`Environment=`, `EnvironmentFile=`) in a mount namespace where /var/lib is the install's
@@ -309,7 +315,7 @@ fn the_installed_examples_pass_check_writing_under_the_state_directory() {
     }
     assert!(written >= 2, "the examples write no file at all: {files:?}");
 
-    // The passwords they name, in /etc/visiond/env as the README says.
+    // The passwords they name, in /etc/visiond/env as docs/deployment.md says.
     envs.sort();
     envs.dedup();
     assert!(envs.contains(&"FRONT_DOOR_PASSWORD".to_owned()), "{envs:?}");

@@ -151,7 +151,7 @@ pub struct StageError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FrameFormats {
     /// The faster of the two on the model's device: `Native` on CUDA; on the CPU, as measured
-    /// with `visiond bench --streams` (see README, "The frame path").
+    /// with `visiond bench --streams` (see docs/performance.md, "The frame path").
     #[default]
     Auto,
     /// What the decoder makes (NV12, I420), converted to RGB on the device.

@@ -68,8 +68,9 @@ impl FramePlan {
         let native = match formats {
             FrameFormats::Native => true,
             FrameFormats::Rgb => false,
-            // Measured (README, "The frame path"): on CUDA the device converts at no cost to
-            // the host; on a CPU GStreamer's SIMD conversion beats libtorch's integer ops.
+            // Measured (docs/performance.md, "The frame path"): on CUDA the device converts at
+            // no cost to the host; on a CPU GStreamer's SIMD conversion beats libtorch's integer
+            // ops.
             FrameFormats::Auto => device != Device::Cpu,
         };
         let inputs = if native {
