@@ -25,6 +25,10 @@ const SERVER_STOP: Duration = Duration::from_secs(2);
 /// How often the loop looks whether every pipeline has finished, between requests.
 const FINISHED_POLL: Duration = Duration::from_millis(100);
 
+/// How often the loop hands the heap's free pages back to the kernel (see
+/// `process::return_free_memory`).
+const HEAP_TRIM: Duration = Duration::from_secs(60);
+
 /// Why `visiond run` ended, for its exit code: 2 for a configuration that does not validate
 /// or that this machine cannot hold, 1 when it could not start or a pipeline did not finish
 /// well, 0 otherwise.
@@ -186,7 +190,13 @@ impl Daemon {
     /// Answers requests until the pipelines are done: all finished by themselves (a daemon
     /// with no pipeline at all waits for one to be added), or all stopped by a shutdown.
     fn run(&mut self, requests: &Receiver<Request>) {
+        let mut trimmed_at = std::time::Instant::now();
         loop {
+            if trimmed_at.elapsed() >= HEAP_TRIM {
+                trimmed_at = std::time::Instant::now();
+                let released = crate::control::process::return_free_memory();
+                tracing::debug!(released_bytes = released, "returned free heap pages");
+            }
             let shutting_down = self.engine.shutdown_handle().is_triggered();
             let idle = self.engine.pipeline_count() == 0 && !shutting_down;
             if self.engine.all_finished() && !idle {
