@@ -523,6 +523,7 @@ fn as_nobody_without_the_build(
     let builder_home = std::env::var("HOME").unwrap_or_else(|_| "/root".to_owned());
     // The deeper first: once the home is covered, a tree inside it has no mount point left.
     let hidden = [libtorch_tree(), PathBuf::from(builder_home)];
+    // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     let mut command = Command::new("unshare");
     if !root {
@@ -767,6 +768,7 @@ fn the_installed_binary_runs_from_its_own_libraries_as_an_unprivileged_user() {
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
     let health = http_get(http, "/healthz");
+    // SAFETY: kill only sends a signal to the child this test started and still holds.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     let status = daemon.wait().unwrap();
     let log = log();
