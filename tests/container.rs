@@ -9,6 +9,8 @@
 //! podman what it needs to start a container there: runc (crun refuses hybrid cgroups) and
 //! explicit rlimits no higher than the sandbox's (podman's defaults raise them).
 
+mod deploy_support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -107,30 +109,6 @@ fn demo_configuration(etc: &Path) {
          model: none\nsinks:\n  - rtsp: { mount: /pattern }\n",
     )
     .unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The status line and body of `GET path`, or None while nothing answers.
-fn http_get(port: u16, path: &str) -> Option<(String, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    Some((head.lines().next()?.to_owned(), body.to_owned()))
 }
 
 /// Removes what the test made in podman's storage, whatever happens.
@@ -233,7 +211,7 @@ fn the_image_runs_the_demo_as_a_non_root_user_and_answers_its_health_check() {
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
     std::os::unix::fs::chown(&state, Some(UID), Some(UID)).unwrap();
-    let port = free_port();
+    let port = deploy_support::free_port();
     let mut run: Vec<String> = ["run", "--detach", "--name", &name]
         .iter()
         .map(|s| s.to_string())
@@ -257,7 +235,7 @@ fn the_image_runs_the_demo_as_a_non_root_user_and_answers_its_health_check() {
     // live one plays; /healthz answers through the published port.
     let deadline = Instant::now() + Duration::from_secs(240);
     let finished = loop {
-        let pipelines: serde_json::Value = http_get(port, "/api/pipelines")
+        let pipelines: serde_json::Value = deploy_support::http_get(port, "/api/pipelines")
             .and_then(|(_, body)| serde_json::from_str(&body).ok())
             .unwrap_or_default();
         let done: Vec<(String, u64)> = pipelines
@@ -288,7 +266,7 @@ fn the_image_runs_the_demo_as_a_non_root_user_and_answers_its_health_check() {
         "{}",
         logs()
     );
-    let health = http_get(port, "/healthz").map(|h| h.0);
+    let health = deploy_support::http_get(port, "/healthz").map(|h| h.0);
     assert_eq!(health.as_deref(), Some("HTTP/1.1 200 OK"), "{}", logs());
     // The image's own HEALTHCHECK, run by podman inside the container.
     let check = podman(&["healthcheck", "run", &name]);

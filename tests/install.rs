@@ -554,32 +554,6 @@ fn as_nobody_without_the_build(
     command
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The status line and body of `GET path`, or None while nothing answers.
-fn http_get(port: u16, path: &str) -> Option<(String, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    Some((head.lines().next()?.to_owned(), body.to_owned()))
-}
-
 /// Issue 18's test of a self-contained install: `make install` copies the libraries the binary
 /// needs beyond the distribution's into /usr/lib/visiond and points the binary there
 /// (`$ORIGIN/../lib/visiond`); then, as `nobody`, with `HOME` an empty directory and the
@@ -657,7 +631,7 @@ fn the_installed_binary_runs_from_its_own_libraries_as_an_unprivileged_user() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
     }
-    let (http, rtsp) = (free_port(), free_port());
+    let (http, rtsp) = (deploy_support::free_port(), deploy_support::free_port());
     let config = root.join("etc/visiond/visiond.yaml");
     std::fs::write(
         &config,
@@ -761,13 +735,13 @@ fn the_installed_binary_runs_from_its_own_libraries_as_an_unprivileged_user() {
         if let Ok(Some(status)) = daemon.try_wait() {
             panic!("visiond run exited ({status}):\n{}", log());
         }
-        if let Some((_, body)) = http_get(http, "/api/pipelines") {
+        if let Some((_, body)) = deploy_support::http_get(http, "/api/pipelines") {
             let pipelines: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             frames = pipelines[0]["frames_out"].as_u64().unwrap_or(0);
         }
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
-    let health = http_get(http, "/healthz");
+    let health = deploy_support::http_get(http, "/healthz");
     // SAFETY: kill only sends a signal to the child this test started and still holds.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     let status = daemon.wait().unwrap();
