@@ -78,8 +78,10 @@ pub fn bound_malloc_arenas() -> Option<i32> {
 /// at another size (a camera's new resolution, a reconnect) frees buffers whose pages are only
 /// reused by allocations of a similar shape. Over hours the resident figure an operator watches
 /// climbs by tens of MiB that the process no longer uses (a 45-minute soak: 624 MiB before a
-/// trim, 587 MiB after). Trimming walks every arena under its lock, a few milliseconds, so it
-/// runs from the daemon's loop once a minute, never on the frame path.
+/// trim, 587 MiB after). Trimming walks every arena under its lock (on this 2-core box, loaded:
+/// 13 ms with nothing to hand back, 114 ms for 550 MiB freed in 4 KiB holes), so it runs from
+/// the daemon's loop once a minute, never on the frame path; a frame-path thread that allocates
+/// meanwhile waits for its arena, once a minute at most.
 pub fn return_free_memory() -> u64 {
     let before = ProcessStats::read().map_or(0, |s| s.resident_bytes);
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
