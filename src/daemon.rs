@@ -152,7 +152,13 @@ fn serve(
             token_file,
         });
     let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
-    let api = Api { view, writes };
+    let api = Api {
+        view,
+        writes,
+        live: crate::control::live::Live::new(crate::control::live::LiveSettings::of(
+            &daemon.config.daemon.http,
+        )),
+    };
     let server = runtime.spawn(server.serve(api, async move {
         let _ = stopped.await;
     }));

@@ -76,6 +76,45 @@ pub struct HttpConfig {
     /// What a pipeline written over HTTP (`PUT`) may use.
     #[serde(default)]
     pub writes: WritesConfig,
+    /// A file holding the bearer token that watching needs (the live views, WHEP and MSE, and
+    /// `/view/<name>`); the write token is accepted too. Without it, watching is open to
+    /// whoever reaches the control plane. Resolved against the daemon file's directory.
+    #[serde(default)]
+    pub view_token_file: Option<PathBuf>,
+    /// Live viewing in browsers: WebRTC (WHEP) and MSE.
+    #[serde(default)]
+    pub webrtc: WebrtcConfig,
+}
+
+/// `http.webrtc`: how browsers reach a pipeline's live video.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebrtcConfig {
+    /// A STUN server (`stun://host:port`), for viewers behind NAT to learn their address.
+    #[serde(default)]
+    pub stun: Option<String>,
+    /// A TURN server (`turn://user:password@host:port`), relaying for viewers that no direct
+    /// path reaches.
+    #[serde(default)]
+    pub turn: Option<String>,
+    /// Live viewers of one pipeline at once, WebRTC and MSE together; one more is refused
+    /// (503) rather than slow the others down.
+    #[serde(default = "default_max_viewers")]
+    pub max_viewers: usize,
+}
+
+impl Default for WebrtcConfig {
+    fn default() -> Self {
+        Self {
+            stun: None,
+            turn: None,
+            max_viewers: default_max_viewers(),
+        }
+    }
+}
+
+fn default_max_viewers() -> usize {
+    8
 }
 
 impl Default for HttpConfig {
@@ -88,6 +127,8 @@ impl Default for HttpConfig {
             idle_timeout_ms: default_idle_timeout_ms(),
             allowed_hosts: None,
             writes: WritesConfig::default(),
+            view_token_file: None,
+            webrtc: WebrtcConfig::default(),
         }
     }
 }

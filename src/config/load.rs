@@ -136,6 +136,9 @@ fn read_daemon(
     sections.finish(DAEMON_KEYS);
     let mut http = http.unwrap_or_default();
     http.token_file = http.token_file.map(|path| paths::resolve(&base, &path));
+    http.view_token_file = http
+        .view_token_file
+        .map(|path| paths::resolve(&base, &path));
     for dir in &mut http.writes.dirs {
         *dir = paths::resolve(&base, dir);
     }

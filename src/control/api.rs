@@ -14,6 +14,8 @@ pub struct Api {
     pub view: SharedView,
     /// `None`: writes are off (no daemon to apply them, or no token configured).
     pub writes: Option<Writes>,
+    /// Live viewing (WebRTC sessions, MSE) and its settings.
+    pub live: super::live::Live,
 }
 
 /// The write endpoints' needs.
@@ -26,7 +28,11 @@ pub struct Writes {
 
 impl From<SharedView> for Api {
     fn from(view: SharedView) -> Self {
-        Self { view, writes: None }
+        Self {
+            view,
+            writes: None,
+            live: super::live::Live::default(),
+        }
     }
 }
 

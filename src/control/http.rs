@@ -8,6 +8,9 @@
 //! | `GET /api/pipelines` | JSON array, one object per pipeline ([`reads::PipelineStatus`]) |
 //! | `GET /api/pipelines/<name>` | one pipeline; `PUT` and `DELETE` manage it ([`super::writes`]) |
 //! | `GET /api/pipelines/<name>/snapshot.jpg` | its latest published frame, as a JPEG |
+//! | `POST /api/pipelines/<name>/whep`, `DELETE …/whep/<id>` | a WebRTC viewer (WHEP) ([`super::live`]) |
+//! | `GET /api/pipelines/<name>/live.mp4` | its live video as fragmented MP4, for MSE |
+//! | `GET /view/<name>` | one pipeline's live view; `GET /live.js` the player it and `/` use |
 //! | `GET /metrics` | Prometheus text format 0.0.4 ([`super::metrics`]) |
 //!
 //! Other paths are 404 and other methods 405. Handlers only read the shared
@@ -27,7 +30,7 @@ use tokio::net::TcpListener;
 use super::api::Api;
 use super::connections::{self, ConnectionLimits, ConnectionStats};
 use super::guard::{self, AllowedHosts};
-use super::{reads, writes};
+use super::{live, reads, writes};
 use crate::config::HttpConfig;
 
 /// The control plane's listening socket, bound before it serves (so a taken port is an error
@@ -96,6 +99,17 @@ pub fn router(api: Api, hosts: AllowedHosts, connections: Arc<ConnectionStats>) 
                 .delete(writes::delete_pipeline),
         )
         .route("/api/pipelines/{name}/snapshot.jpg", get(reads::snapshot))
+        .route(
+            "/api/pipelines/{name}/whep",
+            axum::routing::post(live::whep_offer),
+        )
+        .route(
+            "/api/pipelines/{name}/whep/{id}",
+            axum::routing::delete(live::whep_delete),
+        )
+        .route("/api/pipelines/{name}/live.mp4", get(live::live_mp4))
+        .route("/view/{name}", get(live::view_page))
+        .route("/live.js", get(live::player))
         .route("/metrics", get(reads::metrics))
         .fallback(reads::not_found)
         .layer(DefaultBodyLimit::max(writes::BODY_LIMIT))

@@ -8,7 +8,9 @@
 //! `visiond_reconnect_attempts_total` (and its earlier name `visiond_reconnects_total`),
 //! `visiond_output_up` (+ `output`), `visiond_output_failures_total` (+ `reason`),
 //! `visiond_output_restarts_total`, `visiond_frames_lost_total` (+ `reason`),
-//! `visiond_rtsp_dropped_total`, `visiond_recording_segments_deleted_total` and the histogram
+//! `visiond_rtsp_dropped_total`, `visiond_webrtc_viewers` (+ `kind`: webrtc, mse),
+//! `visiond_live_dropped_total`, `visiond_live_keyframe_requests_total`,
+//! `visiond_recording_segments_deleted_total` and the histogram
 //! `visiond_frame_latency_seconds`; per published sink (+ `sink`): `visiond_metadata_published_total`,
 //! `visiond_metadata_dropped_total` (+ `reason`), `visiond_metadata_buffered`. Per broker
 //! (label `broker`): `visiond_broker_connected` (+ `kind`), `visiond_broker_connects_total`,
@@ -38,6 +40,7 @@ use std::time::Duration;
 
 use super::connections::{Closed, ConnectionStats};
 use super::process::ProcessStats;
+use crate::media::live::ViewerKind;
 use crate::pipeline::stats::{LatencyHistogram, Loss, PipelineState, seconds};
 use crate::pipeline::view::EngineView;
 use crate::pipeline::worker::{BATCH_SIZE_BUCKETS, WorkerStats};
@@ -261,6 +264,44 @@ pub fn render(view: &EngineView) -> String {
             "visiond_rtsp_dropped_total",
             &[("pipeline", &p.name)],
             p.stats.rtsp_dropped.get(),
+        );
+    }
+    out.family(
+        "visiond_webrtc_viewers",
+        "gauge",
+        "Live viewers in browsers now, by how they watch (WebRTC through WHEP, or MSE).",
+    );
+    for p in pipelines {
+        for kind in [ViewerKind::Webrtc, ViewerKind::Mse] {
+            out.sample(
+                "visiond_webrtc_viewers",
+                &[("pipeline", &p.name), ("kind", kind.name())],
+                p.stats.live.viewers(kind),
+            );
+        }
+    }
+    out.family(
+        "visiond_live_dropped_total",
+        "counter",
+        "Encoded frames a slow live viewer did not get (that viewer alone lost them).",
+    );
+    for p in pipelines {
+        out.sample(
+            "visiond_live_dropped_total",
+            &[("pipeline", &p.name)],
+            p.stats.live.dropped(),
+        );
+    }
+    out.family(
+        "visiond_live_keyframe_requests_total",
+        "counter",
+        "Keyframes asked of the encoder for live viewers that joined or lost a frame.",
+    );
+    for p in pipelines {
+        out.sample(
+            "visiond_live_keyframe_requests_total",
+            &[("pipeline", &p.name)],
+            p.stats.live.keyframe_requests(),
         );
     }
     out.family(

@@ -5,6 +5,7 @@
 //! - [`connections`]: its connections, capped and timed so that no client can starve it;
 //!   [`guard`]: the `Host` allow-list and the headers every response carries.
 //! - [`writes`] and [`policy`]: pipelines put and deleted over HTTP, and what those may use.
+//! - [`live`]: live viewing in browsers (WHEP sessions, fragmented MP4 for MSE, `/view/<name>`).
 //! - [`metrics`]: the Prometheus text exposition of that view.
 //! - [`signals`]: SIGINT/SIGTERM start a drain; a second one exits at once.
 //! - [`systemd`]: `Type=notify` readiness, status, watchdog and stopping notifications.
@@ -17,6 +18,7 @@ pub mod api;
 pub mod connections;
 pub mod guard;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod page;
 pub mod policy;

@@ -9,6 +9,8 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
 pub const PAGE: &str = include_str!("status.html");
+/// `/view/<name>`: one pipeline's live view.
+pub const VIEW_PAGE: &str = include_str!("view.html");
 
 /// The page's policy, computed once.
 pub fn content_security_policy() -> &'static str {
@@ -16,9 +18,19 @@ pub fn content_security_policy() -> &'static str {
     POLICY.get_or_init(|| policy_for(PAGE))
 }
 
+/// The view page's policy, computed once.
+pub fn view_content_security_policy() -> &'static str {
+    static POLICY: OnceLock<String> = OnceLock::new();
+    POLICY.get_or_init(|| policy_for(VIEW_PAGE))
+}
+
+/// Scripts: the page's own inline one and the player (`/live.js`) from this daemon. Video
+/// plays from `blob:` URLs (MSE) and WebRTC streams; snapshots fetched with a view token
+/// become `blob:` images.
 fn policy_for(page: &str) -> String {
     format!(
-        "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src 'self' data:; \
+        "default-src 'none'; script-src 'self' {}; style-src {}; connect-src 'self'; \
+         img-src 'self' data: blob:; media-src 'self' blob:; \
          base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
         inline_hashes(page, "script"),
         inline_hashes(page, "style")

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::connections::ConnectionStats;
+use crate::media::live::ViewerKind;
 use crate::media::snapshot::Snapshot;
 use crate::pipeline::stats::{PipelineState, seconds};
 use crate::pipeline::view::{PipelineHandle, SharedView};
@@ -110,6 +111,17 @@ pub struct PipelineStatus<'a> {
     /// Each published sink (MQTT, Kafka): its broker's state, buffer, what it published and
     /// dropped.
     pub sinks: Vec<crate::publish::SinkStatus>,
+    /// Its live viewers in browsers now, and what they lost.
+    pub viewers: Viewers,
+}
+
+/// A pipeline's live viewers ([`crate::media::live`]).
+#[derive(Debug, Serialize)]
+pub struct Viewers {
+    pub webrtc: usize,
+    pub mse: usize,
+    /// Encoded frames a slow viewer did not get (that viewer alone; the pipeline lost none).
+    pub dropped: u64,
 }
 
 /// Frames dropped at each hop.
@@ -171,6 +183,11 @@ impl<'a> PipelineStatus<'a> {
                 .iter()
                 .map(|sink| crate::publish::SinkStatus::of(sink))
                 .collect(),
+            viewers: Viewers {
+                webrtc: pipeline.stats.live.viewers(ViewerKind::Webrtc),
+                mse: pipeline.stats.live.viewers(ViewerKind::Mse),
+                dropped: pipeline.stats.live.dropped(),
+            },
         }
     }
 }
@@ -201,8 +218,16 @@ const FIRST_FRAME_WAIT: Duration = Duration::from_secs(2);
 /// its age (`X-Frame-Age`, seconds) and capture time (`Last-Modified`). Bounded per pipeline
 /// (see [`crate::media::snapshot`]): requests beyond what it takes are answered `503` with
 /// `Retry-After` at once.
-pub async fn snapshot(State(view): State<SharedView>, Path(name): Path<String>) -> Response {
-    let Some(pipeline) = view.current().pipeline(&name).cloned() else {
+/// With `http.view_token_file`, it needs the view token like the live views.
+pub async fn snapshot(
+    State(api): State<super::Api>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Some(response) = super::live::refuse_viewer(&api.live.settings, &headers) {
+        return response;
+    }
+    let Some(pipeline) = api.view.current().pipeline(&name).cloned() else {
         return problem(
             StatusCode::NOT_FOUND,
             &format!("no pipeline named '{name}'"),

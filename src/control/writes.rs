@@ -151,7 +151,7 @@ fn authorize(api: &Api, headers: &HeaderMap) -> Result<Writes, Response> {
 
 /// The token of an `Authorization: Bearer <token>` header; the scheme's name is
 /// case-insensitive (RFC 9110, 11.1).
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim_start().split_once(' ')?;
     scheme
@@ -160,7 +160,7 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Compares in time that does not depend on where the first difference is.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

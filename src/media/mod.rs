@@ -1,11 +1,14 @@
 //! GStreamer: the source session that decodes a pipeline's input into frames, the output that
-//! encodes and publishes them, the RTSP server, bus handling, what the registry can build, and
-//! still images (PNG/JPEG in, PNG out) for `visiond infer`.
+//! encodes and publishes them, the RTSP server, bus handling, what the registry can build,
+//! still images (PNG/JPEG in, PNG out) for `visiond infer`, and fragmented MP4 of H.264 for
+//! browsers (Media Source Extensions).
 
 pub mod bus;
 mod error;
 pub mod flow;
+pub mod fmp4;
 pub mod glib_log;
+pub mod live;
 pub mod output;
 pub mod recorder;
 pub mod registry;
@@ -14,6 +17,7 @@ pub mod segments;
 pub mod snapshot;
 pub mod source;
 pub mod still;
+pub mod webrtc;
 
 pub use error::{BusError, MediaError};
 

@@ -158,6 +158,7 @@ impl Engine {
         if let Some(thread) = known.thread.take() {
             let _ = thread.join();
         }
+        known.handle.stats.live.close();
         if let Some(rtsp) = &self.rtsp {
             for sink in &known.config.sinks {
                 if let SinkConfig::Rtsp(mount) = sink {
@@ -460,6 +461,8 @@ fn spawn_pipeline(
             tracing::error!(pipeline = %name, %state, "pipeline failed");
         }
         stats.set_state(state.clone());
+        // Its live viewers are let go: no more video will come.
+        stats.live.close();
         state
     })?;
     Ok((handle, source, lane))

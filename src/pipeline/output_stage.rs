@@ -127,6 +127,7 @@ impl OutputStage {
         stage.misses = stage.video.as_ref().map(|v| (v.recording_misses(), 0));
         if let Some(video) = &stage.video {
             video.watch_snapshot(&stage.stats.latest_frame);
+            stage.stats.live.attach(video.pipeline());
             stage.life.retry.up();
             stage.report(None);
             stage.start_recordings(false);
@@ -244,6 +245,7 @@ impl OutputStage {
                     tracing::info!(pipeline = %self.settings.pipeline, "output rebuilt");
                     if let Some(video) = &video {
                         video.watch_snapshot(&self.stats.latest_frame);
+                        self.stats.live.attach(video.pipeline());
                     }
                     self.adopt(video);
                     self.life.retry.up();

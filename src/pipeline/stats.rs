@@ -424,6 +424,8 @@ pub struct PipelineStats {
     model_waiting: Mutex<Option<String>>,
     /// The latest published frame, captured while the status page looks at it.
     pub latest_frame: std::sync::Arc<LatestFrame>,
+    /// The encoded video its live viewers (browsers) get.
+    pub live: std::sync::Arc<crate::media::live::LiveFeed>,
     /// When the source last delivered a frame.
     pub source: SourceActivity,
     observer: ObserverSlot,

@@ -87,6 +87,35 @@ pub fn check(config: &Config, errors: &mut Vec<ConfigError>, warnings: &mut Vec<
     {
         daemon_errors.push("http.token_file", message);
     }
+    if let Some(token_file) = &config.daemon.http.view_token_file
+        && let Err(message) = files::read_token(token_file)
+    {
+        daemon_errors.push("http.view_token_file", message);
+    }
+    let webrtc = &config.daemon.http.webrtc;
+    if webrtc.max_viewers == 0 {
+        daemon_errors.push(
+            "http.webrtc.max_viewers",
+            "must be at least 1 (each pipeline's live viewers at once)".to_string(),
+        );
+    }
+    for (key, value, schemes) in [
+        ("stun", &webrtc.stun, &["stun://"][..]),
+        ("turn", &webrtc.turn, &["turn://", "turns://"][..]),
+    ] {
+        if let Some(value) = value
+            && !schemes.iter().any(|scheme| value.starts_with(scheme))
+        {
+            let scheme = schemes[0];
+            daemon_errors.push(
+                format!("http.webrtc.{key}"),
+                format!(
+                    "{} is not a {scheme}host:port URL",
+                    crate::config::redact::uri(value)
+                ),
+            );
+        }
+    }
     for (index, dir) in config.daemon.http.writes.dirs.iter().enumerate() {
         if !dir.is_dir() {
             daemon_errors.push(

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod brokers;
+pub mod browser;
 mod camera;
 pub mod mlserver;
 mod yaml;

@@ -1,0 +1,253 @@
+//! Live viewing in a browser, end to end: the real daemon (its binary) publishing test
+//! patterns, and headless Chromium (Debian's) playing them on the status page and on
+//! `/view/<name>`, over WebRTC (WHEP) and over MSE (fragmented MP4), with what the page
+//! decoded read back from the page itself.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::browser::{Browser, Page};
+use serde_json::Value;
+
+/// The daemon under test, stopped (SIGTERM, then waited for) when dropped.
+struct Daemon {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory preconditions; the pid is our own child's.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the daemon with `http` (extra `http:` keys) and one 640×480 30 frames/s test
+/// pattern per name, each published on RTSP; returns once every pipeline plays.
+fn daemon(http: &str, names: &[&str]) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let rtsp = free_port();
+    std::fs::create_dir(dir.path().join("pipelines")).unwrap();
+    std::fs::write(
+        dir.path().join("visiond.yaml"),
+        format!(
+            "http: {{ listen: \"127.0.0.1:{port}\"{http} }}\nrtsp: {{ port: {rtsp}, address: 127.0.0.1 }}\n\
+             pipelines_dir: pipelines\nlog: {{ format: text, level: info }}\n"
+        ),
+    )
+    .unwrap();
+    for name in names {
+        std::fs::write(
+            dir.path().join(format!("pipelines/{name}.yaml")),
+            format!(
+                "name: {name}\nsource:\n  test: {{ pattern: ball, width: 640, height: 480, fps: 30 }}\n\
+                 model: none\nsinks:\n  - rtsp: {{ mount: /{name} }}\n"
+            ),
+        )
+        .unwrap();
+    }
+    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_visiond"))
+        .args(["run", "--config"])
+        .arg(dir.path().join("visiond.yaml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let daemon = Daemon {
+        child,
+        port,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let playing = pipelines(port)
+            .map(|list| {
+                list.as_array().is_some_and(|l| {
+                    l.len() == names.len()
+                        && l.iter()
+                            .all(|p| p["state"] == "playing" && p["frames_out"].as_u64() > Some(0))
+                })
+            })
+            .unwrap_or(false);
+        if playing {
+            return daemon;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not play its pipelines within 30 s:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Daemon {
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// The daemon's file descriptors, threads and resident memory (KiB) now.
+    fn resources(&self) -> (usize, usize, u64) {
+        let proc = format!("/proc/{}", self.child.id());
+        let count = |dir: &str| std::fs::read_dir(format!("{proc}/{dir}")).unwrap().count();
+        let status = std::fs::read_to_string(format!("{proc}/status")).unwrap();
+        let rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        (count("fd"), count("task"), rss)
+    }
+
+    /// `viewers` of pipeline `name` in /api/pipelines.
+    fn viewers(&self, name: &str) -> Value {
+        pipelines(self.port)
+            .and_then(|l| l.as_array()?.iter().find(|p| p["name"] == name).cloned())
+            .map(|p| p["viewers"].clone())
+            .unwrap_or_default()
+    }
+}
+
+fn pipelines(port: u16) -> Option<Value> {
+    let body = ureq::get(&format!("http://127.0.0.1:{port}/api/pipelines"))
+        .timeout(Duration::from_secs(2))
+        .call()
+        .ok()?
+        .into_string()
+        .ok()?;
+    serde_json::from_str(&body).ok()
+}
+
+/// How each named player on `page` plays, and the frames its `<video>` decoded.
+fn players(browser: &mut Browser, page: &Page, names: &[&str]) -> Vec<(String, u64, String)> {
+    names
+        .iter()
+        .map(|name| {
+            let state = browser.eval(
+                page,
+                &format!(
+                    "(() => {{ const p = (window.visiondPlayers || {{}})[{name:?}]; if (!p) return null; \
+                     const q = p.video.getVideoPlaybackQuality(); \
+                     return {{ via: p.via, reason: p.reason, decoded: q.totalVideoFrames }}; }})()"
+                ),
+            );
+            (
+                state["via"].as_str().unwrap_or("none").to_string(),
+                state["decoded"].as_u64().unwrap_or(0),
+                state["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Waits (at most `within`) until every named player plays `via` with at least `frames`
+/// decoded; what each had at the end.
+fn wait_for_frames(
+    browser: &mut Browser,
+    page: &Page,
+    names: &[&str],
+    via: &str,
+    frames: u64,
+    within: Duration,
+) -> Vec<(String, u64, String)> {
+    let deadline = Instant::now() + within;
+    loop {
+        let seen = players(browser, page, names);
+        if seen
+            .iter()
+            .all(|(how, decoded, _)| how == via && *decoded >= frames)
+            || Instant::now() > deadline
+        {
+            return seen;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_status_page_plays_two_pipelines_live_over_webrtc_and_over_mse() {
+    let daemon = daemon("", &["front", "back"]);
+    let Some(mut browser) = Browser::launch() else {
+        return;
+    };
+    let names = ["front", "back"];
+    // WebRTC first, as the page tries it: ≥ 60 frames decoded in each tile within 10 s of
+    // opening the page.
+    let page = browser.open(&daemon.url("/"));
+    let seen = wait_for_frames(
+        &mut browser,
+        &page,
+        &names,
+        "webrtc",
+        60,
+        Duration::from_secs(10),
+    );
+    assert!(
+        seen.iter()
+            .all(|(via, decoded, _)| via == "webrtc" && *decoded >= 60),
+        "WebRTC: {seen:?}\n{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.viewers("front")["webrtc"], 1);
+    assert_eq!(daemon.viewers("back")["webrtc"], 1);
+    browser.close(page);
+
+    // Forced to MSE.
+    let page = browser.open(&daemon.url("/?live=mse"));
+    let seen = wait_for_frames(
+        &mut browser,
+        &page,
+        &names,
+        "mse",
+        60,
+        Duration::from_secs(10),
+    );
+    assert!(
+        seen.iter()
+            .all(|(via, decoded, _)| via == "mse" && *decoded >= 60),
+        "MSE: {seen:?}\n{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.viewers("front")["mse"], 1);
+    browser.close(page);
+    // The pages said goodbye: no viewer is left.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (daemon.viewers("front")["webrtc"] != 0 || daemon.viewers("front")["mse"] != 0)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        daemon.viewers("front"),
+        serde_json::json!({ "webrtc": 0, "mse": 0, "dropped": daemon.viewers("front")["dropped"] })
+    );
+    let _ = Path::new("");
+}
