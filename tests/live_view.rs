@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -127,6 +126,24 @@ impl Daemon {
         (count("fd"), count("task"), rss)
     }
 
+    /// What its threads are named and what its descriptors point at, counted (for a message).
+    fn census(&self) -> String {
+        let proc = format!("/proc/{}", self.child.id());
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for task in std::fs::read_dir(format!("{proc}/task")).unwrap().flatten() {
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            *counts.entry(format!("thread {}", name.trim())).or_default() += 1;
+        }
+        for fd in std::fs::read_dir(format!("{proc}/fd")).unwrap().flatten() {
+            let target = std::fs::read_link(fd.path())
+                .map(|t| t.display().to_string())
+                .unwrap_or_default();
+            let kind = target.split(':').next().unwrap_or("").to_string();
+            *counts.entry(format!("fd {kind}")).or_default() += 1;
+        }
+        format!("{counts:#?}")
+    }
+
     /// `viewers` of pipeline `name` in /api/pipelines.
     fn viewers(&self, name: &str) -> Value {
         pipelines(self.port)
@@ -245,9 +262,132 @@ fn the_status_page_plays_two_pipelines_live_over_webrtc_and_over_mse() {
     {
         std::thread::sleep(Duration::from_millis(100));
     }
+    let viewers = daemon.viewers("front");
     assert_eq!(
-        daemon.viewers("front"),
-        serde_json::json!({ "webrtc": 0, "mse": 0, "dropped": daemon.viewers("front")["dropped"] })
+        (&viewers["webrtc"], &viewers["mse"]),
+        (&0.into(), &0.into()),
+        "{viewers}"
     );
-    let _ = Path::new("");
+}
+
+/// Waits until pipeline `name` has `webrtc` WebRTC viewers, at most `within`; how long it took.
+fn wait_for_viewers(
+    daemon: &Daemon,
+    name: &str,
+    webrtc: u64,
+    within: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if daemon.viewers(name)["webrtc"].as_u64() == Some(webrtc) {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// Opens `/view/<name>?live=webrtc` and waits until it plays (or `within` passes).
+fn open_viewer(
+    browser: &mut Browser,
+    daemon: &Daemon,
+    name: &str,
+    within: Duration,
+) -> (Page, (String, u64, String)) {
+    let page = browser.open(&daemon.url(&format!("/view/{name}?live=webrtc")));
+    let seen = wait_for_frames(browser, &page, &[name], "webrtc", 1, within);
+    (page, seen.into_iter().next().unwrap())
+}
+
+#[test]
+fn viewers_come_and_go_without_a_trace_and_one_too_many_is_refused() {
+    const ROUNDS: usize = 50;
+    let daemon = daemon(", webrtc: { max_viewers: 2 }", &["cam"]);
+    let Some(mut browser) = Browser::launch() else {
+        return;
+    };
+    // One viewer first, so that what the first one sets up for good (GStreamer's plugins
+    // loaded, libnice's and DTLS's state) is in the baseline.
+    let (page, seen) = open_viewer(&mut browser, &daemon, "cam", Duration::from_secs(10));
+    assert_eq!(seen.0, "webrtc", "{seen:?}\n{}", daemon.log());
+    browser.close(page);
+    assert!(wait_for_viewers(&daemon, "cam", 0, Duration::from_secs(10)).is_some());
+    std::thread::sleep(Duration::from_secs(1));
+    let before = daemon.resources();
+
+    // Fifty viewers, one after the other: each plays, then its page closes (its DELETE).
+    for round in 0..ROUNDS {
+        let (page, seen) = open_viewer(&mut browser, &daemon, "cam", Duration::from_secs(10));
+        assert_eq!(
+            seen.0,
+            "webrtc",
+            "viewer {round}: {seen:?}\n{}",
+            daemon.log()
+        );
+        browser.close(page);
+        assert!(
+            wait_for_viewers(&daemon, "cam", 0, Duration::from_secs(10)).is_some(),
+            "viewer {round} was not let go: {}",
+            daemon.viewers("cam")
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let after = daemon.resources();
+    eprintln!("fds, threads, RSS KiB: before {before:?}, after 50 viewers {after:?}");
+    if after.0 != before.0 {
+        eprintln!("{}\n{}", daemon.census(), daemon.log());
+    }
+    assert_eq!(
+        after.0, before.0,
+        "file descriptors: {before:?} -> {after:?}"
+    );
+    assert!(after.1 <= before.1 + 2, "threads: {before:?} -> {after:?}");
+    assert!(
+        after.2 <= before.2 + before.2 / 10,
+        "resident memory grew more than 10 %: {before:?} -> {after:?}"
+    );
+
+    // max_viewers (2) play; the third is refused with the reason, and falls back to snapshots.
+    let (first, seen) = open_viewer(&mut browser, &daemon, "cam", Duration::from_secs(10));
+    assert_eq!(seen.0, "webrtc");
+    let (second, seen) = open_viewer(&mut browser, &daemon, "cam", Duration::from_secs(10));
+    assert_eq!(seen.0, "webrtc");
+    let third = browser.open(&daemon.url("/view/cam"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let seen = players(&mut browser, &third, &["cam"]).remove(0);
+        if seen.0 == "snapshot" || Instant::now() > deadline {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(refused.0, "snapshot", "{refused:?}");
+    assert!(
+        refused.2.contains("WebRTC: pipeline 'cam' takes no more viewers: it already has 2 live viewers (http.webrtc.max_viewers)")
+            && refused.2.contains("MSE: pipeline 'cam' takes no more viewers"),
+        "{refused:?}"
+    );
+    assert_eq!(daemon.viewers("cam")["webrtc"], 2);
+    browser.close(third);
+    browser.close(first);
+    browser.close(second);
+    assert!(wait_for_viewers(&daemon, "cam", 0, Duration::from_secs(10)).is_some());
+
+    // A viewer that vanishes without a word (its browser killed): its session ends on its own.
+    let mut doomed = Browser::launch().unwrap();
+    let (_page, seen) = open_viewer(&mut doomed, &daemon, "cam", Duration::from_secs(10));
+    assert_eq!(seen.0, "webrtc");
+    assert_eq!(daemon.viewers("cam")["webrtc"], 1);
+    doomed.kill();
+    let gone = wait_for_viewers(&daemon, "cam", 0, Duration::from_secs(60));
+    eprintln!("a vanished viewer was let go after {gone:?}");
+    assert!(
+        gone.is_some(),
+        "a vanished viewer is still counted after 60 s"
+    );
+    assert!(
+        daemon.log().contains("WebRTC viewer ended"),
+        "{}",
+        daemon.log()
+    );
 }

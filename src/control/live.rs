@@ -13,7 +13,8 @@
 //! Each pipeline takes at most `http.webrtc.max_viewers` viewers of both kinds together; one
 //! more is answered `503` at once. A WebRTC session ends on `DELETE`, when its peer's
 //! connection fails or closes (a page closed, ICE lost), when it stays disconnected for
-//! [`DISCONNECTED_GRACE`] or never connects within [`CONNECT_TIMEOUT`], and when its pipeline
+//! [`DISCONNECTED_GRACE`], when a connected peer sends nothing for [`SILENCE_TIMEOUT`] (a
+//! browser killed), when it never connects within [`CONNECT_TIMEOUT`], and when its pipeline
 //! stops. With `http.view_token_file` set, watching needs that token (or the write token) as
 //! `Authorization: Bearer`.
 
@@ -40,6 +41,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// A session whose peer stays disconnected this long is ended (a page closed without
 /// `DELETE`, a network gone).
 pub const DISCONNECTED_GRACE: Duration = Duration::from_secs(5);
+/// A connected session whose peer sent nothing (browsers send RTCP reports every second
+/// or so) for this long is ended: a browser killed, or gone off the network.
+pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the sessions are looked over.
 const REAP_INTERVAL: Duration = Duration::from_millis(500);
 /// Access units an MSE viewer's queue holds (a second at 30 frames/s) before it loses one.
@@ -111,8 +115,8 @@ pub struct WhepSessions {
     sessions: Mutex<HashMap<String, Entry>>,
     /// Whether the task that ends sessions runs (it starts with the first session).
     reaping: std::sync::atomic::AtomicBool,
-    /// Sessions ended, by why: `deleted`, `failed`, `closed`, `disconnected`, `timeout`,
-    /// `stopped` (the pipeline), `error`.
+    /// Sessions ended, by why: `deleted`, `failed`, `closed`, `disconnected`, `silent`,
+    /// `timeout`, `stopped` (the pipeline), `error`.
     ended: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     started: AtomicU64,
 }
@@ -206,7 +210,7 @@ impl WhepSessions {
                         }
                         PeerState::Connected => {
                             entry.disconnected_since = None;
-                            None
+                            (entry.session.silence() >= SILENCE_TIMEOUT).then_some("silent")
                         }
                     }
                 };

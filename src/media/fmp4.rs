@@ -78,9 +78,9 @@ pub enum Fmp4Error {
 pub struct Fmp4Muxer {
     /// The parameter sets of the last init segment, and what they describe.
     config: Option<Config>,
-    /// Whether non-IDR access units are dropped: before the first IDR, and after an access
-    /// unit that could not be muxed (the frames after it would refer to it).
-    waiting: bool,
+    /// An access unit could not be muxed: the frames after it may refer to it, so they are
+    /// dropped up to the next IDR (as they are before the first one, while `config` is None).
+    lost: bool,
     /// `mfhd` sequence numbers start at 1 and go up by one per fragment.
     sequence: u32,
     timeline: Option<Timeline>,
@@ -119,10 +119,7 @@ impl Fmp4Muxer {
     /// A muxer that waits for its first IDR; time is counted in 90 kHz ticks from that IDR's
     /// DTS, so a viewer's timeline starts at 0 whenever it joined.
     pub fn new() -> Self {
-        Self {
-            waiting: true,
-            ..Self::default()
-        }
+        Self::default()
     }
 
     /// Feeds one AU. Returns the bytes to send, in order: nothing until the first AU that is
@@ -148,7 +145,7 @@ impl Fmp4Muxer {
     ) -> Result<Vec<Bytes>, Fmp4Error> {
         let pushed = self.mux(au, pts_ns, dts_ns, duration_ns);
         if pushed.is_err() {
-            self.waiting = true;
+            self.lost = true;
         }
         pushed
     }
@@ -210,7 +207,8 @@ impl Fmp4Muxer {
             return Err(Fmp4Error::NoSlice);
         }
         let startable = idr && (self.config.is_some() || (!sps.is_empty() && !pps.is_empty()));
-        if self.waiting && !startable {
+        let waiting = self.config.is_none() || self.lost;
+        if waiting && !startable {
             self.skipped += 1;
             return Ok(Vec::new());
         }
@@ -249,7 +247,7 @@ impl Fmp4Muxer {
         }
         self.sequence = sequence;
         self.timeline = Some(timeline);
-        self.waiting = false;
+        self.lost = false;
         Ok(out)
     }
 
@@ -926,10 +924,15 @@ mod tests {
     /// `frames` frames of `raw` (a video/x-raw caps string) encoded by x264 as the brief's
     /// live pipelines do: byte-stream, one access unit per buffer, SPS/PPS before each IDR.
     fn encode(raw: &str, frames: u32) -> Vec<Au> {
+        encode_with(raw, "", frames)
+    }
+
+    /// `encode` with more x264enc properties.
+    fn encode_with(raw: &str, x264: &str, frames: u32) -> Vec<Au> {
         gst::init().unwrap();
         let description = format!(
             "videotestsrc num-buffers={frames} ! {raw} ! x264enc tune=zerolatency \
-             speed-preset=ultrafast key-int-max=30 sliced-threads=false ! \
+             speed-preset=ultrafast key-int-max=30 sliced-threads=false {x264} ! \
              h264parse config-interval=-1 ! \
              video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=sink sync=false"
         );
@@ -1048,6 +1051,50 @@ mod tests {
             .collect()
     }
 
+    /// Decodes the fragments as they come, as a browser would: GStreamer's qtdemux in push
+    /// mode takes each new `moov` as a new configuration. Returns each frame's size.
+    fn decode_streamed(pushed: &[Vec<Bytes>]) -> Vec<(i32, i32)> {
+        gst::init().unwrap();
+        let pipeline = gst::parse::launch(
+            "appsrc name=src caps=video/quicktime format=bytes ! qtdemux ! h264parse ! \
+             avdec_h264 ! appsink name=sink sync=false",
+        )
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        let src = pipeline
+            .by_name("src")
+            .unwrap()
+            .downcast::<gst_app::AppSrc>()
+            .unwrap();
+        let sink = pipeline
+            .by_name("sink")
+            .unwrap()
+            .downcast::<gst_app::AppSink>()
+            .unwrap();
+        pipeline.set_state(gst::State::Playing).unwrap();
+        for bytes in pushed.iter().flatten() {
+            src.push_buffer(gst::Buffer::from_slice(bytes.clone()))
+                .unwrap();
+        }
+        src.end_of_stream().unwrap();
+        let mut sizes = Vec::new();
+        while let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_seconds(30)) {
+            let caps = sample.caps().unwrap().structure(0).unwrap().to_owned();
+            sizes.push((
+                caps.get::<i32>("width").unwrap(),
+                caps.get::<i32>("height").unwrap(),
+            ));
+        }
+        let error = pipeline
+            .bus()
+            .unwrap()
+            .pop_filtered(&[gst::MessageType::Error]);
+        pipeline.set_state(gst::State::Null).unwrap();
+        assert!(error.is_none(), "{error:?}");
+        sizes
+    }
+
     /// Decodes the whole file with ffmpeg; what it reports at level error must be nothing.
     fn assert_decodes(path: &Path) {
         let out = Command::new("ffmpeg")
@@ -1141,11 +1188,22 @@ mod tests {
         let sps = first_sps(&aus);
         let expected = format!("avc1.{:02x}{:02x}{:02x}", sps[1], sps[2], sps[3]);
         assert_eq!(muxer.codec(), Some(expected));
-        // x264's default for 4:2:0 is High, whose avcC carries the chroma format fields.
-        assert_eq!(sps[1], 100);
+        // Without a format in the caps, x264enc takes 10-bit 4:4:4 and makes High 4:4:4
+        // Predictive (244), whose avcC ends with the chroma format and bit depths.
         let record = avcc_record(&pushed[0][0]);
         assert_eq!(record[..5], [1, sps[1], sps[2], sps[3], 0xff]);
-        assert!(record.ends_with(&[0xfd, 0xf8, 0xf8, 0]), "{record:02x?}");
+        let info = SpsInfo::parse(&sps).unwrap();
+        if matches!(sps[1], 100 | 110 | 122 | 244) {
+            assert!(
+                record.ends_with(&[
+                    0xfc | info.chroma_format_idc,
+                    0xf8 | info.bit_depth_luma_minus8,
+                    0xf8 | info.bit_depth_chroma_minus8,
+                    0
+                ]),
+                "{record:02x?}"
+            );
+        }
 
         let file = write(&pushed);
         let stream = probe(file.path());
@@ -1173,10 +1231,24 @@ mod tests {
 
     #[test]
     fn odd_sizes_come_from_the_sps_cropping() {
-        let aus = encode("video/x-raw,width=322,height=242,framerate=30/1", 5);
+        // 8-bit 4:2:0, what browsers decode, cropped in 2-pixel units; the 8x8 transform
+        // makes x264's ultrafast preset High rather than Constrained Baseline.
+        let aus = encode_with(
+            "video/x-raw,format=I420,width=322,height=242,framerate=30/1",
+            "dct8x8=true",
+            5,
+        );
         let mut muxer = Fmp4Muxer::new();
         let pushed = mux(&mut muxer, &aus);
         assert_eq!(muxer.dimensions(), Some((322, 242)));
+        let sps = first_sps(&aus);
+        assert_eq!(sps[1], 100);
+        assert_eq!(
+            muxer.codec(),
+            Some(format!("avc1.64{:02x}{:02x}", sps[2], sps[3]))
+        );
+        let record = avcc_record(&pushed[0][0]);
+        assert!(record.ends_with(&[0xfd, 0xf8, 0xf8, 0]), "{record:02x?}");
         let file = write(&pushed);
         let stream = probe(file.path());
         assert_eq!(
@@ -1274,7 +1346,20 @@ mod tests {
         assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
         assert_eq!(times[30], times[29] + 3000);
 
-        // What a browser does with the stream: each part decodes with its own init segment.
+        // The stream as a browser gets it, through a demuxer that takes a new init segment
+        // as a new configuration.
+        let sizes = decode_streamed(&all);
+        assert_eq!(sizes.len(), 60);
+        assert!(
+            sizes[..30].iter().all(|&size| size == (320, 240)),
+            "{sizes:?}"
+        );
+        assert!(
+            sizes[30..].iter().all(|&size| size == (640, 480)),
+            "{sizes:?}"
+        );
+        // ffmpeg's file demuxer skips a second moov (and would decode the new slices with the
+        // old SPS), so each part goes to it as a file of its own.
         for (part, size) in [(&first, (320, 240)), (&second, (640, 480))] {
             let file = write(part);
             let stream = probe(file.path());
@@ -1369,7 +1454,7 @@ mod tests {
         /// The NAL unit: header, bytes with emulation prevention, rbsp_trailing_bits.
         fn nal(&mut self, header: u8) -> Vec<u8> {
             self.u(1, 1);
-            while self.bits.len() % 8 != 0 {
+            while !self.bits.len().is_multiple_of(8) {
                 self.bits.push(false);
             }
             let rbsp: Vec<u8> = self

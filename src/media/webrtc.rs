@@ -7,7 +7,7 @@
 //! candidate, and hides its host addresses behind mDNS names) is learnt as peer-reflexive by
 //! libnice. The peer's picture-loss reports reach the feed as keyframe requests.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -86,11 +86,29 @@ impl PeerState {
 }
 
 /// What the session's callbacks share with it.
-#[derive(Default)]
 struct Shared {
     state: AtomicU8,
     /// The viewer pipeline failed (its bus said so).
     broken: AtomicBool,
+    /// When the peer was last heard from (its RTCP reports), in ms after `epoch`.
+    heard_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Self {
+            state: AtomicU8::new(0),
+            broken: AtomicBool::new(false),
+            heard_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn heard(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.heard_ms.store(now, Ordering::Relaxed);
+    }
 }
 
 /// One viewer's connection; dropping it stops its pipeline and leaves the feed.
@@ -113,6 +131,17 @@ impl WebrtcSession {
             return PeerState::Failed;
         }
         PeerState::from_u8(self.shared.state.load(Ordering::Relaxed))
+    }
+
+    /// How long since the peer was last heard from (it sends RTCP reports every second or
+    /// so while it watches): a browser that was killed, or lost its network, says nothing
+    /// more, and its ICE connection stays up on this side.
+    pub fn silence(&self) -> Duration {
+        let heard = self.shared.heard_ms.load(Ordering::Relaxed);
+        self.shared
+            .epoch
+            .elapsed()
+            .saturating_sub(Duration::from_millis(heard))
     }
 
     /// Whether its pipeline still runs.
@@ -252,10 +281,11 @@ fn wait(
 pub fn answer(
     offer: &str,
     feed: &Arc<LiveFeed>,
-    maxviewers: usize,
+    max_viewers: usize,
     ice: &IceServers,
     pipeline_name: &str,
 ) -> Result<(WebrtcSession, String), WhepError> {
+    let offer = without_mdns_candidates(offer);
     let sdp = gst_sdp::SDPMessage::parse_buffer(offer.as_bytes())
         .map_err(|_| WhepError::Offer("the body is not an SDP offer".into()))?;
     let pt = pick_h264(&sdp, feed.profile_idc())?;
@@ -284,7 +314,7 @@ pub fn answer(
     if let Some(turn) = &ice.turn {
         webrtc.set_property("turn-server", turn);
     }
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared::new());
     webrtc.connect_notify(Some("connection-state"), {
         let shared = shared.clone();
         move |webrtc, _| {
@@ -313,20 +343,64 @@ pub fn answer(
                 appsrc: appsrc.clone(),
                 shared: shared.clone(),
             }),
-            maxviewers,
+            max_viewers,
         )
         .map_err(|e| stop(e.into()))?;
     let session = WebrtcSession {
         pipeline: pipeline.clone(),
-        shared,
+        shared: shared.clone(),
         created: Instant::now(),
-        viewer: viewer,
+        viewer,
     };
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|_| WhepError::Setup(format!("{what} did not start")))?;
     let answer_sdp = negotiate(&webrtc, sdp)?;
+    listen_to_peer(&webrtc, &shared);
+    shared.heard();
     Ok((session, answer_sdp))
+}
+
+/// Notes every packet from the peer (DTLS, SRTCP) that reaches webrtcbin's ICE sources,
+/// which exist once the descriptions are set.
+fn listen_to_peer(webrtc: &gst::Element, shared: &Arc<Shared>) {
+    let Some(bin) = webrtc.downcast_ref::<gst::Bin>() else {
+        return;
+    };
+    for element in bin.iterate_recurse().into_iter().flatten() {
+        let is_source = element
+            .factory()
+            .is_some_and(|factory| factory.name() == "nicesrc");
+        if let (true, Some(pad)) = (is_source, element.static_pad("src")) {
+            let shared = Arc::downgrade(shared);
+            pad.add_probe(
+                gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+                move |_, _| {
+                    if let Some(shared) = shared.upgrade() {
+                        shared.heard();
+                    }
+                    gst::PadProbeReturn::Ok
+                },
+            );
+        }
+    }
+}
+
+/// The offer without its mDNS host candidates (`<uuid>.local`, which browsers put in place
+/// of their addresses): nothing here can resolve them, and webrtcbin 1.22 keeps its ICE
+/// agent (its sockets and thread) alive for good after a session that was given any. The
+/// peer's checks still reach us, and are answered as peer-reflexive.
+fn without_mdns_candidates(offer: &str) -> String {
+    offer
+        .split_inclusive('\n')
+        .filter(|line| {
+            !(line.starts_with("a=candidate:")
+                && line
+                    .split_whitespace()
+                    .nth(4)
+                    .is_some_and(|address| address.ends_with(".local")))
+        })
+        .collect()
 }
 
 /// Sets the offer, makes and sets the answer, waits for ICE gathering; the answer's text.
