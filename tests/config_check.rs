@@ -1065,3 +1065,32 @@ fn served_models_are_checked_for_shape_and_processor_files_without_a_server() {
     );
     assert_eq!(errors.len(), expected.len(), "{}", errors.join("\n"));
 }
+
+#[test]
+fn live_view_settings_are_checked_together() {
+    let tree = Tree::new(
+        "pipelines_dir: pipelines\nmodels:\n  depth: { path: model }\n\
+         http:\n  view_token_file: missing.token\n  webrtc: { max_viewers: 0, stun: \"stun.example.org:3478\", turn: \"http://user:hunter2@relay.example.org\" }\n",
+    );
+    tree.pipeline("door.yaml", GOOD_PIPELINE);
+    let d = tree.file("visiond.yaml");
+    let errors = tree.errors();
+    let mine: Vec<&String> = errors
+        .iter()
+        .filter(|e| e.contains("view_token_file") || e.contains("webrtc"))
+        .collect();
+    assert_eq!(mine.len(), 4, "{errors:#?}");
+    assert!(mine[0].starts_with(&format!("{d}: http.view_token_file: ")), "{mine:?}");
+    assert!(mine[0].contains("missing.token"), "{mine:?}");
+    assert_eq!(
+        mine[1],
+        &format!("{d}: http.webrtc.max_viewers: must be at least 1 (each pipeline's live viewers at once)")
+    );
+    assert_eq!(
+        mine[2],
+        &format!("{d}: http.webrtc.stun: stun.example.org:3478 is not a stun://host:port URL")
+    );
+    assert!(mine[3].starts_with(&format!("{d}: http.webrtc.turn: ")), "{mine:?}");
+    // The TURN password never appears in a message.
+    assert!(!errors.iter().any(|e| e.contains("hunter2")), "{errors:#?}");
+}

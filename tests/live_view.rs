@@ -76,7 +76,7 @@ fn daemon(http: &str, names: &[&str]) -> Daemon {
         .stderr(log)
         .spawn()
         .unwrap();
-    let daemon = Daemon {
+    let mut daemon = Daemon {
         child,
         port,
         _dir: dir,
@@ -94,6 +94,9 @@ fn daemon(http: &str, names: &[&str]) -> Daemon {
             .unwrap_or(false);
         if playing {
             return daemon;
+        }
+        if let Ok(Some(status)) = daemon.child.try_wait() {
+            panic!("the daemon exited ({status}):\n{}", daemon.log());
         }
         assert!(
             Instant::now() < deadline,
@@ -390,4 +393,67 @@ fn viewers_come_and_go_without_a_trace_and_one_too_many_is_refused() {
         "{}",
         daemon.log()
     );
+}
+
+/// `GET path` with `Authorization: Bearer token` (when given): the status, `Content-Type` and
+/// the first `limit` bytes of the body.
+fn get(daemon: &Daemon, path: &str, token: Option<&str>, limit: usize) -> (u16, String, Vec<u8>) {
+    let mut request = ureq::get(&daemon.url(path)).timeout(Duration::from_secs(10));
+    if let Some(token) = token {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    let response = match request.call() {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("{path}: {error}"),
+    };
+    let status = response.status();
+    let content_type = response.header("Content-Type").unwrap_or("").to_string();
+    let mut body = Vec::new();
+    use std::io::Read;
+    let _ = response.into_reader().take(limit as u64).read_to_end(&mut body);
+    (status, content_type, body)
+}
+
+#[test]
+fn with_a_view_token_watching_needs_it_and_the_page_passes_it_on() {
+    let secrets = tempfile::tempdir().unwrap();
+    let (view, write) = ("view-7f3a9c0d5e81b24f", "write-51be02c7a9d4e613");
+    std::fs::write(secrets.path().join("view.token"), format!("{view}\n")).unwrap();
+    std::fs::write(secrets.path().join("write.token"), format!("{write}\n")).unwrap();
+    let daemon = daemon(
+        &format!(
+            ", view_token_file: {}, token_file: {}",
+            secrets.path().join("view.token").display(),
+            secrets.path().join("write.token").display()
+        ),
+        &["cam"],
+    );
+    for path in ["/api/pipelines/cam/live.mp4", "/api/pipelines/cam/snapshot.jpg"] {
+        for token in [None, Some("wrong")] {
+            let (status, _, body) = get(&daemon, path, token, 4096);
+            assert_eq!(status, 401, "{path} with {token:?}");
+            let body = String::from_utf8_lossy(&body);
+            assert!(body.contains("http.view_token_file"), "{body}");
+        }
+    }
+    // The view token and the write token both watch: an MSE stream starts with its `ftyp`.
+    for token in [view, write] {
+        let (status, content_type, body) =
+            get(&daemon, "/api/pipelines/cam/live.mp4", Some(token), 64);
+        assert_eq!(status, 200);
+        assert!(content_type.starts_with("video/mp4; codecs=\"avc1."), "{content_type}");
+        assert_eq!(&body[4..8], b"ftyp");
+    }
+    let (status, content_type, _) = get(&daemon, "/api/pipelines/cam/snapshot.jpg", Some(view), 16);
+    assert_eq!((status, content_type.as_str()), (200, "image/jpeg"));
+    // The page takes the token from its address's fragment (never sent to the server) and
+    // sends it as a header: it plays over WebRTC.
+    if let Some(mut browser) = Browser::launch() {
+        let page = browser.open(&daemon.url(&format!("/view/cam#token={view}")));
+        let seen = wait_for_frames(&mut browser, &page, &["cam"], "webrtc", 30, Duration::from_secs(10));
+        assert!(seen[0].0 == "webrtc" && seen[0].1 >= 30, "{seen:?}");
+    }
+    let log = daemon.log();
+    assert!(!log.contains(view) && !log.contains(write), "a token in the log:\n{log}");
 }
