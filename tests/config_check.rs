@@ -1080,17 +1080,25 @@ fn live_view_settings_are_checked_together() {
         .filter(|e| e.contains("view_token_file") || e.contains("webrtc"))
         .collect();
     assert_eq!(mine.len(), 4, "{errors:#?}");
-    assert!(mine[0].starts_with(&format!("{d}: http.view_token_file: ")), "{mine:?}");
+    assert!(
+        mine[0].starts_with(&format!("{d}: http.view_token_file: ")),
+        "{mine:?}"
+    );
     assert!(mine[0].contains("missing.token"), "{mine:?}");
     assert_eq!(
         mine[1],
-        &format!("{d}: http.webrtc.max_viewers: must be at least 1 (each pipeline's live viewers at once)")
+        &format!(
+            "{d}: http.webrtc.max_viewers: must be at least 1 (each pipeline's live viewers at once)"
+        )
     );
     assert_eq!(
         mine[2],
         &format!("{d}: http.webrtc.stun: stun.example.org:3478 is not a stun://host:port URL")
     );
-    assert!(mine[3].starts_with(&format!("{d}: http.webrtc.turn: ")), "{mine:?}");
+    assert!(
+        mine[3].starts_with(&format!("{d}: http.webrtc.turn: ")),
+        "{mine:?}"
+    );
     // The TURN password never appears in a message.
     assert!(!errors.iter().any(|e| e.contains("hunter2")), "{errors:#?}");
 }

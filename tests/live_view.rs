@@ -411,7 +411,10 @@ fn get(daemon: &Daemon, path: &str, token: Option<&str>, limit: usize) -> (u16, 
     let content_type = response.header("Content-Type").unwrap_or("").to_string();
     let mut body = Vec::new();
     use std::io::Read;
-    let _ = response.into_reader().take(limit as u64).read_to_end(&mut body);
+    let _ = response
+        .into_reader()
+        .take(limit as u64)
+        .read_to_end(&mut body);
     (status, content_type, body)
 }
 
@@ -429,7 +432,10 @@ fn with_a_view_token_watching_needs_it_and_the_page_passes_it_on() {
         ),
         &["cam"],
     );
-    for path in ["/api/pipelines/cam/live.mp4", "/api/pipelines/cam/snapshot.jpg"] {
+    for path in [
+        "/api/pipelines/cam/live.mp4",
+        "/api/pipelines/cam/snapshot.jpg",
+    ] {
         for token in [None, Some("wrong")] {
             let (status, _, body) = get(&daemon, path, token, 4096);
             assert_eq!(status, 401, "{path} with {token:?}");
@@ -442,7 +448,10 @@ fn with_a_view_token_watching_needs_it_and_the_page_passes_it_on() {
         let (status, content_type, body) =
             get(&daemon, "/api/pipelines/cam/live.mp4", Some(token), 64);
         assert_eq!(status, 200);
-        assert!(content_type.starts_with("video/mp4; codecs=\"avc1."), "{content_type}");
+        assert!(
+            content_type.starts_with("video/mp4; codecs=\"avc1."),
+            "{content_type}"
+        );
         assert_eq!(&body[4..8], b"ftyp");
     }
     let (status, content_type, _) = get(&daemon, "/api/pipelines/cam/snapshot.jpg", Some(view), 16);
@@ -451,9 +460,19 @@ fn with_a_view_token_watching_needs_it_and_the_page_passes_it_on() {
     // sends it as a header: it plays over WebRTC.
     if let Some(mut browser) = Browser::launch() {
         let page = browser.open(&daemon.url(&format!("/view/cam#token={view}")));
-        let seen = wait_for_frames(&mut browser, &page, &["cam"], "webrtc", 30, Duration::from_secs(10));
+        let seen = wait_for_frames(
+            &mut browser,
+            &page,
+            &["cam"],
+            "webrtc",
+            30,
+            Duration::from_secs(10),
+        );
         assert!(seen[0].0 == "webrtc" && seen[0].1 >= 30, "{seen:?}");
     }
     let log = daemon.log();
-    assert!(!log.contains(view) && !log.contains(write), "a token in the log:\n{log}");
+    assert!(
+        !log.contains(view) && !log.contains(write),
+        "a token in the log:\n{log}"
+    );
 }

@@ -101,6 +101,17 @@ impl Browser {
     /// Sends one command (to `session`, or the browser) and waits for its answer; events
     /// that come meanwhile are skipped.
     pub fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        self.try_call(session, method, params)
+            .unwrap_or_else(|error| panic!("{method}: {error}"))
+    }
+
+    /// [`Self::call`], with the protocol's error as an error.
+    fn try_call(
+        &mut self,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, Value> {
         let id = self.next_id;
         self.next_id += 1;
         let mut message = json!({ "id": id, "method": method, "params": params });
@@ -121,9 +132,9 @@ impl Browser {
             let answer: Value = serde_json::from_slice(&raw).unwrap();
             if answer["id"] == json!(id) {
                 if let Some(error) = answer.get("error") {
-                    panic!("{method}: {error}");
+                    return Err(error.clone());
                 }
-                return answer["result"].clone();
+                return Ok(answer["result"].clone());
             }
         }
     }
@@ -142,7 +153,25 @@ impl Browser {
             .as_str()
             .unwrap()
             .to_string();
-        Page { target, session }
+        let page = Page { target, session };
+        // Until the page itself has loaded, an evaluation may land in the blank one before it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            let loaded = self
+                .try_call(
+                    Some(&page.session),
+                    "Runtime.evaluate",
+                    json!({ "expression": "location.href + ' ' + document.readyState", "returnByValue": true }),
+                )
+                .ok()
+                .and_then(|r| r["result"]["value"].as_str().map(str::to_string))
+                .is_some_and(|v| v.starts_with(url) && v.ends_with(" complete"));
+            if loaded {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        page
     }
 
     /// The value of `expression` in `page` (awaited when it is a promise).
