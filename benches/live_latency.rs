@@ -10,6 +10,8 @@
 //! viewer and `LIVE_LATENCY_MSE_SECS` (default the same) for MSE, printing p50, p99 and, for
 //! MSE, p50 per minute (drift); under `cargo test` it runs 5 s each as a check that it works.
 
+// The tests' Chromium harness; this bench uses a part of it.
+#[allow(dead_code)]
 #[path = "../tests/common/browser.rs"]
 mod browser;
 

@@ -45,6 +45,11 @@ fn free_port() -> u16 {
 /// Starts the daemon with `http` (extra `http:` keys) and one 640×480 30 frames/s test
 /// pattern per name, each published on RTSP; returns once every pipeline plays.
 fn daemon(http: &str, names: &[&str]) -> Daemon {
+    daemon_with(http, names, "ball")
+}
+
+/// [`daemon`], the test patterns being `pattern` (`snow` makes large frames).
+fn daemon_with(http: &str, names: &[&str], pattern: &str) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let rtsp = free_port();
@@ -61,7 +66,7 @@ fn daemon(http: &str, names: &[&str]) -> Daemon {
         std::fs::write(
             dir.path().join(format!("pipelines/{name}.yaml")),
             format!(
-                "name: {name}\nsource:\n  test: {{ pattern: ball, width: 640, height: 480, fps: 30 }}\n\
+                "name: {name}\nsource:\n  test: {{ pattern: {pattern}, width: 640, height: 480, fps: 30 }}\n\
                  model: none\nsinks:\n  - rtsp: {{ mount: /{name} }}\n"
             ),
         )
@@ -238,6 +243,24 @@ fn the_status_page_plays_two_pipelines_live_over_webrtc_and_over_mse() {
     );
     assert_eq!(daemon.viewers("front")["webrtc"], 1);
     assert_eq!(daemon.viewers("back")["webrtc"], 1);
+    // The same count in /metrics, as Prometheus reads it.
+    let text = ureq::get(&daemon.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    let viewers = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "visiond_webrtc_viewers"
+                && s.labels.get("pipeline") == Some("front")
+                && s.labels.get("kind") == Some("webrtc")
+        })
+        .map(|s| s.value.clone());
+    assert_eq!(viewers, Some(prometheus_parse::Value::Gauge(1.0)));
     browser.close(page);
 
     // Forced to MSE.
@@ -475,4 +498,93 @@ fn with_a_view_token_watching_needs_it_and_the_page_passes_it_on() {
         !log.contains(view) && !log.contains(write),
         "a token in the log:\n{log}"
     );
+}
+
+/// `frames_out` and `dropped.output` of pipeline `name`.
+fn frames(daemon: &Daemon, name: &str) -> (u64, u64) {
+    let pipeline = pipelines(daemon.port)
+        .and_then(|l| l.as_array()?.iter().find(|p| p["name"] == name).cloned())
+        .unwrap_or_default();
+    (
+        pipeline["frames_out"].as_u64().unwrap_or(0),
+        pipeline["dropped"]["output"].as_u64().unwrap_or(0),
+    )
+}
+
+#[test]
+fn a_viewer_that_stops_reading_loses_frames_alone() {
+    use std::io::{Read, Write};
+    // Long enough for the stalled viewer's socket buffers and queue to fill (about 20 s).
+    const READING_S: u64 = 45;
+    let daemon = daemon_with("", &["cam"], "snow");
+    // A viewer that asks for the stream and then reads nothing, with a small window.
+    let stalled = {
+        let socket = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+        let size: libc::c_int = 4096;
+        // SAFETY: the descriptor is the open socket's, the value an int that outlives the call.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        let mut socket = socket;
+        socket
+            .write_all(b"GET /api/pipelines/cam/live.mp4 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .unwrap();
+        socket
+    };
+    // A viewer that keeps up, reading all the while.
+    let reader = std::thread::spawn({
+        let url = daemon.url("/api/pipelines/cam/live.mp4");
+        move || {
+            let response = ureq::get(&url).call().unwrap();
+            let mut body = response.into_reader();
+            let (mut buffer, mut fragments, mut tail) = (vec![0u8; 65536], 0usize, Vec::new());
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(READING_S) {
+                let read = body.read(&mut buffer).unwrap();
+                tail.extend_from_slice(&buffer[..read]);
+                fragments += tail.windows(4).filter(|w| w == b"moof").count();
+                let keep = tail.len().saturating_sub(3);
+                tail.drain(..keep);
+            }
+            fragments
+        }
+    });
+    let (out_before, dropped_before) = frames(&daemon, "cam");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(READING_S - 5);
+    while daemon.viewers("cam")["dropped"].as_u64().unwrap_or(0) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Both are still watching.
+    let watching = daemon.viewers("cam");
+    let fragments = reader.join().unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    let (out_after, dropped_after) = frames(&daemon, "cam");
+    let viewers = daemon.viewers("cam");
+    eprintln!(
+        "in {seconds:.1} s: {} frames out, the reader got {fragments} fragments, the stalled viewer lost {}",
+        out_after - out_before,
+        viewers["dropped"]
+    );
+    assert!(
+        viewers["dropped"].as_u64() > Some(0),
+        "the stalled viewer lost nothing: {viewers}"
+    );
+    assert_eq!(watching["mse"], 2, "{watching}");
+    // The pipeline kept its pace and dropped nothing; the reading viewer got nearly every frame.
+    assert_eq!(dropped_after, dropped_before);
+    let rate = (out_after - out_before) as f64 / seconds;
+    assert!(rate > 25.0, "the pipeline slowed to {rate:.1} frames/s");
+    assert!(
+        fragments as f64 >= 0.9 * (out_after - out_before) as f64,
+        "the reading viewer got {fragments} of {} frames",
+        out_after - out_before
+    );
+    drop(stalled);
 }

@@ -287,18 +287,14 @@ pub(super) fn refuse_viewer(settings: &LiveSettings, headers: &HeaderMap) -> Opt
     Some(response)
 }
 
-/// The pipeline `name`, if it has video to watch.
-fn watchable(api: &Api, name: &str) -> Result<Arc<PipelineHandle>, Response> {
+/// The pipeline `name`, if it has video to watch; otherwise why not (a 404's message).
+fn watchable(api: &Api, name: &str) -> Result<Arc<PipelineHandle>, String> {
     let Some(pipeline) = api.view.current().pipeline(name).cloned() else {
-        return Err(problem(
-            StatusCode::NOT_FOUND,
-            &format!("no pipeline named '{name}'"),
-        ));
+        return Err(format!("no pipeline named '{name}'"));
     };
     if !pipeline.video {
-        return Err(problem(
-            StatusCode::NOT_FOUND,
-            &format!("pipeline '{name}' publishes no video, so it has no live view"),
+        return Err(format!(
+            "pipeline '{name}' publishes no video, so it has no live view"
         ));
     }
     Ok(pipeline)
@@ -333,7 +329,7 @@ pub async fn whep_offer(
     }
     let pipeline = match watchable(&api, &name) {
         Ok(pipeline) => pipeline,
-        Err(response) => return response,
+        Err(message) => return problem(StatusCode::NOT_FOUND, &message),
     };
     let is_sdp = headers
         .get(header::CONTENT_TYPE)
@@ -484,7 +480,7 @@ pub async fn live_mp4(
     }
     let pipeline = match watchable(&api, &name) {
         Ok(pipeline) => pipeline,
-        Err(response) => return response,
+        Err(message) => return problem(StatusCode::NOT_FOUND, &message),
     };
     let (queue, mut units) = tokio::sync::mpsc::channel(MSE_QUEUE);
     let handle = match pipeline.stats.live.add(

@@ -87,6 +87,8 @@ struct Slot {
     viewer: Box<dyn Viewer>,
     /// Units are held back from this viewer until a keyframe (it joined, or lost a unit).
     needs_keyframe: bool,
+    /// It has had a unit: from then on, every unit it does not get counts as dropped.
+    started: bool,
 }
 
 #[derive(Default)]
@@ -102,7 +104,8 @@ struct FeedState {
 pub struct LiveFeed {
     state: Mutex<FeedState>,
     next_id: AtomicU64,
-    /// Units a viewer did not get because its queue was full, all viewers together.
+    /// Units a viewer did not get, all viewers together: those its full queue refused, and
+    /// those held back from it until the next keyframe after such a loss.
     dropped: AtomicU64,
     /// Keyframes asked of the encoder for viewers.
     keyframe_requests: AtomicU64,
@@ -194,6 +197,7 @@ impl LiveFeed {
                 kind,
                 viewer,
                 needs_keyframe: true,
+                started: false,
             });
         }
         self.request_keyframe();
@@ -293,11 +297,17 @@ impl LiveFeed {
                     continue;
                 }
                 if slot.needs_keyframe && !unit.keyframe {
+                    if slot.started {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                     want_keyframe = true;
                     continue;
                 }
                 match slot.viewer.deliver(&unit) {
-                    Delivery::Taken => slot.needs_keyframe = false,
+                    Delivery::Taken => {
+                        slot.needs_keyframe = false;
+                        slot.started = true;
+                    }
                     Delivery::Full => {
                         self.dropped.fetch_add(1, Ordering::Relaxed);
                         slot.needs_keyframe = true;
@@ -378,11 +388,12 @@ mod tests {
         }
         let fast: Vec<bool> = fast_rx.try_iter().map(|u| u.keyframe).collect();
         assert_eq!(fast, [true, false, false, false, false, false]);
-        // The slow viewer took two, then lost the rest (counted) and waits for a keyframe.
+        // The slow viewer took two, then lost the rest (each counted) and waits for a keyframe.
         assert_eq!(slow_rx.try_iter().count(), 2);
-        assert_eq!(feed.dropped(), 1);
+        assert_eq!(feed.dropped(), 4);
         feed.offer(&unit(false));
         assert_eq!(slow_rx.try_iter().count(), 0, "a delta after a loss");
+        assert_eq!(feed.dropped(), 5);
         feed.offer(&unit(true));
         assert!(slow_rx.try_iter().next().unwrap().keyframe);
         assert_eq!(feed.viewers(ViewerKind::Webrtc), 1);
