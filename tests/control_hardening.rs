@@ -702,13 +702,14 @@ fn only_allowed_hosts_are_answered_and_every_response_is_nosniff() {
         assert_eq!(reply.status, status, "{method} {path}");
         assert!(reply.nosniff, "{method} {path} is not nosniff");
     }
-    // The page: only its own script and style run.
+    // The page: only its own script and style run (inline by their hash, and the player
+    // from this daemon).
     let page = agent().get(&format!("{base}/")).call().unwrap();
     assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
     let policy = page.header("content-security-policy").unwrap().to_string();
     assert!(policy.starts_with("default-src 'none';"), "{policy}");
     assert!(
-        policy.contains("script-src 'sha256-") && policy.contains("style-src 'sha256-"),
+        policy.contains("script-src 'self' 'sha256-") && policy.contains("style-src 'sha256-"),
         "{policy}"
     );
     assert!(!policy.contains("unsafe"), "{policy}");

@@ -588,3 +588,48 @@ fn a_viewer_that_stops_reading_loses_frames_alone() {
     );
     drop(stalled);
 }
+
+#[test]
+fn a_live_stream_is_not_displaced_by_a_flood_of_idle_connections() {
+    use std::io::{Read, Write};
+    let daemon = daemon(", max_connections: 4", &["cam"]);
+    let url = daemon.url("/api/pipelines/cam/live.mp4");
+    // Bytes the viewer read in each second, for 10 s.
+    let reader = std::thread::spawn(move || {
+        let mut body = ureq::get(&url).call().unwrap().into_reader();
+        let mut per_second = vec![0usize; 10];
+        let mut buffer = vec![0u8; 65536];
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            match body.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(read) => per_second[started.elapsed().as_secs().min(9) as usize] += read,
+            }
+        }
+        per_second
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    // Twenty connections that send nothing, and ten that send half a request head.
+    let mut flood = Vec::new();
+    for n in 0..30 {
+        if let Ok(mut socket) = std::net::TcpStream::connect(("127.0.0.1", daemon.port)) {
+            if n % 3 == 0 {
+                let _ = socket.write_all(b"GET /healthz HTTP/1.1\r\nHo");
+            }
+            flood.push(socket);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let health = ureq::get(&daemon.url("/healthz"))
+        .timeout(Duration::from_secs(5))
+        .call()
+        .map(|r| r.status());
+    assert_eq!(health.ok(), Some(200), "/healthz under the flood");
+    let per_second = reader.join().unwrap();
+    eprintln!("bytes the viewer read each second: {per_second:?}");
+    assert!(
+        per_second[3..].iter().all(|&bytes| bytes > 0),
+        "the live stream stopped during the flood: {per_second:?}"
+    );
+    drop(flood);
+}

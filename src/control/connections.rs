@@ -5,7 +5,8 @@
 //! between requests, a client that connected and sent nothing, one that stopped reading).
 //!
 //! At the cap, a new connection takes the place of the one that has gone longest without a
-//! request in a handler (idle, or sending its headers a byte at a time), so `/healthz` still
+//! request in a handler or a response byte written (idle, or sending its headers a byte at a
+//! time; a live video streaming to a viewer is neither), so `/healthz` still
 //! answers under a flood of idle or half-sent connections. A connection with a request in its
 //! handler, one not yet read, or one opened or answered less than [`EVICTION_GRACE`] ago (its
 //! client may be about to send) is never displaced: a burst of real requests beyond the cap
@@ -256,7 +257,8 @@ impl OpenConnections {
             .values()
             .filter(|a| !a.evicted.load(Ordering::Relaxed) && a.waiting.load(Ordering::Relaxed))
             .filter_map(|a| {
-                let since = a.opened + Duration::from_millis(a.free_since()?);
+                let free = a.free_since()?.max(a.last_write.load(Ordering::Relaxed));
+                let since = a.opened + Duration::from_millis(free);
                 (since.elapsed() >= EVICTION_GRACE).then_some((since, a))
             })
             .min_by_key(|(since, _)| *since);
@@ -285,6 +287,9 @@ struct Activity {
     opened: Instant,
     /// When a byte last moved either way (or a request's handling ended).
     last_io: AtomicU64,
+    /// When a byte of a response was last written: a response still streaming (a live
+    /// video) keeps its connection from being the quietest, though its handler returned.
+    last_write: AtomicU64,
     /// When it last had no request in a handler: opened, or its last request answered.
     free_since: AtomicU64,
     /// When the first byte of a request head not yet handed to a handler came, plus one;
@@ -305,6 +310,7 @@ impl Activity {
             id,
             opened: Instant::now(),
             last_io: AtomicU64::new(0),
+            last_write: AtomicU64::new(0),
             free_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             handling: AtomicUsize::new(0),
@@ -340,7 +346,9 @@ impl Activity {
 
     fn wrote(&self, bytes: usize) {
         if bytes > 0 {
-            self.last_io.store(self.now(), Ordering::Relaxed);
+            let now = self.now();
+            self.last_io.store(now, Ordering::Relaxed);
+            self.last_write.store(now, Ordering::Relaxed);
         }
     }
 

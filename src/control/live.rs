@@ -110,7 +110,6 @@ struct Entry {
 }
 
 /// The WebRTC sessions, by id.
-#[derive(Default)]
 pub struct WhepSessions {
     sessions: Mutex<HashMap<String, Entry>>,
     /// Whether the task that ends sessions runs (it starts with the first session).
@@ -119,6 +118,24 @@ pub struct WhepSessions {
     /// `timeout`, `stopped` (the pipeline), `error`.
     ended: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     started: AtomicU64,
+    /// Offers being answered now: each holds a blocking thread for up to a few seconds (ICE
+    /// gathering), so more than [`NEGOTIATIONS`] at once are refused rather than queued.
+    negotiating: Arc<tokio::sync::Semaphore>,
+}
+
+/// WHEP offers answered at once.
+const NEGOTIATIONS: usize = 4;
+
+impl Default for WhepSessions {
+    fn default() -> Self {
+        Self {
+            sessions: Mutex::default(),
+            reaping: std::sync::atomic::AtomicBool::new(false),
+            ended: Mutex::default(),
+            started: AtomicU64::new(0),
+            negotiating: Arc::new(tokio::sync::Semaphore::new(NEGOTIATIONS)),
+        }
+    }
 }
 
 impl WhepSessions {
@@ -344,10 +361,27 @@ pub async fn whep_offer(
     let Ok(offer) = String::from_utf8(body.to_vec()) else {
         return problem(StatusCode::BAD_REQUEST, "the offer is not UTF-8 text");
     };
+    // A full pipeline is refused before a viewer pipeline is built for nothing (adding the
+    // viewer checks again, atomically).
+    let max = live.settings.max_viewers;
+    if pipeline.stats.live.viewer_count() >= max {
+        return refused(&name, &Refusal::Full { max });
+    }
+    let Ok(permit) = live.sessions.negotiating.clone().try_acquire_owned() else {
+        let mut response = problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("{NEGOTIATIONS} WebRTC offers are being answered already; try again"),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
     let settings = live.settings.clone();
     let feed = pipeline.stats.live.clone();
     let name_for_answer = name.clone();
     let answered = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         webrtc::answer(
             &offer,
             &feed,

@@ -233,6 +233,11 @@ impl LiveFeed {
         self.state().slots.iter().filter(|s| s.kind == kind).count()
     }
 
+    /// Viewers of either kind now.
+    pub fn viewer_count(&self) -> usize {
+        self.state().slots.len()
+    }
+
     /// Units dropped for viewers whose queue was full, so far.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
