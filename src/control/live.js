@@ -31,9 +31,11 @@
   const FIRST_FRAME_MS = 8000;
   // After every way failed (or a stream ended), live is tried again after this long.
   const RETRY_MS = [3000, 10000, 30000];
-  // MSE: how far behind the newest buffered frame playback may fall before it jumps there,
-  // and how much is kept behind the playhead.
-  const MAX_LAG_S = 0.5;
+  // MSE: playback a little behind the newest buffered frame catches up by playing faster;
+  // further behind (a stall, a tab in the background) it jumps there. What is more than
+  // KEEP_S behind the playhead is let go.
+  const CATCH_UP_S = 0.25;
+  const MAX_LAG_S = 1.0;
   const KEEP_S = 10;
 
   class LivePlayer {
@@ -170,9 +172,10 @@
       const pump = () => {
         if (buffer.updating || source.readyState !== "open") return;
         const end = buffer.buffered.length ? buffer.buffered.end(buffer.buffered.length - 1) : 0;
-        // Stay at the live edge: a player that fell behind (a stall, a background tab)
-        // jumps to the newest frame rather than play old ones late.
-        if (end - video.currentTime > MAX_LAG_S) video.currentTime = Math.max(0, end - 0.05);
+        // Stay at the live edge rather than play old frames late.
+        const lag = end - video.currentTime;
+        if (lag > MAX_LAG_S) video.currentTime = Math.max(0, end - 0.05);
+        video.playbackRate = lag > CATCH_UP_S ? 1.1 : 1.0;
         if (video.paused) video.play().catch(() => {});
         if (buffer.buffered.length && video.currentTime - buffer.buffered.start(0) > 2 * KEEP_S) {
           buffer.remove(0, video.currentTime - KEEP_S);
