@@ -7,7 +7,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::brokers::{Mosquitto, free_port};
+use common::brokers::Mosquitto;
+use common::free_port;
 
 fn check(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_visiond"));

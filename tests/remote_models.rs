@@ -292,7 +292,7 @@ fn a_wrong_name_shape_datatype_or_address_is_a_clear_error_at_check_probe_and_at
         Served::depth("half").input("float", "FP16"),
     ]);
     let url = server.url();
-    let unreachable = format!("grpc://127.0.0.1:{}", common::mlserver::free_port());
+    let unreachable = format!("grpc://127.0.0.1:{}", free_port());
     let dir = tempfile::tempdir().unwrap();
     let models = remote_yaml("unknown", &url, "nope", "")
         + &remote_yaml("shape", &url, "small", "")

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::free_port;
+
 /// How long MLServer may take to start (torch and transformers imports on a loaded box).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -84,15 +86,6 @@ pub fn venv() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
     cache.join("visiond/mlserver-1.7.1")
-}
-
-/// A free loopback port (bound and released: the server binds it again at once).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A running MLServer; killed when dropped.

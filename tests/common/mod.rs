@@ -26,6 +26,16 @@ use gstreamer_app as gst_app;
 use visiond::config::Config;
 use visiond::runtime::{LoadError, ModelRuntime};
 
+/// A free TCP port on loopback (bound and released: the server under test binds it again at
+/// once; nothing else here takes ports at random).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The engine's model loader for configs that name no model.
 pub fn no_models(model: &str) -> Result<ModelRuntime, LoadError> {
     Err(LoadError::Undefined(model.to_string()))
