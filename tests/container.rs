@@ -9,6 +9,7 @@
 //! podman what it needs to start a container there: runc (crun refuses hybrid cgroups) and
 //! explicit rlimits no higher than the sandbox's (podman's defaults raise them).
 
+mod common;
 mod deploy_support;
 
 use std::path::{Path, PathBuf};
@@ -222,7 +223,7 @@ fn the_image_runs_the_demo_as_a_non_root_user_and_answers_its_health_check() {
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
     std::os::unix::fs::chown(&state, Some(UID), Some(UID)).unwrap();
-    let port = deploy_support::free_port();
+    let port = common::free_port();
     let mut run: Vec<String> = ["run", "--detach", "--name", &name]
         .iter()
         .map(|s| s.to_string())

@@ -4,6 +4,7 @@
 //! survives a reinstall, and the unit passes `systemd-analyze verify` and rates ≤ 4.0 on
 //! `systemd-analyze security`.
 
+mod common;
 mod deploy_support;
 
 use std::path::{Path, PathBuf};
@@ -624,7 +625,7 @@ fn the_installed_binary_runs_from_its_own_libraries_as_an_unprivileged_user() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
     }
-    let (http, rtsp) = (deploy_support::free_port(), deploy_support::free_port());
+    let (http, rtsp) = (common::free_port(), common::free_port());
     let config = root.join("etc/visiond/visiond.yaml");
     std::fs::write(
         &config,

@@ -79,15 +79,6 @@ pub fn offline(program: &Path) -> Command {
     command
 }
 
-/// A loopback port free at the time of asking.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The status line and body of `GET path`, or None while nothing answers.
 pub fn http_get(port: u16, path: &str) -> Option<(String, String)> {
     use std::io::{Read, Write};
